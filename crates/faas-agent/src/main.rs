@@ -1,0 +1,428 @@
+//! `faas-agent`: PID 1 inside every sandbox.
+//!
+//! Listens on a unix socket (default `/run/faas/agent.sock`), serves one request per connection
+//! (see the crate docs for the frame format), and reaps every zombie in the box. Each exec runs in
+//! its own process group so a timeout kills the command and everything it started.
+//!
+//! Built as a static binary (`scripts/build-agent.sh`) so it runs in any image, with or
+//! without a libc.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::sync::mpsc::{self, RecvTimeoutError, Sender};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use faas_agent::{
+    read_frame, write_frame, write_json, Event, ExecRequest, ExitInfo, FrameKind, Request,
+    DEFAULT_OUTPUT_LIMIT, GUEST_SOCKET_DIR, PROTOCOL_VERSION, SOCKET_NAME,
+};
+use nix::errno::Errno;
+use nix::sys::signal::{killpg, Signal};
+use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+/// How long to keep reading output after the process exited, for data still in flight from
+/// children that hold the pipes open.
+const EXIT_GRACE: Duration = Duration::from_millis(100);
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+fn main() {
+    let mut socket = format!("{GUEST_SOCKET_DIR}/{SOCKET_NAME}");
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--socket" => {
+                socket = args
+                    .next()
+                    .unwrap_or_else(|| usage("--socket needs a path"))
+            }
+            "--version" => {
+                println!(
+                    "faas-agent {} (protocol {PROTOCOL_VERSION})",
+                    env!("CARGO_PKG_VERSION")
+                );
+                return;
+            }
+            other => usage(&format!("unknown argument {other:?}")),
+        }
+    }
+    if let Err(e) = serve(&socket) {
+        eprintln!("faas-agent: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn usage(msg: &str) -> ! {
+    eprintln!("faas-agent: {msg}\nusage: faas-agent [--socket PATH] [--version]");
+    std::process::exit(2)
+}
+
+fn serve(socket: &str) -> io::Result<()> {
+    match std::fs::remove_file(socket) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(io::Error::new(
+                e.kind(),
+                format!("remove stale {socket}: {e}"),
+            ))
+        }
+    }
+    let listener = UnixListener::bind(socket)
+        .map_err(|e| io::Error::new(e.kind(), format!("bind {socket}: {e}")))?;
+    let reaper = Arc::new(Reaper::default());
+    {
+        let reaper = reaper.clone();
+        std::thread::spawn(move || reaper.run());
+    }
+    for conn in listener.incoming() {
+        let Ok(conn) = conn else { continue };
+        let reaper = reaper.clone();
+        std::thread::spawn(move || {
+            if let Err(e) = handle(conn, &reaper) {
+                eprintln!("faas-agent: connection: {e}");
+            }
+        });
+    }
+    Ok(())
+}
+
+/// What an exec's main loop waits for.
+enum Ev {
+    Out(FrameKind, Vec<u8>),
+    Eof,
+    Exit(WaitStatus),
+    HostGone,
+}
+
+/// Reaps every child (and, as PID 1, every orphan) and hands exit statuses to the exec that
+/// waits for them. Spawning happens under the same lock, so a fast child's exit is never
+/// reaped before its waiter is registered, and std's own reaping of a child whose `exec`
+/// failed is never raced.
+#[derive(Default)]
+struct Reaper {
+    state: Mutex<ReaperState>,
+    spawned: Condvar,
+}
+
+#[derive(Default)]
+struct ReaperState {
+    waiting: HashMap<i32, Sender<Ev>>,
+    generation: u64,
+}
+
+impl Reaper {
+    fn run(&self) {
+        loop {
+            let generation = self.lock().generation;
+            match waitid(Id::All, WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) {
+                Ok(seen) => {
+                    let Some(pid) = seen.pid() else { continue };
+                    let mut st = self.lock();
+                    // Reap it now that no spawn is in progress; a child whose exec failed was
+                    // already reaped by std, which is fine (ECHILD).
+                    let status = match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+                        Ok(WaitStatus::StillAlive) | Err(_) => seen,
+                        Ok(s) => s,
+                    };
+                    if let Some(tx) = st.waiting.remove(&pid.as_raw()) {
+                        let _ = tx.send(Ev::Exit(status));
+                    }
+                }
+                Err(Errno::ECHILD) => {
+                    let mut st = self.lock();
+                    while st.generation == generation {
+                        st = self.spawned.wait(st).unwrap_or_else(|e| e.into_inner());
+                    }
+                }
+                Err(Errno::EINTR) => {}
+                Err(e) => {
+                    eprintln!("faas-agent: waitid: {e}");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ReaperState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Spawns `cmd` and registers `tx` for its exit, atomically with respect to reaping.
+    fn spawn(&self, cmd: &mut Command, tx: Sender<Ev>) -> io::Result<std::process::Child> {
+        let mut st = self.lock();
+        let child = cmd.spawn()?;
+        st.waiting.insert(child.id() as i32, tx);
+        st.generation += 1;
+        self.spawned.notify_all();
+        Ok(child)
+    }
+}
+
+fn handle(mut conn: UnixStream, reaper: &Reaper) -> io::Result<()> {
+    let Some((kind, payload)) = read_frame(&mut conn)? else {
+        return Ok(());
+    };
+    if kind != FrameKind::Json {
+        return write_json(
+            &mut conn,
+            &Event::Error {
+                message: "expected a request frame".into(),
+            },
+        );
+    }
+    let req: Request = match serde_json::from_slice(&payload) {
+        Ok(r) => r,
+        Err(e) => {
+            return write_json(
+                &mut conn,
+                &Event::Error {
+                    message: format!("bad request: {e}"),
+                },
+            )
+        }
+    };
+    match req {
+        Request::Ping => write_json(
+            &mut conn,
+            &Event::Pong {
+                version: PROTOCOL_VERSION,
+                pid: std::process::id(),
+            },
+        ),
+        Request::Exec(req) => exec(conn, req, reaper),
+    }
+}
+
+fn build_command(req: &ExecRequest) -> Result<Command, Event> {
+    let Some((prog, args)) = req.argv.split_first() else {
+        return Err(Event::SpawnFailed {
+            message: "empty command".into(),
+            exit_code: 127,
+        });
+    };
+    let mut cmd = Command::new(prog);
+    cmd.args(args);
+    if std::env::var_os("PATH").is_none() && !req.env.iter().any(|(k, _)| k == "PATH") {
+        cmd.env("PATH", DEFAULT_PATH);
+    }
+    if std::env::var_os("HOME").is_none() {
+        cmd.env("HOME", "/root");
+    }
+    cmd.envs(req.env.iter().map(|(k, v)| (k, v)));
+    if let Some(dir) = &req.cwd {
+        if let Err(e) = std::fs::create_dir_all(dir) {
+            return Err(Event::SpawnFailed {
+                message: format!("working directory {dir}: {e}"),
+                exit_code: 126,
+            });
+        }
+        cmd.current_dir(dir);
+    }
+    cmd.stdin(if req.stdin {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .process_group(0);
+    Ok(cmd)
+}
+
+fn exec(mut conn: UnixStream, req: ExecRequest, reaper: &Reaper) -> io::Result<()> {
+    let mut cmd = match build_command(&req) {
+        Ok(c) => c,
+        Err(ev) => return write_json(&mut conn, &ev),
+    };
+    let (tx, rx) = mpsc::channel();
+    let oom_before = oom_kills();
+    let start = Instant::now();
+    let mut child = match reaper.spawn(&mut cmd, tx.clone()) {
+        Ok(c) => c,
+        Err(e) => {
+            let exit_code = if e.kind() == io::ErrorKind::NotFound {
+                127
+            } else {
+                126
+            };
+            let message = format!("{}: {e}", req.argv[0]);
+            return write_json(&mut conn, &Event::SpawnFailed { message, exit_code });
+        }
+    };
+    let pid = child.id();
+    let pgid = Pid::from_raw(pid as i32);
+    write_json(&mut conn, &Event::Started { pid })?;
+
+    for (kind, pipe) in [
+        (
+            FrameKind::Stdout,
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        ),
+        (
+            FrameKind::Stderr,
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        ),
+    ] {
+        let tx = tx.clone();
+        let mut pipe = pipe.expect("stdout and stderr are piped");
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                match pipe.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        if tx.send(Ev::Out(kind, buf[..n].to_vec())).is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => break,
+                }
+            }
+            let _ = tx.send(Ev::Eof);
+        });
+    }
+
+    // Reads stdin frames from the host, and notices when the host goes away.
+    {
+        let mut input = conn.try_clone()?;
+        let mut stdin = child.stdin.take();
+        let tx = tx.clone();
+        std::thread::spawn(move || loop {
+            match read_frame(&mut input) {
+                Ok(Some((FrameKind::Stdin, data))) => {
+                    if data.is_empty() {
+                        stdin = None;
+                    } else if let Some(s) = stdin.as_mut() {
+                        if s.write_all(&data).is_err() {
+                            stdin = None;
+                        }
+                    }
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => {
+                    let _ = tx.send(Ev::HostGone);
+                    return;
+                }
+            }
+        });
+    }
+    drop(tx);
+
+    let limit = if req.output_limit == 0 {
+        DEFAULT_OUTPUT_LIMIT
+    } else {
+        req.output_limit
+    };
+    let deadline = (req.timeout_ms > 0).then(|| start + Duration::from_millis(req.timeout_ms));
+    let mut info = ExitInfo::default();
+    let mut status: Option<WaitStatus> = None;
+    let mut open_pipes = 2;
+    let mut grace_until = None;
+    let mut captured: u64 = 0;
+    let mut host_gone = false;
+    loop {
+        if status.is_some() && open_pipes == 0 {
+            break;
+        }
+        let wait_until = if status.is_some() {
+            grace_until
+        } else if info.timed_out || host_gone {
+            None
+        } else {
+            deadline
+        };
+        let ev = match wait_until {
+            Some(t) => match rx.recv_timeout(t.saturating_duration_since(Instant::now())) {
+                Ok(ev) => ev,
+                Err(RecvTimeoutError::Timeout) if status.is_some() => break,
+                Err(RecvTimeoutError::Timeout) => {
+                    info.timed_out = true;
+                    let _ = killpg(pgid, Signal::SIGKILL);
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            },
+            None => match rx.recv() {
+                Ok(ev) => ev,
+                Err(_) => break,
+            },
+        };
+        match ev {
+            Ev::Out(kind, mut data) => {
+                let room = limit.saturating_sub(captured) as usize;
+                if data.len() > room {
+                    info.truncated = true;
+                    data.truncate(room);
+                }
+                if !data.is_empty() && !host_gone {
+                    captured += data.len() as u64;
+                    if write_frame(&mut conn, kind, &data).is_err() {
+                        host_gone = true;
+                        let _ = killpg(pgid, Signal::SIGKILL);
+                    }
+                }
+            }
+            Ev::Eof => open_pipes -= 1,
+            Ev::Exit(s) => {
+                info.duration_us = start.elapsed().as_micros() as u64;
+                status = Some(s);
+                grace_until = Some(Instant::now() + EXIT_GRACE);
+            }
+            Ev::HostGone => {
+                if status.is_none() && !host_gone {
+                    let _ = killpg(pgid, Signal::SIGKILL);
+                }
+                host_gone = true;
+            }
+        }
+    }
+    if host_gone {
+        return Ok(());
+    }
+    match status {
+        Some(WaitStatus::Exited(_, code)) => info.exit_code = code,
+        Some(WaitStatus::Signaled(_, sig, _)) => {
+            info.signal = Some(sig as i32);
+            info.exit_code = 128 + sig as i32;
+        }
+        other => {
+            let message = format!("process {pid} ended without an exit status ({other:?})");
+            return write_json(&mut conn, &Event::Error { message });
+        }
+    }
+    // Any OOM kill in the box while the command ran: the victim may be the command itself or
+    // one of its children (a shell then reports 137 for it).
+    info.oom_killed = matches!((oom_before, oom_kills()), (Some(a), Some(b)) if b > a);
+    write_json(&mut conn, &Event::Exited(info))?;
+    conn.flush()
+}
+
+/// The sandbox's OOM-kill counter, from its memory cgroup (v2, then v1).
+fn oom_kills() -> Option<u64> {
+    for path in [
+        "/sys/fs/cgroup/memory.events",
+        "/sys/fs/cgroup/memory/memory.oom_control",
+    ] {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            for line in text.lines() {
+                let mut it = line.split_whitespace();
+                if it.next() == Some("oom_kill") {
+                    return it.next().and_then(|v| v.parse().ok());
+                }
+            }
+        }
+    }
+    None
+}

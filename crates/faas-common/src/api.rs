@@ -1,0 +1,377 @@
+//! Bodies of the HTTP API (v1).
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use base64::Engine;
+use serde::de::{self, Deserializer};
+use serde::{Deserialize, Serialize};
+
+/// What to run: a string run by `sh -c`, or an argv array run as is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum CommandSpec {
+    Shell(String),
+    Argv(Vec<String>),
+}
+
+impl CommandSpec {
+    /// The argv the agent runs.
+    pub fn to_argv(&self) -> Vec<String> {
+        match self {
+            CommandSpec::Shell(s) => vec!["/bin/sh".into(), "-c".into(), s.clone()],
+            CommandSpec::Argv(v) => v.clone(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        match self {
+            CommandSpec::Shell(s) => s.trim().is_empty(),
+            CommandSpec::Argv(v) => v.first().is_none_or(|p| p.is_empty()),
+        }
+    }
+}
+
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    #[default]
+    Ephemeral,
+    Cached,
+    Checkpointed,
+    Branched,
+    Persistent,
+}
+
+impl Mode {
+    pub const ALL: [Mode; 5] = [
+        Mode::Ephemeral,
+        Mode::Cached,
+        Mode::Checkpointed,
+        Mode::Branched,
+        Mode::Persistent,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Ephemeral => "ephemeral",
+            Mode::Cached => "cached",
+            Mode::Checkpointed => "checkpointed",
+            Mode::Branched => "branched",
+            Mode::Persistent => "persistent",
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The backend a request asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Runtime {
+    #[default]
+    Auto,
+    Docker,
+    Native,
+    Firecracker,
+}
+
+impl Runtime {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Runtime::Auto => "auto",
+            Runtime::Docker => "docker",
+            Runtime::Native => "native",
+            Runtime::Firecracker => "firecracker",
+        }
+    }
+}
+
+impl fmt::Display for Runtime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Environment variables: a JSON object, or the reference SDKs' list of `[key, value]` pairs.
+/// Numbers and booleans are taken as their text.
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct EnvVars(pub Vec<(String, String)>);
+
+impl<'de> Deserialize<'de> for EnvVars {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        fn text<E: de::Error>(key: &str, v: &serde_json::Value) -> Result<String, E> {
+            match v {
+                serde_json::Value::String(s) => Ok(s.clone()),
+                serde_json::Value::Number(n) => Ok(n.to_string()),
+                serde_json::Value::Bool(b) => Ok(b.to_string()),
+                _ => Err(E::custom(format!(
+                    "env_vars: value of {key:?} must be a string"
+                ))),
+            }
+        }
+        let v = serde_json::Value::deserialize(d)?;
+        let pairs = match v {
+            serde_json::Value::Null => Vec::new(),
+            serde_json::Value::Object(m) => m
+                .iter()
+                .map(|(k, v)| Ok((k.clone(), text(k, v)?)))
+                .collect::<Result<_, _>>()?,
+            serde_json::Value::Array(items) => items
+                .iter()
+                .map(|item| match item.as_array().map(Vec::as_slice) {
+                    Some([serde_json::Value::String(k), v]) => Ok((k.clone(), text(k, v)?)),
+                    _ => Err(de::Error::custom(
+                        "env_vars: each list item must be a [key, value] pair of strings",
+                    )),
+                })
+                .collect::<Result<_, _>>()?,
+            _ => {
+                return Err(de::Error::custom(
+                    "env_vars must be an object or a list of [key, value] pairs",
+                ))
+            }
+        };
+        for (k, _) in &pairs {
+            if k.is_empty() || k.contains('=') || k.contains('\0') {
+                return Err(de::Error::custom(format!("env_vars: invalid name {k:?}")));
+            }
+        }
+        Ok(EnvVars(pairs))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExecuteRequest {
+    pub command: CommandSpec,
+    #[serde(default)]
+    pub image: Option<String>,
+    #[serde(default)]
+    pub runtime: Option<Runtime>,
+    #[serde(default)]
+    pub mode: Option<Mode>,
+    #[serde(default)]
+    pub env_vars: EnvVars,
+    #[serde(default)]
+    pub working_dir: Option<String>,
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub memory_mb: Option<u64>,
+    #[serde(default)]
+    pub cpu_cores: Option<f64>,
+    #[serde(default)]
+    pub stdin: Option<String>,
+    #[serde(default)]
+    pub stdin_b64: Option<String>,
+    #[serde(default)]
+    pub snapshot_id: Option<String>,
+    #[serde(default)]
+    pub branch_from: Option<String>,
+    #[serde(default)]
+    pub cache_key: Option<String>,
+    #[serde(default)]
+    pub network: Option<String>,
+}
+
+impl ExecuteRequest {
+    pub fn new(command: CommandSpec) -> Self {
+        ExecuteRequest {
+            command,
+            image: None,
+            runtime: None,
+            mode: None,
+            env_vars: EnvVars::default(),
+            working_dir: None,
+            timeout_ms: None,
+            memory_mb: None,
+            cpu_cores: None,
+            stdin: None,
+            stdin_b64: None,
+            snapshot_id: None,
+            branch_from: None,
+            cache_key: None,
+            network: None,
+        }
+    }
+
+    /// The stdin bytes, from `stdin` (text) or `stdin_b64`; both at once is an error.
+    pub fn stdin_bytes(&self) -> Result<Option<Vec<u8>>, String> {
+        match (&self.stdin, &self.stdin_b64) {
+            (Some(_), Some(_)) => Err("give either stdin or stdin_b64, not both".into()),
+            (Some(s), None) => Ok(Some(s.clone().into_bytes())),
+            (None, Some(b)) => base64::engine::general_purpose::STANDARD
+                .decode(b)
+                .map(Some)
+                .map_err(|e| format!("stdin_b64 is not valid base64: {e}")),
+            (None, None) => Ok(None),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExecuteResponse {
+    pub request_id: String,
+    /// The command's real exit status; 128 + N when signal N ended it.
+    pub exit_code: i32,
+    pub stdout: String,
+    pub stderr: String,
+    /// Same as `stdout` (the reference SDKs' name).
+    pub output: String,
+    /// Same as `stderr` (the reference SDKs' name).
+    pub logs: String,
+    /// The command's own wall time, from spawn to exit, measured inside the sandbox.
+    pub duration_ms: f64,
+    /// The whole request on the server: sandbox acquisition, run and clean-up.
+    pub total_ms: f64,
+    pub error: Option<String>,
+    pub timed_out: bool,
+    pub signal: Option<i32>,
+    pub oom_killed: bool,
+    pub truncated: bool,
+    pub backend: String,
+    pub mode: Mode,
+    pub warm: bool,
+    pub snapshot_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PrewarmRequest {
+    #[serde(default)]
+    pub image: Option<String>,
+    #[serde(default = "one")]
+    pub count: usize,
+    #[serde(default)]
+    pub runtime: Option<Runtime>,
+}
+
+fn one() -> usize {
+    1
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PoolInfo {
+    pub image: String,
+    pub backend: String,
+    /// Started sandboxes waiting in the pool.
+    pub ready: usize,
+    /// Sandboxes being started right now.
+    pub creating: usize,
+    /// How many the pool keeps ready.
+    pub target: usize,
+    pub memory_mb: u64,
+    pub cpu_cores: f64,
+    /// Why the latest creation failed, when it did.
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PoolsResponse {
+    pub pools: Vec<PoolInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BackendStatus {
+    pub name: String,
+    pub available: bool,
+    /// What was found, or what is missing.
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HealthResponse {
+    pub status: String,
+    pub version: String,
+    pub uptime_s: f64,
+    /// The backend `auto` resolves to, and why.
+    pub default_backend: Option<String>,
+    pub default_image: String,
+    pub backends: Vec<BackendStatus>,
+}
+
+/// JSON metrics: counters since start.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct MetricsResponse {
+    /// `backend` → `mode` → count.
+    pub executions: BTreeMap<String, BTreeMap<String, u64>>,
+    pub executions_total: u64,
+    pub warm_hits: u64,
+    pub warm_misses: u64,
+    /// Requests that ended in an error (not commands that exited non-zero).
+    pub failures: u64,
+    pub timeouts: u64,
+    pub oom_kills: u64,
+    pub sandboxes_created: u64,
+    pub sandboxes_destroyed: u64,
+    pub sandboxes_live: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(v: serde_json::Value) -> Result<ExecuteRequest, serde_json::Error> {
+        serde_json::from_value(v)
+    }
+
+    #[test]
+    fn env_vars_in_both_forms() {
+        let a =
+            parse(serde_json::json!({"command": "env", "env_vars": {"A": "1", "B": 2}})).unwrap();
+        let b = parse(serde_json::json!({"command": "env", "env_vars": [["A", "1"], ["B", "2"]]}))
+            .unwrap();
+        assert_eq!(a.env_vars, b.env_vars);
+        assert_eq!(
+            a.env_vars.0,
+            vec![("A".into(), "1".into()), ("B".into(), "2".into())]
+        );
+    }
+
+    #[test]
+    fn bad_env_vars_are_refused() {
+        for bad in [
+            serde_json::json!(["A"]),
+            serde_json::json!([["A", "1", "2"]]),
+            serde_json::json!({"A=B": "1"}),
+            serde_json::json!({"A": {"x": 1}}),
+            serde_json::json!("A=1"),
+        ] {
+            assert!(parse(serde_json::json!({"command": "true", "env_vars": bad})).is_err());
+        }
+    }
+
+    #[test]
+    fn unknown_mode_and_runtime_are_errors() {
+        assert!(parse(serde_json::json!({"command": "x", "mode": "turbo"})).is_err());
+        assert!(parse(serde_json::json!({"command": "x", "runtime": "lxc"})).is_err());
+        let r = parse(serde_json::json!({"command": ["echo", "hi"], "mode": "cached"})).unwrap();
+        assert_eq!(r.mode, Some(Mode::Cached));
+        assert_eq!(r.command.to_argv(), vec!["echo", "hi"]);
+    }
+
+    #[test]
+    fn empty_commands() {
+        assert!(CommandSpec::Shell("  ".into()).is_empty());
+        assert!(CommandSpec::Argv(vec![]).is_empty());
+        assert!(CommandSpec::Argv(vec!["".into()]).is_empty());
+        assert!(!CommandSpec::Shell("true".into()).is_empty());
+    }
+
+    #[test]
+    fn stdin_forms() {
+        let mut r = ExecuteRequest::new(CommandSpec::Shell("cat".into()));
+        r.stdin_b64 = Some("aGk=".into());
+        assert_eq!(r.stdin_bytes().unwrap(), Some(b"hi".to_vec()));
+        r.stdin = Some("x".into());
+        assert!(r.stdin_bytes().is_err());
+        r.stdin = None;
+        r.stdin_b64 = Some("!!".into());
+        assert!(r.stdin_bytes().is_err());
+    }
+}

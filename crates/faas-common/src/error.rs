@@ -1,0 +1,94 @@
+//! The error-code table: every error the API returns has one stable `code` and one status.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The body is not JSON, or JSON of the wrong shape.
+    InvalidJson,
+    /// Well-formed but invalid input (empty command, unknown mode, limits out of range...).
+    InvalidRequest,
+    NotFound,
+    ImageNotFound,
+    MethodNotAllowed,
+    PayloadTooLarge,
+    /// The request names a feature this server or backend does not have.
+    Unsupported,
+    /// The backend the request needs is not available on this host right now.
+    BackendUnavailable,
+    /// The platform could not finish the request in time (not a command's own timeout).
+    Timeout,
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidJson => "invalid_json",
+            ErrorCode::InvalidRequest => "invalid_request",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::ImageNotFound => "image_not_found",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::Unsupported => "unsupported",
+            ErrorCode::BackendUnavailable => "backend_unavailable",
+            ErrorCode::Timeout => "timeout",
+            ErrorCode::Internal => "internal",
+        }
+    }
+
+    pub fn status(self) -> u16 {
+        match self {
+            ErrorCode::InvalidJson | ErrorCode::InvalidRequest => 400,
+            ErrorCode::NotFound | ErrorCode::ImageNotFound => 404,
+            ErrorCode::MethodNotAllowed => 405,
+            ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::Internal => 500,
+            ErrorCode::Unsupported => 501,
+            ErrorCode::BackendUnavailable => 503,
+            ErrorCode::Timeout => 504,
+        }
+    }
+}
+
+/// `{"error": {"code": "...", "message": "..."}}`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ErrorDetail {
+    pub code: String,
+    pub message: String,
+}
+
+impl ErrorBody {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ErrorBody {
+            error: ErrorDetail {
+                code: code.as_str().to_string(),
+                message: message.into(),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_serialize_as_their_string() {
+        for c in [
+            ErrorCode::ImageNotFound,
+            ErrorCode::PayloadTooLarge,
+            ErrorCode::Unsupported,
+        ] {
+            assert_eq!(serde_json::to_value(c).unwrap(), c.as_str());
+        }
+        assert_eq!(ErrorCode::Unsupported.status(), 501);
+        assert_eq!(ErrorCode::PayloadTooLarge.status(), 413);
+    }
+}

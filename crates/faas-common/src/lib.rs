@@ -1,0 +1,11 @@
+//! Shared contract of the platform: request/response DTOs of the HTTP API and the table of
+//! error codes. No I/O lives here, so the gateway, the CLI and the tests agree on one shape.
+//!
+//! - [`api`]: execute, prewarm, pools, health bodies.
+//! - [`error`]: [`ErrorCode`], its stable string and HTTP status, and the error body.
+
+pub mod api;
+pub mod error;
+
+pub use api::*;
+pub use error::{ErrorBody, ErrorCode, ErrorDetail};

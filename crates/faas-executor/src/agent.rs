@@ -1,0 +1,224 @@
+//! Host side of the agent protocol (see the `faas-agent` crate for the frames).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use faas_agent::{decode_header, encode_header, Event, ExecRequest, ExitInfo, FrameKind, Request};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+
+use crate::error::{Error, Result};
+
+/// Talks to the agent of one sandbox through the unix socket its backend exposed on the host.
+#[derive(Debug, Clone)]
+pub struct AgentClient {
+    sandbox: String,
+    socket: PathBuf,
+}
+
+/// What one exec produced.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ExecOutcome {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub exit: ExitInfo,
+    /// Set when the process could not be started (`exit.exit_code` is then 126 or 127).
+    pub spawn_error: Option<String>,
+}
+
+impl AgentClient {
+    pub fn new(sandbox: impl Into<String>, socket: impl Into<PathBuf>) -> Self {
+        AgentClient {
+            sandbox: sandbox.into(),
+            socket: socket.into(),
+        }
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    fn err(&self, message: impl Into<String>) -> Error {
+        Error::Agent {
+            sandbox: self.sandbox.clone(),
+            message: message.into(),
+        }
+    }
+
+    /// Waits until the agent answers a ping, polling the socket.
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<()> {
+        let start = Instant::now();
+        let mut last = String::new();
+        while start.elapsed() < timeout {
+            match self.ping().await {
+                Ok(()) => return Ok(()),
+                Err(e) => last = e.to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        Err(self.err(format!("did not answer within {timeout:?} ({last})")))
+    }
+
+    pub async fn ping(&self) -> Result<()> {
+        let mut conn = self.connect().await?;
+        send_json(&mut conn, &Request::Ping)
+            .await
+            .map_err(|e| self.err(e.to_string()))?;
+        match self.read_event(&mut conn).await? {
+            Some((FrameKind::Json, Some(Event::Pong { .. }), _)) => Ok(()),
+            other => Err(self.err(format!("unexpected answer to ping: {other:?}"))),
+        }
+    }
+
+    async fn connect(&self) -> Result<UnixStream> {
+        UnixStream::connect(&self.socket)
+            .await
+            .map_err(|e| self.err(format!("connect {}: {e}", self.socket.display())))
+    }
+
+    /// Runs one process and collects its output. `on_output` sees each chunk as it arrives
+    /// (for streaming); the collected output is returned either way.
+    pub async fn exec(
+        &self,
+        req: ExecRequest,
+        stdin: Option<Vec<u8>>,
+        mut on_output: impl FnMut(FrameKind, &[u8]) + Send,
+    ) -> Result<ExecOutcome> {
+        let mut conn = self.connect().await?;
+        let req = ExecRequest {
+            stdin: stdin.is_some(),
+            ..req
+        };
+        send_json(&mut conn, &Request::Exec(req))
+            .await
+            .map_err(|e| self.err(e.to_string()))?;
+        let (mut rd, mut wr) = conn.into_split();
+        // Stdin goes in its own task so a process that does not read it cannot stall us.
+        let feeder = tokio::spawn(async move {
+            if let Some(data) = stdin {
+                for chunk in data.chunks(256 * 1024) {
+                    if send_frame(&mut wr, FrameKind::Stdin, chunk).await.is_err() {
+                        return wr;
+                    }
+                }
+                let _ = send_frame(&mut wr, FrameKind::Stdin, &[]).await;
+            }
+            wr
+        });
+        let mut out = ExecOutcome::default();
+        loop {
+            let Some((kind, event, payload)) = self.read_event(&mut rd).await? else {
+                feeder.abort();
+                return Err(self.err("connection closed before the process exited"));
+            };
+            match (kind, event) {
+                (FrameKind::Stdout, _) => {
+                    on_output(kind, &payload);
+                    out.stdout.extend_from_slice(&payload);
+                }
+                (FrameKind::Stderr, _) => {
+                    on_output(kind, &payload);
+                    out.stderr.extend_from_slice(&payload);
+                }
+                (_, Some(Event::Started { .. })) => {}
+                (_, Some(Event::Exited(info))) => {
+                    out.exit = info;
+                    break;
+                }
+                (_, Some(Event::SpawnFailed { message, exit_code })) => {
+                    out.exit.exit_code = exit_code;
+                    out.spawn_error = Some(message);
+                    break;
+                }
+                (_, Some(Event::Error { message })) => {
+                    feeder.abort();
+                    return Err(self.err(message));
+                }
+                (k, e) => {
+                    feeder.abort();
+                    return Err(self.err(format!("unexpected frame {k:?} {e:?}")));
+                }
+            }
+        }
+        feeder.abort();
+        Ok(out)
+    }
+
+    async fn read_event(
+        &self,
+        r: &mut (impl AsyncReadExt + Unpin),
+    ) -> Result<Option<(FrameKind, Option<Event>, Vec<u8>)>> {
+        let mut h = [0u8; 5];
+        match r.read_exact(&mut h).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+            Err(e) => return Err(self.err(format!("read: {e}"))),
+        }
+        let (kind, len) = decode_header(h).map_err(|e| self.err(e.to_string()))?;
+        let mut payload = vec![0u8; len];
+        r.read_exact(&mut payload)
+            .await
+            .map_err(|e| self.err(format!("read: {e}")))?;
+        if kind == FrameKind::Json {
+            let ev: Event = serde_json::from_slice(&payload)
+                .map_err(|e| self.err(format!("bad event: {e}")))?;
+            return Ok(Some((kind, Some(ev), Vec::new())));
+        }
+        Ok(Some((kind, None, payload)))
+    }
+}
+
+async fn send_frame(
+    w: &mut (impl AsyncWriteExt + Unpin),
+    kind: FrameKind,
+    payload: &[u8],
+) -> std::io::Result<()> {
+    let h = encode_header(kind, payload.len())?;
+    w.write_all(&h).await?;
+    w.write_all(payload).await
+}
+
+async fn send_json(w: &mut (impl AsyncWriteExt + Unpin), value: &Request) -> std::io::Result<()> {
+    let body = serde_json::to_vec(value).map_err(std::io::Error::other)?;
+    send_frame(w, FrameKind::Json, &body).await
+}
+
+/// Checks that `path` is an x86-64 ELF executable without an interpreter, i.e. one that runs in
+/// any image whatever libc it has (or none).
+pub fn check_static_agent(path: &Path) -> std::result::Result<(), String> {
+    let data = std::fs::read(path).map_err(|e| format!("agent binary {}: {e}", path.display()))?;
+    let bad = |why: &str| format!("agent binary {}: {why}", path.display());
+    if data.len() < 64 || &data[..4] != b"\x7fELF" || data[4] != 2 || data[5] != 1 {
+        return Err(bad("not a 64-bit little-endian ELF file"));
+    }
+    let u16_at = |o: usize| u16::from_le_bytes([data[o], data[o + 1]]) as usize;
+    let phoff = u64::from_le_bytes(data[0x20..0x28].try_into().expect("8 bytes")) as usize;
+    let (phentsize, phnum) = (u16_at(0x36), u16_at(0x38));
+    for i in 0..phnum {
+        let o = phoff + i * phentsize;
+        let Some(t) = data.get(o..o + 4) else {
+            return Err(bad("truncated program headers"));
+        };
+        if u32::from_le_bytes(t.try_into().expect("4 bytes")) == 3 {
+            return Err(bad(
+                "dynamically linked (has an ELF interpreter); build it with scripts/build-agent.sh",
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dynamic_binaries_are_not_taken_as_agents() {
+        // /bin/sh on the host is dynamically linked.
+        let err = check_static_agent(Path::new("/bin/sh")).unwrap_err();
+        assert!(err.contains("dynamically linked"), "{err}");
+        let err = check_static_agent(Path::new("/etc/hostname")).unwrap_err();
+        assert!(err.contains("not a 64-bit"), "{err}");
+        assert!(check_static_agent(Path::new("/nonexistent")).is_err());
+    }
+}

@@ -1,0 +1,90 @@
+//! The two levels of the executor: a [`Backend`] makes isolated boxes; a [`Sandbox`] is one box,
+//! running the agent as PID 1, that the host execs into through its [`AgentClient`].
+
+use async_trait::async_trait;
+
+use crate::agent::AgentClient;
+use crate::error::Result;
+
+/// Resource limits of one sandbox; every backend enforces all of them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    pub memory_mb: u64,
+    pub cpu_cores: f64,
+    pub pids: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory_mb: 512,
+            cpu_cores: 1.0,
+            pids: 256,
+        }
+    }
+}
+
+/// A backend-neutral description of a box. Each backend turns it into its own form.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SandboxSpec {
+    pub image: String,
+    /// Environment of the box (every exec inherits it).
+    pub env: Vec<(String, String)>,
+    pub limits: Limits,
+    /// Only `none` exists today: a network namespace with loopback alone.
+    pub network: Network,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Network {
+    #[default]
+    None,
+}
+
+#[async_trait]
+pub trait Backend: Send + Sync {
+    /// `docker`, `native`...
+    fn name(&self) -> &'static str;
+
+    /// Creates and starts a box; it returns once the agent inside answers.
+    async fn create(&self, spec: &SandboxSpec) -> Result<Box<dyn Sandbox>>;
+
+    /// Fails with `ImageNotFound` when the backend cannot make boxes of `image`.
+    async fn check_image(&self, image: &str) -> Result<()>;
+
+    /// Removes the boxes an earlier, killed run of this deployment left behind.
+    async fn remove_leftovers(&self) -> Result<usize>;
+}
+
+#[async_trait]
+pub trait Sandbox: Send + Sync {
+    fn id(&self) -> &str;
+    fn backend(&self) -> &'static str;
+    fn agent(&self) -> &AgentClient;
+    /// Kills everything in the box and removes it and all its host-side state.
+    async fn destroy(&self) -> Result<()>;
+}
+
+/// Creates a box and counts it.
+pub(crate) async fn create_counted(
+    metrics: &crate::metrics::Metrics,
+    backend: &dyn Backend,
+    spec: &SandboxSpec,
+) -> Result<Box<dyn Sandbox>> {
+    let sb = backend.create(spec).await?;
+    crate::metrics::inc(&metrics.sandboxes_created);
+    Ok(sb)
+}
+
+/// Destroys a box and counts it; a failure is logged (the box may be left behind) and returned.
+pub(crate) async fn destroy_counted(
+    metrics: &crate::metrics::Metrics,
+    sandbox: Box<dyn Sandbox>,
+) -> Result<()> {
+    let r = sandbox.destroy().await;
+    match &r {
+        Ok(()) => crate::metrics::inc(&metrics.sandboxes_destroyed),
+        Err(e) => tracing::error!(sandbox = sandbox.id(), error = %e.chain(), "destroy failed"),
+    }
+    r
+}

@@ -1,0 +1,3 @@
+//! Backend implementations.
+
+pub mod docker;

@@ -1,0 +1,224 @@
+//! Warm pools: per (backend, image, limits), started sandboxes whose agent already answers.
+//!
+//! A sandbox leaves the pool once and is destroyed after its one use, so nothing leaks from
+//! one request to the next. Refills run in the background, a few creations at a time.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use faas_common::PoolInfo;
+use tokio::sync::Semaphore;
+use tokio_util::task::TaskTracker;
+
+use crate::backend::{create_counted, destroy_counted, Backend, Sandbox, SandboxSpec};
+use crate::metrics::Metrics;
+
+/// How many pool creations run at once, across all pools.
+const CREATE_CONCURRENCY: usize = 4;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    pub backend: &'static str,
+    pub image: String,
+    pub memory_mb: u64,
+    pub cpu_millis: u64,
+    pub pids: u64,
+}
+
+impl PoolKey {
+    pub fn new(backend: &'static str, spec: &SandboxSpec) -> Self {
+        PoolKey {
+            backend,
+            image: spec.image.clone(),
+            memory_mb: spec.limits.memory_mb,
+            cpu_millis: (spec.limits.cpu_cores * 1000.0).round() as u64,
+            pids: spec.limits.pids,
+        }
+    }
+}
+
+struct Pool {
+    backend: Arc<dyn Backend>,
+    spec: SandboxSpec,
+    ready: VecDeque<Box<dyn Sandbox>>,
+    creating: usize,
+    target: usize,
+    last_error: Option<String>,
+}
+
+pub struct WarmPools {
+    pools: Mutex<HashMap<PoolKey, Pool>>,
+    closed: AtomicBool,
+    tasks: TaskTracker,
+    permits: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
+}
+
+impl WarmPools {
+    pub fn new(metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(WarmPools {
+            pools: Mutex::new(HashMap::new()),
+            closed: AtomicBool::new(false),
+            tasks: TaskTracker::new(),
+            permits: Arc::new(Semaphore::new(CREATE_CONCURRENCY)),
+            metrics,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PoolKey, Pool>> {
+        self.pools.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes a ready sandbox, if there is one, and starts refilling. A pool that did not exist
+    /// is created with `default_target`.
+    pub fn take(
+        self: &Arc<Self>,
+        backend: &Arc<dyn Backend>,
+        spec: &SandboxSpec,
+        default_target: usize,
+    ) -> Option<Box<dyn Sandbox>> {
+        let key = PoolKey::new(backend.name(), spec);
+        let taken = {
+            let mut pools = self.lock();
+            let pool = pools.entry(key.clone()).or_insert_with(|| Pool {
+                backend: backend.clone(),
+                spec: spec.clone(),
+                ready: VecDeque::new(),
+                creating: 0,
+                target: default_target,
+                last_error: None,
+            });
+            pool.ready.pop_front()
+        };
+        self.refill(&key);
+        taken
+    }
+
+    /// Sets how many sandboxes the pool keeps ready, and starts filling it.
+    pub fn set_target(
+        self: &Arc<Self>,
+        backend: &Arc<dyn Backend>,
+        spec: &SandboxSpec,
+        target: usize,
+    ) -> PoolInfo {
+        let key = PoolKey::new(backend.name(), spec);
+        let surplus: Vec<Box<dyn Sandbox>> = {
+            let mut pools = self.lock();
+            let pool = pools.entry(key.clone()).or_insert_with(|| Pool {
+                backend: backend.clone(),
+                spec: spec.clone(),
+                ready: VecDeque::new(),
+                creating: 0,
+                target,
+                last_error: None,
+            });
+            pool.target = target;
+            let extra = pool.ready.len().saturating_sub(target);
+            pool.ready.drain(..extra).collect()
+        };
+        for sb in surplus {
+            let metrics = self.metrics.clone();
+            self.tasks
+                .spawn(async move { destroy_counted(&metrics, sb).await });
+        }
+        self.refill(&key);
+        self.info(&key).expect("pool was just inserted")
+    }
+
+    fn info(&self, key: &PoolKey) -> Option<PoolInfo> {
+        self.lock().get(key).map(|p| pool_info(key, p))
+    }
+
+    pub fn list(&self) -> Vec<PoolInfo> {
+        let mut v: Vec<PoolInfo> = self.lock().iter().map(|(k, p)| pool_info(k, p)).collect();
+        v.sort_by(|a, b| (&a.backend, &a.image).cmp(&(&b.backend, &b.image)));
+        v
+    }
+
+    fn refill(self: &Arc<Self>, key: &PoolKey) {
+        if self.closed.load(Ordering::SeqCst) {
+            return;
+        }
+        let (backend, spec, need) = {
+            let mut pools = self.lock();
+            let Some(pool) = pools.get_mut(key) else {
+                return;
+            };
+            let need = pool.target.saturating_sub(pool.ready.len() + pool.creating);
+            pool.creating += need;
+            (pool.backend.clone(), pool.spec.clone(), need)
+        };
+        for _ in 0..need {
+            let (this, backend, spec, key) =
+                (self.clone(), backend.clone(), spec.clone(), key.clone());
+            self.tasks.spawn(async move {
+                let made = match this.permits.clone().acquire_owned().await {
+                    Ok(_permit) if !this.closed.load(Ordering::SeqCst) => {
+                        Some(create_counted(&this.metrics, backend.as_ref(), &spec).await)
+                    }
+                    _ => None,
+                };
+                let leftover = {
+                    let mut pools = this.lock();
+                    let pool = pools.get_mut(&key);
+                    match (pool, made) {
+                        (Some(pool), Some(Ok(sb))) => {
+                            pool.creating -= 1;
+                            if this.closed.load(Ordering::SeqCst) {
+                                Some(sb)
+                            } else {
+                                pool.last_error = None;
+                                pool.ready.push_back(sb);
+                                None
+                            }
+                        }
+                        (Some(pool), Some(Err(e))) => {
+                            pool.creating -= 1;
+                            tracing::warn!(image = %key.image, error = %e.chain(), "warm pool: create failed");
+                            pool.last_error = Some(e.to_string());
+                            None
+                        }
+                        (Some(pool), None) => {
+                            pool.creating -= 1;
+                            None
+                        }
+                        (None, Some(Ok(sb))) => Some(sb),
+                        (None, _) => None,
+                    }
+                };
+                if let Some(sb) = leftover {
+                    let _ = destroy_counted(&this.metrics, sb).await;
+                }
+            });
+        }
+    }
+
+    /// Stops refilling, destroys every ready sandbox and waits for creations in flight (which
+    /// destroy what they made).
+    pub async fn shutdown(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        let ready: Vec<Box<dyn Sandbox>> = self
+            .lock()
+            .values_mut()
+            .flat_map(|p| p.ready.drain(..).collect::<Vec<_>>())
+            .collect();
+        let metrics = self.metrics.clone();
+        futures::future::join_all(ready.into_iter().map(|sb| destroy_counted(&metrics, sb))).await;
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+}
+
+fn pool_info(key: &PoolKey, p: &Pool) -> PoolInfo {
+    PoolInfo {
+        image: key.image.clone(),
+        backend: key.backend.to_string(),
+        ready: p.ready.len(),
+        creating: p.creating,
+        target: p.target,
+        memory_mb: key.memory_mb,
+        cpu_cores: key.cpu_millis as f64 / 1000.0,
+        last_error: p.last_error.clone(),
+    }
+}

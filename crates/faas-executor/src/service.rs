@@ -1,0 +1,405 @@
+//! The execute service: validates a request, picks a backend, gets a sandbox (new or warm),
+//! runs the command through the agent, and cleans up. Handlers call this; they never touch a
+//! backend directly.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use faas_agent::ExecRequest;
+use faas_common::{
+    BackendStatus, ExecuteRequest, ExecuteResponse, MetricsResponse, Mode, PoolInfo,
+    PrewarmRequest, Runtime,
+};
+use tokio_util::task::TaskTracker;
+
+use crate::agent::ExecOutcome;
+use crate::backend::{create_counted, destroy_counted, Backend, Limits, Network, SandboxSpec};
+use crate::error::{Error, Result};
+use crate::metrics::{inc, Metrics};
+use crate::pool::WarmPools;
+
+/// How long past a command's own timeout the host waits for the agent before giving up on it.
+const AGENT_GRACE: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone)]
+pub struct ExecutorConfig {
+    /// The image used when a request names none.
+    pub default_image: String,
+    pub default_timeout_ms: u64,
+    pub max_timeout_ms: u64,
+    pub default_limits: Limits,
+    pub max_memory_mb: u64,
+    pub max_cpu_cores: f64,
+    /// Cap on captured stdout+stderr per execution.
+    pub output_limit: u64,
+    /// Size a warm pool gets when a `cached` request first meets it.
+    pub cached_pool_size: usize,
+    /// Largest `count` a prewarm may ask for.
+    pub max_pool_size: usize,
+}
+
+impl Default for ExecutorConfig {
+    fn default() -> Self {
+        ExecutorConfig {
+            default_image: "faas/busybox:latest".into(),
+            default_timeout_ms: 30_000,
+            max_timeout_ms: 600_000,
+            default_limits: Limits::default(),
+            max_memory_mb: 16 * 1024,
+            max_cpu_cores: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1) as f64,
+            output_limit: faas_agent::DEFAULT_OUTPUT_LIMIT,
+            cached_pool_size: 2,
+            max_pool_size: 256,
+        }
+    }
+}
+
+/// A backend this server knows of, whether or not it works here.
+pub struct BackendEntry {
+    pub name: &'static str,
+    pub backend: Option<Arc<dyn Backend>>,
+    /// What was found, or what is missing.
+    pub detail: String,
+}
+
+pub struct Executor {
+    cfg: ExecutorConfig,
+    backends: Vec<BackendEntry>,
+    pools: Arc<WarmPools>,
+    metrics: Arc<Metrics>,
+    tasks: TaskTracker,
+}
+
+impl Executor {
+    /// `backends` in order of preference: `auto` takes the first available one.
+    pub fn new(cfg: ExecutorConfig, backends: Vec<BackendEntry>) -> Arc<Self> {
+        let metrics = Arc::new(Metrics::default());
+        Arc::new(Executor {
+            cfg,
+            backends,
+            pools: WarmPools::new(metrics.clone()),
+            metrics,
+            tasks: TaskTracker::new(),
+        })
+    }
+
+    pub fn config(&self) -> &ExecutorConfig {
+        &self.cfg
+    }
+
+    pub fn backend_statuses(&self) -> Vec<BackendStatus> {
+        let mut v: Vec<BackendStatus> = self
+            .backends
+            .iter()
+            .map(|b| BackendStatus {
+                name: b.name.to_string(),
+                available: b.backend.is_some(),
+                detail: b.detail.clone(),
+            })
+            .collect();
+        if !v.iter().any(|b| b.name == "firecracker") {
+            v.push(BackendStatus {
+                name: "firecracker".into(),
+                available: false,
+                detail: FIRECRACKER_UNSUPPORTED.into(),
+            });
+        }
+        v
+    }
+
+    /// The backend `auto` resolves to.
+    pub fn default_backend(&self) -> Option<&'static str> {
+        self.backends
+            .iter()
+            .find(|b| b.backend.is_some())
+            .map(|b| b.name)
+    }
+
+    pub fn metrics(&self) -> MetricsResponse {
+        self.metrics.snapshot()
+    }
+
+    pub fn pools(&self) -> Vec<PoolInfo> {
+        self.pools.list()
+    }
+
+    fn resolve(&self, runtime: Runtime) -> Result<Arc<dyn Backend>> {
+        let name = match runtime {
+            Runtime::Firecracker => return Err(Error::Unsupported(FIRECRACKER_UNSUPPORTED.into())),
+            Runtime::Auto => {
+                return self
+                    .backends
+                    .iter()
+                    .find_map(|b| b.backend.clone())
+                    .ok_or_else(|| {
+                        let why: Vec<String> = self
+                            .backends
+                            .iter()
+                            .map(|b| format!("{}: {}", b.name, b.detail))
+                            .collect();
+                        Error::BackendUnavailable(format!(
+                            "no backend works on this host ({})",
+                            why.join("; ")
+                        ))
+                    })
+            }
+            Runtime::Docker => "docker",
+            Runtime::Native => "native",
+        };
+        match self.backends.iter().find(|b| b.name == name) {
+            Some(BackendEntry { backend: Some(b), .. }) => Ok(b.clone()),
+            Some(BackendEntry { detail, .. }) => {
+                Err(Error::BackendUnavailable(format!("backend {name} is not available: {detail}")))
+            }
+            None if name == "native" => Err(Error::Unsupported(
+                "the native backend (OCI runtimes over an overlay image store) is not part of this build yet".into(),
+            )),
+            None => Err(Error::Unsupported(format!("backend {name} is not configured on this server"))),
+        }
+    }
+
+    fn spec(
+        &self,
+        image: Option<&str>,
+        memory_mb: Option<u64>,
+        cpu_cores: Option<f64>,
+    ) -> Result<SandboxSpec> {
+        let image = image
+            .map(str::trim)
+            .filter(|i| !i.is_empty())
+            .unwrap_or(&self.cfg.default_image);
+        if image.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(Error::InvalidRequest(format!(
+                "invalid image name {image:?}"
+            )));
+        }
+        let mut limits = self.cfg.default_limits;
+        if let Some(m) = memory_mb {
+            if !(16..=self.cfg.max_memory_mb).contains(&m) {
+                return Err(Error::InvalidRequest(format!(
+                    "memory_mb must be between 16 and {}, got {m}",
+                    self.cfg.max_memory_mb
+                )));
+            }
+            limits.memory_mb = m;
+        }
+        if let Some(c) = cpu_cores {
+            if !(c >= 0.01 && c <= self.cfg.max_cpu_cores) {
+                return Err(Error::InvalidRequest(format!(
+                    "cpu_cores must be between 0.01 and {}, got {c}",
+                    self.cfg.max_cpu_cores
+                )));
+            }
+            limits.cpu_cores = c;
+        }
+        Ok(SandboxSpec {
+            image: image.to_string(),
+            env: Vec::new(),
+            limits,
+            network: Network::None,
+        })
+    }
+
+    /// Runs one execute request. The work runs in its own task, so a client that disconnects
+    /// does not cut it short: the sandbox is always cleaned up.
+    pub async fn execute(self: &Arc<Self>, req: ExecuteRequest) -> Result<ExecuteResponse> {
+        let this = self.clone();
+        let r = match self
+            .tasks
+            .spawn(async move { this.execute_inner(req).await })
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => Err(Error::Internal(format!("execute task failed: {e}"))),
+        };
+        if r.is_err() {
+            inc(&self.metrics.failures);
+        }
+        r
+    }
+
+    async fn execute_inner(self: Arc<Self>, req: ExecuteRequest) -> Result<ExecuteResponse> {
+        let t0 = Instant::now();
+        let mode = req.mode.unwrap_or_default();
+        match mode {
+            Mode::Ephemeral | Mode::Cached => {}
+            Mode::Checkpointed | Mode::Branched | Mode::Persistent => {
+                return Err(Error::Unsupported(format!(
+                    "mode {mode} is not available yet: it needs instances and snapshots, which this server does not have"
+                )))
+            }
+        }
+        for (field, given) in [
+            ("snapshot_id", &req.snapshot_id),
+            ("branch_from", &req.branch_from),
+        ] {
+            if given.is_some() {
+                return Err(Error::InvalidRequest(format!(
+                    "{field} is not valid with mode {mode}"
+                )));
+            }
+        }
+        if req.command.is_empty() {
+            return Err(Error::InvalidRequest("command is empty".into()));
+        }
+        if let Some(net) = req.network.as_deref() {
+            if net != "none" {
+                return Err(Error::Unsupported(format!(
+                    "network {net:?} is not offered: sandboxes have no network (`none`)"
+                )));
+            }
+        }
+        let timeout_ms = req.timeout_ms.unwrap_or(self.cfg.default_timeout_ms);
+        if timeout_ms == 0 || timeout_ms > self.cfg.max_timeout_ms {
+            return Err(Error::InvalidRequest(format!(
+                "timeout_ms must be between 1 and {}, got {timeout_ms}",
+                self.cfg.max_timeout_ms
+            )));
+        }
+        let stdin = req.stdin_bytes().map_err(Error::InvalidRequest)?;
+        let spec = self.spec(req.image.as_deref(), req.memory_mb, req.cpu_cores)?;
+        let backend = self.resolve(req.runtime.unwrap_or_default())?;
+
+        let (sandbox, warm) = match mode {
+            Mode::Cached => match self.pools.take(&backend, &spec, self.cfg.cached_pool_size) {
+                Some(sb) => {
+                    inc(&self.metrics.warm_hits);
+                    (sb, true)
+                }
+                None => {
+                    inc(&self.metrics.warm_misses);
+                    (
+                        create_counted(&self.metrics, backend.as_ref(), &spec).await?,
+                        false,
+                    )
+                }
+            },
+            _ => (
+                create_counted(&self.metrics, backend.as_ref(), &spec).await?,
+                false,
+            ),
+        };
+        let exec = ExecRequest {
+            argv: req.command.to_argv(),
+            env: req.env_vars.0.clone(),
+            cwd: req.working_dir.clone(),
+            timeout_ms,
+            output_limit: self.cfg.output_limit,
+            stdin: false,
+        };
+        let guard = Duration::from_millis(timeout_ms) + AGENT_GRACE;
+        let ran = tokio::time::timeout(guard, sandbox.agent().exec(exec, stdin, |_, _| {})).await;
+        let backend_name = sandbox.backend();
+        // A used sandbox is never reused. Ephemeral waits for its removal (the box is gone
+        // when the answer arrives); cached answers first and removes it in the background.
+        match mode {
+            Mode::Cached => {
+                let metrics = self.metrics.clone();
+                self.tasks
+                    .spawn(async move { destroy_counted(&metrics, sandbox).await });
+            }
+            _ => {
+                let _ = destroy_counted(&self.metrics, sandbox).await;
+            }
+        }
+        let out = match ran {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(Error::Internal(format!(
+                    "the sandbox agent did not report within {guard:?}; the sandbox was destroyed"
+                )))
+            }
+        };
+        self.metrics.execution(backend_name, mode);
+        Ok(self.response(out, backend_name, mode, warm, timeout_ms, &spec, t0))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn response(
+        &self,
+        out: ExecOutcome,
+        backend: &str,
+        mode: Mode,
+        warm: bool,
+        timeout_ms: u64,
+        spec: &SandboxSpec,
+        t0: Instant,
+    ) -> ExecuteResponse {
+        let x = &out.exit;
+        if x.timed_out {
+            inc(&self.metrics.timeouts);
+        }
+        if x.oom_killed {
+            inc(&self.metrics.oom_kills);
+        }
+        let error = if let Some(e) = &out.spawn_error {
+            Some(format!("could not start the command: {e}"))
+        } else if x.timed_out {
+            Some(format!(
+                "command timed out after {timeout_ms} ms; its process group was killed"
+            ))
+        } else if x.oom_killed {
+            Some(format!(
+                "memory limit exceeded: the command was killed by the OOM killer (limit {} MiB)",
+                spec.limits.memory_mb
+            ))
+        } else {
+            None
+        };
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        ExecuteResponse {
+            request_id: uuid::Uuid::new_v4().to_string(),
+            exit_code: x.exit_code,
+            output: stdout.clone(),
+            logs: stderr.clone(),
+            stdout,
+            stderr,
+            duration_ms: x.duration_us as f64 / 1000.0,
+            total_ms: t0.elapsed().as_secs_f64() * 1000.0,
+            error,
+            timed_out: x.timed_out,
+            signal: x.signal,
+            oom_killed: x.oom_killed,
+            truncated: x.truncated,
+            backend: backend.to_string(),
+            mode,
+            warm,
+            snapshot_id: None,
+        }
+    }
+
+    /// Sets a warm pool's size and starts filling it; the image must exist.
+    pub async fn prewarm(&self, req: PrewarmRequest) -> Result<PoolInfo> {
+        if req.count > self.cfg.max_pool_size {
+            return Err(Error::InvalidRequest(format!(
+                "count must be at most {}, got {}",
+                self.cfg.max_pool_size, req.count
+            )));
+        }
+        let spec = self.spec(req.image.as_deref(), None, None)?;
+        let backend = self.resolve(req.runtime.unwrap_or_default())?;
+        backend.check_image(&spec.image).await?;
+        Ok(self.pools.set_target(&backend, &spec, req.count))
+    }
+
+    /// Removes the sandboxes an earlier, killed run left behind.
+    pub async fn recover(&self) -> Result<usize> {
+        let mut n = 0;
+        for b in self.backends.iter().filter_map(|b| b.backend.as_ref()) {
+            n += b.remove_leftovers().await?;
+        }
+        Ok(n)
+    }
+
+    /// Destroys the warm pools and waits for in-flight work and clean-ups.
+    pub async fn shutdown(&self) {
+        self.pools.shutdown().await;
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+}
+
+pub const FIRECRACKER_UNSUPPORTED: &str = "the firecracker runtime is not available: this build has no microVM backend and no firecracker binary is installed on this host (KVM alone is not enough)";

@@ -1,0 +1,50 @@
+//! `ApiError`: every error the API returns, as `{"error": {"code", "message"}}`.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use faas_common::{ErrorBody, ErrorCode};
+use faas_executor::Error;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ApiError {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        let code = match &e {
+            Error::InvalidRequest(_) => ErrorCode::InvalidRequest,
+            Error::ImageNotFound(_) => ErrorCode::ImageNotFound,
+            Error::Unsupported(_) => ErrorCode::Unsupported,
+            Error::BackendUnavailable(_) | Error::ShuttingDown => ErrorCode::BackendUnavailable,
+            Error::Docker(_) | Error::Agent { .. } | Error::Io { .. } | Error::Internal(_) => {
+                ErrorCode::Internal
+            }
+        };
+        if code == ErrorCode::Internal {
+            // The detail goes to the log; the client learns that something went wrong.
+            tracing::error!(error = %e.chain(), "request failed");
+            return ApiError::new(code, "internal error; the server log has the details");
+        }
+        ApiError::new(code, e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status =
+            StatusCode::from_u16(self.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, Json(ErrorBody::new(self.code, self.message))).into_response()
+    }
+}

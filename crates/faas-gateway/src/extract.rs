@@ -1,0 +1,50 @@
+//! `ApiJson<T>`: reads the body (within the size limit) and parses it as JSON, whatever the
+//! `Content-Type`; every rejection is an [`ApiError`].
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request};
+use axum::http::StatusCode;
+use faas_common::ErrorCode;
+use serde::de::DeserializeOwned;
+
+use crate::error::ApiError;
+
+pub struct ApiJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for ApiJson<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let body = Bytes::from_request(req, state).await.map_err(|rej| {
+            if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(
+                    ErrorCode::PayloadTooLarge,
+                    "request body is over the size limit",
+                )
+            } else {
+                ApiError::new(
+                    ErrorCode::InvalidJson,
+                    format!("cannot read the body: {rej}"),
+                )
+            }
+        })?;
+        if body.is_empty() {
+            return Err(ApiError::new(
+                ErrorCode::InvalidJson,
+                "request body is empty; expected JSON",
+            ));
+        }
+        serde_json::from_slice(&body).map(ApiJson).map_err(|e| {
+            let code = if e.is_data() {
+                ErrorCode::InvalidRequest
+            } else {
+                ErrorCode::InvalidJson
+            };
+            ApiError::new(code, format!("invalid request body: {e}"))
+        })
+    }
+}

@@ -1,0 +1,126 @@
+//! `faas`: the one binary of the platform.
+//!
+//! - `faas serve`: the HTTP API with its executor (see [`server`]).
+//! - `faas doctor`: which backends work on this host, and what is missing for the others.
+//! - `faas run`: run a command through the HTTP API; exits with the command's code.
+//! - `faas bench`: latency benchmark against `docker run` (see [`bench`]).
+
+mod bench;
+mod client;
+mod server;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(
+    name = "faas",
+    version,
+    about = "Serverless execution platform: run code in isolated sandboxes"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the HTTP API server.
+    Serve(ServeArgs),
+    /// Check which backends work on this host.
+    Doctor(HostArgs),
+    /// Run a command through the API and exit with its exit code.
+    Run(client::RunArgs),
+    /// Benchmark execute latency side by side with `docker run`.
+    Bench(bench::BenchArgs),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BackendChoice {
+    Auto,
+    Docker,
+}
+
+/// Settings that decide what the executor can use on this host.
+#[derive(Args, Clone, Debug)]
+pub struct HostArgs {
+    /// The static `faas-agent` binary mounted into every sandbox [default: found next to this
+    /// binary or in target/x86_64-unknown-linux-gnu/release].
+    #[arg(long, env = "FAAS_AGENT_PATH")]
+    pub agent_path: Option<PathBuf>,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct ServeArgs {
+    #[arg(long, env = "FAAS_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Where the server keeps its state (sandbox sockets, later the store and images).
+    #[arg(long, env = "FAAS_DATA_DIR", default_value = "/var/lib/faas")]
+    pub data_dir: PathBuf,
+    #[arg(long, env = "FAAS_BACKEND", value_enum, default_value = "auto")]
+    pub backend: BackendChoice,
+    /// The image used when a request names none.
+    #[arg(
+        long,
+        env = "FAAS_DEFAULT_IMAGE",
+        default_value = "faas/busybox:latest"
+    )]
+    pub default_image: String,
+    /// Largest `timeout_ms` a request may ask for.
+    #[arg(long, env = "FAAS_MAX_TIMEOUT_MS", default_value_t = 600_000)]
+    pub max_timeout_ms: u64,
+    /// Largest request body, in bytes.
+    #[arg(long, env = "FAAS_BODY_LIMIT", default_value_t = faas_gateway::DEFAULT_BODY_LIMIT)]
+    pub body_limit: usize,
+    /// Shut down gracefully when standard input closes (for supervisors and tests that own
+    /// the server's stdin).
+    #[arg(long, hide = true)]
+    pub shutdown_on_stdin_eof: bool,
+    #[command(flatten)]
+    pub host: HostArgs,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::from(1);
+        }
+    };
+    let result = rt.block_on(async {
+        match cli.cmd {
+            Cmd::Serve(a) => server::serve(a).await.map(|()| 0),
+            Cmd::Doctor(a) => server::doctor(a).await,
+            Cmd::Run(a) => client::run(a).await,
+            Cmd::Bench(a) => bench::run(a).await.map(|()| 0),
+        }
+    });
+    match result {
+        Ok(code) => std::process::ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::env::var("FAAS_LOG_FORMAT").as_deref() == Ok("json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

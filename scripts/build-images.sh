@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Builds the platform's local images from Debian packages (no registry is needed or used):
+#   faas/busybox:latest                  BusyBox (Debian's busybox-static) and nothing else
+#   faas/bookworm-python3.11-node18:latest  Debian bookworm (debootstrap minbase) with python3 and nodejs
+# Root filesystems are cached as tarballs in $FAAS_CACHE/images, so a second run is quick;
+# an image already in the Docker daemon is left alone. FAAS_REBUILD_IMAGES=1 builds again.
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+
+BUSYBOX_IMAGE=faas/busybox:latest
+DEBIAN_IMAGE=faas/bookworm-python3.11-node18:latest
+CACHE="$FAAS_CACHE/images"
+mkdir -p "$CACHE"
+
+have_image() { [ -z "${FAAS_REBUILD_IMAGES:-}" ] && docker image inspect "$1" >/dev/null 2>&1; }
+
+build_busybox() {
+  have_image "$BUSYBOX_IMAGE" && return 0
+  ensure_packages busybox-static
+  local tar="$CACHE/busybox-rootfs.tar"
+  if [ ! -s "$tar" ] || [ -n "${FAAS_REBUILD_IMAGES:-}" ]; then
+    log "building the busybox rootfs"
+    local root; root=$(mktemp -d)
+    trap 'rm -rf "$root"' RETURN
+    mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,etc,root,tmp,proc,sys,dev,run,var/tmp,home}
+    chmod 1777 "$root/tmp" "$root/var/tmp"
+    cp /bin/busybox "$root/bin/busybox"
+    for applet in $(/bin/busybox --list-full); do
+      [ "$applet" = bin/busybox ] && continue
+      mkdir -p "$root/$(dirname "$applet")"
+      ln -sf /bin/busybox "$root/$applet"
+    done
+    printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n' >"$root/etc/passwd"
+    printf 'root:x:0:\nnogroup:x:65534:\n' >"$root/etc/group"
+    tar -C "$root" --numeric-owner -cf "$tar.tmp" . && mv "$tar.tmp" "$tar"
+  fi
+  log "importing $BUSYBOX_IMAGE"
+  docker import -c 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+    -c 'CMD ["/bin/sh"]' -m "busybox-static from Debian" "$tar" "$BUSYBOX_IMAGE" >/dev/null
+}
+
+build_debian() {
+  have_image "$DEBIAN_IMAGE" && return 0
+  local tar="$CACHE/bookworm-python-node-rootfs.tar"
+  if [ ! -s "$tar" ] || [ -n "${FAAS_REBUILD_IMAGES:-}" ]; then
+    ensure_packages debootstrap
+    log "debootstrap bookworm with python3 and nodejs (a few minutes, once)"
+    local root; root=$(mktemp -d)
+    trap 'rm -rf "$root"' RETURN
+    as_root debootstrap --variant=minbase --include=python3,nodejs,ca-certificates bookworm "$root" >"$CACHE/debootstrap.log" 2>&1 \
+      || { tail -20 "$CACHE/debootstrap.log" >&2; die "debootstrap failed"; }
+    rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
+    tar -C "$root" --numeric-owner -cf "$tar.tmp" . && mv "$tar.tmp" "$tar"
+  fi
+  log "importing $DEBIAN_IMAGE"
+  docker import -c 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+    -c 'ENV LANG=C.UTF-8' -c 'CMD ["/bin/sh"]' -m "Debian bookworm minbase + python3 + nodejs" \
+    "$tar" "$DEBIAN_IMAGE" >/dev/null
+}
+
+ensure_dockerd
+case "${1:-all}" in
+  busybox) build_busybox ;;
+  debian) build_debian ;;
+  all) build_busybox; build_debian ;;
+  *) die "usage: $0 [busybox|debian|all]" ;;
+esac
