@@ -238,6 +238,8 @@ pub struct ExecuteResponse {
     pub backend: String,
     pub mode: Mode,
     pub warm: bool,
+    /// The sandbox the command ran in (destroyed by the time the answer is sent).
+    pub sandbox_id: String,
     pub snapshot_id: Option<String>,
 }
 

@@ -292,6 +292,7 @@ impl Executor {
         let guard = Duration::from_millis(timeout_ms) + AGENT_GRACE;
         let ran = tokio::time::timeout(guard, sandbox.agent().exec(exec, stdin, |_, _| {})).await;
         let backend_name = sandbox.backend();
+        let sandbox_id = sandbox.id().to_string();
         // A used sandbox is never reused. Ephemeral waits for its removal (the box is gone
         // when the answer arrives); cached answers first and removes it in the background.
         match mode {
@@ -313,7 +314,16 @@ impl Executor {
             }
         };
         self.metrics.execution(backend_name, mode);
-        Ok(self.response(out, backend_name, mode, warm, timeout_ms, &spec, t0))
+        Ok(self.response(
+            out,
+            backend_name,
+            sandbox_id,
+            mode,
+            warm,
+            timeout_ms,
+            &spec,
+            t0,
+        ))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -321,6 +331,7 @@ impl Executor {
         &self,
         out: ExecOutcome,
         backend: &str,
+        sandbox_id: String,
         mode: Mode,
         warm: bool,
         timeout_ms: u64,
@@ -367,6 +378,7 @@ impl Executor {
             backend: backend.to_string(),
             mode,
             warm,
+            sandbox_id,
             snapshot_id: None,
         }
     }

@@ -65,7 +65,10 @@ pub fn router(state: AppState) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(limit))
-        .layer(TraceLayer::new_for_http())
+        .layer(
+            // Errors are logged where they are made (ApiError); a 4xx/5xx is not a fault here.
+            TraceLayer::new_for_http().on_failure(()),
+        )
         .with_state(state)
 }
 

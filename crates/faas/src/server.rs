@@ -172,36 +172,42 @@ pub async fn doctor(host: HostArgs) -> anyhow::Result<u8> {
     let tmp = std::env::temp_dir().join(format!("faas-doctor-{}", std::process::id()));
     let entries = backends(&tmp, &host).await;
     let _ = std::fs::remove_dir_all(&tmp);
+    let row = |name: &str, state: &str, detail: &str| println!("{name:<12} {state:<12} {detail}");
     let mut ok = false;
     for b in &entries {
         ok |= b.backend.is_some();
-        let state = if b.backend.is_some() {
-            "ok"
-        } else {
-            "unavailable"
-        };
-        println!("{:<12} {:<12} {}", b.name, state, b.detail);
+        row(
+            b.name,
+            if b.backend.is_some() {
+                "ok"
+            } else {
+                "unavailable"
+            },
+            &b.detail,
+        );
     }
-    println!(
-        "{:<12} {:<12} the native backend (OCI runtimes: crun, runc, runsc) is not part of this build yet",
-        "native", "unavailable"
+    row(
+        "native",
+        "unavailable",
+        "the native backend (OCI runtimes: crun, runc, runsc) is not part of this build yet",
     );
-    println!(
-        "{:<12} {:<12} {}",
+    row(
         "firecracker",
         "unsupported",
-        faas_executor::service::FIRECRACKER_UNSUPPORTED
+        faas_executor::service::FIRECRACKER_UNSUPPORTED,
     );
-    let kvm = Path::new("/dev/kvm").exists();
-    println!(
-        "{:<12} {:<12} {}",
+    row(
         "kvm",
-        if kvm { "present" } else { "absent" },
-        "/dev/kvm"
+        if Path::new("/dev/kvm").exists() {
+            "present"
+        } else {
+            "absent"
+        },
+        "/dev/kvm",
     );
     match find_agent(&host) {
-        Ok(p) => println!("{:<12} {:<12} {}", "agent", "ok", p.display()),
-        Err(e) => println!("{:<12} {:<12} {e:#}", "agent", "missing"),
+        Ok(p) => row("agent", "ok", &p.display().to_string()),
+        Err(e) => row("agent", "missing", &format!("{e:#}")),
     }
     Ok(if ok { 0 } else { 1 })
 }

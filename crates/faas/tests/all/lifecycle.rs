@@ -1,0 +1,83 @@
+//! Clean-up: graceful shutdown, restart after `kill -9`, client disconnects.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::require_docker;
+use crate::support::{Server, IMAGE};
+
+#[tokio::test]
+async fn graceful_shutdown_destroys_warm_pools() {
+    require_docker!();
+    let server = Server::start();
+    let c = server.client();
+    let (s, v) = c
+        .post("/api/v1/prewarm", json!({"image": IMAGE, "count": 2}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    c.wait_pool_ready(IMAGE, 2).await;
+    assert_eq!(server.containers().len(), 2);
+    assert!(server.stop().success());
+    assert_eq!(
+        server.containers(),
+        Vec::<String>::new(),
+        "containers left after shutdown"
+    );
+}
+
+#[tokio::test]
+async fn restart_after_kill_removes_leftovers() {
+    require_docker!();
+    let server = Server::start();
+    let c = server.client();
+    c.post("/api/v1/prewarm", json!({"image": IMAGE, "count": 2}))
+        .await;
+    c.wait_pool_ready(IMAGE, 2).await;
+    server.kill9();
+    assert!(
+        server.containers().len() >= 2,
+        "kill -9 should leave the pool behind"
+    );
+    let again = Server::start_with(server.data_dir.clone(), &[]);
+    assert_eq!(
+        again.containers(),
+        Vec::<String>::new(),
+        "leftovers not removed on start"
+    );
+    let v = again.client().exec(json!({"command": "echo back"})).await;
+    assert_eq!(v["stdout"], "back\n");
+    assert!(again.stop().success());
+    assert!(again.containers().is_empty());
+}
+
+#[tokio::test]
+async fn client_disconnect_still_cleans_up() {
+    require_docker!();
+    let server = Server::start();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_millis(700))
+        .build()
+        .unwrap();
+    let r = http
+        .post(format!("{}/api/v1/execute", server.url))
+        .json(&json!({"command": "sleep 2", "image": IMAGE}))
+        .send()
+        .await;
+    assert!(r.is_err(), "the client should have given up");
+    let start = Instant::now();
+    while !server.containers().is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "container left after the client went away"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, m) = server.client().get("/api/v1/metrics").await;
+    assert_eq!(m["sandboxes_live"], 0, "{m}");
+    assert_eq!(
+        m["executions_total"], 1,
+        "the run finished after the client left: {m}"
+    );
+    assert!(server.stop().success());
+}

@@ -1,0 +1,8 @@
+//! Full-stack tests: the real `faas serve` binary on a free port, over HTTP, against the real
+//! Docker daemon. One binary with a module per area.
+
+mod cli;
+mod errors;
+mod execute;
+mod lifecycle;
+mod support;

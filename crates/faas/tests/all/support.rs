@@ -1,0 +1,302 @@
+//! Starting and stopping real servers for the tests.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+pub const IMAGE: &str = "faas/busybox:latest";
+
+/// Why the tests cannot run here, if they cannot. With `FAAS_REQUIRE_DOCKER=1` (the test
+/// command sets it) a missing prerequisite is a failure, not a skip.
+pub fn missing_prerequisite() -> Option<String> {
+    static CHECK: OnceLock<Option<String>> = OnceLock::new();
+    let why = CHECK
+        .get_or_init(|| {
+            let ok = |args: &[&str]| {
+                Command::new("docker")
+                    .args(args)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success())
+            };
+            if !ok(&["info"]) {
+                return Some("no Docker daemon answers (scripts/test.sh starts one)".into());
+            }
+            if !ok(&["image", "inspect", IMAGE]) {
+                return Some(format!(
+                    "image {IMAGE} is missing (scripts/build-images.sh builds it)"
+                ));
+            }
+            None
+        })
+        .clone();
+    if let Some(w) = &why {
+        if std::env::var("FAAS_REQUIRE_DOCKER").as_deref() == Ok("1") {
+            panic!("required test prerequisite missing: {w}");
+        }
+    }
+    why
+}
+
+/// Returns early from a test, saying why, when the host lacks what it needs.
+#[macro_export]
+macro_rules! require_docker {
+    () => {
+        if let Some(why) = $crate::support::missing_prerequisite() {
+            eprintln!("skipped: {why}");
+            return;
+        }
+    };
+}
+
+pub struct Server {
+    pub url: String,
+    pub data_dir: PathBuf,
+    child: Mutex<Child>,
+    stdin: Mutex<Option<ChildStdin>>,
+}
+
+fn test_root() -> PathBuf {
+    std::env::temp_dir().join("faas-tests")
+}
+
+/// A fresh data dir for one server.
+pub fn new_data_dir() -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let d = test_root().join(format!(
+        "{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+impl Server {
+    /// Starts `faas serve` on a free port with `data_dir`.
+    pub fn start_with(data_dir: PathBuf, extra: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_faas"))
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--backend",
+                "docker",
+                "--shutdown-on-stdin-eof",
+            ])
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args(extra)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start faas serve");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("faas listening on ") {
+                    let _ = tx.send(url.to_string());
+                }
+            }
+        });
+        let url = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(u) => u,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("faas serve did not start: {:?}", child.wait());
+            }
+        };
+        let stdin = child.stdin.take();
+        Server {
+            url,
+            data_dir,
+            child: Mutex::new(child),
+            stdin: Mutex::new(stdin),
+        }
+    }
+
+    pub fn start() -> Server {
+        Server::start_with(new_data_dir(), &[])
+    }
+
+    /// Graceful stop (stdin closes, as when a supervisor goes away); waits for the exit.
+    pub fn stop(&self) -> std::process::ExitStatus {
+        self.stdin.lock().unwrap().take();
+        let mut child = self.child.lock().unwrap();
+        let start = Instant::now();
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                return st;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "server did not stop within 60s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `kill -9`: no clean-up runs.
+    pub fn kill9(&self) {
+        let mut child = self.child.lock().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    pub fn client(&self) -> Client {
+        Client {
+            base: self.url.clone(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// Containers of this server's deployment (by the `faas.owner` label), running or not.
+    pub fn containers(&self) -> Vec<String> {
+        let owner = self.data_dir.canonicalize().unwrap();
+        docker_ps(&format!("label=faas.owner={}", owner.display()))
+    }
+}
+
+pub fn docker_ps(filter: &str) -> Vec<String> {
+    let out = Command::new("docker")
+        .args(["ps", "-aq", "--filter", filter])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// The server most tests share; it shuts down when the test binary exits (its stdin closes).
+pub fn shared() -> &'static Server {
+    static SHARED: OnceLock<Server> = OnceLock::new();
+    SHARED.get_or_init(Server::start)
+}
+
+pub struct Client {
+    pub base: String,
+    pub http: reqwest::Client,
+}
+
+impl Client {
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap())
+    }
+
+    pub async fn post_raw(&self, path: &str, body: Vec<u8>) -> (u16, Value) {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap())
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap())
+    }
+
+    pub async fn get_text(&self, path: &str) -> (u16, String) {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    }
+
+    /// Executes and expects a 200.
+    pub async fn exec(&self, body: Value) -> Value {
+        let mut body = body;
+        if body.get("image").is_none() {
+            body["image"] = json!(IMAGE);
+        }
+        let (status, v) = self.post("/api/v1/execute", body).await;
+        assert_eq!(status, 200, "execute failed: {v}");
+        v
+    }
+
+    /// Waits until the warm pool of `image` has a ready sandbox.
+    pub async fn wait_pool_ready(&self, image: &str, n: u64) {
+        let start = Instant::now();
+        loop {
+            let (_, v) = self.get("/api/v1/pools").await;
+            let ready = v["pools"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|p| p["image"] == image)
+                .map(|p| p["ready"].as_u64().unwrap())
+                .sum::<u64>();
+            if ready >= n {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "pool of {image} not ready: {v}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Asserts the error shape `{"error": {"code", "message"}}` with `code`.
+pub fn assert_error(status: u16, body: &Value, want_status: u16, want_code: &str) {
+    assert_eq!(status, want_status, "{body}");
+    assert_eq!(body["error"]["code"], want_code, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    assert_eq!(
+        body.as_object().unwrap().len(),
+        1,
+        "only `error` at the top: {body}"
+    );
+}
+
+/// Waits until no container named for `sandbox_id` exists.
+pub async fn assert_container_gone(sandbox_id: &str) {
+    let start = Instant::now();
+    while !docker_ps(&format!("name=faas-{sandbox_id}")).is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "container faas-{sandbox_id} is still there"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
