@@ -89,6 +89,13 @@ impl AgentClient {
             stdin: stdin.is_some(),
             ..req
         };
+        // The agent caps output, but the box is untrusted: the host enforces the cap too.
+        let limit = match req.output_limit {
+            0 => faas_agent::DEFAULT_OUTPUT_LIMIT,
+            n => n,
+        };
+        let mut room = usize::try_from(limit).unwrap_or(usize::MAX);
+        let mut over = false;
         send_json(&mut conn, &Request::Exec(req))
             .await
             .map_err(|e| self.err(e.to_string()))?;
@@ -112,13 +119,18 @@ impl AgentClient {
                 return Err(self.err("connection closed before the process exited"));
             };
             match (kind, event) {
-                (FrameKind::Stdout, _) => {
-                    on_output(kind, &payload);
-                    out.stdout.extend_from_slice(&payload);
-                }
-                (FrameKind::Stderr, _) => {
-                    on_output(kind, &payload);
-                    out.stderr.extend_from_slice(&payload);
+                (FrameKind::Stdout | FrameKind::Stderr, _) => {
+                    let take = payload.len().min(room);
+                    over |= take < payload.len();
+                    room -= take;
+                    let data = &payload[..take];
+                    on_output(kind, data);
+                    let buf = if kind == FrameKind::Stdout {
+                        &mut out.stdout
+                    } else {
+                        &mut out.stderr
+                    };
+                    buf.extend_from_slice(data);
                 }
                 (_, Some(Event::Started { .. })) => {}
                 (_, Some(Event::Exited(info))) => {
@@ -141,6 +153,7 @@ impl AgentClient {
             }
         }
         feeder.abort();
+        out.exit.truncated |= over;
         Ok(out)
     }
 

@@ -15,8 +15,6 @@ pub enum Error {
     /// The backend exists but cannot serve right now (daemon down...).
     #[error("{0}")]
     BackendUnavailable(String),
-    #[error("the server is shutting down")]
-    ShuttingDown,
     #[error("docker")]
     Docker(#[from] bollard::errors::Error),
     #[error("agent of sandbox {sandbox}: {message}")]

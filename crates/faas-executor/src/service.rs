@@ -206,11 +206,10 @@ impl Executor {
     /// does not cut it short: the sandbox is always cleaned up.
     pub async fn execute(self: &Arc<Self>, req: ExecuteRequest) -> Result<ExecuteResponse> {
         let this = self.clone();
-        let r = match self
-            .tasks
-            .spawn(async move { this.execute_inner(req).await })
-            .await
-        {
+        let request_id = uuid::Uuid::new_v4().to_string();
+        let span = tracing::info_span!("execute", request_id = %request_id);
+        let work = tracing::Instrument::instrument(this.execute_inner(request_id, req), span);
+        let r = match self.tasks.spawn(work).await {
             Ok(r) => r,
             Err(e) => Err(Error::Internal(format!("execute task failed: {e}"))),
         };
@@ -220,7 +219,11 @@ impl Executor {
         r
     }
 
-    async fn execute_inner(self: Arc<Self>, req: ExecuteRequest) -> Result<ExecuteResponse> {
+    async fn execute_inner(
+        self: Arc<Self>,
+        request_id: String,
+        req: ExecuteRequest,
+    ) -> Result<ExecuteResponse> {
         let t0 = Instant::now();
         let mode = req.mode.unwrap_or_default();
         match mode {
@@ -290,6 +293,7 @@ impl Executor {
             stdin: false,
         };
         let guard = Duration::from_millis(timeout_ms) + AGENT_GRACE;
+        tracing::debug!(sandbox = sandbox.id(), warm, "running");
         let ran = tokio::time::timeout(guard, sandbox.agent().exec(exec, stdin, |_, _| {})).await;
         let backend_name = sandbox.backend();
         let sandbox_id = sandbox.id().to_string();
@@ -314,30 +318,20 @@ impl Executor {
             }
         };
         self.metrics.execution(backend_name, mode);
-        Ok(self.response(
-            out,
-            backend_name,
+        let run = RunInfo {
+            request_id,
+            backend: backend_name,
             sandbox_id,
             mode,
             warm,
             timeout_ms,
-            &spec,
-            t0,
-        ))
+            memory_mb: spec.limits.memory_mb,
+            started: t0,
+        };
+        Ok(self.response(out, run))
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn response(
-        &self,
-        out: ExecOutcome,
-        backend: &str,
-        sandbox_id: String,
-        mode: Mode,
-        warm: bool,
-        timeout_ms: u64,
-        spec: &SandboxSpec,
-        t0: Instant,
-    ) -> ExecuteResponse {
+    fn response(&self, out: ExecOutcome, run: RunInfo) -> ExecuteResponse {
         let x = &out.exit;
         if x.timed_out {
             inc(&self.metrics.timeouts);
@@ -349,12 +343,13 @@ impl Executor {
             Some(format!("could not start the command: {e}"))
         } else if x.timed_out {
             Some(format!(
-                "command timed out after {timeout_ms} ms; its process group was killed"
+                "command timed out after {} ms; its process group was killed",
+                run.timeout_ms
             ))
         } else if x.oom_killed {
             Some(format!(
                 "memory limit exceeded: the command was killed by the OOM killer (limit {} MiB)",
-                spec.limits.memory_mb
+                run.memory_mb
             ))
         } else {
             None
@@ -362,23 +357,23 @@ impl Executor {
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         ExecuteResponse {
-            request_id: uuid::Uuid::new_v4().to_string(),
+            request_id: run.request_id,
             exit_code: x.exit_code,
             output: stdout.clone(),
             logs: stderr.clone(),
             stdout,
             stderr,
             duration_ms: x.duration_us as f64 / 1000.0,
-            total_ms: t0.elapsed().as_secs_f64() * 1000.0,
+            total_ms: run.started.elapsed().as_secs_f64() * 1000.0,
             error,
             timed_out: x.timed_out,
             signal: x.signal,
             oom_killed: x.oom_killed,
             truncated: x.truncated,
-            backend: backend.to_string(),
-            mode,
-            warm,
-            sandbox_id,
+            backend: run.backend.to_string(),
+            mode: run.mode,
+            warm: run.warm,
+            sandbox_id: run.sandbox_id,
             snapshot_id: None,
         }
     }
@@ -412,6 +407,18 @@ impl Executor {
         self.tasks.close();
         self.tasks.wait().await;
     }
+}
+
+/// What the response needs to know of how a command was run.
+struct RunInfo {
+    request_id: String,
+    backend: &'static str,
+    sandbox_id: String,
+    mode: Mode,
+    warm: bool,
+    timeout_ms: u64,
+    memory_mb: u64,
+    started: Instant,
 }
 
 pub const FIRECRACKER_UNSUPPORTED: &str = "the firecracker runtime is not available: this build has no microVM backend and no firecracker binary is installed on this host (KVM alone is not enough)";

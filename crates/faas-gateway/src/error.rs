@@ -27,7 +27,7 @@ impl From<Error> for ApiError {
             Error::InvalidRequest(_) => ErrorCode::InvalidRequest,
             Error::ImageNotFound(_) => ErrorCode::ImageNotFound,
             Error::Unsupported(_) => ErrorCode::Unsupported,
-            Error::BackendUnavailable(_) | Error::ShuttingDown => ErrorCode::BackendUnavailable,
+            Error::BackendUnavailable(_) => ErrorCode::BackendUnavailable,
             Error::Docker(_) | Error::Agent { .. } | Error::Io { .. } | Error::Internal(_) => {
                 ErrorCode::Internal
             }

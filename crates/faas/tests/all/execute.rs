@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::require_docker;
-use crate::support::{assert_container_gone, docker_ps, shared, IMAGE};
+use crate::support::{assert_container_gone, docker_ps, shared, DEBIAN_IMAGE, IMAGE};
 
 #[tokio::test]
 async fn echo_hello_is_exact() {
@@ -335,4 +335,26 @@ async fn health_names_the_backends() {
     assert!(backends
         .iter()
         .any(|b| b["name"] == "firecracker" && b["available"] == false));
+}
+
+#[tokio::test]
+async fn the_agent_and_the_host_are_out_of_reach() {
+    require_docker!();
+    let v = shared()
+        .client()
+        .exec(json!({"command": "echo x > /.faas/agent; echo write=$?; ls /var/run/docker.sock /run/docker.sock 2>/dev/null | wc -l; mount | grep -c ' /.faas/agent .*ro,'"}))
+        .await;
+    let out = v["stdout"].as_str().unwrap();
+    assert!(out.starts_with("write=1\n0\n1\n"), "{v}");
+}
+
+#[tokio::test]
+async fn the_debian_image_runs_python_and_node() {
+    require_docker!();
+    let image = DEBIAN_IMAGE;
+    let c = shared().client();
+    let v = c.exec(json!({"image": image, "command": ["python3", "-c", "import sys; print(sys.version_info[:2], 2 + 3)"]})).await;
+    assert_eq!(v["stdout"], "(3, 11) 5\n", "{v}");
+    let v = c.exec(json!({"image": image, "command": ["node", "-e", "console.log(process.versions.node.split('.')[0] >= 18, 2 + 3)"]})).await;
+    assert_eq!(v["stdout"], "true 5\n", "{v}");
 }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 pub const IMAGE: &str = "faas/busybox:latest";
+pub const DEBIAN_IMAGE: &str = "faas/bookworm-python3.11-node18:latest";
 
 /// Why the tests cannot run here, if they cannot. With `FAAS_REQUIRE_DOCKER=1` (the test
 /// command sets it) a missing prerequisite is a failure, not a skip.
