@@ -73,7 +73,10 @@ impl AgentClient {
     async fn connect(&self) -> Result<UnixStream> {
         UnixStream::connect(&self.socket)
             .await
-            .map_err(|e| self.err(format!("connect {}: {e}", self.socket.display())))
+            .map_err(|e| Error::AgentUnreachable {
+                sandbox: self.sandbox.clone(),
+                message: format!("connect {}: {e}", self.socket.display()),
+            })
     }
 
     /// Runs one process and collects its output. `on_output` sees each chunk as it arrives

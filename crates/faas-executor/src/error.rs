@@ -15,8 +15,12 @@ pub enum Error {
     /// The backend exists but cannot serve right now (daemon down...).
     #[error("{0}")]
     BackendUnavailable(String),
+    /// The daemon answered with an error.
     #[error("docker")]
-    Docker(#[from] bollard::errors::Error),
+    Docker(#[source] bollard::errors::Error),
+    /// Nothing ran: the agent's socket did not accept the connection.
+    #[error("agent of sandbox {sandbox} is unreachable: {message}")]
+    AgentUnreachable { sandbox: String, message: String },
     #[error("agent of sandbox {sandbox}: {message}")]
     Agent { sandbox: String, message: String },
     #[error("{context}")]
@@ -27,6 +31,16 @@ pub enum Error {
     },
     #[error("{0}")]
     Internal(String),
+}
+
+impl From<bollard::errors::Error> for Error {
+    fn from(e: bollard::errors::Error) -> Self {
+        match e {
+            e @ bollard::errors::Error::DockerResponseServerError { .. } => Error::Docker(e),
+            // Transport failures: the daemon is down or unreachable, not a bug of ours.
+            e => Error::BackendUnavailable(format!("cannot reach the docker daemon: {e}")),
+        }
+    }
 }
 
 impl Error {
@@ -47,5 +61,23 @@ impl Error {
             cur = e.source();
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn docker_transport_failures_mean_the_backend_is_unavailable() {
+        let e: Error = bollard::errors::Error::RequestTimeoutError.into();
+        assert!(matches!(e, Error::BackendUnavailable(_)), "{e:?}");
+        let e: Error = bollard::errors::Error::DockerResponseServerError {
+            status_code: 500,
+            message: "boom".into(),
+        }
+        .into();
+        assert!(matches!(e, Error::Docker(_)), "{e:?}");
+        assert!(e.chain().contains("boom"), "{}", e.chain());
     }
 }

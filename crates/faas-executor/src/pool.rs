@@ -12,10 +12,14 @@ use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
 use crate::backend::{create_counted, destroy_counted, Backend, Sandbox, SandboxSpec};
+use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 
 /// How many pool creations run at once, across all pools.
 const CREATE_CONCURRENCY: usize = 4;
+/// How many pools (distinct backend, image and limits) may exist; cached requests beyond that
+/// run in fresh sandboxes without starting a new pool.
+pub const MAX_POOLS: usize = 32;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PoolKey {
@@ -47,6 +51,19 @@ struct Pool {
     last_error: Option<String>,
 }
 
+impl Pool {
+    fn new(backend: &Arc<dyn Backend>, spec: &SandboxSpec, target: usize) -> Self {
+        Pool {
+            backend: backend.clone(),
+            spec: spec.clone(),
+            ready: VecDeque::new(),
+            creating: 0,
+            target,
+            last_error: None,
+        }
+    }
+}
+
 pub struct WarmPools {
     pools: Mutex<HashMap<PoolKey, Pool>>,
     closed: AtomicBool,
@@ -70,29 +87,32 @@ impl WarmPools {
         self.pools.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Takes a ready sandbox, if there is one, and starts refilling. A pool that did not exist
-    /// is created with `default_target`.
+    /// Takes a ready sandbox from the pool of `spec`, if there is one, and starts refilling.
     pub fn take(
         self: &Arc<Self>,
-        backend: &Arc<dyn Backend>,
+        backend: &'static str,
         spec: &SandboxSpec,
-        default_target: usize,
     ) -> Option<Box<dyn Sandbox>> {
-        let key = PoolKey::new(backend.name(), spec);
-        let taken = {
-            let mut pools = self.lock();
-            let pool = pools.entry(key.clone()).or_insert_with(|| Pool {
-                backend: backend.clone(),
-                spec: spec.clone(),
-                ready: VecDeque::new(),
-                creating: 0,
-                target: default_target,
-                last_error: None,
-            });
-            pool.ready.pop_front()
-        };
+        let key = PoolKey::new(backend, spec);
+        let taken = self.lock().get_mut(&key)?.ready.pop_front();
         self.refill(&key);
         taken
+    }
+
+    /// Makes sure a pool for `spec` exists (new pools get `target`) and is filling. Does
+    /// nothing once [`MAX_POOLS`] pools exist.
+    pub fn ensure(self: &Arc<Self>, backend: &Arc<dyn Backend>, spec: &SandboxSpec, target: usize) {
+        let key = PoolKey::new(backend.name(), spec);
+        {
+            let mut pools = self.lock();
+            if !pools.contains_key(&key) && pools.len() >= MAX_POOLS {
+                return;
+            }
+            pools
+                .entry(key.clone())
+                .or_insert_with(|| Pool::new(backend, spec, target));
+        }
+        self.refill(&key);
     }
 
     /// Sets how many sandboxes the pool keeps ready, and starts filling it.
@@ -101,21 +121,22 @@ impl WarmPools {
         backend: &Arc<dyn Backend>,
         spec: &SandboxSpec,
         target: usize,
-    ) -> PoolInfo {
+    ) -> Result<PoolInfo> {
         let key = PoolKey::new(backend.name(), spec);
-        let surplus: Vec<Box<dyn Sandbox>> = {
+        let (surplus, info) = {
             let mut pools = self.lock();
-            let pool = pools.entry(key.clone()).or_insert_with(|| Pool {
-                backend: backend.clone(),
-                spec: spec.clone(),
-                ready: VecDeque::new(),
-                creating: 0,
-                target,
-                last_error: None,
-            });
+            if !pools.contains_key(&key) && pools.len() >= MAX_POOLS {
+                return Err(Error::InvalidRequest(format!(
+                    "there are already {MAX_POOLS} warm pools; set one of them to 0 first"
+                )));
+            }
+            let pool = pools
+                .entry(key.clone())
+                .or_insert_with(|| Pool::new(backend, spec, target));
             pool.target = target;
             let extra = pool.ready.len().saturating_sub(target);
-            pool.ready.drain(..extra).collect()
+            let surplus: Vec<Box<dyn Sandbox>> = pool.ready.drain(..extra).collect();
+            (surplus, pool_info(&key, pool))
         };
         for sb in surplus {
             let metrics = self.metrics.clone();
@@ -123,11 +144,7 @@ impl WarmPools {
                 .spawn(async move { destroy_counted(&metrics, sb).await });
         }
         self.refill(&key);
-        self.info(&key).expect("pool was just inserted")
-    }
-
-    fn info(&self, key: &PoolKey) -> Option<PoolInfo> {
-        self.lock().get(key).map(|p| pool_info(key, p))
+        Ok(info)
     }
 
     pub fn list(&self) -> Vec<PoolInfo> {

@@ -13,7 +13,9 @@ use faas_common::{
 use tokio_util::task::TaskTracker;
 
 use crate::agent::ExecOutcome;
-use crate::backend::{create_counted, destroy_counted, Backend, Limits, Network, SandboxSpec};
+use crate::backend::{
+    create_counted, destroy_counted, Backend, Limits, Network, Sandbox, SandboxSpec,
+};
 use crate::error::{Error, Result};
 use crate::metrics::{inc, Metrics};
 use crate::pool::WarmPools;
@@ -261,28 +263,30 @@ impl Executor {
                 self.cfg.max_timeout_ms
             )));
         }
-        let stdin = req.stdin_bytes().map_err(Error::InvalidRequest)?;
+        let mut stdin = req.stdin_bytes().map_err(Error::InvalidRequest)?;
         let spec = self.spec(req.image.as_deref(), req.memory_mb, req.cpu_cores)?;
         let backend = self.resolve(req.runtime.unwrap_or_default())?;
 
-        let (sandbox, warm) = match mode {
-            Mode::Cached => match self.pools.take(&backend, &spec, self.cfg.cached_pool_size) {
-                Some(sb) => {
-                    inc(&self.metrics.warm_hits);
-                    (sb, true)
-                }
-                None => {
+        let pooled = match mode {
+            Mode::Cached => self.pools.take(backend.name(), &spec),
+            _ => None,
+        };
+        let (mut sandbox, mut warm) = match pooled {
+            Some(sb) => {
+                inc(&self.metrics.warm_hits);
+                (sb, true)
+            }
+            None => {
+                if mode == Mode::Cached {
                     inc(&self.metrics.warm_misses);
-                    (
-                        create_counted(&self.metrics, backend.as_ref(), &spec).await?,
-                        false,
-                    )
                 }
-            },
-            _ => (
-                create_counted(&self.metrics, backend.as_ref(), &spec).await?,
-                false,
-            ),
+                let sb = create_counted(&self.metrics, backend.as_ref(), &spec).await?;
+                if mode == Mode::Cached {
+                    self.pools
+                        .ensure(&backend, &spec, self.cfg.cached_pool_size);
+                }
+                (sb, false)
+            }
         };
         let exec = ExecRequest {
             argv: req.command.to_argv(),
@@ -294,7 +298,19 @@ impl Executor {
         };
         let guard = Duration::from_millis(timeout_ms) + AGENT_GRACE;
         tracing::debug!(sandbox = sandbox.id(), warm, "running");
-        let ran = tokio::time::timeout(guard, sandbox.agent().exec(exec, stdin, |_, _| {})).await;
+        let first_stdin = if warm { stdin.clone() } else { stdin.take() };
+        let mut ran = run_agent(sandbox.as_ref(), exec.clone(), first_stdin, guard).await;
+        // A warm box whose agent is gone (killed from outside while it waited) ran nothing:
+        // replace it with a fresh one and run there.
+        if let Err(Error::AgentUnreachable { message, .. }) = &ran {
+            if warm {
+                tracing::warn!(sandbox = sandbox.id(), %message, "warm sandbox is dead; using a new one");
+                let _ = destroy_counted(&self.metrics, sandbox).await;
+                sandbox = create_counted(&self.metrics, backend.as_ref(), &spec).await?;
+                warm = false;
+                ran = run_agent(sandbox.as_ref(), exec, stdin.take(), guard).await;
+            }
+        }
         let backend_name = sandbox.backend();
         let sandbox_id = sandbox.id().to_string();
         // A used sandbox is never reused. Ephemeral waits for its removal (the box is gone
@@ -309,14 +325,7 @@ impl Executor {
                 let _ = destroy_counted(&self.metrics, sandbox).await;
             }
         }
-        let out = match ran {
-            Ok(r) => r?,
-            Err(_) => {
-                return Err(Error::Internal(format!(
-                    "the sandbox agent did not report within {guard:?}; the sandbox was destroyed"
-                )))
-            }
-        };
+        let out = ran?;
         self.metrics.execution(backend_name, mode);
         let run = RunInfo {
             request_id,
@@ -389,7 +398,7 @@ impl Executor {
         let spec = self.spec(req.image.as_deref(), None, None)?;
         let backend = self.resolve(req.runtime.unwrap_or_default())?;
         backend.check_image(&spec.image).await?;
-        Ok(self.pools.set_target(&backend, &spec, req.count))
+        self.pools.set_target(&backend, &spec, req.count)
     }
 
     /// Removes the sandboxes an earlier, killed run left behind.
@@ -406,6 +415,22 @@ impl Executor {
         self.pools.shutdown().await;
         self.tasks.close();
         self.tasks.wait().await;
+    }
+}
+
+/// Runs `exec` through the sandbox's agent, giving up after `guard`.
+async fn run_agent(
+    sandbox: &dyn Sandbox,
+    exec: ExecRequest,
+    stdin: Option<Vec<u8>>,
+    guard: Duration,
+) -> Result<ExecOutcome> {
+    match tokio::time::timeout(guard, sandbox.agent().exec(exec, stdin, |_, _| {})).await {
+        Ok(r) => r,
+        Err(_) => Err(Error::Internal(format!(
+            "the agent of sandbox {} did not report within {guard:?}; the sandbox was destroyed",
+            sandbox.id()
+        ))),
     }
 }
 

@@ -28,9 +28,11 @@ impl From<Error> for ApiError {
             Error::ImageNotFound(_) => ErrorCode::ImageNotFound,
             Error::Unsupported(_) => ErrorCode::Unsupported,
             Error::BackendUnavailable(_) => ErrorCode::BackendUnavailable,
-            Error::Docker(_) | Error::Agent { .. } | Error::Io { .. } | Error::Internal(_) => {
-                ErrorCode::Internal
-            }
+            Error::Docker(_)
+            | Error::Agent { .. }
+            | Error::AgentUnreachable { .. }
+            | Error::Io { .. }
+            | Error::Internal(_) => ErrorCode::Internal,
         };
         if code == ErrorCode::Internal {
             // The detail goes to the log; the client learns that something went wrong.

@@ -81,3 +81,42 @@ async fn client_disconnect_still_cleans_up() {
     );
     assert!(server.stop().success());
 }
+
+#[tokio::test]
+async fn a_dead_warm_sandbox_is_replaced_not_reported() {
+    require_docker!();
+    let server = Server::start();
+    let c = server.client();
+    c.post("/api/v1/prewarm", json!({"image": IMAGE, "count": 1}))
+        .await;
+    c.wait_pool_ready(IMAGE, 1).await;
+    let victims = server.containers();
+    assert_eq!(victims.len(), 1);
+    let killed = std::process::Command::new("docker")
+        .args(["kill", &victims[0]])
+        .output()
+        .unwrap();
+    assert!(killed.status.success());
+    let v = c
+        .exec(json!({"command": "echo survived", "mode": "cached"}))
+        .await;
+    assert_eq!(v["stdout"], "survived\n");
+    assert_eq!(v["warm"], false, "{v}");
+    assert!(server.stop().success());
+    assert!(server.containers().is_empty());
+}
+
+#[tokio::test]
+async fn cached_requests_for_a_missing_image_leave_no_pool() {
+    require_docker!();
+    let c = crate::support::shared().client();
+    let (s, _) = c
+        .post(
+            "/api/v1/execute",
+            json!({"command": "true", "mode": "cached", "image": "faas/missing:1"}),
+        )
+        .await;
+    assert_eq!(s, 404);
+    let (_, pools) = c.get("/api/v1/pools").await;
+    assert!(!pools.to_string().contains("faas/missing:1"), "{pools}");
+}

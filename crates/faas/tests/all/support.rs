@@ -193,48 +193,35 @@ pub struct Client {
 }
 
 impl Client {
+    async fn send(&self, req: reqwest::RequestBuilder) -> reqwest::Response {
+        req.send().await.unwrap()
+    }
+
+    async fn send_json(&self, req: reqwest::RequestBuilder) -> (u16, Value) {
+        let r = self.send(req).await;
+        (r.status().as_u16(), r.json().await.unwrap())
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
     pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        let r = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .json(&body)
-            .send()
+        self.send_json(self.http.post(self.url(path)).json(&body))
             .await
-            .unwrap();
-        let status = r.status().as_u16();
-        (status, r.json().await.unwrap())
     }
 
     pub async fn post_raw(&self, path: &str, body: Vec<u8>) -> (u16, Value) {
-        let r = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .body(body)
-            .send()
+        self.send_json(self.http.post(self.url(path)).body(body))
             .await
-            .unwrap();
-        let status = r.status().as_u16();
-        (status, r.json().await.unwrap())
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
-        let r = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .send()
-            .await
-            .unwrap();
-        let status = r.status().as_u16();
-        (status, r.json().await.unwrap())
+        self.send_json(self.http.get(self.url(path))).await
     }
 
     pub async fn get_text(&self, path: &str) -> (u16, String) {
-        let r = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .send()
-            .await
-            .unwrap();
+        let r = self.send(self.http.get(self.url(path))).await;
         (r.status().as_u16(), r.text().await.unwrap())
     }
 
