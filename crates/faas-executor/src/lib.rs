@@ -12,6 +12,7 @@ pub mod agent;
 pub mod backend;
 pub mod backends;
 pub mod error;
+pub mod images;
 pub mod metrics;
 pub mod pool;
 pub mod service;
