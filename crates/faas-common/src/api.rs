@@ -99,6 +99,17 @@ impl fmt::Display for Runtime {
     }
 }
 
+/// How strongly a sandbox is isolated from the host kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum IsolationLevel {
+    /// Namespaces, cgroups and a reduced capability set.
+    #[default]
+    Container,
+    /// gVisor (`runsc`), on the native backend.
+    Gvisor,
+}
+
 /// Environment variables: a JSON object, or the reference SDKs' list of `[key, value]` pairs.
 /// Numbers and booleans are taken as their text.
 #[derive(Debug, Clone, PartialEq, Default, Serialize)]
@@ -178,6 +189,8 @@ pub struct ExecuteRequest {
     pub cache_key: Option<String>,
     #[serde(default)]
     pub network: Option<String>,
+    #[serde(default)]
+    pub isolation: Option<IsolationLevel>,
 }
 
 impl ExecuteRequest {
@@ -198,6 +211,7 @@ impl ExecuteRequest {
             branch_from: None,
             cache_key: None,
             network: None,
+            isolation: None,
         }
     }
 
@@ -251,6 +265,8 @@ pub struct PrewarmRequest {
     pub count: usize,
     #[serde(default)]
     pub runtime: Option<Runtime>,
+    #[serde(default)]
+    pub isolation: Option<IsolationLevel>,
 }
 
 fn one() -> usize {
@@ -269,6 +285,7 @@ pub struct PoolInfo {
     pub target: usize,
     pub memory_mb: u64,
     pub cpu_cores: f64,
+    pub isolation: IsolationLevel,
     /// Why the latest creation failed, when it did.
     pub last_error: Option<String>,
 }
@@ -295,6 +312,22 @@ pub struct HealthResponse {
     pub default_backend: Option<String>,
     pub default_image: String,
     pub backends: Vec<BackendStatus>,
+}
+
+/// An image in the native backend's store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImageInfo {
+    pub name: String,
+    /// Layer digests (sha256), bottom first.
+    pub layers: Vec<String>,
+    pub size_bytes: u64,
+    pub source: String,
+    pub created_unix: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImagesResponse {
+    pub images: Vec<ImageInfo>,
 }
 
 /// JSON metrics: counters since start.

@@ -33,7 +33,11 @@ pub struct SandboxSpec {
     pub limits: Limits,
     /// Only `none` exists today: a network namespace with loopback alone.
     pub network: Network,
+    pub isolation: Isolation,
 }
+
+/// How strongly the box is isolated from the host kernel (the API's type).
+pub use faas_common::IsolationLevel as Isolation;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Network {

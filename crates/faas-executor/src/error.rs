@@ -23,6 +23,19 @@ pub enum Error {
     AgentUnreachable { sandbox: String, message: String },
     #[error("agent of sandbox {sandbox}: {message}")]
     Agent { sandbox: String, message: String },
+    /// An OCI runtime command failed.
+    #[error("{command} failed ({status}): {stderr}")]
+    Runtime {
+        command: String,
+        status: String,
+        stdout: String,
+        stderr: String,
+    },
+    #[error("{command} did not finish within {after:?}")]
+    RuntimeTimeout {
+        command: String,
+        after: std::time::Duration,
+    },
     #[error("{context}")]
     Io {
         context: String,

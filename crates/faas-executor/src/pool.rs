@@ -28,6 +28,7 @@ pub struct PoolKey {
     pub memory_mb: u64,
     pub cpu_millis: u64,
     pub pids: u64,
+    pub isolation: crate::backend::Isolation,
 }
 
 impl PoolKey {
@@ -38,6 +39,7 @@ impl PoolKey {
             memory_mb: spec.limits.memory_mb,
             cpu_millis: (spec.limits.cpu_cores * 1000.0).round() as u64,
             pids: spec.limits.pids,
+            isolation: spec.isolation,
         }
     }
 }
@@ -236,6 +238,7 @@ fn pool_info(key: &PoolKey, p: &Pool) -> PoolInfo {
         target: p.target,
         memory_mb: key.memory_mb,
         cpu_cores: key.cpu_millis as f64 / 1000.0,
+        isolation: key.isolation,
         last_error: p.last_error.clone(),
     }
 }

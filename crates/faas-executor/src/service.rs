@@ -7,16 +7,17 @@ use std::time::{Duration, Instant};
 
 use faas_agent::ExecRequest;
 use faas_common::{
-    BackendStatus, ExecuteRequest, ExecuteResponse, MetricsResponse, Mode, PoolInfo,
+    BackendStatus, ExecuteRequest, ExecuteResponse, ImageInfo, MetricsResponse, Mode, PoolInfo,
     PrewarmRequest, Runtime,
 };
 use tokio_util::task::TaskTracker;
 
 use crate::agent::ExecOutcome;
 use crate::backend::{
-    create_counted, destroy_counted, Backend, Limits, Network, Sandbox, SandboxSpec,
+    create_counted, destroy_counted, Backend, Isolation, Limits, Network, Sandbox, SandboxSpec,
 };
 use crate::error::{Error, Result};
+use crate::images::ImageStore;
 use crate::metrics::{inc, Metrics};
 use crate::pool::WarmPools;
 
@@ -68,6 +69,7 @@ pub struct BackendEntry {
 
 pub struct Executor {
     cfg: ExecutorConfig,
+    images: Option<Arc<ImageStore>>,
     backends: Vec<BackendEntry>,
     pools: Arc<WarmPools>,
     metrics: Arc<Metrics>,
@@ -76,10 +78,16 @@ pub struct Executor {
 
 impl Executor {
     /// `backends` in order of preference: `auto` takes the first available one.
-    pub fn new(cfg: ExecutorConfig, backends: Vec<BackendEntry>) -> Arc<Self> {
+    /// `images` is the native backend's image store, when there is one.
+    pub fn new(
+        cfg: ExecutorConfig,
+        backends: Vec<BackendEntry>,
+        images: Option<Arc<ImageStore>>,
+    ) -> Arc<Self> {
         let metrics = Arc::new(Metrics::default());
         Arc::new(Executor {
             cfg,
+            images,
             backends,
             pools: WarmPools::new(metrics.clone()),
             metrics,
@@ -123,6 +131,24 @@ impl Executor {
         self.metrics.snapshot()
     }
 
+    /// The images of the native backend's store.
+    pub fn images(&self) -> Result<Vec<ImageInfo>> {
+        let Some(store) = &self.images else {
+            return Ok(Vec::new());
+        };
+        Ok(store
+            .list()?
+            .into_iter()
+            .map(|r| ImageInfo {
+                name: r.name,
+                layers: r.layers,
+                size_bytes: r.size_bytes,
+                source: r.source,
+                created_unix: r.created_unix,
+            })
+            .collect())
+    }
+
     pub fn pools(&self) -> Vec<PoolInfo> {
         self.pools.list()
     }
@@ -151,14 +177,15 @@ impl Executor {
             Runtime::Native => "native",
         };
         match self.backends.iter().find(|b| b.name == name) {
-            Some(BackendEntry { backend: Some(b), .. }) => Ok(b.clone()),
-            Some(BackendEntry { detail, .. }) => {
-                Err(Error::BackendUnavailable(format!("backend {name} is not available: {detail}")))
-            }
-            None if name == "native" => Err(Error::Unsupported(
-                "the native backend (OCI runtimes over an overlay image store) is not part of this build yet".into(),
-            )),
-            None => Err(Error::Unsupported(format!("backend {name} is not configured on this server"))),
+            Some(BackendEntry {
+                backend: Some(b), ..
+            }) => Ok(b.clone()),
+            Some(BackendEntry { detail, .. }) => Err(Error::BackendUnavailable(format!(
+                "backend {name} is not available: {detail}"
+            ))),
+            None => Err(Error::Unsupported(format!(
+                "backend {name} is not configured on this server"
+            ))),
         }
     }
 
@@ -167,6 +194,7 @@ impl Executor {
         image: Option<&str>,
         memory_mb: Option<u64>,
         cpu_cores: Option<f64>,
+        isolation: Option<Isolation>,
     ) -> Result<SandboxSpec> {
         let image = image
             .map(str::trim)
@@ -201,6 +229,7 @@ impl Executor {
             env: Vec::new(),
             limits,
             network: Network::None,
+            isolation: isolation.unwrap_or_default(),
         })
     }
 
@@ -264,7 +293,12 @@ impl Executor {
             )));
         }
         let mut stdin = req.stdin_bytes().map_err(Error::InvalidRequest)?;
-        let spec = self.spec(req.image.as_deref(), req.memory_mb, req.cpu_cores)?;
+        let spec = self.spec(
+            req.image.as_deref(),
+            req.memory_mb,
+            req.cpu_cores,
+            req.isolation,
+        )?;
         let backend = self.resolve(req.runtime.unwrap_or_default())?;
 
         let pooled = match mode {
@@ -395,7 +429,7 @@ impl Executor {
                 self.cfg.max_pool_size, req.count
             )));
         }
-        let spec = self.spec(req.image.as_deref(), None, None)?;
+        let spec = self.spec(req.image.as_deref(), None, None, req.isolation)?;
         let backend = self.resolve(req.runtime.unwrap_or_default())?;
         backend.check_image(&spec.image).await?;
         self.pools.set_target(&backend, &spec, req.count)

@@ -31,6 +31,8 @@ impl From<Error> for ApiError {
             Error::Docker(_)
             | Error::Agent { .. }
             | Error::AgentUnreachable { .. }
+            | Error::Runtime { .. }
+            | Error::RuntimeTimeout { .. }
             | Error::Io { .. }
             | Error::Internal(_) => ErrorCode::Internal,
         };

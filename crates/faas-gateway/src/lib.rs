@@ -17,8 +17,8 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use faas_common::{
-    ErrorCode, ExecuteRequest, ExecuteResponse, HealthResponse, MetricsResponse, PoolInfo,
-    PoolsResponse, PrewarmRequest,
+    ErrorCode, ExecuteRequest, ExecuteResponse, HealthResponse, ImagesResponse, MetricsResponse,
+    PoolInfo, PoolsResponse, PrewarmRequest,
 };
 use faas_executor::Executor;
 use tokio::net::TcpListener;
@@ -55,6 +55,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/execute/advanced", post(execute_advanced))
         .route("/api/v1/prewarm", post(prewarm))
         .route("/api/v1/pools", get(pools))
+        .route("/api/v1/images", get(images))
         .route("/api/v1/metrics", get(metrics_json))
         .route("/metrics", get(metrics_prometheus))
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such route") })
@@ -131,6 +132,12 @@ async fn pools(State(s): State<AppState>) -> Json<PoolsResponse> {
     Json(PoolsResponse {
         pools: s.executor.pools(),
     })
+}
+
+async fn images(State(s): State<AppState>) -> Result<Json<ImagesResponse>, ApiError> {
+    Ok(Json(ImagesResponse {
+        images: s.executor.images()?,
+    }))
 }
 
 async fn metrics_json(State(s): State<AppState>) -> Json<MetricsResponse> {

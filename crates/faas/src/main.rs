@@ -41,6 +41,26 @@ enum Cmd {
 pub enum BackendChoice {
     Auto,
     Docker,
+    Native,
+}
+
+/// The OCI runtime of the native backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum NativeRuntime {
+    Crun,
+    Runc,
+    Runsc,
+}
+
+impl NativeRuntime {
+    pub fn kind(self) -> faas_executor::backends::native::runtime::RuntimeKind {
+        use faas_executor::backends::native::runtime::RuntimeKind;
+        match self {
+            NativeRuntime::Crun => RuntimeKind::Crun,
+            NativeRuntime::Runc => RuntimeKind::Runc,
+            NativeRuntime::Runsc => RuntimeKind::Runsc,
+        }
+    }
 }
 
 /// Settings that decide what the executor can use on this host.
@@ -50,6 +70,12 @@ pub struct HostArgs {
     /// binary or in target/x86_64-unknown-linux-gnu/release].
     #[arg(long, env = "FAAS_AGENT_PATH")]
     pub agent_path: Option<PathBuf>,
+    /// The OCI runtime of the native backend (`isolation: gvisor` always uses runsc).
+    #[arg(long, env = "FAAS_NATIVE_RUNTIME", value_enum, default_value = "crun")]
+    pub native_runtime: NativeRuntime,
+    /// The binary of that runtime [default: found in PATH].
+    #[arg(long, env = "FAAS_NATIVE_RUNTIME_PATH")]
+    pub native_runtime_path: Option<PathBuf>,
 }
 
 #[derive(Args, Clone, Debug)]

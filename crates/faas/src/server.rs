@@ -7,6 +7,8 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use faas_executor::agent::check_static_agent;
 use faas_executor::backends::docker::{DockerBackend, DockerConfig};
+use faas_executor::backends::native::{NativeBackend, NativeConfig};
+use faas_executor::images::ImageStore;
 use faas_executor::service::BackendEntry;
 use faas_executor::{Executor, ExecutorConfig};
 use faas_gateway::AppState;
@@ -47,63 +49,101 @@ pub fn find_agent(host: &HostArgs) -> anyhow::Result<PathBuf> {
     )
 }
 
-/// Probes every backend; `auto` keeps whatever works, a named backend must work.
-pub async fn backends(data_dir: &Path, host: &HostArgs) -> Vec<BackendEntry> {
-    let docker = match find_agent(host) {
-        Err(e) => BackendEntry {
-            name: "docker",
-            backend: None,
-            detail: format!("{e:#}"),
-        },
+/// Probes every backend, `preferred` first (that is what `auto` resolves to when it works).
+/// Returns the entries and the native backend's image store, when it has one.
+pub async fn backends(
+    data_dir: &Path,
+    host: &HostArgs,
+    preferred: BackendChoice,
+) -> (Vec<BackendEntry>, Option<Arc<ImageStore>>) {
+    let unavailable = |name, detail: String| BackendEntry {
+        name,
+        backend: None,
+        detail,
+    };
+    let agent = find_agent(host);
+    let (docker, client) = match &agent {
+        Err(e) => (unavailable("docker", format!("{e:#}")), None),
         Ok(agent_path) => {
             let cfg = DockerConfig {
-                agent_path,
+                agent_path: agent_path.clone(),
                 run_dir: data_dir.join("sandboxes/docker"),
                 owner: data_dir.display().to_string(),
                 ready_timeout: Duration::from_secs(10),
             };
             match DockerBackend::connect(cfg).await {
-                Ok(b) => BackendEntry {
-                    name: "docker",
-                    detail: b.describe().await,
-                    backend: Some(Arc::new(b)),
-                },
-                Err(e) => BackendEntry {
-                    name: "docker",
-                    backend: None,
-                    detail: e.to_string(),
-                },
+                Ok(b) => {
+                    let client = b.client();
+                    let entry = BackendEntry {
+                        name: "docker",
+                        detail: b.describe().await,
+                        backend: Some(Arc::new(b)),
+                    };
+                    (entry, Some(client))
+                }
+                Err(e) => (unavailable("docker", e.to_string()), None),
             }
         }
     };
-    vec![docker]
+    let mut store = None;
+    let native = match &agent {
+        Err(e) => unavailable("native", format!("{e:#}")),
+        Ok(agent_path) => match ImageStore::open(data_dir.join("images")) {
+            Err(e) => unavailable("native", format!("image store: {e}")),
+            Ok(s) => {
+                let s = Arc::new(s);
+                store = Some(s.clone());
+                let cfg = NativeConfig {
+                    agent_path: agent_path.clone(),
+                    root: data_dir.join("native"),
+                    runtime: host.native_runtime.kind(),
+                    runtime_path: host.native_runtime_path.clone(),
+                    runsc_path: None,
+                    owner: data_dir.display().to_string(),
+                    ready_timeout: Duration::from_secs(10),
+                };
+                match NativeBackend::new(cfg, s, client).await {
+                    Ok(b) => BackendEntry {
+                        name: "native",
+                        detail: b.describe().await,
+                        backend: Some(Arc::new(b)),
+                    },
+                    Err(e) => unavailable("native", e.to_string()),
+                }
+            }
+        },
+    };
+    let entries = match preferred {
+        BackendChoice::Docker => vec![docker, native],
+        BackendChoice::Auto | BackendChoice::Native => vec![native, docker],
+    };
+    (entries, store)
 }
 
 pub async fn build_executor(a: &ServeArgs) -> anyhow::Result<Arc<Executor>> {
     std::fs::create_dir_all(&a.data_dir)
         .with_context(|| format!("create data dir {}", a.data_dir.display()))?;
     let data_dir = a.data_dir.canonicalize()?;
-    let entries = backends(&data_dir, &a.host).await;
-    let usable: Vec<&BackendEntry> = entries.iter().filter(|b| b.backend.is_some()).collect();
+    let (entries, store) = backends(&data_dir, &a.host, a.backend).await;
+    let why = || {
+        entries
+            .iter()
+            .map(|b| format!("{}: {}", b.name, b.detail))
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
     match a.backend {
-        BackendChoice::Docker if !usable.iter().any(|b| b.name == "docker") => {
-            let detail = entries
-                .iter()
-                .find(|b| b.name == "docker")
-                .map(|b| b.detail.clone());
-            bail!(
-                "backend docker is not available: {}",
-                detail.unwrap_or_default()
-            )
-        }
-        BackendChoice::Auto if usable.is_empty() => {
-            let why: Vec<String> = entries
-                .iter()
-                .map(|b| format!("{}: {}", b.name, b.detail))
-                .collect();
+        BackendChoice::Auto if entries.iter().all(|b| b.backend.is_none()) => {
             bail!(
                 "no backend works on this host ({}); `faas doctor` says more",
-                why.join("; ")
+                why()
+            )
+        }
+        BackendChoice::Docker | BackendChoice::Native if entries[0].backend.is_none() => {
+            bail!(
+                "backend {} is not available: {}",
+                entries[0].name,
+                entries[0].detail
             )
         }
         _ => {}
@@ -113,7 +153,7 @@ pub async fn build_executor(a: &ServeArgs) -> anyhow::Result<Arc<Executor>> {
         max_timeout_ms: a.max_timeout_ms,
         ..ExecutorConfig::default()
     };
-    let executor = Executor::new(cfg, entries);
+    let executor = Executor::new(cfg, entries, store);
     let removed = executor
         .recover()
         .await
@@ -170,7 +210,7 @@ async fn shutdown_signal(on_stdin_eof: bool) {
 
 pub async fn doctor(host: HostArgs) -> anyhow::Result<u8> {
     let tmp = std::env::temp_dir().join(format!("faas-doctor-{}", std::process::id()));
-    let entries = backends(&tmp, &host).await;
+    let (entries, _) = backends(&tmp, &host, BackendChoice::Auto).await;
     let _ = std::fs::remove_dir_all(&tmp);
     let row = |name: &str, state: &str, detail: &str| println!("{name:<12} {state:<12} {detail}");
     let mut ok = false;
@@ -186,11 +226,6 @@ pub async fn doctor(host: HostArgs) -> anyhow::Result<u8> {
             &b.detail,
         );
     }
-    row(
-        "native",
-        "unavailable",
-        "the native backend (OCI runtimes: crun, runc, runsc) is not part of this build yet",
-    );
     row(
         "firecracker",
         "unsupported",

@@ -18,7 +18,7 @@ use bollard::Docker;
 use faas_agent::{GUEST_AGENT_PATH, GUEST_SOCKET_DIR, SOCKET_NAME};
 
 use crate::agent::AgentClient;
-use crate::backend::{Backend, Network, Sandbox, SandboxSpec};
+use crate::backend::{Backend, Isolation, Network, Sandbox, SandboxSpec};
 use crate::error::{Error, Result};
 
 pub const LABEL_MANAGED: &str = "faas.managed";
@@ -72,6 +72,11 @@ impl DockerBackend {
         std::fs::create_dir_all(&cfg.run_dir)
             .map_err(|e| Error::io(format!("create {}", cfg.run_dir.display()), e))?;
         Ok(DockerBackend { docker, cfg })
+    }
+
+    /// The API client (the native backend imports images through it).
+    pub fn client(&self) -> Docker {
+        self.docker.clone()
     }
 
     /// The daemon's version, for `/health` and `faas doctor`.
@@ -131,6 +136,11 @@ impl Backend for DockerBackend {
     }
 
     async fn create(&self, spec: &SandboxSpec) -> Result<Box<dyn Sandbox>> {
+        if spec.isolation == Isolation::Gvisor {
+            return Err(Error::Unsupported(
+                "isolation gvisor is offered by the native backend (runsc), not by docker".into(),
+            ));
+        }
         let id = uuid::Uuid::new_v4().simple().to_string()[..16].to_string();
         let dir = self.cfg.run_dir.join(&id);
         std::fs::create_dir_all(&dir)

@@ -1,3 +1,4 @@
 //! Backend implementations.
 
 pub mod docker;
+pub mod native;

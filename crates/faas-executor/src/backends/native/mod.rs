@@ -1,0 +1,404 @@
+//! The `native` backend: OCI runtimes driven directly, no daemon in between.
+//!
+//! Each sandbox is a bundle directory `<root>/sandboxes/<id>/`:
+//!
+//! ```text
+//! config.json   made by `spec::build`
+//! rootfs/       overlayfs: the image's layers (lower, read-only, shared) + upper/ + work/
+//! upper/ work/  the sandbox's own writes
+//! sock/         bind-mounted at /run/faas: the agent's socket
+//! ```
+//!
+//! started with `crun`/`runc`/`runsc run --detach` (state in `<root>/state/<runtime>`, cgroups
+//! under `faas/<deployment>/<id>`). Destroying deletes the container (which removes its
+//! cgroups), unmounts the overlay and removes the directory. On start, whatever a killed earlier
+//! run left (containers in our state dirs, mounts under our root, bundle dirs) is removed.
+
+pub mod runtime;
+pub mod spec;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use faas_agent::SOCKET_NAME;
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+
+use self::runtime::{OciRuntime, RuntimeKind};
+use crate::agent::AgentClient;
+use crate::backend::{Backend, Isolation, Sandbox, SandboxSpec};
+use crate::error::{Error, Result};
+use crate::images::{ImageRecord, ImageStore};
+
+#[derive(Debug, Clone)]
+pub struct NativeConfig {
+    pub agent_path: PathBuf,
+    /// `<data dir>/native`.
+    pub root: PathBuf,
+    /// The runtime for `isolation: container` (the default).
+    pub runtime: RuntimeKind,
+    /// Its binary; found in `PATH` when `None`.
+    pub runtime_path: Option<PathBuf>,
+    /// The `runsc` binary for `isolation: gvisor`; found in `PATH` when `None`.
+    pub runsc_path: Option<PathBuf>,
+    /// Identifies this deployment in cgroup paths.
+    pub owner: String,
+    pub ready_timeout: Duration,
+}
+
+struct Shared {
+    cfg: NativeConfig,
+    store: Arc<ImageStore>,
+    /// Layer digests in use by live sandboxes, with counts (image removal keeps them).
+    in_use: Mutex<HashMap<String, usize>>,
+}
+
+pub struct NativeBackend {
+    shared: Arc<Shared>,
+    runtime: OciRuntime,
+    gvisor: Option<OciRuntime>,
+    docker: Option<bollard::Docker>,
+    imports: tokio::sync::Mutex<()>,
+    cgroup_parent: String,
+}
+
+fn short_hash(s: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(s.as_bytes()))[..12].to_string()
+}
+
+impl NativeBackend {
+    /// Checks that the runtime works here (root, binary, overlayfs) and opens the image store.
+    /// `docker`, when given, is where images missing from the store are imported from.
+    pub async fn new(
+        cfg: NativeConfig,
+        store: Arc<ImageStore>,
+        docker: Option<bollard::Docker>,
+    ) -> Result<Self> {
+        if !nix::unistd::geteuid().is_root() {
+            return Err(Error::BackendUnavailable(
+                "the native backend needs root".into(),
+            ));
+        }
+        let overlay = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
+        if !overlay.lines().any(|l| l.trim_end().ends_with("overlay")) {
+            return Err(Error::BackendUnavailable(
+                "the kernel has no overlayfs".into(),
+            ));
+        }
+        let make = |kind: RuntimeKind, path: &Option<PathBuf>| -> Result<OciRuntime> {
+            let binary = path
+                .clone()
+                .or_else(|| OciRuntime::find(kind))
+                .ok_or_else(|| {
+                    Error::BackendUnavailable(format!(
+                        "{} is not installed (apt-get install {})",
+                        kind.name(),
+                        kind.name()
+                    ))
+                })?;
+            Ok(OciRuntime::new(
+                kind,
+                binary,
+                cfg.root.join("state").join(kind.name()),
+            ))
+        };
+        let runtime = make(cfg.runtime, &cfg.runtime_path)?;
+        runtime.version().await?;
+        let gvisor = match cfg.runtime {
+            RuntimeKind::Runsc => Some(runtime.clone()),
+            _ => make(RuntimeKind::Runsc, &cfg.runsc_path).ok(),
+        };
+        for d in ["sandboxes", "state"] {
+            std::fs::create_dir_all(cfg.root.join(d))
+                .map_err(|e| Error::io(format!("create {}", cfg.root.join(d).display()), e))?;
+        }
+        let cgroup_parent = format!("/faas/{}", short_hash(&cfg.owner));
+        Ok(NativeBackend {
+            shared: Arc::new(Shared {
+                cfg,
+                store,
+                in_use: Mutex::new(HashMap::new()),
+            }),
+            runtime,
+            gvisor,
+            docker,
+            imports: tokio::sync::Mutex::new(()),
+            cgroup_parent,
+        })
+    }
+
+    pub fn store(&self) -> &Arc<ImageStore> {
+        &self.shared.store
+    }
+
+    pub fn runtime(&self) -> &OciRuntime {
+        &self.runtime
+    }
+
+    /// Layers that live sandboxes use; image removal must keep them.
+    pub fn layers_in_use(&self) -> std::collections::HashSet<String> {
+        self.shared
+            .in_use
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    pub async fn describe(&self) -> String {
+        let v = self.runtime.version().await.unwrap_or_default();
+        let mut s = format!("{} ({v})", self.runtime.kind.name());
+        let note = self.runtime.mode_note();
+        if !note.is_empty() {
+            s.push_str("; ");
+            s.push_str(note);
+        }
+        match &self.gvisor {
+            Some(g) => s.push_str(&format!(
+                "; gvisor: {}",
+                g.version().await.unwrap_or_default()
+            )),
+            None => s.push_str("; gvisor: runsc not installed"),
+        }
+        s
+    }
+
+    fn runtime_for(&self, isolation: Isolation) -> Result<&OciRuntime> {
+        match isolation {
+            Isolation::Container => Ok(&self.runtime),
+            Isolation::Gvisor => self.gvisor.as_ref().ok_or_else(|| {
+                Error::Unsupported(
+                    "isolation gvisor needs runsc, which is not installed on this host".into(),
+                )
+            }),
+        }
+    }
+
+    /// The image from the store, imported from the local Docker daemon on first use.
+    async fn image(&self, name: &str) -> Result<ImageRecord> {
+        if let Some(rec) = self.shared.store.get(name)? {
+            return Ok(rec);
+        }
+        let _one_import_at_a_time = self.imports.lock().await;
+        if let Some(rec) = self.shared.store.get(name)? {
+            return Ok(rec);
+        }
+        match &self.docker {
+            Some(d) => {
+                tracing::info!(image = name, "importing image from the docker daemon");
+                self.shared.store.import_docker(d, name).await
+            }
+            None => Err(Error::ImageNotFound(name.to_string())),
+        }
+    }
+
+    fn track(&self, layers: &[String], delta: isize) {
+        let mut m = self.shared.in_use.lock().unwrap_or_else(|e| e.into_inner());
+        for l in layers {
+            let n = m.entry(l.clone()).or_default();
+            *n = n.saturating_add_signed(delta);
+            if *n == 0 {
+                m.remove(l);
+            }
+        }
+    }
+}
+
+fn mount_overlay(lower: &[PathBuf], dir: &Path) -> Result<()> {
+    let lowerdir = lower
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(":");
+    let opts = format!(
+        "lowerdir={lowerdir},upperdir={},workdir={}",
+        dir.join("upper").display(),
+        dir.join("work").display()
+    );
+    mount(
+        Some("overlay"),
+        &dir.join("rootfs"),
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(opts.as_str()),
+    )
+    .map_err(|e| {
+        Error::io(
+            format!("mount overlay at {}", dir.join("rootfs").display()),
+            e.into(),
+        )
+    })
+}
+
+/// Unmounts (lazily) and removes a bundle directory.
+fn remove_bundle(dir: &Path) -> Result<()> {
+    match umount2(&dir.join("rootfs"), MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
+        Err(e) => {
+            return Err(Error::io(
+                format!("unmount {}", dir.join("rootfs").display()),
+                e.into(),
+            ))
+        }
+    }
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(format!("remove {}", dir.display()), e)),
+    }
+}
+
+/// Mount points under `root`, deepest first, from /proc/self/mountinfo.
+fn mounts_under(root: &Path) -> Vec<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut v: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(PathBuf::from)
+        .filter(|p| p.starts_with(root))
+        .collect();
+    v.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    v
+}
+
+#[async_trait]
+impl Backend for NativeBackend {
+    fn name(&self) -> &'static str {
+        "native"
+    }
+
+    async fn create(&self, spec: &SandboxSpec) -> Result<Box<dyn Sandbox>> {
+        let runtime = self.runtime_for(spec.isolation)?.clone();
+        let image = self.image(&spec.image).await?;
+        let id = uuid::Uuid::new_v4().simple().to_string()[..16].to_string();
+        let dir = self.shared.cfg.root.join("sandboxes").join(&id);
+        let socket = dir.join("sock").join(SOCKET_NAME);
+        self.track(&image.layers, 1);
+        let sandbox = NativeSandbox {
+            id: id.clone(),
+            dir: dir.clone(),
+            agent: AgentClient::new(format!("native-{id}"), &socket),
+            runtime,
+            layers: image.layers.clone(),
+            shared: self.shared.clone(),
+            destroyed: std::sync::atomic::AtomicBool::new(false),
+        };
+        let made = async {
+            for d in ["rootfs", "upper", "work", "sock"] {
+                std::fs::create_dir_all(dir.join(d))
+                    .map_err(|e| Error::io(format!("create {}", dir.join(d).display()), e))?;
+            }
+            mount_overlay(&self.shared.store.lower_dirs(&image), &dir)?;
+            let cgroups_path = format!("{}/{id}", self.cgroup_parent);
+            let oci = spec::build(
+                spec,
+                &image.env,
+                &self.shared.cfg.agent_path,
+                &dir.join("sock"),
+                &cgroups_path,
+            )?;
+            oci.save(dir.join("config.json"))
+                .map_err(|e| Error::Internal(format!("write config.json: {e}")))?;
+            sandbox.runtime.run_detached(&id, &dir).await?;
+            sandbox
+                .agent
+                .wait_ready(self.shared.cfg.ready_timeout)
+                .await
+        }
+        .await;
+        if let Err(e) = made {
+            if let Err(d) = sandbox.destroy().await {
+                tracing::error!(sandbox = %id, error = %d.chain(), "clean-up after a failed create");
+            }
+            return Err(e);
+        }
+        Ok(Box::new(sandbox))
+    }
+
+    async fn check_image(&self, image: &str) -> Result<()> {
+        self.image(image).await.map(drop)
+    }
+
+    async fn remove_leftovers(&self) -> Result<usize> {
+        let mut n = 0;
+        let runtimes = std::iter::once(&self.runtime).chain(self.gvisor.iter());
+        for rt in runtimes {
+            for id in rt.list().await? {
+                rt.delete_force(&id).await?;
+                n += 1;
+            }
+        }
+        let root = &self.shared.cfg.root;
+        for m in mounts_under(&root.join("sandboxes")) {
+            let _ = umount2(&m, MntFlags::MNT_DETACH);
+        }
+        if let Ok(rd) = std::fs::read_dir(root.join("sandboxes")) {
+            for e in rd.flatten() {
+                remove_bundle(&e.path())?;
+            }
+        }
+        // Cgroups the runtimes did not get to remove (empty ones only; rmdir refuses others).
+        for ctrl in std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let parent = ctrl.path().join(self.cgroup_parent.trim_start_matches('/'));
+            for cg in std::fs::read_dir(&parent).into_iter().flatten().flatten() {
+                if cg.path().is_dir() {
+                    let _ = std::fs::remove_dir(cg.path());
+                }
+            }
+        }
+        Ok(n)
+    }
+}
+
+pub struct NativeSandbox {
+    id: String,
+    dir: PathBuf,
+    agent: AgentClient,
+    runtime: OciRuntime,
+    layers: Vec<String>,
+    shared: Arc<Shared>,
+    destroyed: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait]
+impl Sandbox for NativeSandbox {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn backend(&self) -> &'static str {
+        "native"
+    }
+
+    fn agent(&self) -> &AgentClient {
+        &self.agent
+    }
+
+    async fn destroy(&self) -> Result<()> {
+        let deleted = self.runtime.delete_force(&self.id).await;
+        let removed = remove_bundle(&self.dir);
+        if !self
+            .destroyed
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            let mut m = self.shared.in_use.lock().unwrap_or_else(|e| e.into_inner());
+            for l in &self.layers {
+                if let Some(n) = m.get_mut(l) {
+                    *n -= 1;
+                    if *n == 0 {
+                        m.remove(l);
+                    }
+                }
+            }
+        }
+        deleted.and(removed)
+    }
+}

@@ -1,0 +1,238 @@
+//! A typed client of an OCI runtime binary (`crun`, `runc`, `runsc`), with a configurable path so
+//! tests can point it at a real binary or a failing one.
+
+use std::ffi::CString;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RuntimeKind {
+    Crun,
+    Runc,
+    Runsc,
+}
+
+impl RuntimeKind {
+    pub const ALL: [RuntimeKind; 3] = [RuntimeKind::Crun, RuntimeKind::Runc, RuntimeKind::Runsc];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            RuntimeKind::Crun => "crun",
+            RuntimeKind::Runc => "runc",
+            RuntimeKind::Runsc => "runsc",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<RuntimeKind> {
+        RuntimeKind::ALL.into_iter().find(|k| k.name() == s)
+    }
+}
+
+/// How long one runtime command may take before it counts as hung.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone)]
+pub struct OciRuntime {
+    pub kind: RuntimeKind,
+    pub binary: PathBuf,
+    /// The runtime's state directory (`--root`): this deployment's containers only.
+    pub state_root: PathBuf,
+    /// Run the binary in a private mount namespace without `/sys/fs/cgroup/unified` (see
+    /// [`hybrid_cgroups`]).
+    hide_unified: bool,
+}
+
+/// True on a "hybrid" cgroup host: v1 controllers, plus a cgroup2 mount at
+/// `/sys/fs/cgroup/unified` with a controller in it. crun refuses to run there ("cgroups in
+/// hybrid mode not supported") even with `--cgroup-manager=disabled`; run in a mount namespace
+/// where that mount is gone, crun sees a plain v1 host and manages v1 cgroups itself, exactly as
+/// runc does on the same host.
+pub fn hybrid_cgroups() -> bool {
+    std::fs::read_to_string("/sys/fs/cgroup/unified/cgroup.controllers")
+        .map(|c| !c.trim().is_empty())
+        .unwrap_or(false)
+        && Path::new("/sys/fs/cgroup/memory").is_dir()
+}
+
+impl OciRuntime {
+    pub fn new(kind: RuntimeKind, binary: PathBuf, state_root: PathBuf) -> Self {
+        let hide_unified = kind == RuntimeKind::Crun && hybrid_cgroups();
+        OciRuntime {
+            kind,
+            binary,
+            state_root,
+            hide_unified,
+        }
+    }
+
+    /// Finds `kind` in `PATH`.
+    pub fn find(kind: RuntimeKind) -> Option<PathBuf> {
+        let path = std::env::var_os("PATH")?;
+        std::env::split_paths(&path)
+            .map(|d| d.join(kind.name()))
+            .find(|p| p.is_file())
+    }
+
+    /// A note for `/health` on how the runtime is driven on this host.
+    pub fn mode_note(&self) -> &'static str {
+        if self.hide_unified {
+            "hybrid cgroups: run in a private mount namespace without the unified hierarchy, v1 limits"
+        } else {
+            ""
+        }
+    }
+
+    fn command(&self) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(&self.binary);
+        cmd.arg("--root").arg(&self.state_root);
+        if self.kind == RuntimeKind::Runsc {
+            // Let the agent's unix socket in the bind-mounted directory be reachable from the
+            // host, and give the sandbox no network but loopback.
+            cmd.args(["--host-uds=all", "--network=none"]);
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        if self.hide_unified {
+            hide_unified_hierarchy(&mut cmd);
+        }
+        cmd
+    }
+
+    async fn run(&self, args: &[&str]) -> Result<String> {
+        let mut cmd = self.command();
+        cmd.args(args);
+        let what = format!("{} {}", self.kind.name(), args.join(" "));
+        let out = tokio::time::timeout(COMMAND_TIMEOUT, cmd.output())
+            .await
+            .map_err(|_| Error::RuntimeTimeout {
+                command: what.clone(),
+                after: COMMAND_TIMEOUT,
+            })?
+            .map_err(|e| Error::io(format!("run {}", self.binary.display()), e))?;
+        if !out.status.success() {
+            return Err(Error::Runtime {
+                command: what,
+                status: out.status.to_string(),
+                stdout: String::from_utf8_lossy(&out.stdout).trim().to_string(),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    pub async fn version(&self) -> Result<String> {
+        let mut cmd = tokio::process::Command::new(&self.binary);
+        cmd.arg("--version")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        let out = cmd
+            .output()
+            .await
+            .map_err(|e| Error::io(format!("run {}", self.binary.display()), e))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        Ok(text.lines().next().unwrap_or("").trim().to_string())
+    }
+
+    /// Creates and starts container `id` from the bundle at `bundle`, detached. The container
+    /// inherits the runtime's stdout and stderr, so they go to `bundle/runtime.log` (a pipe would
+    /// stay open as long as the container lives); a failure quotes that log.
+    pub async fn run_detached(&self, id: &str, bundle: &Path) -> Result<()> {
+        let log_path = bundle.join("runtime.log");
+        let log = std::fs::File::create(&log_path)
+            .map_err(|e| Error::io(format!("create {}", log_path.display()), e))?;
+        let log2 = log.try_clone().map_err(|e| Error::io("clone a file handle", e))?;
+        let detach = if self.kind == RuntimeKind::Runsc { "-detach" } else { "--detach" };
+        let bundle_arg = bundle.to_string_lossy();
+        let args = ["run", detach, "--bundle", &bundle_arg, id];
+        let mut cmd = self.command();
+        cmd.args(args).stdout(log).stderr(log2);
+        let what = format!("{} {}", self.kind.name(), args.join(" "));
+        let status = tokio::time::timeout(COMMAND_TIMEOUT, async { cmd.spawn()?.wait().await })
+            .await
+            .map_err(|_| Error::RuntimeTimeout { command: what.clone(), after: COMMAND_TIMEOUT })?
+            .map_err(|e| Error::io(format!("run {}", self.binary.display()), e))?;
+        if status.success() {
+            return Ok(());
+        }
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let tail = text.len().saturating_sub(2000);
+        Err(Error::Runtime {
+            command: what,
+            status: status.to_string(),
+            stdout: String::new(),
+            stderr: text[tail..].trim().to_string(),
+        })
+    }
+
+    /// Kills and deletes container `id`; one that does not exist is fine.
+    pub async fn delete_force(&self, id: &str) -> Result<()> {
+        let force = if self.kind == RuntimeKind::Runsc {
+            "-force"
+        } else {
+            "--force"
+        };
+        match self.run(&["delete", force, id]).await {
+            Ok(_) => Ok(()),
+            Err(Error::Runtime { stderr, .. })
+                if stderr.contains("does not exist")
+                    || stderr.contains("not exist")
+                    || stderr.contains("not found") =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Ids of the containers in this runtime's state directory.
+    pub async fn list(&self) -> Result<Vec<String>> {
+        if !self.state_root.is_dir() {
+            return Ok(Vec::new());
+        }
+        let quiet = if self.kind == RuntimeKind::Runsc {
+            "-quiet"
+        } else {
+            "--quiet"
+        };
+        let out = self.run(&["list", quiet]).await?;
+        Ok(out
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect())
+    }
+}
+
+/// Makes `cmd` start in a private mount namespace where `/sys/fs/cgroup/unified` is unmounted.
+#[allow(unsafe_code)]
+fn hide_unified_hierarchy(cmd: &mut tokio::process::Command) {
+    use nix::mount::{mount, umount2, MntFlags, MsFlags};
+    use nix::sched::{unshare, CloneFlags};
+    // Made before the fork: nothing below allocates.
+    let root = CString::new("/").expect("no NUL");
+    let unified = CString::new("/sys/fs/cgroup/unified").expect("no NUL");
+    // SAFETY: the closure runs in the forked child before exec. It only makes three system
+    // calls (unshare, mount, umount2) through nix on pre-built C strings: no allocation, no
+    // locks, nothing that is not async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            unshare(CloneFlags::CLONE_NEWNS)?;
+            mount(
+                None::<&std::ffi::CStr>,
+                root.as_c_str(),
+                None::<&std::ffi::CStr>,
+                MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+                None::<&std::ffi::CStr>,
+            )?;
+            umount2(unified.as_c_str(), MntFlags::MNT_DETACH)?;
+            Ok(())
+        });
+    }
+}
