@@ -24,6 +24,8 @@ pub struct ExecOutcome {
     pub exit: ExitInfo,
     /// Set when the process could not be started (`exit.exit_code` is then 126 or 127).
     pub spawn_error: Option<String>,
+    /// Set when the whole sandbox died under the process (see `Sandbox::death_cause`).
+    pub sandbox_error: Option<String>,
 }
 
 impl AgentClient {

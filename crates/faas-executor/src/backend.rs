@@ -58,6 +58,9 @@ pub trait Backend: Send + Sync {
 
     /// Removes the boxes an earlier, killed run of this deployment left behind.
     async fn remove_leftovers(&self) -> Result<usize>;
+
+    /// Called once when the server stops, after every box is destroyed.
+    async fn shutdown(&self) {}
 }
 
 #[async_trait]
@@ -67,6 +70,21 @@ pub trait Sandbox: Send + Sync {
     fn agent(&self) -> &AgentClient;
     /// Kills everything in the box and removes it and all its host-side state.
     async fn destroy(&self) -> Result<()>;
+
+    /// When the box died under a command (its agent went away), what the host saw: an OOM kill
+    /// or a process limit hit in its cgroups. `None` when nothing explains it.
+    async fn death_cause(&self) -> Option<DeathCause> {
+        None
+    }
+}
+
+/// Why a box died, as recorded by the host kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeathCause {
+    /// The memory cgroup's OOM killer ended it.
+    OutOfMemory,
+    /// The pids cgroup refused a fork and the box ended.
+    ProcessLimit,
 }
 
 /// Creates a box and counts it.

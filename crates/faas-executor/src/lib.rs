@@ -15,6 +15,7 @@ pub mod error;
 pub mod images;
 pub mod metrics;
 pub mod pool;
+pub mod reaper;
 pub mod service;
 
 pub use agent::AgentClient;

@@ -14,7 +14,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::agent::ExecOutcome;
 use crate::backend::{
-    create_counted, destroy_counted, Backend, Isolation, Limits, Network, Sandbox, SandboxSpec,
+    create_counted, destroy_counted, Backend, DeathCause, Isolation, Limits, Network, Sandbox,
+    SandboxSpec,
 };
 use crate::error::{Error, Result};
 use crate::images::ImageStore;
@@ -333,6 +334,7 @@ impl Executor {
         let guard = Duration::from_millis(timeout_ms) + AGENT_GRACE;
         tracing::debug!(sandbox = sandbox.id(), warm, "running");
         let first_stdin = if warm { stdin.clone() } else { stdin.take() };
+        let started = Instant::now();
         let mut ran = run_agent(sandbox.as_ref(), exec.clone(), first_stdin, guard).await;
         // A warm box whose agent is gone (killed from outside while it waited) ran nothing:
         // replace it with a fresh one and run there.
@@ -343,6 +345,12 @@ impl Executor {
                 sandbox = create_counted(&self.metrics, backend.as_ref(), &spec).await?;
                 warm = false;
                 ran = run_agent(sandbox.as_ref(), exec, stdin.take(), guard).await;
+            }
+        }
+        // The box died under the command: say why when the host kernel recorded it.
+        if let Err(Error::Agent { .. }) = &ran {
+            if let Some(cause) = sandbox.death_cause().await {
+                ran = Ok(died(cause, started.elapsed()));
             }
         }
         let backend_name = sandbox.backend();
@@ -382,7 +390,9 @@ impl Executor {
         if x.oom_killed {
             inc(&self.metrics.oom_kills);
         }
-        let error = if let Some(e) = &out.spawn_error {
+        let error = if let Some(e) = &out.sandbox_error {
+            Some(e.clone())
+        } else if let Some(e) = &out.spawn_error {
             Some(format!("could not start the command: {e}"))
         } else if x.timed_out {
             Some(format!(
@@ -449,6 +459,29 @@ impl Executor {
         self.pools.shutdown().await;
         self.tasks.close();
         self.tasks.wait().await;
+        for b in self.backends.iter().filter_map(|b| b.backend.as_ref()) {
+            b.shutdown().await;
+        }
+    }
+}
+
+/// The outcome of a command whose whole box the kernel killed: everything in it ended by
+/// SIGKILL when the box went, so that is the status reported.
+fn died(cause: DeathCause, ran_for: Duration) -> ExecOutcome {
+    let message = match cause {
+        DeathCause::OutOfMemory => "memory limit exceeded: the OOM killer ended the sandbox",
+        DeathCause::ProcessLimit => "process limit reached: the sandbox could not fork and ended",
+    };
+    ExecOutcome {
+        exit: faas_agent::ExitInfo {
+            exit_code: 128 + 9,
+            signal: Some(9),
+            oom_killed: cause == DeathCause::OutOfMemory,
+            duration_us: ran_for.as_micros() as u64,
+            ..Default::default()
+        },
+        sandbox_error: Some(message.to_string()),
+        ..Default::default()
     }
 }
 

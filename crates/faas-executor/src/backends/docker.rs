@@ -18,7 +18,7 @@ use bollard::Docker;
 use faas_agent::{GUEST_AGENT_PATH, GUEST_SOCKET_DIR, SOCKET_NAME};
 
 use crate::agent::AgentClient;
-use crate::backend::{Backend, Isolation, Network, Sandbox, SandboxSpec};
+use crate::backend::{Backend, DeathCause, Isolation, Network, Sandbox, SandboxSpec};
 use crate::error::{Error, Result};
 
 pub const LABEL_MANAGED: &str = "faas.managed";
@@ -273,6 +273,20 @@ impl Sandbox for DockerSandbox {
 
     fn agent(&self) -> &AgentClient {
         &self.agent
+    }
+
+    async fn death_cause(&self) -> Option<DeathCause> {
+        let state = self
+            .backend
+            .docker
+            .inspect_container(&self.container, None)
+            .await
+            .ok()?
+            .state?;
+        state
+            .oom_killed
+            .unwrap_or(false)
+            .then_some(DeathCause::OutOfMemory)
     }
 
     async fn destroy(&self) -> Result<()> {

@@ -48,7 +48,7 @@ async fn unknown_mode_or_runtime_is_refused_not_run() {
 }
 
 #[tokio::test]
-async fn modes_and_runtimes_not_built_yet_say_unsupported() {
+async fn modes_and_runtimes_not_offered_say_unsupported() {
     require_docker!();
     let c = shared().client();
     for mode in ["checkpointed", "branched", "persistent"] {
@@ -63,7 +63,7 @@ async fn modes_and_runtimes_not_built_yet_say_unsupported() {
     let (s, v) = c
         .post(
             "/api/v1/execute",
-            json!({"command": "true", "runtime": "native"}),
+            json!({"command": "true", "runtime": "docker", "isolation": "gvisor", "image": IMAGE}),
         )
         .await;
     assert_error(s, &v, 501, "unsupported");

@@ -17,10 +17,10 @@ async fn graceful_shutdown_destroys_warm_pools() {
         .await;
     assert_eq!(s, 200, "{v}");
     c.wait_pool_ready(IMAGE, 2).await;
-    assert_eq!(server.containers().len(), 2);
+    assert_eq!(server.sandboxes().len(), 2);
     assert!(server.stop().success());
     assert_eq!(
-        server.containers(),
+        server.sandboxes(),
         Vec::<String>::new(),
         "containers left after shutdown"
     );
@@ -36,19 +36,19 @@ async fn restart_after_kill_removes_leftovers() {
     c.wait_pool_ready(IMAGE, 2).await;
     server.kill9();
     assert!(
-        server.containers().len() >= 2,
+        server.sandboxes().len() >= 2,
         "kill -9 should leave the pool behind"
     );
     let again = Server::start_with(server.data_dir.clone(), &[]);
     assert_eq!(
-        again.containers(),
+        again.sandboxes(),
         Vec::<String>::new(),
         "leftovers not removed on start"
     );
     let v = again.client().exec(json!({"command": "echo back"})).await;
     assert_eq!(v["stdout"], "back\n");
     assert!(again.stop().success());
-    assert!(again.containers().is_empty());
+    assert!(again.sandboxes().is_empty());
 }
 
 #[tokio::test]
@@ -66,7 +66,7 @@ async fn client_disconnect_still_cleans_up() {
         .await;
     assert!(r.is_err(), "the client should have given up");
     let start = Instant::now();
-    while !server.containers().is_empty() {
+    while !server.sandboxes().is_empty() {
         assert!(
             start.elapsed() < Duration::from_secs(15),
             "container left after the client went away"
@@ -90,20 +90,16 @@ async fn a_dead_warm_sandbox_is_replaced_not_reported() {
     c.post("/api/v1/prewarm", json!({"image": IMAGE, "count": 1}))
         .await;
     c.wait_pool_ready(IMAGE, 1).await;
-    let victims = server.containers();
+    let victims = server.sandboxes();
     assert_eq!(victims.len(), 1);
-    let killed = std::process::Command::new("docker")
-        .args(["kill", &victims[0]])
-        .output()
-        .unwrap();
-    assert!(killed.status.success());
+    server.kill_sandbox(&victims[0]);
     let v = c
         .exec(json!({"command": "echo survived", "mode": "cached"}))
         .await;
     assert_eq!(v["stdout"], "survived\n");
     assert_eq!(v["warm"], false, "{v}");
     assert!(server.stop().success());
-    assert!(server.containers().is_empty());
+    assert!(server.sandboxes().is_empty());
 }
 
 #[tokio::test]

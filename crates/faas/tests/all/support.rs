@@ -56,6 +56,23 @@ macro_rules! require_docker {
     };
 }
 
+/// The backend under test: `FAAS_TEST_BACKEND` (docker, the default, or native) and, for
+/// native, `FAAS_TEST_NATIVE_RUNTIME` (crun, the default, runc or runsc).
+pub fn backend() -> &'static str {
+    static B: OnceLock<String> = OnceLock::new();
+    B.get_or_init(|| std::env::var("FAAS_TEST_BACKEND").unwrap_or_else(|_| "docker".into()))
+}
+
+pub fn native_runtime() -> &'static str {
+    static R: OnceLock<String> = OnceLock::new();
+    R.get_or_init(|| std::env::var("FAAS_TEST_NATIVE_RUNTIME").unwrap_or_else(|_| "crun".into()))
+}
+
+/// True when the sandboxes under test run in gVisor.
+pub fn gvisor() -> bool {
+    backend() == "native" && native_runtime() == "runsc"
+}
+
 pub struct Server {
     pub url: String,
     pub data_dir: PathBuf,
@@ -87,9 +104,11 @@ impl Server {
                 "serve",
                 "--listen",
                 "127.0.0.1:0",
-                "--backend",
-                "docker",
                 "--shutdown-on-stdin-eof",
+                "--backend",
+                backend(),
+                "--native-runtime",
+                native_runtime(),
             ])
             .arg("--data-dir")
             .arg(&data_dir)
@@ -163,10 +182,60 @@ impl Server {
         }
     }
 
-    /// Containers of this server's deployment (by the `faas.owner` label), running or not.
-    pub fn containers(&self) -> Vec<String> {
+    /// Sandboxes of this server's deployment that exist on the host, running or not: docker
+    /// containers by the `faas.owner` label, or native bundle dirs and runtime state.
+    pub fn sandboxes(&self) -> Vec<String> {
         let owner = self.data_dir.canonicalize().unwrap();
-        docker_ps(&format!("label=faas.owner={}", owner.display()))
+        if backend() == "docker" {
+            return docker_ps(&format!("label=faas.owner={}", owner.display()));
+        }
+        let mut found: Vec<String> = Vec::new();
+        let native = owner.join("native");
+        let state = native.join("state").join(native_runtime());
+        for dir in [native.join("sandboxes"), state] {
+            for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let name = e.file_name().to_string_lossy().to_string();
+                if !found.contains(&name) && !name.starts_with('.') && e.path().is_dir() {
+                    found.push(name);
+                }
+            }
+        }
+        found
+    }
+
+    /// Whether the sandbox `id` still exists on the host.
+    pub fn sandbox_exists(&self, id: &str) -> bool {
+        if backend() == "docker" {
+            return !docker_ps(&format!("name=faas-{id}")).is_empty();
+        }
+        self.sandboxes().iter().any(|s| s == id)
+    }
+
+    /// Kills a sandbox's processes from outside, as a crash would.
+    pub fn kill_sandbox(&self, id: &str) {
+        let ok = if backend() == "docker" {
+            Command::new("docker")
+                .args(["kill", id])
+                .output()
+                .unwrap()
+                .status
+                .success()
+        } else {
+            let root = self
+                .data_dir
+                .canonicalize()
+                .unwrap()
+                .join("native/state")
+                .join(native_runtime());
+            let root = format!("--root={}", root.display());
+            Command::new(native_runtime())
+                .args([root.as_str(), "kill", id, "KILL"])
+                .output()
+                .unwrap()
+                .status
+                .success()
+        };
+        assert!(ok, "could not kill sandbox {id}");
     }
 }
 
@@ -277,13 +346,13 @@ pub fn assert_error(status: u16, body: &Value, want_status: u16, want_code: &str
     );
 }
 
-/// Waits until no container named for `sandbox_id` exists.
-pub async fn assert_container_gone(sandbox_id: &str) {
+/// Waits until the sandbox `id` of `server` is gone.
+pub async fn assert_sandbox_gone(server: &Server, id: &str) {
     let start = Instant::now();
-    while !docker_ps(&format!("name=faas-{sandbox_id}")).is_empty() {
+    while server.sandbox_exists(id) {
         assert!(
             start.elapsed() < Duration::from_secs(10),
-            "container faas-{sandbox_id} is still there"
+            "sandbox {id} is still there"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

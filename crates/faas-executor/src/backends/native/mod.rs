@@ -28,7 +28,7 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
 use self::runtime::{OciRuntime, RuntimeKind};
 use crate::agent::AgentClient;
-use crate::backend::{Backend, Isolation, Sandbox, SandboxSpec};
+use crate::backend::{Backend, DeathCause, Isolation, Sandbox, SandboxSpec};
 use crate::error::{Error, Result};
 use crate::images::{ImageRecord, ImageStore};
 
@@ -50,6 +50,8 @@ pub struct NativeConfig {
 
 struct Shared {
     cfg: NativeConfig,
+    /// Tear-downs finishing in the background (see `NativeSandbox::destroy`).
+    cleanups: tokio_util::task::TaskTracker,
     store: Arc<ImageStore>,
     /// Layer digests in use by live sandboxes, with counts (image removal keeps them).
     in_use: Mutex<HashMap<String, usize>>,
@@ -82,6 +84,7 @@ impl NativeBackend {
                 "the native backend needs root".into(),
             ));
         }
+        crate::reaper::start();
         let overlay = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
         if !overlay.lines().any(|l| l.trim_end().ends_with("overlay")) {
             return Err(Error::BackendUnavailable(
@@ -121,6 +124,7 @@ impl NativeBackend {
                 cfg,
                 store,
                 in_use: Mutex::new(HashMap::new()),
+                cleanups: tokio_util::task::TaskTracker::new(),
             }),
             runtime,
             gvisor,
@@ -195,15 +199,16 @@ impl NativeBackend {
             None => Err(Error::ImageNotFound(name.to_string())),
         }
     }
+}
 
-    fn track(&self, layers: &[String], delta: isize) {
-        let mut m = self.shared.in_use.lock().unwrap_or_else(|e| e.into_inner());
-        for l in layers {
-            let n = m.entry(l.clone()).or_default();
-            *n = n.saturating_add_signed(delta);
-            if *n == 0 {
-                m.remove(l);
-            }
+/// Counts the layers a live sandbox uses (`delta` 1 at create, -1 at tear-down).
+fn track(shared: &Shared, layers: &[String], delta: isize) {
+    let mut m = shared.in_use.lock().unwrap_or_else(|e| e.into_inner());
+    for l in layers {
+        let n = m.entry(l.clone()).or_default();
+        *n = n.saturating_add_signed(delta);
+        if *n == 0 {
+            m.remove(l);
         }
     }
 }
@@ -277,13 +282,15 @@ impl Backend for NativeBackend {
         let id = uuid::Uuid::new_v4().simple().to_string()[..16].to_string();
         let dir = self.shared.cfg.root.join("sandboxes").join(&id);
         let socket = dir.join("sock").join(SOCKET_NAME);
-        self.track(&image.layers, 1);
+        track(&self.shared, &image.layers, 1);
         let sandbox = NativeSandbox {
             id: id.clone(),
             dir: dir.clone(),
             agent: AgentClient::new(format!("native-{id}"), &socket),
             runtime,
             layers: image.layers.clone(),
+            cgroup: format!("{}/{id}", self.cgroup_parent),
+            init: std::sync::OnceLock::new(),
             shared: self.shared.clone(),
             destroyed: std::sync::atomic::AtomicBool::new(false),
         };
@@ -303,11 +310,18 @@ impl Backend for NativeBackend {
             )?;
             oci.save(dir.join("config.json"))
                 .map_err(|e| Error::Internal(format!("write config.json: {e}")))?;
+            let t = std::time::Instant::now();
             sandbox.runtime.run_detached(&id, &dir).await?;
+            let ran = t.elapsed();
+            if let Some(p) = InitProcess::read(&dir.join("init.pid")) {
+                let _ = sandbox.init.set(p);
+            }
             sandbox
                 .agent
                 .wait_ready(self.shared.cfg.ready_timeout)
-                .await
+                .await?;
+            tracing::debug!(sandbox = %id, run = ?ran, ready = ?t.elapsed(), "started");
+            Ok(())
         }
         .await;
         if let Err(e) = made {
@@ -356,6 +370,20 @@ impl Backend for NativeBackend {
         }
         Ok(n)
     }
+
+    async fn shutdown(&self) {
+        self.shared.cleanups.close();
+        self.shared.cleanups.wait().await;
+        // The per-deployment parent cgroups (`faas/<deployment>`), once empty.
+        for ctrl in std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let _ =
+                std::fs::remove_dir(ctrl.path().join(self.cgroup_parent.trim_start_matches('/')));
+        }
+    }
 }
 
 pub struct NativeSandbox {
@@ -364,8 +392,67 @@ pub struct NativeSandbox {
     agent: AgentClient,
     runtime: OciRuntime,
     layers: Vec<String>,
+    /// The cgroup path the runtime made (under each v1 controller, or in the v2 tree).
+    cgroup: String,
+    /// The box's first process on the host, once it runs.
+    init: std::sync::OnceLock<InitProcess>,
     shared: Arc<Shared>,
     destroyed: std::sync::atomic::AtomicBool,
+}
+
+/// A host process, identified by pid and start time so that a recycled pid is never signalled.
+#[derive(Debug, Clone, Copy)]
+struct InitProcess {
+    pid: i32,
+    start: u64,
+}
+
+impl InitProcess {
+    fn start_time(pid: i32) -> Option<u64> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Field 22, counted after the `(comm)` field, which may hold spaces.
+        stat.rsplit(')')
+            .next()?
+            .split_whitespace()
+            .nth(19)?
+            .parse()
+            .ok()
+    }
+
+    fn read(pid_file: &Path) -> Option<InitProcess> {
+        let pid: i32 = std::fs::read_to_string(pid_file)
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        Some(InitProcess {
+            pid,
+            start: Self::start_time(pid)?,
+        })
+    }
+
+    /// SIGKILL, if the process is still the one recorded; false when it is not (or is gone).
+    fn kill(&self) -> bool {
+        if Self::start_time(self.pid) != Some(self.start) {
+            return false;
+        }
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .is_ok()
+    }
+}
+
+/// The first number after `key` in a cgroup `key value` file.
+fn cgroup_counter(path: &Path, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines().find_map(|l| {
+        let mut it = l.split_whitespace();
+        (it.next() == Some(key))
+            .then(|| it.next()?.parse().ok())
+            .flatten()
+    })
 }
 
 #[async_trait]
@@ -382,23 +469,58 @@ impl Sandbox for NativeSandbox {
         &self.agent
     }
 
+    async fn death_cause(&self) -> Option<DeathCause> {
+        let cg = Path::new("/sys/fs/cgroup");
+        let rel = self.cgroup.trim_start_matches('/');
+        let oom = [
+            cg.join("memory").join(rel).join("memory.oom_control"),
+            cg.join(rel).join("memory.events"),
+        ];
+        if oom
+            .iter()
+            .any(|p| cgroup_counter(p, "oom_kill").is_some_and(|n| n > 0))
+        {
+            return Some(DeathCause::OutOfMemory);
+        }
+        let pids = [
+            cg.join("pids").join(rel).join("pids.events"),
+            cg.join(rel).join("pids.events"),
+        ];
+        if pids
+            .iter()
+            .any(|p| cgroup_counter(p, "max").is_some_and(|n| n > 0))
+        {
+            return Some(DeathCause::ProcessLimit);
+        }
+        None
+    }
+
+    /// Kills the box's processes before returning; the rest of the tear-down (runtime state,
+    /// cgroups, overlay mount, bundle directory) finishes in the background, and the backend's
+    /// shutdown waits for it.
     async fn destroy(&self) -> Result<()> {
-        let deleted = self.runtime.delete_force(&self.id).await;
-        let removed = remove_bundle(&self.dir);
-        if !self
+        if self
             .destroyed
             .swap(true, std::sync::atomic::Ordering::SeqCst)
         {
-            let mut m = self.shared.in_use.lock().unwrap_or_else(|e| e.into_inner());
-            for l in &self.layers {
-                if let Some(n) = m.get_mut(l) {
-                    *n -= 1;
-                    if *n == 0 {
-                        m.remove(l);
-                    }
-                }
-            }
+            return Ok(());
         }
-        deleted.and(removed)
+        // Killing the first process of the box's pid namespace ends every process in it. Done
+        // directly when we know that process, else through the runtime.
+        let killed = match self.init.get() {
+            Some(p) if p.kill() => Ok(()),
+            _ => self.runtime.kill(&self.id).await,
+        };
+        let (runtime, id, dir) = (self.runtime.clone(), self.id.clone(), self.dir.clone());
+        let (layers, shared) = (self.layers.clone(), self.shared.clone());
+        self.shared.cleanups.spawn(async move {
+            let t = std::time::Instant::now();
+            if let Err(e) = runtime.delete_force(&id).await.and(remove_bundle(&dir)) {
+                tracing::error!(sandbox = %id, error = %e.chain(), "tear-down failed; `faas serve` removes it on its next start");
+            }
+            track(&shared, &layers, -1);
+            tracing::debug!(sandbox = %id, took = ?t.elapsed(), "torn down");
+        });
+        killed
     }
 }

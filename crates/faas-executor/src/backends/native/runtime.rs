@@ -107,13 +107,16 @@ impl OciRuntime {
         let mut cmd = self.command();
         cmd.args(args);
         let what = format!("{} {}", self.kind.name(), args.join(" "));
-        let out = tokio::time::timeout(COMMAND_TIMEOUT, cmd.output())
-            .await
-            .map_err(|_| Error::RuntimeTimeout {
-                command: what.clone(),
-                after: COMMAND_TIMEOUT,
-            })?
-            .map_err(|e| Error::io(format!("run {}", self.binary.display()), e))?;
+        let out = tokio::time::timeout(COMMAND_TIMEOUT, async {
+            let (child, _guard) = crate::reaper::spawn(&mut cmd)?;
+            child.wait_with_output().await
+        })
+        .await
+        .map_err(|_| Error::RuntimeTimeout {
+            command: what.clone(),
+            after: COMMAND_TIMEOUT,
+        })?
+        .map_err(|e| Error::io(format!("run {}", self.binary.display()), e))?;
         if !out.status.success() {
             return Err(Error::Runtime {
                 command: what,
@@ -131,32 +134,47 @@ impl OciRuntime {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null());
-        let out = cmd
-            .output()
-            .await
-            .map_err(|e| Error::io(format!("run {}", self.binary.display()), e))?;
+        let out = async {
+            let (child, _guard) = crate::reaper::spawn(&mut cmd)?;
+            child.wait_with_output().await
+        }
+        .await
+        .map_err(|e| Error::io(format!("run {}", self.binary.display()), e))?;
         let text = String::from_utf8_lossy(&out.stdout);
         Ok(text.lines().next().unwrap_or("").trim().to_string())
     }
 
-    /// Creates and starts container `id` from the bundle at `bundle`, detached. The container
+    /// Creates and starts container `id` from the bundle at `bundle`, detached, writing the host
+    /// pid of its first process to `bundle/init.pid`. The container
     /// inherits the runtime's stdout and stderr, so they go to `bundle/runtime.log` (a pipe would
     /// stay open as long as the container lives); a failure quotes that log.
     pub async fn run_detached(&self, id: &str, bundle: &Path) -> Result<()> {
         let log_path = bundle.join("runtime.log");
         let log = std::fs::File::create(&log_path)
             .map_err(|e| Error::io(format!("create {}", log_path.display()), e))?;
-        let log2 = log.try_clone().map_err(|e| Error::io("clone a file handle", e))?;
-        let detach = if self.kind == RuntimeKind::Runsc { "-detach" } else { "--detach" };
+        let log2 = log
+            .try_clone()
+            .map_err(|e| Error::io("clone a file handle", e))?;
+        let detach = if self.kind == RuntimeKind::Runsc {
+            "-detach"
+        } else {
+            "--detach"
+        };
         let bundle_arg = bundle.to_string_lossy();
         let args = ["run", detach, "--bundle", &bundle_arg, id];
         let mut cmd = self.command();
         cmd.args(args).stdout(log).stderr(log2);
         let what = format!("{} {}", self.kind.name(), args.join(" "));
-        let status = tokio::time::timeout(COMMAND_TIMEOUT, async { cmd.spawn()?.wait().await })
-            .await
-            .map_err(|_| Error::RuntimeTimeout { command: what.clone(), after: COMMAND_TIMEOUT })?
-            .map_err(|e| Error::io(format!("run {}", self.binary.display()), e))?;
+        let status = tokio::time::timeout(COMMAND_TIMEOUT, async {
+            let (mut child, _guard) = crate::reaper::spawn(&mut cmd)?;
+            child.wait().await
+        })
+        .await
+        .map_err(|_| Error::RuntimeTimeout {
+            command: what.clone(),
+            after: COMMAND_TIMEOUT,
+        })?
+        .map_err(|e| Error::io(format!("run {}", self.binary.display()), e))?;
         if status.success() {
             return Ok(());
         }
@@ -186,6 +204,15 @@ impl OciRuntime {
             {
                 Ok(())
             }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sends SIGKILL to the container's processes; a container that is gone or stopped is fine.
+    pub async fn kill(&self, id: &str) -> Result<()> {
+        match self.run(&["kill", id, "KILL"]).await {
+            Ok(_) => Ok(()),
+            Err(Error::Runtime { .. }) => Ok(()),
             Err(e) => Err(e),
         }
     }
