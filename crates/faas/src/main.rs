@@ -7,6 +7,7 @@
 
 mod bench;
 mod client;
+mod images;
 mod server;
 
 use std::net::SocketAddr;
@@ -35,6 +36,8 @@ enum Cmd {
     Run(client::RunArgs),
     /// Benchmark execute latency side by side with `docker run`.
     Bench(bench::BenchArgs),
+    /// Manage the native backend's image store.
+    Images(images::ImagesArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -127,6 +130,7 @@ fn main() -> std::process::ExitCode {
             Cmd::Doctor(a) => server::doctor(a).await,
             Cmd::Run(a) => client::run(a).await,
             Cmd::Bench(a) => bench::run(a).await.map(|()| 0),
+            Cmd::Images(a) => images::run(a).await,
         }
     });
     match result {

@@ -70,6 +70,18 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
+/// An error with its causes, for messages that carry them to the user.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
 fn bad(msg: impl Into<String>) -> Error {
     Error::InvalidRequest(msg.into())
 }
@@ -100,9 +112,15 @@ impl ImageStore {
             fs::create_dir_all(root.join(d))
                 .map_err(io_err(format!("create {}", root.join(d).display())))?;
         }
+        // Work left by processes that are gone (a CLI import may run beside a server, so
+        // only dead owners' work is removed).
         if let Ok(rd) = fs::read_dir(root.join("tmp")) {
             for e in rd.flatten() {
-                let _ = fs::remove_dir_all(e.path()).or_else(|_| fs::remove_file(e.path()));
+                let name = e.file_name().to_string_lossy().to_string();
+                let owner = name.split('-').next().and_then(|p| p.parse::<u32>().ok());
+                if owner.is_none_or(|p| !Path::new(&format!("/proc/{p}")).exists()) {
+                    let _ = fs::remove_dir_all(e.path()).or_else(|_| fs::remove_file(e.path()));
+                }
             }
         }
         Ok(ImageStore { root })
@@ -123,10 +141,11 @@ impl ImageStore {
     }
 
     fn tmp(&self, what: &str) -> Result<PathBuf> {
-        let p = self
-            .root
-            .join("tmp")
-            .join(format!("{what}-{}", uuid::Uuid::new_v4().simple()));
+        let p = self.root.join("tmp").join(format!(
+            "{}-{what}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        ));
         fs::create_dir_all(&p).map_err(io_err(format!("create {}", p.display())))?;
         Ok(p)
     }
@@ -166,7 +185,8 @@ impl ImageStore {
             .collect()
     }
 
-    fn save(&self, rec: &ImageRecord) -> Result<()> {
+    /// Writes (or replaces) an image record.
+    pub fn save(&self, rec: &ImageRecord) -> Result<()> {
         let p = self.ref_path(&rec.name);
         let tmp = p.with_extension("json.tmp");
         let body = serde_json::to_vec_pretty(rec).map_err(|e| Error::Internal(e.to_string()))?;
@@ -207,7 +227,7 @@ impl ImageStore {
             let r = maybe_gunzip(&mut hashing)
                 .map_err(io_err(format!("read layer {}", file.display())))?;
             unpack(r, &dir, &UnpackPolicy::new(trust, true))
-                .map_err(|e| bad(format!("layer {}: {e}", file.display())))?;
+                .map_err(|e| bad(format!("layer {}: {}", file.display(), chain(&e))))?;
             io::copy(&mut hashing, &mut io::sink()).map_err(io_err("read layer"))?;
             Ok::<_, Error>(())
         })();
@@ -239,7 +259,7 @@ impl ImageStore {
             let r =
                 maybe_gunzip(&mut hashing).map_err(io_err(format!("read {}", file.display())))?;
             unpack(r, &dir, &UnpackPolicy::new(trust, false))
-                .map_err(|e| bad(format!("archive {}: {e}", file.display())))?;
+                .map_err(|e| bad(format!("archive {}: {}", file.display(), chain(&e))))?;
             io::copy(&mut hashing, &mut io::sink()).map_err(io_err("read archive"))?;
             let source = format!("archive:{}", file.display());
             if is_layout(&dir) {

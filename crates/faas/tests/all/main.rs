@@ -5,4 +5,5 @@ mod cli;
 mod errors;
 mod execute;
 mod lifecycle;
+mod native;
 mod support;
