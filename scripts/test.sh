@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on this machine, installing and starting what it needs first:
 # Docker (dockerd), the static agent, the local images; then lint, the Rust unit and
-# integration tests (real server over HTTP, real Docker), and a leftover check.
+# integration tests (real server over HTTP) against Docker and against the native backend with
+# each OCI runtime (crun, runc, runsc), and a check that nothing was left behind.
 # Prints a summary; exits non-zero when any step failed.
 set -uo pipefail
 . "$(dirname "$0")/lib.sh"
@@ -18,20 +19,28 @@ step() { # step NAME COMMAND...
 }
 
 setup() {
-  ensure_packages docker.io busybox-static debootstrap
+  ensure_packages docker.io busybox-static debootstrap crun runc runsc
   ensure_dockerd && build_agent && ./scripts/build-images.sh all
+}
+
+# The full-stack suite against one backend: suite BACKEND [NATIVE_RUNTIME]
+suite() {
+  FAAS_TEST_BACKEND=$1 FAAS_TEST_NATIVE_RUNTIME=${2:-crun} cargo test --quiet -p faas --test all
 }
 
 no_leftovers() {
   # Servers started by the tests shut down when the test binaries exit; give them a moment.
-  local left
+  local left tests="${TMPDIR:-/tmp}/faas-tests"
   for _ in $(seq 1 60); do
-    left=$(docker ps -aq --filter label=faas.managed=true)
-    [ -z "$left" ] && { rm -rf "${TMPDIR:-/tmp}/faas-tests"; return 0; }
+    left="$(docker ps -aq --filter label=faas.managed=true)"
+    left+="$(grep -F " $tests/" /proc/self/mountinfo | awk '{print $5}')"
+    left+="$(find /sys/fs/cgroup/*/faas -mindepth 2 -maxdepth 2 -type d 2>/dev/null)"
+    left+="$(find "$tests" -path '*/native/sandboxes/*' -maxdepth 4 2>/dev/null)"
+    [ -z "$left" ] && { rm -rf "$tests"; return 0; }
     sleep 0.5
   done
-  echo "containers left behind:" >&2
-  docker ps -a --filter label=faas.managed=true >&2
+  echo "left behind:" >&2
+  echo "$left" >&2
   return 1
 }
 
@@ -43,7 +52,10 @@ fi
 export FAAS_AGENT_PATH="$AGENT_PATH" FAAS_REQUIRE_DOCKER=1
 step "cargo fmt --check" cargo fmt --all -- --check
 step "cargo clippy" cargo clippy --quiet --all-targets -- -D warnings
-step "rust tests (unit + integration)" cargo test --workspace --quiet
+step "rust tests (unit + integration on docker)" cargo test --workspace --quiet
+step "integration on native, crun" suite native crun
+step "integration on native, runc" suite native runc
+step "integration on native, runsc (gVisor)" suite native runsc
 step "no sandboxes left behind" no_leftovers
 
 echo

@@ -1,30 +1,35 @@
-//! `faas bench`: execute latency through HTTP, side by side with `docker run` in the same run.
+//! `faas bench`: execute latency through HTTP on every backend, side by side with `docker run`
+//! in the same run, and the host memory of idle warm sandboxes.
 //!
-//! Starts its own server (docker backend, temporary data dir) unless `--server` is given, then
-//! times, `--runs` times each:
-//! - `ephemeral`: `POST /api/v1/execute` of `echo hello` (create, run, destroy);
-//! - `cached`: the same with `mode: cached`, each request timed once the pool has a ready
-//!   sandbox (the refill in between is not timed: this is the latency of a warm hit);
+//! It starts its own servers (temporary data dirs): one whose native backend runs crun (also
+//! serving `isolation: gvisor` with runsc, and the docker backend), one whose native backend
+//! runs runc. Each case runs `echo hello` `--runs` times:
+//! - ephemeral on native-crun, native-runc, native-runsc (gVisor), docker: a new box each time;
+//! - cached on native-crun and docker: each request timed once the pool has a ready box (the
+//!   refill in between is not timed: this is the latency of a warm hit);
 //! - `docker run --rm --network none IMAGE echo hello`.
+//!
+//! Then `--pool` idle warm sandboxes (native-crun) are started at once and the host memory they
+//! take is measured (`MemAvailable` before and after), next to the agents' own RSS.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Args;
 use faas_common::{ExecuteResponse, PoolsResponse};
-use serde_json::json;
+use serde_json::{json, Value};
 
-use crate::{BackendChoice, HostArgs, ServeArgs};
+use crate::{BackendChoice, HostArgs, NativeRuntime, ServeArgs};
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// Benchmark a running server instead of starting one.
-    #[arg(long)]
-    pub server: Option<String>,
     #[arg(long, default_value = "faas/busybox:latest")]
     pub image: String,
     #[arg(long, default_value_t = 200)]
     pub runs: usize,
+    /// Idle warm sandboxes to measure memory with (0 skips it).
+    #[arg(long, default_value_t = 500)]
+    pub pool: usize,
     /// Skip the `docker run` baseline.
     #[arg(long)]
     pub no_baseline: bool,
@@ -35,6 +40,7 @@ pub struct BenchArgs {
 struct Stats {
     name: String,
     samples: Vec<f64>,
+    note: String,
 }
 
 impl Stats {
@@ -49,87 +55,80 @@ impl Stats {
     }
 }
 
+struct Local {
+    url: String,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
 pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
-    let mut local = None;
-    let base = match &a.server {
-        Some(s) => s.trim_end_matches('/').to_string(),
-        None => {
-            let (url, handle) = start_local(&a).await?;
-            local = Some(handle);
-            url
-        }
-    };
+    let crun = start_local(&a, NativeRuntime::Crun).await?;
+    let runc = start_local(&a, NativeRuntime::Runc).await?;
     let http = reqwest::Client::new();
     let mut results = Vec::new();
 
-    // Warm up caches (image layers, the agent binary) before measuring.
-    for _ in 0..3 {
-        execute(&http, &base, &a.image, "ephemeral").await?;
-    }
-
-    eprintln!("bench: ephemeral x{}", a.runs);
-    let mut s = Stats {
-        name: "faas ephemeral (docker)".into(),
-        samples: vec![],
-    };
-    for _ in 0..a.runs {
-        let t = Instant::now();
-        let r = execute(&http, &base, &a.image, "ephemeral").await?;
-        s.samples.push(t.elapsed().as_secs_f64() * 1000.0);
-        check(&r)?;
-    }
-    results.push(s);
-
-    eprintln!("bench: cached x{}", a.runs);
-    let pool = http
-        .post(format!("{base}/api/v1/prewarm"))
-        .json(&json!({"image": a.image, "count": 4, "runtime": "docker"}))
-        .send()
-        .await?;
-    if !pool.status().is_success() {
-        bail!("prewarm failed: {}", pool.text().await?);
-    }
-    let mut s = Stats {
-        name: "faas cached (docker, warm hit)".into(),
-        samples: vec![],
-    };
-    let mut cold = 0;
-    for _ in 0..a.runs {
-        wait_for_ready(&http, &base, &a.image).await?;
-        let t = Instant::now();
-        let r = execute(&http, &base, &a.image, "cached").await?;
-        s.samples.push(t.elapsed().as_secs_f64() * 1000.0);
-        check(&r)?;
-        if !r.warm {
-            cold += 1;
+    let ephemeral = [
+        (
+            "native-crun ephemeral",
+            &crun.url,
+            json!({"runtime": "native"}),
+        ),
+        (
+            "native-runc ephemeral",
+            &runc.url,
+            json!({"runtime": "native"}),
+        ),
+        (
+            "native-runsc (gVisor) ephemeral",
+            &crun.url,
+            json!({"runtime": "native", "isolation": "gvisor"}),
+        ),
+        ("docker ephemeral", &crun.url, json!({"runtime": "docker"})),
+    ];
+    for (name, url, extra) in &ephemeral {
+        // Warm up caches (image import, page cache) before measuring.
+        for _ in 0..3 {
+            execute(&http, url, &a.image, "ephemeral", extra).await?;
         }
+        eprintln!("bench: {name} x{}", a.runs);
+        let mut s = Stats {
+            name: name.to_string(),
+            samples: vec![],
+            note: String::new(),
+        };
+        for _ in 0..a.runs {
+            let t = Instant::now();
+            let r = execute(&http, url, &a.image, "ephemeral", extra).await?;
+            s.samples.push(t.elapsed().as_secs_f64() * 1000.0);
+            check(&r)?;
+        }
+        results.push(s);
     }
-    if cold > 0 {
-        eprintln!("bench: {cold} cached requests found the pool empty");
-    }
-    results.push(s);
 
     if !a.no_baseline {
         eprintln!("bench: docker run x{}", a.runs);
         let mut s = Stats {
             name: "docker run --rm --network none".into(),
             samples: vec![],
+            note: String::new(),
         };
         for _ in 0..a.runs {
             let t = Instant::now();
-            let out = tokio::process::Command::new("docker")
-                .args([
-                    "run",
-                    "--rm",
-                    "--network",
-                    "none",
-                    &a.image,
-                    "echo",
-                    "hello",
-                ])
-                .output()
-                .await
-                .context("run docker")?;
+            let mut cmd = tokio::process::Command::new("docker");
+            cmd.args([
+                "run",
+                "--rm",
+                "--network",
+                "none",
+                &a.image,
+                "echo",
+                "hello",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+            // Through the reaper's spawn: this process reaps orphans for the native backend.
+            let (child, _guard) = faas_executor::reaper::spawn(&mut cmd).context("run docker")?;
+            let out = child.wait_with_output().await.context("run docker")?;
             s.samples.push(t.elapsed().as_secs_f64() * 1000.0);
             if !out.status.success() || out.stdout != b"hello\n" {
                 bail!(
@@ -141,36 +140,170 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
         results.push(s);
     }
 
+    for (name, backend) in [
+        ("native-crun cached (warm hit)", "native"),
+        ("docker cached (warm hit)", "docker"),
+    ] {
+        eprintln!("bench: {name} x{}", a.runs);
+        let extra = json!({"runtime": backend});
+        let pool = http
+            .post(format!("{}/api/v1/prewarm", crun.url))
+            .json(&json!({"image": a.image, "count": 4, "runtime": backend}))
+            .send()
+            .await?;
+        if !pool.status().is_success() {
+            bail!("prewarm failed: {}", pool.text().await?);
+        }
+        let mut s = Stats {
+            name: name.into(),
+            samples: vec![],
+            note: String::new(),
+        };
+        let mut cold = 0;
+        for _ in 0..a.runs {
+            wait_for_ready(&http, &crun.url, &a.image, backend, 1).await?;
+            let t = Instant::now();
+            let r = execute(&http, &crun.url, &a.image, "cached", &extra).await?;
+            s.samples.push(t.elapsed().as_secs_f64() * 1000.0);
+            check(&r)?;
+            cold += usize::from(!r.warm);
+        }
+        if cold > 0 {
+            s.note = format!("{cold} found the pool empty");
+        }
+        http.post(format!("{}/api/v1/prewarm", crun.url))
+            .json(&json!({"image": a.image, "count": 0, "runtime": backend}))
+            .send()
+            .await?;
+        results.push(s);
+    }
+
     println!(
-        "\n{:<34} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "\n{:<36} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9}",
         "case", "runs", "p50 ms", "p95 ms", "p99 ms", "mean ms", "min ms"
     );
     for s in &results {
         println!(
-            "{:<34} {:>6} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
+            "{:<36} {:>6} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2}  {}",
             s.name,
             s.samples.len(),
             s.pct(50.0),
             s.pct(95.0),
             s.pct(99.0),
             s.mean(),
-            s.pct(0.0)
+            s.pct(0.0),
+            s.note
         );
     }
     if let Some(baseline) = results.iter().find(|s| s.name.starts_with("docker run")) {
+        println!();
         for s in results.iter().filter(|s| !s.name.starts_with("docker run")) {
             println!(
-                "{:<34} p50 = {:.2}x of docker run",
+                "{:<36} p50 {:>7.2}x faster than docker run",
                 s.name,
-                s.pct(50.0) / baseline.pct(50.0)
+                baseline.pct(50.0) / s.pct(50.0)
             );
         }
     }
-    if let Some((stop, task)) = local {
-        let _ = stop.send(());
-        task.await??;
+
+    if a.pool > 0 {
+        pool_memory(&http, &crun.url, &a.image, a.pool).await?;
+    }
+
+    for l in [crun, runc] {
+        let _ = l.stop.send(());
+        l.task.await??;
     }
     Ok(())
+}
+
+/// Starts `n` idle warm sandboxes and measures the host memory they take.
+async fn pool_memory(
+    http: &reqwest::Client,
+    url: &str,
+    image: &str,
+    n: usize,
+) -> anyhow::Result<()> {
+    eprintln!("bench: {n} idle warm sandboxes (native-crun)");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = mem_available_kib()?;
+    let t = Instant::now();
+    let r = http
+        .post(format!("{url}/api/v1/prewarm"))
+        .json(&json!({"image": image, "count": n, "runtime": "native"}))
+        .send()
+        .await?;
+    if !r.status().is_success() {
+        bail!("prewarm failed: {}", r.text().await?);
+    }
+    wait_for_ready(http, url, image, "native", n).await?;
+    let took = t.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = mem_available_kib()?;
+    let agents = agent_rss_kib();
+    let per_box = (before.saturating_sub(after)) as f64 / n as f64 / 1024.0;
+    let agent_mean = if agents.is_empty() {
+        0.0
+    } else {
+        agents.iter().sum::<u64>() as f64 / agents.len() as f64 / 1024.0
+    };
+    println!(
+        "\nidle warm sandboxes (native-crun): {n} started in {:.1}s",
+        took.as_secs_f64()
+    );
+    println!("  host memory per sandbox (MemAvailable drop / {n}): {per_box:.2} MiB");
+    println!(
+        "  agent RSS per sandbox (mean of {} agents):        {agent_mean:.2} MiB",
+        agents.len()
+    );
+    println!(
+        "  beyond the agent's own RSS:                        {:.2} MiB",
+        per_box - agent_mean
+    );
+    http.post(format!("{url}/api/v1/prewarm"))
+        .json(&json!({"image": image, "count": 0, "runtime": "native"}))
+        .send()
+        .await?;
+    Ok(())
+}
+
+fn mem_available_kib() -> anyhow::Result<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo")?;
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix("MemAvailable:")?
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse()
+                .ok()
+        })
+        .context("no MemAvailable in /proc/meminfo")
+}
+
+/// RSS of every running faas-agent on the host.
+fn agent_rss_kib() -> Vec<u64> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let status = std::fs::read_to_string(e.path().join("status")).unwrap_or_default();
+        if status
+            .lines()
+            .next()
+            .is_some_and(|l| l.trim_end().ends_with("agent"))
+        {
+            if let Some(kib) = status.lines().find_map(|l| {
+                l.strip_prefix("VmRSS:")?
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse()
+                    .ok()
+            }) {
+                v.push(kib);
+            }
+        }
+    }
+    v
 }
 
 async fn execute(
@@ -178,10 +311,15 @@ async fn execute(
     base: &str,
     image: &str,
     mode: &str,
+    extra: &Value,
 ) -> anyhow::Result<ExecuteResponse> {
+    let mut body = json!({"command": ["echo", "hello"], "image": image, "mode": mode});
+    if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+        b.extend(e.clone());
+    }
     let r = http
         .post(format!("{base}/api/v1/execute"))
-        .json(&json!({"command": ["echo", "hello"], "image": image, "mode": mode, "runtime": "docker"}))
+        .json(&body)
         .send()
         .await?;
     if !r.status().is_success() {
@@ -197,48 +335,56 @@ fn check(r: &ExecuteResponse) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_ready(http: &reqwest::Client, base: &str, image: &str) -> anyhow::Result<()> {
+async fn wait_for_ready(
+    http: &reqwest::Client,
+    base: &str,
+    image: &str,
+    backend: &str,
+    n: usize,
+) -> anyhow::Result<()> {
     let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(30) {
+    while start.elapsed() < Duration::from_secs(300) {
         let pools: PoolsResponse = http
             .get(format!("{base}/api/v1/pools"))
             .send()
             .await?
             .json()
             .await?;
-        if pools
+        let ready: usize = pools
             .pools
             .iter()
-            .any(|p| p.image == image && p.backend == "docker" && p.ready > 0)
-        {
+            .filter(|p| {
+                p.image == image && p.backend == backend && p.isolation == Default::default()
+            })
+            .map(|p| p.ready)
+            .sum();
+        if ready >= n {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    bail!("the warm pool for {image} did not refill within 30s")
+    bail!("the {backend} warm pool for {image} did not reach {n} ready")
 }
 
-type LocalServer = (
-    tokio::sync::oneshot::Sender<()>,
-    tokio::task::JoinHandle<anyhow::Result<()>>,
-);
-
-async fn start_local(a: &BenchArgs) -> anyhow::Result<(String, LocalServer)> {
-    let data_dir = std::env::temp_dir().join(format!("faas-bench-{}", std::process::id()));
+async fn start_local(a: &BenchArgs, runtime: NativeRuntime) -> anyhow::Result<Local> {
+    let data_dir =
+        std::env::temp_dir().join(format!("faas-bench-{}-{runtime:?}", std::process::id()));
+    let mut host = a.host.clone();
+    host.native_runtime = runtime;
     let args = ServeArgs {
         listen: "127.0.0.1:0".parse()?,
         data_dir: data_dir.clone(),
-        backend: BackendChoice::Docker,
+        backend: BackendChoice::Native,
         default_image: a.image.clone(),
         max_timeout_ms: 600_000,
         body_limit: faas_gateway::DEFAULT_BODY_LIMIT,
         shutdown_on_stdin_eof: false,
-        host: a.host.clone(),
+        host,
     };
     let executor = crate::server::build_executor(&args).await?;
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let url = format!("http://{}", listener.local_addr()?);
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         let state = faas_gateway::AppState::new(executor.clone());
         faas_gateway::serve(listener, state, async {
@@ -249,5 +395,5 @@ async fn start_local(a: &BenchArgs) -> anyhow::Result<(String, LocalServer)> {
         let _ = std::fs::remove_dir_all(&data_dir);
         Ok(())
     });
-    Ok((url, (tx, task)))
+    Ok(Local { url, stop, task })
 }

@@ -14,6 +14,7 @@
 //! cgroups), unmounts the overlay and removes the directory. On start, whatever a killed earlier
 //! run left (containers in our state dirs, mounts under our root, bundle dirs) is removed.
 
+pub mod cgroups;
 pub mod runtime;
 pub mod spec;
 
@@ -26,6 +27,7 @@ use async_trait::async_trait;
 use faas_agent::SOCKET_NAME;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
+use self::cgroups::{CgroupSlots, Slot};
 use self::runtime::{OciRuntime, RuntimeKind};
 use crate::agent::AgentClient;
 use crate::backend::{Backend, DeathCause, Isolation, Sandbox, SandboxSpec};
@@ -50,6 +52,8 @@ pub struct NativeConfig {
 
 struct Shared {
     cfg: NativeConfig,
+    /// Reusable cgroups for crun boxes (see `cgroups.rs`); `None` when the runtime manages them.
+    slots: Option<CgroupSlots>,
     /// Tear-downs finishing in the background (see `NativeSandbox::destroy`).
     cleanups: tokio_util::task::TaskTracker,
     store: Arc<ImageStore>,
@@ -108,8 +112,16 @@ impl NativeBackend {
                 cfg.root.join("state").join(kind.name()),
             ))
         };
-        let runtime = make(cfg.runtime, &cfg.runtime_path)?;
+        let cgroup_parent = format!("/faas/{}", short_hash(&cfg.owner));
+        let mut runtime = make(cfg.runtime, &cfg.runtime_path)?;
         runtime.version().await?;
+        let slots = match cfg.runtime {
+            RuntimeKind::Crun => CgroupSlots::new(&cgroup_parent),
+            _ => None,
+        };
+        if slots.is_some() {
+            runtime = runtime.with_caller_cgroups();
+        }
         let gvisor = match cfg.runtime {
             RuntimeKind::Runsc => Some(runtime.clone()),
             _ => make(RuntimeKind::Runsc, &cfg.runsc_path).ok(),
@@ -118,10 +130,10 @@ impl NativeBackend {
             std::fs::create_dir_all(cfg.root.join(d))
                 .map_err(|e| Error::io(format!("create {}", cfg.root.join(d).display()), e))?;
         }
-        let cgroup_parent = format!("/faas/{}", short_hash(&cfg.owner));
         Ok(NativeBackend {
             shared: Arc::new(Shared {
                 cfg,
+                slots,
                 store,
                 in_use: Mutex::new(HashMap::new()),
                 cleanups: tokio_util::task::TaskTracker::new(),
@@ -291,6 +303,7 @@ impl Backend for NativeBackend {
             layers: image.layers.clone(),
             cgroup: format!("{}/{id}", self.cgroup_parent),
             init: std::sync::OnceLock::new(),
+            slot: Mutex::new(None),
             shared: self.shared.clone(),
             destroyed: std::sync::atomic::AtomicBool::new(false),
         };
@@ -310,8 +323,17 @@ impl Backend for NativeBackend {
             )?;
             oci.save(dir.join("config.json"))
                 .map_err(|e| Error::Internal(format!("write config.json: {e}")))?;
+            let join = match &self.shared.slots {
+                Some(slots) if sandbox.runtime.caller_cgroups() => {
+                    let slot = slots.acquire(&spec.limits)?;
+                    let files = slots.procs_files(&slot);
+                    *sandbox.slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(slot);
+                    files
+                }
+                _ => Vec::new(),
+            };
             let t = std::time::Instant::now();
-            sandbox.runtime.run_detached(&id, &dir).await?;
+            sandbox.runtime.run_detached(&id, &dir, join).await?;
             let ran = t.elapsed();
             if let Some(p) = InitProcess::read(&dir.join("init.pid")) {
                 let _ = sandbox.init.set(p);
@@ -374,6 +396,9 @@ impl Backend for NativeBackend {
     async fn shutdown(&self) {
         self.shared.cleanups.close();
         self.shared.cleanups.wait().await;
+        if let Some(slots) = &self.shared.slots {
+            slots.remove_all();
+        }
         // The per-deployment parent cgroups (`faas/<deployment>`), once empty.
         for ctrl in std::fs::read_dir("/sys/fs/cgroup")
             .into_iter()
@@ -396,6 +421,8 @@ pub struct NativeSandbox {
     cgroup: String,
     /// The box's first process on the host, once it runs.
     init: std::sync::OnceLock<InitProcess>,
+    /// Its cgroup slot, when the backend manages cgroups itself.
+    slot: Mutex<Option<Slot>>,
     shared: Arc<Shared>,
     destroyed: std::sync::atomic::AtomicBool,
 }
@@ -444,17 +471,6 @@ impl InitProcess {
     }
 }
 
-/// The first number after `key` in a cgroup `key value` file.
-fn cgroup_counter(path: &Path, key: &str) -> Option<u64> {
-    let text = std::fs::read_to_string(path).ok()?;
-    text.lines().find_map(|l| {
-        let mut it = l.split_whitespace();
-        (it.next() == Some(key))
-            .then(|| it.next()?.parse().ok())
-            .flatten()
-    })
-}
-
 #[async_trait]
 impl Sandbox for NativeSandbox {
     fn id(&self) -> &str {
@@ -470,6 +486,15 @@ impl Sandbox for NativeSandbox {
     }
 
     async fn death_cause(&self) -> Option<DeathCause> {
+        let slot = self.slot.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let (Some(slots), Some(slot)) = (&self.shared.slots, slot) {
+            if slots.oom_killed(&slot) {
+                return Some(DeathCause::OutOfMemory);
+            }
+            return slots
+                .fork_refused(&slot)
+                .then_some(DeathCause::ProcessLimit);
+        }
         let cg = Path::new("/sys/fs/cgroup");
         let rel = self.cgroup.trim_start_matches('/');
         let oom = [
@@ -478,7 +503,7 @@ impl Sandbox for NativeSandbox {
         ];
         if oom
             .iter()
-            .any(|p| cgroup_counter(p, "oom_kill").is_some_and(|n| n > 0))
+            .any(|p| cgroups::counter(p, "oom_kill").is_some_and(|n| n > 0))
         {
             return Some(DeathCause::OutOfMemory);
         }
@@ -488,7 +513,7 @@ impl Sandbox for NativeSandbox {
         ];
         if pids
             .iter()
-            .any(|p| cgroup_counter(p, "max").is_some_and(|n| n > 0))
+            .any(|p| cgroups::counter(p, "max").is_some_and(|n| n > 0))
         {
             return Some(DeathCause::ProcessLimit);
         }
@@ -513,12 +538,16 @@ impl Sandbox for NativeSandbox {
         };
         let (runtime, id, dir) = (self.runtime.clone(), self.id.clone(), self.dir.clone());
         let (layers, shared) = (self.layers.clone(), self.shared.clone());
+        let slot = self.slot.lock().unwrap_or_else(|e| e.into_inner()).take();
         self.shared.cleanups.spawn(async move {
             let t = std::time::Instant::now();
             if let Err(e) = runtime.delete_force(&id).await.and(remove_bundle(&dir)) {
                 tracing::error!(sandbox = %id, error = %e.chain(), "tear-down failed; `faas serve` removes it on its next start");
             }
             track(&shared, &layers, -1);
+            if let (Some(slots), Some(slot)) = (&shared.slots, slot) {
+                slots.release(slot);
+            }
             tracing::debug!(sandbox = %id, took = ?t.elapsed(), "torn down");
         });
         killed

@@ -2,6 +2,7 @@
 //! tests can point it at a real binary or a failing one.
 
 use std::ffi::CString;
+use std::os::fd::FromRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -43,6 +44,8 @@ pub struct OciRuntime {
     /// Run the binary in a private mount namespace without `/sys/fs/cgroup/unified` (see
     /// [`hybrid_cgroups`]).
     hide_unified: bool,
+    /// Cgroups are the caller's (crun `--cgroup-manager=disabled`; see `cgroups.rs`).
+    caller_cgroups: bool,
 }
 
 /// True on a "hybrid" cgroup host: v1 controllers, plus a cgroup2 mount at
@@ -65,6 +68,7 @@ impl OciRuntime {
             binary,
             state_root,
             hide_unified,
+            caller_cgroups: false,
         }
     }
 
@@ -74,6 +78,17 @@ impl OciRuntime {
         std::env::split_paths(&path)
             .map(|d| d.join(kind.name()))
             .find(|p| p.is_file())
+    }
+
+    /// Leaves cgroups to the caller, who hands [`OciRuntime::run_detached`] the cgroup files
+    /// to join. Only crun can run without managing cgroups.
+    pub fn with_caller_cgroups(mut self) -> Self {
+        self.caller_cgroups = self.kind == RuntimeKind::Crun;
+        self
+    }
+
+    pub fn caller_cgroups(&self) -> bool {
+        self.caller_cgroups
     }
 
     /// A note for `/health` on how the runtime is driven on this host.
@@ -86,8 +101,17 @@ impl OciRuntime {
     }
 
     fn command(&self) -> tokio::process::Command {
+        self.command_joining(Vec::new())
+    }
+
+    /// The runtime command; its process first joins the cgroups whose `cgroup.procs` files are
+    /// given (so the container starts in them).
+    fn command_joining(&self, join: Vec<CString>) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new(&self.binary);
         cmd.arg("--root").arg(&self.state_root);
+        if self.caller_cgroups {
+            cmd.arg("--cgroup-manager=disabled");
+        }
         if self.kind == RuntimeKind::Runsc {
             // Let the agent's unix socket in the bind-mounted directory be reachable from the
             // host, and give the sandbox no network but loopback.
@@ -97,8 +121,8 @@ impl OciRuntime {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        if self.hide_unified {
-            hide_unified_hierarchy(&mut cmd);
+        if self.hide_unified || !join.is_empty() {
+            prepare_child(&mut cmd, self.hide_unified, join);
         }
         cmd
     }
@@ -148,7 +172,7 @@ impl OciRuntime {
     /// pid of its first process to `bundle/init.pid`. The container
     /// inherits the runtime's stdout and stderr, so they go to `bundle/runtime.log` (a pipe would
     /// stay open as long as the container lives); a failure quotes that log.
-    pub async fn run_detached(&self, id: &str, bundle: &Path) -> Result<()> {
+    pub async fn run_detached(&self, id: &str, bundle: &Path, join: Vec<CString>) -> Result<()> {
         let log_path = bundle.join("runtime.log");
         let log = std::fs::File::create(&log_path)
             .map_err(|e| Error::io(format!("create {}", log_path.display()), e))?;
@@ -162,7 +186,7 @@ impl OciRuntime {
         };
         let bundle_arg = bundle.to_string_lossy();
         let args = ["run", detach, "--bundle", &bundle_arg, id];
-        let mut cmd = self.command();
+        let mut cmd = self.command_joining(join);
         cmd.args(args).stdout(log).stderr(log2);
         let what = format!("{} {}", self.kind.name(), args.join(" "));
         let status = tokio::time::timeout(COMMAND_TIMEOUT, async {
@@ -237,28 +261,45 @@ impl OciRuntime {
     }
 }
 
-/// Makes `cmd` start in a private mount namespace where `/sys/fs/cgroup/unified` is unmounted.
+/// Between fork and exec of `cmd`: join the cgroups of `join` (by writing 0, "this process",
+/// to each `cgroup.procs`), then, when `hide_unified`, move to a private mount namespace where
+/// `/sys/fs/cgroup/unified` is unmounted.
 #[allow(unsafe_code)]
-fn hide_unified_hierarchy(cmd: &mut tokio::process::Command) {
+fn prepare_child(cmd: &mut tokio::process::Command, hide_unified: bool, join: Vec<CString>) {
+    use nix::fcntl::{open, OFlag};
     use nix::mount::{mount, umount2, MntFlags, MsFlags};
     use nix::sched::{unshare, CloneFlags};
+    use nix::sys::stat::Mode;
+    use std::ffi::CStr;
     // Made before the fork: nothing below allocates.
     let root = CString::new("/").expect("no NUL");
     let unified = CString::new("/sys/fs/cgroup/unified").expect("no NUL");
-    // SAFETY: the closure runs in the forked child before exec. It only makes three system
-    // calls (unshare, mount, umount2) through nix on pre-built C strings: no allocation, no
-    // locks, nothing that is not async-signal-safe.
+    // SAFETY: the closure runs in the forked child before exec. It only makes system calls
+    // (open, write, close, unshare, mount, umount2) through nix on C strings built before the
+    // fork: no allocation, no locks, nothing that is not async-signal-safe. `from_raw_fd` takes
+    // the descriptor `open` just returned, owned by nothing else.
     unsafe {
         cmd.pre_exec(move || {
-            unshare(CloneFlags::CLONE_NEWNS)?;
-            mount(
-                None::<&std::ffi::CStr>,
-                root.as_c_str(),
-                None::<&std::ffi::CStr>,
-                MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-                None::<&std::ffi::CStr>,
-            )?;
-            umount2(unified.as_c_str(), MntFlags::MNT_DETACH)?;
+            for procs in &join {
+                let fd = open(
+                    procs.as_c_str(),
+                    OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+                    Mode::empty(),
+                )?;
+                let fd = std::os::fd::OwnedFd::from_raw_fd(fd);
+                nix::unistd::write(&fd, b"0")?;
+            }
+            if hide_unified {
+                unshare(CloneFlags::CLONE_NEWNS)?;
+                mount(
+                    None::<&CStr>,
+                    root.as_c_str(),
+                    None::<&CStr>,
+                    MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+                    None::<&CStr>,
+                )?;
+                umount2(unified.as_c_str(), MntFlags::MNT_DETACH)?;
+            }
             Ok(())
         });
     }
