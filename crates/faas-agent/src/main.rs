@@ -40,6 +40,7 @@ fn main() {
                     .next()
                     .unwrap_or_else(|| usage("--socket needs a path"))
             }
+            "--spawn-helper" => return spawn_helper(),
             "--version" => {
                 println!(
                     "faas-agent {} (protocol {PROTOCOL_VERSION})",
@@ -54,6 +55,71 @@ fn main() {
         eprintln!("faas-agent: {e}");
         std::process::exit(1);
     }
+}
+
+/// `--spawn-helper`: a process the host starts ahead of time, already placed in a sandbox's
+/// cgroups (moving a process into a v1 cgroup is slow), and later hands a command to run.
+/// Reads from stdin, until EOF: a log file path, a newline, `hide-unified` or nothing, a
+/// newline, then the command's arguments separated by NUL bytes. With `hide-unified` it first
+/// moves to a private mount namespace without `/sys/fs/cgroup/unified` (done now, not at
+/// start, so the namespace sees the box's rootfs mount). Then it runs the command in its place
+/// with stdout and stderr going to the log. EOF before any argument: exit quietly.
+fn spawn_helper() {
+    let mut input = Vec::new();
+    if let Err(e) = io::stdin().read_to_end(&mut input) {
+        eprintln!("faas-agent: spawn helper: read stdin: {e}");
+        std::process::exit(125);
+    }
+    let mut parts = input.splitn(3, |&b| b == b'\n');
+    let (Some(log), Some(flags), Some(rest)) = (parts.next(), parts.next(), parts.next()) else {
+        std::process::exit(0)
+    };
+    let log = String::from_utf8_lossy(log).to_string();
+    if flags == b"hide-unified" {
+        if let Err(e) = hide_unified() {
+            eprintln!("faas-agent: spawn helper: hide the unified cgroup hierarchy: {e}");
+            std::process::exit(125);
+        }
+    }
+    let args: Vec<String> = rest
+        .split(|&b| b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).to_string())
+        .collect();
+    let Some((prog, rest)) = args.split_first() else {
+        std::process::exit(0)
+    };
+    let out = match std::fs::File::create(&log) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("faas-agent: spawn helper: create {log}: {e}");
+            std::process::exit(125);
+        }
+    };
+    let err = out.try_clone().unwrap_or_else(|_| std::process::exit(125));
+    let e = Command::new(prog)
+        .args(rest)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .exec();
+    eprintln!("faas-agent: spawn helper: exec {prog}: {e}");
+    std::process::exit(127);
+}
+
+/// A private mount namespace where the hybrid host's cgroup2 mount is gone (crun refuses
+/// hybrid hosts otherwise; see the executor's `runtime.rs`).
+fn hide_unified() -> nix::Result<()> {
+    use nix::mount::{mount, umount2, MntFlags, MsFlags};
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )?;
+    umount2("/sys/fs/cgroup/unified", MntFlags::MNT_DETACH)
 }
 
 fn usage(msg: &str) -> ! {

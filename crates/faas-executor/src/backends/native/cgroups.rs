@@ -13,8 +13,10 @@
 
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
+use super::runtime::{Helper, OciRuntime};
 use crate::backend::Limits;
 use crate::error::{Error, Result};
 
@@ -38,9 +40,15 @@ const ALLOWED_DEVICES: [&str; 9] = [
 pub struct CgroupSlots {
     /// `faas/<deployment>`, relative to each controller's root.
     parent: String,
-    free: Mutex<Vec<u32>>,
+    /// Free slots, most with a spawn helper already inside (see [`CgroupSlots::prepare`]).
+    free: Mutex<Vec<(u32, Option<Helper>)>>,
     next: Mutex<u32>,
+    preparing: AtomicBool,
+    closed: AtomicBool,
 }
+
+/// Free slots kept ready with a spawn helper inside.
+const SPARE: usize = 2;
 
 /// One taken slot.
 #[derive(Debug, Clone)]
@@ -78,6 +86,8 @@ impl CgroupSlots {
             parent: parent.trim_start_matches('/').to_string(),
             free: Mutex::new(Vec::new()),
             next: Mutex::new(0),
+            preparing: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
         })
     }
 
@@ -85,30 +95,44 @@ impl CgroupSlots {
         Path::new(ROOT).join(controller).join(rel)
     }
 
-    /// Takes a free slot (or makes one) and writes `limits` into it.
-    pub fn acquire(&self, limits: &Limits) -> Result<Slot> {
-        let reused = self.free.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        let n = match reused {
-            Some(n) => n,
-            None => {
-                let mut next = self.next.lock().unwrap_or_else(|e| e.into_inner());
-                *next += 1;
-                *next
-            }
+    fn rel(&self, n: u32) -> String {
+        format!("{}/s{n}", self.parent)
+    }
+
+    fn free(&self) -> std::sync::MutexGuard<'_, Vec<(u32, Option<Helper>)>> {
+        self.free.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes a new slot's directories, with the device rules.
+    fn make(&self) -> Result<u32> {
+        let n = {
+            let mut next = self.next.lock().unwrap_or_else(|e| e.into_inner());
+            *next += 1;
+            *next
         };
-        let rel = format!("{}/s{n}", self.parent);
-        if reused.is_none() {
-            for c in CONTROLLERS {
-                let d = self.dir(c, &rel);
-                std::fs::create_dir_all(&d)
-                    .map_err(|e| Error::io(format!("create cgroup {}", d.display()), e))?;
-            }
-            let dev = self.dir("devices", &rel);
-            write(&dev.join("devices.deny"), "a")?;
-            for d in ALLOWED_DEVICES {
-                write(&dev.join("devices.allow"), d)?;
-            }
+        let rel = self.rel(n);
+        for c in CONTROLLERS {
+            let d = self.dir(c, &rel);
+            std::fs::create_dir_all(&d)
+                .map_err(|e| Error::io(format!("create cgroup {}", d.display()), e))?;
         }
+        let dev = self.dir("devices", &rel);
+        write(&dev.join("devices.deny"), "a")?;
+        for d in ALLOWED_DEVICES {
+            write(&dev.join("devices.allow"), d)?;
+        }
+        Ok(n)
+    }
+
+    /// Takes a free slot (or makes one), writes `limits` into it, and hands over its spawn
+    /// helper when it has one.
+    pub fn acquire(&self, limits: &Limits) -> Result<(Slot, Option<Helper>)> {
+        let reused = self.free().pop();
+        let (n, helper) = match reused {
+            Some(free) => free,
+            None => (self.make()?, None),
+        };
+        let rel = self.rel(n);
         let mem = self.dir("memory", &rel);
         let bytes = (limits.memory_mb * 1024 * 1024).to_string();
         // memsw must stay >= the memory limit: lower memory first when shrinking.
@@ -124,51 +148,45 @@ impl CgroupSlots {
             &cpu.join("cpu.cfs_quota_us"),
             &((limits.cpu_cores * 100_000.0) as i64).to_string(),
         )?;
-        write(
-            &self.dir("pids", &rel).join("pids.max"),
-            &limits.pids.to_string(),
-        )?;
-        Ok(Slot {
+        let pids = self.dir("pids", &rel);
+        write(&pids.join("pids.max"), &limits.pids.to_string())?;
+        let slot = Slot {
             n,
             oom_before: counter(&mem.join("memory.oom_control"), "oom_kill").unwrap_or(0),
-            pids_max_before: counter(&self.dir("pids", &rel).join("pids.events"), "max")
-                .unwrap_or(0),
+            pids_max_before: counter(&pids.join("pids.events"), "max").unwrap_or(0),
             rel,
-        })
+        };
+        Ok((slot, helper))
     }
 
-    /// The `cgroup.procs` files the runtime's child writes itself into.
+    /// The `cgroup.procs` files a process writes itself into to join the slot.
     pub fn procs_files(&self, slot: &Slot) -> Vec<CString> {
+        self.procs_of(&slot.rel)
+    }
+
+    fn procs_of(&self, rel: &str) -> Vec<CString> {
         CONTROLLERS
             .iter()
             .filter_map(|c| {
-                CString::new(
-                    self.dir(c, &slot.rel)
-                        .join("cgroup.procs")
-                        .into_os_string()
-                        .into_encoded_bytes(),
-                )
-                .ok()
+                let p = self.dir(c, rel).join("cgroup.procs");
+                CString::new(p.into_os_string().into_encoded_bytes()).ok()
             })
             .collect()
     }
 
-    /// Whether the box in `slot` was OOM-killed or hit its process limit.
+    /// Whether the box in `slot` was OOM-killed.
     pub fn oom_killed(&self, slot: &Slot) -> bool {
-        counter(
-            &self.dir("memory", &slot.rel).join("memory.oom_control"),
-            "oom_kill",
-        )
-        .unwrap_or(0)
-            > slot.oom_before
+        let f = self.dir("memory", &slot.rel).join("memory.oom_control");
+        counter(&f, "oom_kill").unwrap_or(0) > slot.oom_before
     }
 
+    /// Whether the box in `slot` hit its process limit.
     pub fn fork_refused(&self, slot: &Slot) -> bool {
-        counter(&self.dir("pids", &slot.rel).join("pids.events"), "max").unwrap_or(0)
-            > slot.pids_max_before
+        let f = self.dir("pids", &slot.rel).join("pids.events");
+        counter(&f, "max").unwrap_or(0) > slot.pids_max_before
     }
 
-    /// Returns a slot whose box is torn down; one that still holds a process is removed later.
+    /// Returns a slot whose box is torn down; one that still holds a process is not reused.
     pub fn release(&self, slot: Slot) {
         let busy = CONTROLLERS.iter().any(|c| {
             std::fs::read_to_string(self.dir(c, &slot.rel).join("cgroup.procs"))
@@ -179,14 +197,62 @@ impl CgroupSlots {
             tracing::warn!(slot = %slot.rel, "cgroup slot still holds processes; not reused");
             return;
         }
-        self.free
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(slot.n);
+        self.free().push((slot.n, None));
+    }
+
+    /// Puts a spawn helper into the free slots that lack one, and makes new slots until
+    /// [`SPARE`] are free. Moving a process into a v1 cgroup is slow (it waits for an RCU grace
+    /// period, about 10 ms here), so this runs off the hot path, one call at a time.
+    pub fn prepare(&self, runtime: &OciRuntime, agent: &Path) {
+        if self.preparing.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        while !self.closed.load(Ordering::SeqCst) {
+            let todo = {
+                let mut free = self.free();
+                match free.iter().position(|(_, h)| h.is_none()) {
+                    Some(i) => Some(free.remove(i).0),
+                    None if free.len() < SPARE => None,
+                    None => break,
+                }
+            };
+            let n = match todo {
+                Some(n) => n,
+                None => match self.make() {
+                    Ok(n) => n,
+                    Err(e) => {
+                        tracing::warn!(error = %e.chain(), "cannot make a cgroup slot");
+                        break;
+                    }
+                },
+            };
+            match runtime.spawn_helper(agent, self.procs_of(&self.rel(n))) {
+                Ok(h) => self.free().push((n, Some(h))),
+                Err(e) => {
+                    tracing::warn!(error = %e.chain(), "cannot start a spawn helper");
+                    self.free().push((n, None));
+                    break;
+                }
+            }
+        }
+        self.preparing.store(false, Ordering::SeqCst);
     }
 
     /// Removes every (empty) slot and the parent, in every controller.
     pub fn remove_all(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        for _ in 0..200 {
+            if !self.preparing.load(Ordering::SeqCst) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let free = std::mem::take(&mut *self.free());
+        for (_, helper) in free {
+            if let Some(h) = helper {
+                h.kill_and_reap();
+            }
+        }
         for c in std::fs::read_dir(ROOT).into_iter().flatten().flatten() {
             let parent = c.path().join(&self.parent);
             for s in std::fs::read_dir(&parent).into_iter().flatten().flatten() {
@@ -196,6 +262,5 @@ impl CgroupSlots {
             }
             let _ = std::fs::remove_dir(&parent);
         }
-        self.free.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 }

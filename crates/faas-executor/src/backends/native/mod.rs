@@ -154,6 +154,11 @@ impl NativeBackend {
         &self.runtime
     }
 
+    /// Refills the spare cgroup slots (with their spawn helpers) in the background.
+    fn prepare_slots(&self) {
+        prepare_slots(&self.shared, &self.runtime);
+    }
+
     /// Layers that live sandboxes use; image removal must keep them.
     pub fn layers_in_use(&self) -> std::collections::HashSet<String> {
         self.shared
@@ -210,6 +215,17 @@ impl NativeBackend {
             }
             None => Err(Error::ImageNotFound(name.to_string())),
         }
+    }
+}
+
+fn prepare_slots(shared: &Arc<Shared>, runtime: &OciRuntime) {
+    if shared.slots.is_some() && runtime.caller_cgroups() {
+        let (shared, runtime) = (shared.clone(), runtime.clone());
+        tokio::task::spawn_blocking(move || {
+            if let Some(slots) = &shared.slots {
+                slots.prepare(&runtime, &shared.cfg.agent_path);
+            }
+        });
     }
 }
 
@@ -323,17 +339,21 @@ impl Backend for NativeBackend {
             )?;
             oci.save(dir.join("config.json"))
                 .map_err(|e| Error::Internal(format!("write config.json: {e}")))?;
-            let join = match &self.shared.slots {
-                Some(slots) if sandbox.runtime.caller_cgroups() => {
-                    let slot = slots.acquire(&spec.limits)?;
-                    let files = slots.procs_files(&slot);
-                    *sandbox.slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(slot);
-                    files
-                }
-                _ => Vec::new(),
-            };
             let t = std::time::Instant::now();
-            sandbox.runtime.run_detached(&id, &dir, join).await?;
+            match &self.shared.slots {
+                Some(slots) if sandbox.runtime.caller_cgroups() => {
+                    let (slot, helper) = slots.acquire(&spec.limits)?;
+                    let join = slots.procs_files(&slot);
+                    *sandbox.slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(slot);
+                    // A helper killed from outside is skipped: the slow path joins now.
+                    match helper.and_then(|mut h| h.alive().then_some(h)) {
+                        Some(h) => sandbox.runtime.run_detached_via(h, &id, &dir).await?,
+                        None => sandbox.runtime.run_detached(&id, &dir, join).await?,
+                    }
+                    self.prepare_slots();
+                }
+                _ => sandbox.runtime.run_detached(&id, &dir, Vec::new()).await?,
+            }
             let ran = t.elapsed();
             if let Some(p) = InitProcess::read(&dir.join("init.pid")) {
                 let _ = sandbox.init.set(p);
@@ -547,6 +567,7 @@ impl Sandbox for NativeSandbox {
             track(&shared, &layers, -1);
             if let (Some(slots), Some(slot)) = (&shared.slots, slot) {
                 slots.release(slot);
+                prepare_slots(&shared, &runtime);
             }
             tracing::debug!(sandbox = %id, took = ?t.elapsed(), "torn down");
         });

@@ -104,19 +104,25 @@ impl OciRuntime {
         self.command_joining(Vec::new())
     }
 
-    /// The runtime command; its process first joins the cgroups whose `cgroup.procs` files are
-    /// given (so the container starts in them).
-    fn command_joining(&self, join: Vec<CString>) -> tokio::process::Command {
-        let mut cmd = tokio::process::Command::new(&self.binary);
-        cmd.arg("--root").arg(&self.state_root);
+    /// Options that come before every subcommand.
+    fn global_args(&self) -> Vec<String> {
+        let mut v = vec!["--root".to_string(), self.state_root.display().to_string()];
         if self.caller_cgroups {
-            cmd.arg("--cgroup-manager=disabled");
+            v.push("--cgroup-manager=disabled".into());
         }
         if self.kind == RuntimeKind::Runsc {
             // Let the agent's unix socket in the bind-mounted directory be reachable from the
             // host, and give the sandbox no network but loopback.
-            cmd.args(["--host-uds=all", "--network=none"]);
+            v.extend(["--host-uds=all".into(), "--network=none".into()]);
         }
+        v
+    }
+
+    /// The runtime command; its process first joins the cgroups whose `cgroup.procs` files are
+    /// given (so the container starts in them).
+    fn command_joining(&self, join: Vec<CString>) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(&self.binary);
+        cmd.args(self.global_args());
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -179,30 +185,68 @@ impl OciRuntime {
         let log2 = log
             .try_clone()
             .map_err(|e| Error::io("clone a file handle", e))?;
-        let detach = if self.kind == RuntimeKind::Runsc {
-            "-detach"
-        } else {
-            "--detach"
-        };
-        let bundle_arg = bundle.to_string_lossy();
-        let args = ["run", detach, "--bundle", &bundle_arg, id];
+        let args = self.run_args(id, bundle);
         let mut cmd = self.command_joining(join);
-        cmd.args(args).stdout(log).stderr(log2);
+        cmd.args(&args).stdout(log).stderr(log2);
+        let spawned = crate::reaper::spawn(&mut cmd)
+            .map_err(|e| Error::io(format!("run {}", self.binary.display()), e))?;
+        self.finish_run(spawned, &args, &log_path).await
+    }
+
+    /// Like [`OciRuntime::run_detached`], through a helper started earlier by
+    /// [`OciRuntime::spawn_helper`] (already in the box's cgroups, so nothing is migrated now).
+    pub async fn run_detached_via(&self, helper: Helper, id: &str, bundle: &Path) -> Result<()> {
+        use tokio::io::AsyncWriteExt;
+        let log_path = bundle.join("runtime.log");
+        let args = self.run_args(id, bundle);
+        // `LOG\nFLAGS\nBINARY\0ARG\0ARG...`: see `faas-agent --spawn-helper`.
+        let mut msg = log_path.as_os_str().as_encoded_bytes().to_vec();
+        msg.push(b'\n');
+        if self.hide_unified {
+            msg.extend_from_slice(b"hide-unified");
+        }
+        msg.push(b'\n');
+        let binary = self.binary.display().to_string();
+        for a in std::iter::once(&binary)
+            .chain(&self.global_args())
+            .chain(&args)
+        {
+            msg.extend_from_slice(a.as_bytes());
+            msg.push(0);
+        }
+        let Helper { mut child, guard } = helper;
+        let mut stdin = child
+            .stdin
+            .take()
+            .ok_or_else(|| Error::Internal("spawn helper without stdin".into()))?;
+        stdin
+            .write_all(&msg)
+            .await
+            .map_err(|e| Error::io("hand the command to the spawn helper", e))?;
+        drop(stdin);
+        self.finish_run((child, guard), &args, &log_path).await
+    }
+
+    /// Waits for a `run --detach` and turns a failure into an error quoting its log.
+    async fn finish_run(
+        &self,
+        spawned: (tokio::process::Child, crate::reaper::PidGuard),
+        args: &[String],
+        log_path: &Path,
+    ) -> Result<()> {
+        let (mut child, _guard) = spawned;
         let what = format!("{} {}", self.kind.name(), args.join(" "));
-        let status = tokio::time::timeout(COMMAND_TIMEOUT, async {
-            let (mut child, _guard) = crate::reaper::spawn(&mut cmd)?;
-            child.wait().await
-        })
-        .await
-        .map_err(|_| Error::RuntimeTimeout {
-            command: what.clone(),
-            after: COMMAND_TIMEOUT,
-        })?
-        .map_err(|e| Error::io(format!("run {}", self.binary.display()), e))?;
+        let status = tokio::time::timeout(COMMAND_TIMEOUT, child.wait())
+            .await
+            .map_err(|_| Error::RuntimeTimeout {
+                command: what.clone(),
+                after: COMMAND_TIMEOUT,
+            })?
+            .map_err(|e| Error::io(format!("run {}", self.binary.display()), e))?;
         if status.success() {
             return Ok(());
         }
-        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let text = std::fs::read_to_string(log_path).unwrap_or_default();
         let tail = text.len().saturating_sub(2000);
         Err(Error::Runtime {
             command: what,
@@ -210,6 +254,41 @@ impl OciRuntime {
             stdout: String::new(),
             stderr: text[tail..].trim().to_string(),
         })
+    }
+
+    /// The arguments of `run --detach`, writing the host pid of the box's first process to
+    /// `bundle/init.pid`.
+    fn run_args(&self, id: &str, bundle: &Path) -> Vec<String> {
+        let (detach, pid_file) = match self.kind {
+            RuntimeKind::Runsc => ("-detach", "-pid-file"),
+            _ => ("--detach", "--pid-file"),
+        };
+        vec![
+            "run".into(),
+            detach.into(),
+            pid_file.into(),
+            bundle.join("init.pid").display().to_string(),
+            "--bundle".into(),
+            bundle.display().to_string(),
+            id.into(),
+        ]
+    }
+
+    /// Starts a spawn helper (`faas-agent --spawn-helper`) that has already joined the cgroups
+    /// of `join` and, where needed, the mount namespace without the unified hierarchy; a later
+    /// [`OciRuntime::run_detached_via`] turns it into this runtime's `run`.
+    pub fn spawn_helper(&self, agent: &Path, join: Vec<CString>) -> Result<Helper> {
+        let mut cmd = tokio::process::Command::new(agent);
+        cmd.arg("--spawn-helper")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true);
+        // Only the cgroups now: the mount namespace is made at run time (see the helper).
+        prepare_child(&mut cmd, false, join);
+        let (child, guard) = crate::reaper::spawn(&mut cmd)
+            .map_err(|e| Error::io(format!("start {}", agent.display()), e))?;
+        Ok(Helper { child, guard })
     }
 
     /// Kills and deletes container `id`; one that does not exist is fine.
@@ -258,6 +337,31 @@ impl OciRuntime {
             .filter(|l| !l.is_empty())
             .map(str::to_string)
             .collect())
+    }
+}
+
+/// A process waiting, already in a box's cgroups, to become a runtime's `run`.
+pub struct Helper {
+    child: tokio::process::Child,
+    guard: crate::reaper::PidGuard,
+}
+
+impl Helper {
+    /// Whether it still waits (it may have been killed from outside).
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Kills and reaps it (a zombie still counts as a member of its v1 cgroups, which could
+    /// then not be removed).
+    pub fn kill_and_reap(mut self) {
+        let _ = self.child.start_kill();
+        for _ in 0..100 {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
     }
 }
 
