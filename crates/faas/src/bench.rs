@@ -5,8 +5,9 @@
 //! serving `isolation: gvisor` with runsc, and the docker backend), one whose native backend
 //! runs runc. Each case runs `echo hello` `--runs` times:
 //! - ephemeral on native-crun, native-runc, native-runsc (gVisor), docker: a new box each time;
-//! - cached on native-crun and docker: each request timed once the pool has a ready box (the
-//!   refill in between is not timed: this is the latency of a warm hit);
+//! - cached on native-crun and docker: each request timed once the pool is full again and the
+//!   previous box is torn down (the refill in between is not timed): the latency of a warm hit
+//!   on a quiet server;
 //! - `docker run --rm --network none IMAGE echo hello`.
 //!
 //! Then `--pool` idle warm sandboxes (native-crun) are started at once and the host memory they
@@ -30,6 +31,11 @@ pub struct BenchArgs {
     /// Idle warm sandboxes to measure memory with (0 skips it).
     #[arg(long, default_value_t = 500)]
     pub pool: usize,
+    /// Ephemeral executions of the soak check on native-crun (0 skips it): afterwards no
+    /// mount, runtime state, bundle dir or per-box cgroup may remain, and the server's memory
+    /// is compared with its idle level.
+    #[arg(long, default_value_t = 1000)]
+    pub soak: usize,
     /// Skip the `docker run` baseline.
     #[arg(long)]
     pub no_baseline: bool,
@@ -57,6 +63,7 @@ impl Stats {
 
 struct Local {
     url: String,
+    data_dir: std::path::PathBuf,
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -161,7 +168,9 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
         };
         let mut cold = 0;
         for _ in 0..a.runs {
-            wait_for_ready(&http, &crun.url, &a.image, backend, 1).await?;
+            // Timed on a quiet server: the pool refilled and the last box torn down.
+            wait_for_ready(&http, &crun.url, &a.image, backend, 4).await?;
+            tokio::time::sleep(Duration::from_millis(30)).await;
             let t = Instant::now();
             let r = execute(&http, &crun.url, &a.image, "cached", &extra).await?;
             s.samples.push(t.elapsed().as_secs_f64() * 1000.0);
@@ -209,12 +218,92 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     if a.pool > 0 {
         pool_memory(&http, &crun.url, &a.image, a.pool).await?;
     }
+    if a.soak > 0 {
+        soak(&http, &crun, &a.image, a.soak).await?;
+    }
 
     for l in [crun, runc] {
         let _ = l.stop.send(());
         l.task.await??;
     }
     Ok(())
+}
+
+/// `n` ephemeral executions, then a look for anything left behind and at this process's memory
+/// (the server runs in it).
+async fn soak(http: &reqwest::Client, server: &Local, image: &str, n: usize) -> anyhow::Result<()> {
+    eprintln!("bench: soak, {n} ephemeral executions (native-crun)");
+    let extra = json!({"runtime": "native"});
+    for _ in 0..20 {
+        execute(http, &server.url, image, "ephemeral", &extra).await?;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let idle = rss_kib();
+    let t = Instant::now();
+    for _ in 0..n {
+        check(&execute(http, &server.url, image, "ephemeral", &extra).await?)?;
+    }
+    let took = t.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = rss_kib();
+    let data = &server.data_dir;
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo")?
+        .lines()
+        .filter(|l| {
+            l.split(' ')
+                .nth(4)
+                .is_some_and(|m| std::path::Path::new(m).starts_with(data))
+        })
+        .count();
+    let count = |d: std::path::PathBuf| std::fs::read_dir(d).map(|r| r.count()).unwrap_or(0);
+    let bundles = count(data.join("native/sandboxes"));
+    let state = count(data.join("native/state/crun"));
+    // Per-box cgroups are reusable slots (`s<N>`) on this backend: count the slot dirs.
+    let slots: usize = std::fs::read_dir("/sys/fs/cgroup/memory/faas")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|d| {
+            std::fs::read_dir(d.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|e| e.path().is_dir())
+                .count()
+        })
+        .sum();
+    println!(
+        "\nsoak: {n} ephemeral executions on native-crun in {:.1}s ({:.1}/s)",
+        took.as_secs_f64(),
+        n as f64 / took.as_secs_f64()
+    );
+    println!("  left behind: {mounts} mounts, {bundles} bundle dirs, {state} runtime state dirs under the data dir");
+    println!("  cgroup slots kept for reuse (idle, removed at shutdown): {slots}");
+    println!(
+        "  server RSS: idle {:.1} MiB, after {:.1} MiB",
+        idle as f64 / 1024.0,
+        after as f64 / 1024.0
+    );
+    if mounts + bundles + state > 0 {
+        bail!("the soak left sandboxes behind");
+    }
+    Ok(())
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("VmRSS:")?
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+        })
+        .unwrap_or(0)
 }
 
 /// Starts `n` idle warm sandboxes and measures the host memory they take.
@@ -382,6 +471,7 @@ async fn start_local(a: &BenchArgs, runtime: NativeRuntime) -> anyhow::Result<Lo
         host,
     };
     let executor = crate::server::build_executor(&args).await?;
+    let data_dir_kept = data_dir.canonicalize()?;
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let url = format!("http://{}", listener.local_addr()?);
     let (stop, rx) = tokio::sync::oneshot::channel::<()>();
@@ -395,5 +485,10 @@ async fn start_local(a: &BenchArgs, runtime: NativeRuntime) -> anyhow::Result<Lo
         let _ = std::fs::remove_dir_all(&data_dir);
         Ok(())
     });
-    Ok(Local { url, stop, task })
+    Ok(Local {
+        url,
+        data_dir: data_dir_kept,
+        stop,
+        task,
+    })
 }
