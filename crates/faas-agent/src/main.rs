@@ -148,7 +148,8 @@ fn serve(socket: &str) -> io::Result<()> {
     for conn in listener.incoming() {
         let Ok(conn) = conn else { continue };
         let reaper = reaper.clone();
-        std::thread::spawn(move || {
+        // Out of processes (a fork bomb in the box): drop the connection, keep serving.
+        let _ = thread("conn", move || {
             if let Err(e) = handle(conn, &reaper) {
                 eprintln!("faas-agent: connection: {e}");
             }
@@ -289,15 +290,16 @@ fn build_command(req: &ExecRequest) -> Result<Command, Event> {
         }
         cmd.current_dir(dir);
     }
-    cmd.stdin(if req.stdin {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    })
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .process_group(0);
+    cmd.process_group(0);
     Ok(cmd)
+}
+
+/// Starts a thread, or says why not (the box may be out of processes).
+fn thread(name: &str, f: impl FnOnce() + Send + 'static) -> io::Result<()> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(f)
+        .map(drop)
 }
 
 fn exec(mut conn: UnixStream, req: ExecRequest, reaper: &Reaper) -> io::Result<()> {
@@ -305,67 +307,63 @@ fn exec(mut conn: UnixStream, req: ExecRequest, reaper: &Reaper) -> io::Result<(
         Ok(c) => c,
         Err(ev) => return write_json(&mut conn, &ev),
     };
+    // Every thread this exec needs exists before the command starts: a command that uses up
+    // the box's process limit (a fork bomb) cannot leave the agent unable to serve it.
     let (tx, rx) = mpsc::channel();
-    let oom_before = oom_kills();
-    let start = Instant::now();
-    let mut child = match reaper.spawn(&mut cmd, tx.clone()) {
-        Ok(c) => c,
-        Err(e) => {
-            let exit_code = if e.kind() == io::ErrorKind::NotFound {
-                127
+    let started = (|| -> io::Result<Option<std::io::PipeWriter>> {
+        for (kind, name) in [(FrameKind::Stdout, "stdout"), (FrameKind::Stderr, "stderr")] {
+            let (mut r, w) = std::io::pipe()?;
+            if kind == FrameKind::Stdout {
+                cmd.stdout(w);
             } else {
-                126
-            };
-            let message = format!("{}: {e}", req.argv[0]);
-            return write_json(&mut conn, &Event::SpawnFailed { message, exit_code });
+                cmd.stderr(w);
+            }
+            let tx = tx.clone();
+            thread(name, move || {
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    match r.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => {
+                            if tx.send(Ev::Out(kind, buf[..n].to_vec())).is_err() {
+                                break;
+                            }
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(_) => break,
+                    }
+                }
+                let _ = tx.send(Ev::Eof);
+            })?;
+        }
+        if req.stdin {
+            let (r, w) = std::io::pipe()?;
+            cmd.stdin(r);
+            Ok(Some(w))
+        } else {
+            cmd.stdin(Stdio::null());
+            Ok(None)
+        }
+    })();
+    let stdin_pipe = match started {
+        Ok(p) => p,
+        Err(e) => {
+            let message = format!("cannot start the command's I/O threads: {e}");
+            return write_json(
+                &mut conn,
+                &Event::SpawnFailed {
+                    message,
+                    exit_code: 126,
+                },
+            );
         }
     };
-    let pid = child.id();
-    let pgid = Pid::from_raw(pid as i32);
-    write_json(&mut conn, &Event::Started { pid })?;
-
-    for (kind, pipe) in [
-        (
-            FrameKind::Stdout,
-            child
-                .stdout
-                .take()
-                .map(|p| Box::new(p) as Box<dyn Read + Send>),
-        ),
-        (
-            FrameKind::Stderr,
-            child
-                .stderr
-                .take()
-                .map(|p| Box::new(p) as Box<dyn Read + Send>),
-        ),
-    ] {
-        let tx = tx.clone();
-        let mut pipe = pipe.expect("stdout and stderr are piped");
-        std::thread::spawn(move || {
-            let mut buf = vec![0u8; 64 * 1024];
-            loop {
-                match pipe.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => {
-                        if tx.send(Ev::Out(kind, buf[..n].to_vec())).is_err() {
-                            break;
-                        }
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(_) => break,
-                }
-            }
-            let _ = tx.send(Ev::Eof);
-        });
-    }
-
     // Reads stdin frames from the host, and notices when the host goes away.
     {
         let mut input = conn.try_clone()?;
-        let mut stdin = child.stdin.take();
+        let mut stdin = stdin_pipe;
         let tx = tx.clone();
-        std::thread::spawn(move || loop {
+        let spawned = thread("input", move || loop {
             match read_frame(&mut input) {
                 Ok(Some((FrameKind::Stdin, data))) => {
                     if data.is_empty() {
@@ -383,7 +381,38 @@ fn exec(mut conn: UnixStream, req: ExecRequest, reaper: &Reaper) -> io::Result<(
                 }
             }
         });
+        if let Err(e) = spawned {
+            let message = format!("cannot start the command's I/O threads: {e}");
+            return write_json(
+                &mut conn,
+                &Event::SpawnFailed {
+                    message,
+                    exit_code: 126,
+                },
+            );
+        }
     }
+
+    let oom_before = oom_kills();
+    let start = Instant::now();
+    let spawned = reaper.spawn(&mut cmd, tx.clone());
+    // Our copies of the pipes' child ends go now, so the readers see EOF when the child exits.
+    drop(cmd);
+    let child = match spawned {
+        Ok(c) => c,
+        Err(e) => {
+            let exit_code = if e.kind() == io::ErrorKind::NotFound {
+                127
+            } else {
+                126
+            };
+            let message = format!("{}: {e}", req.argv[0]);
+            return write_json(&mut conn, &Event::SpawnFailed { message, exit_code });
+        }
+    };
+    let pid = child.id();
+    let pgid = Pid::from_raw(pid as i32);
+    write_json(&mut conn, &Event::Started { pid })?;
     drop(tx);
 
     let limit = if req.output_limit == 0 {

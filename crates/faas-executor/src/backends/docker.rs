@@ -276,17 +276,27 @@ impl Sandbox for DockerSandbox {
     }
 
     async fn death_cause(&self) -> Option<DeathCause> {
-        let state = self
-            .backend
-            .docker
-            .inspect_container(&self.container, None)
-            .await
-            .ok()?
-            .state?;
-        state
-            .oom_killed
-            .unwrap_or(false)
-            .then_some(DeathCause::OutOfMemory)
+        // Docker learns of the OOM kill from an event: give it a moment once the box stopped.
+        for _ in 0..10 {
+            let state = self
+                .backend
+                .docker
+                .inspect_container(&self.container, None)
+                .await
+                .ok()?
+                .state?;
+            if state.oom_killed == Some(true) {
+                return Some(DeathCause::OutOfMemory);
+            }
+            if state.running != Some(true)
+                && state.status != Some(bollard::models::ContainerStateStatusEnum::RUNNING)
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            } else {
+                return None;
+            }
+        }
+        None
     }
 
     async fn destroy(&self) -> Result<()> {
