@@ -310,7 +310,7 @@ fn exec(mut conn: UnixStream, req: ExecRequest, reaper: &Reaper) -> io::Result<(
     // Every thread this exec needs exists before the command starts: a command that uses up
     // the box's process limit (a fork bomb) cannot leave the agent unable to serve it.
     let (tx, rx) = mpsc::channel();
-    let started = (|| -> io::Result<Option<std::io::PipeWriter>> {
+    let started = (|| -> io::Result<()> {
         for (kind, name) in [(FrameKind::Stdout, "stdout"), (FrameKind::Stderr, "stderr")] {
             let (mut r, w) = std::io::pipe()?;
             if kind == FrameKind::Stdout {
@@ -336,34 +336,18 @@ fn exec(mut conn: UnixStream, req: ExecRequest, reaper: &Reaper) -> io::Result<(
                 let _ = tx.send(Ev::Eof);
             })?;
         }
-        if req.stdin {
+        // Reads stdin frames from the host, and notices when the host goes away.
+        let mut stdin = if req.stdin {
             let (r, w) = std::io::pipe()?;
             cmd.stdin(r);
-            Ok(Some(w))
+            Some(w)
         } else {
             cmd.stdin(Stdio::null());
-            Ok(None)
-        }
-    })();
-    let stdin_pipe = match started {
-        Ok(p) => p,
-        Err(e) => {
-            let message = format!("cannot start the command's I/O threads: {e}");
-            return write_json(
-                &mut conn,
-                &Event::SpawnFailed {
-                    message,
-                    exit_code: 126,
-                },
-            );
-        }
-    };
-    // Reads stdin frames from the host, and notices when the host goes away.
-    {
+            None
+        };
         let mut input = conn.try_clone()?;
-        let mut stdin = stdin_pipe;
         let tx = tx.clone();
-        let spawned = thread("input", move || loop {
+        thread("input", move || loop {
             match read_frame(&mut input) {
                 Ok(Some((FrameKind::Stdin, data))) => {
                     if data.is_empty() {
@@ -380,17 +364,17 @@ fn exec(mut conn: UnixStream, req: ExecRequest, reaper: &Reaper) -> io::Result<(
                     return;
                 }
             }
-        });
-        if let Err(e) = spawned {
-            let message = format!("cannot start the command's I/O threads: {e}");
-            return write_json(
-                &mut conn,
-                &Event::SpawnFailed {
-                    message,
-                    exit_code: 126,
-                },
-            );
-        }
+        })
+    })();
+    if let Err(e) = started {
+        let message = format!("cannot start the command's I/O threads: {e}");
+        return write_json(
+            &mut conn,
+            &Event::SpawnFailed {
+                message,
+                exit_code: 126,
+            },
+        );
     }
 
     let oom_before = oom_kills();

@@ -55,7 +55,7 @@ impl Default for ExecutorConfig {
                 .unwrap_or(1) as f64,
             output_limit: faas_agent::DEFAULT_OUTPUT_LIMIT,
             cached_pool_size: 2,
-            max_pool_size: 256,
+            max_pool_size: 1024,
         }
     }
 }

@@ -11,7 +11,7 @@
 //! - `docker run --rm --network none IMAGE echo hello`.
 //!
 //! Then `--pool` idle warm sandboxes (native-crun) are started at once and the host memory they
-//! take is measured (`MemAvailable` before and after), next to the agents' own RSS.
+//! take is measured (`MemAvailable` before and after), next to the agents' own memory.
 
 use std::time::{Duration, Instant};
 
@@ -26,6 +26,7 @@ use crate::{BackendChoice, HostArgs, NativeRuntime, ServeArgs};
 pub struct BenchArgs {
     #[arg(long, default_value = "faas/busybox:latest")]
     pub image: String,
+    /// Requests per latency case (0 skips the latency cases).
     #[arg(long, default_value_t = 200)]
     pub runs: usize,
     /// Idle warm sandboxes to measure memory with (0 skips it).
@@ -92,7 +93,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
         ),
         ("docker ephemeral", &crun.url, json!({"runtime": "docker"})),
     ];
-    for (name, url, extra) in &ephemeral {
+    for (name, url, extra) in ephemeral.iter().filter(|_| a.runs > 0) {
         // Warm up caches (image import, page cache) before measuring.
         for _ in 0..3 {
             execute(&http, url, &a.image, "ephemeral", extra).await?;
@@ -112,7 +113,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
         results.push(s);
     }
 
-    if !a.no_baseline {
+    if !a.no_baseline && a.runs > 0 {
         eprintln!("bench: docker run x{}", a.runs);
         let mut s = Stats {
             name: "docker run --rm --network none".into(),
@@ -147,10 +148,14 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
         results.push(s);
     }
 
+    let cached_cases = if a.runs > 0 { 2 } else { 0 };
     for (name, backend) in [
         ("native-crun cached (warm hit)", "native"),
         ("docker cached (warm hit)", "docker"),
-    ] {
+    ]
+    .into_iter()
+    .take(cached_cases)
+    {
         eprintln!("bench: {name} x{}", a.runs);
         let extra = json!({"runtime": backend});
         let pool = http
@@ -293,17 +298,20 @@ async fn soak(http: &reqwest::Client, server: &Local, image: &str, n: usize) -> 
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| {
-                l.strip_prefix("VmRSS:")?
-                    .trim()
-                    .trim_end_matches("kB")
-                    .trim()
-                    .parse()
-                    .ok()
-            })
-        })
+        .and_then(|s| vm_rss_kib(&s))
         .unwrap_or(0)
+}
+
+/// `VmRSS` of a `/proc/<pid>/status` text, in KiB.
+fn vm_rss_kib(status: &str) -> Option<u64> {
+    status.lines().find_map(|l| {
+        l.strip_prefix("VmRSS:")?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()
+    })
 }
 
 /// Starts `n` idle warm sandboxes and measures the host memory they take.
@@ -329,25 +337,24 @@ async fn pool_memory(
     let took = t.elapsed();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = mem_available_kib()?;
-    let agents = agent_rss_kib();
+    let agents = agent_memory_kib();
     let per_box = (before.saturating_sub(after)) as f64 / n as f64 / 1024.0;
-    let agent_mean = if agents.is_empty() {
-        0.0
-    } else {
-        agents.iter().sum::<u64>() as f64 / agents.len() as f64 / 1024.0
+    let mean = |f: fn(&(u64, u64)) -> u64| {
+        agents.iter().map(f).sum::<u64>() as f64 / agents.len().max(1) as f64 / 1024.0
     };
+    let (rss, private) = (mean(|a| a.0), mean(|a| a.1));
     println!(
         "\nidle warm sandboxes (native-crun): {n} started in {:.1}s",
         took.as_secs_f64()
     );
-    println!("  host memory per sandbox (MemAvailable drop / {n}): {per_box:.2} MiB");
+    println!("  host memory per sandbox, everything (MemAvailable drop / {n}): {per_box:.2} MiB");
     println!(
-        "  agent RSS per sandbox (mean of {} agents):        {agent_mean:.2} MiB",
+        "  agent per sandbox (mean of {} agents): RSS {rss:.2} MiB, of which private {private:.2} MiB (the rest is the shared binary)",
         agents.len()
     );
     println!(
-        "  beyond the agent's own RSS:                        {:.2} MiB",
-        per_box - agent_mean
+        "  beyond the agent's own private memory: {:.2} MiB",
+        per_box - private
     );
     http.post(format!("{url}/api/v1/prewarm"))
         .json(&json!({"image": image, "count": 0, "runtime": "native"}))
@@ -370,26 +377,34 @@ fn mem_available_kib() -> anyhow::Result<u64> {
         .context("no MemAvailable in /proc/meminfo")
 }
 
-/// RSS of every running faas-agent on the host.
-fn agent_rss_kib() -> Vec<u64> {
+/// (RSS, private memory) of every running faas-agent on the host, in KiB.
+fn agent_memory_kib() -> Vec<(u64, u64)> {
     let mut v = Vec::new();
     for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let status = std::fs::read_to_string(e.path().join("status")).unwrap_or_default();
-        if status
+        if !status
             .lines()
             .next()
             .is_some_and(|l| l.trim_end().ends_with("agent"))
         {
-            if let Some(kib) = status.lines().find_map(|l| {
-                l.strip_prefix("VmRSS:")?
-                    .trim()
-                    .trim_end_matches("kB")
-                    .trim()
-                    .parse()
-                    .ok()
-            }) {
-                v.push(kib);
-            }
+            continue;
+        }
+        let rollup = std::fs::read_to_string(e.path().join("smaps_rollup")).unwrap_or_default();
+        let field = |name: &str| -> u64 {
+            rollup
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix(name)?
+                        .trim()
+                        .trim_end_matches("kB")
+                        .trim()
+                        .parse()
+                        .ok()
+                })
+                .unwrap_or(0)
+        };
+        if let Some(rss) = vm_rss_kib(&status) {
+            v.push((rss, field("Private_Clean:") + field("Private_Dirty:")));
         }
     }
     v

@@ -104,6 +104,13 @@ impl OciRuntime {
         self.command_joining(Vec::new())
     }
 
+    fn timed_out(&self, what: &str) -> Error {
+        Error::RuntimeTimeout {
+            command: what.to_string(),
+            after: COMMAND_TIMEOUT,
+        }
+    }
+
     /// Options that come before every subcommand.
     fn global_args(&self) -> Vec<String> {
         let mut v = vec!["--root".to_string(), self.state_root.display().to_string()];
@@ -142,10 +149,7 @@ impl OciRuntime {
             child.wait_with_output().await
         })
         .await
-        .map_err(|_| Error::RuntimeTimeout {
-            command: what.clone(),
-            after: COMMAND_TIMEOUT,
-        })?
+        .map_err(|_| self.timed_out(&what))?
         .map_err(|e| Error::io(format!("run {}", self.binary.display()), e))?;
         if !out.status.success() {
             return Err(Error::Runtime {
@@ -238,10 +242,7 @@ impl OciRuntime {
         let what = format!("{} {}", self.kind.name(), args.join(" "));
         let status = tokio::time::timeout(COMMAND_TIMEOUT, child.wait())
             .await
-            .map_err(|_| Error::RuntimeTimeout {
-                command: what.clone(),
-                after: COMMAND_TIMEOUT,
-            })?
+            .map_err(|_| self.timed_out(&what))?
             .map_err(|e| Error::io(format!("run {}", self.binary.display()), e))?;
         if status.success() {
             return Ok(());
