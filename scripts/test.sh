@@ -28,15 +28,22 @@ suite() {
   FAAS_TEST_BACKEND=$1 FAAS_TEST_NATIVE_RUNTIME=${2:-crun} cargo test --quiet -p faas --test all
 }
 
+# Sandboxes, mounts and per-box cgroups that exist on the host, one per line.
+leftovers() {
+  local tests="${TMPDIR:-/tmp}/faas-tests"
+  docker ps -aq --filter label=faas.managed=true
+  grep -F " $tests/" /proc/self/mountinfo | awk '{print $5}'
+  find /sys/fs/cgroup/*/faas -mindepth 2 -maxdepth 2 -type d 2>/dev/null
+  find "$tests" -path '*/native/sandboxes/*' -maxdepth 4 2>/dev/null
+}
+
 no_leftovers() {
   # Servers started by the tests shut down when the test binaries exit; give them a moment.
-  local left tests="${TMPDIR:-/tmp}/faas-tests"
+  # Only what the tests made counts: what was on the host before them is not theirs.
+  local left
   for _ in $(seq 1 60); do
-    left="$(docker ps -aq --filter label=faas.managed=true)"
-    left+="$(grep -F " $tests/" /proc/self/mountinfo | awk '{print $5}')"
-    left+="$(find /sys/fs/cgroup/*/faas -mindepth 2 -maxdepth 2 -type d 2>/dev/null)"
-    left+="$(find "$tests" -path '*/native/sandboxes/*' -maxdepth 4 2>/dev/null)"
-    [ -z "$left" ] && { rm -rf "$tests"; return 0; }
+    left=$(leftovers | grep -vxF -f <(printf '%s\n' "$BEFORE") || true)
+    [ -z "$left" ] && { rm -rf "${TMPDIR:-/tmp}/faas-tests"; return 0; }
     sleep 0.5
   done
   echo "left behind:" >&2
@@ -50,6 +57,7 @@ if [ "${RESULTS[0]}" != ok ]; then
   exit 1
 fi
 export FAAS_AGENT_PATH="$AGENT_PATH" FAAS_REQUIRE_DOCKER=1
+BEFORE=$(leftovers)
 step "cargo fmt --check" cargo fmt --all -- --check
 step "cargo clippy" cargo clippy --quiet --all-targets -- -D warnings
 step "rust tests (unit + integration on docker)" cargo test --workspace --quiet

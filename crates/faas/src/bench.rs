@@ -71,7 +71,27 @@ struct Local {
 
 pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     let crun = start_local(&a, NativeRuntime::Crun).await?;
-    let runc = start_local(&a, NativeRuntime::Runc).await?;
+    let runc = match start_local(&a, NativeRuntime::Runc).await {
+        Ok(r) => r,
+        Err(e) => {
+            stop(crun).await?;
+            return Err(e);
+        }
+    };
+    // Whatever happens, the servers shut down and destroy what they made.
+    let measured = measure(&a, &crun, &runc).await;
+    let stopped = (stop(crun).await, stop(runc).await);
+    measured?;
+    stopped.0?;
+    stopped.1
+}
+
+async fn stop(l: Local) -> anyhow::Result<()> {
+    let _ = l.stop.send(());
+    l.task.await?
+}
+
+async fn measure(a: &BenchArgs, crun: &Local, runc: &Local) -> anyhow::Result<()> {
     let http = reqwest::Client::new();
     let mut results = Vec::new();
 
@@ -224,13 +244,9 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
         pool_memory(&http, &crun.url, &a.image, a.pool).await?;
     }
     if a.soak > 0 {
-        soak(&http, &crun, &a.image, a.soak).await?;
+        soak(&http, crun, &a.image, a.soak).await?;
     }
 
-    for l in [crun, runc] {
-        let _ = l.stop.send(());
-        l.task.await??;
-    }
     Ok(())
 }
 

@@ -186,14 +186,18 @@ impl CgroupSlots {
         counter(&f, "max").unwrap_or(0) > slot.pids_max_before
     }
 
+    /// Whether no process is left in the slot.
+    pub fn is_empty(&self, slot: &Slot) -> bool {
+        CONTROLLERS.iter().all(|c| {
+            std::fs::read_to_string(self.dir(c, &slot.rel).join("cgroup.procs"))
+                .map(|p| p.trim().is_empty())
+                .unwrap_or(true)
+        })
+    }
+
     /// Returns a slot whose box is torn down; one that still holds a process is not reused.
     pub fn release(&self, slot: Slot) {
-        let busy = CONTROLLERS.iter().any(|c| {
-            std::fs::read_to_string(self.dir(c, &slot.rel).join("cgroup.procs"))
-                .map(|p| !p.trim().is_empty())
-                .unwrap_or(false)
-        });
-        if busy {
+        if !self.is_empty(&slot) {
             tracing::warn!(slot = %slot.rel, "cgroup slot still holds processes; not reused");
             return;
         }

@@ -566,6 +566,13 @@ impl Sandbox for NativeSandbox {
             }
             track(&shared, &layers, -1);
             if let (Some(slots), Some(slot)) = (&shared.slots, slot) {
+                // The box's processes die with its pid namespace, a moment after its init.
+                for _ in 0..40 {
+                    if slots.is_empty(&slot) {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
                 slots.release(slot);
                 prepare_slots(&shared, &runtime);
             }
