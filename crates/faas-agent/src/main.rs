@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::os::unix::process::CommandExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, Stdio};
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
 use std::sync::{Arc, Condvar, Mutex};
@@ -40,7 +40,7 @@ fn main() {
                     .next()
                     .unwrap_or_else(|| usage("--socket needs a path"))
             }
-            "--spawn-helper" => return spawn_helper(),
+            "--zygote" => return zygote(),
             "--version" => {
                 println!(
                     "faas-agent {} (protocol {PROTOCOL_VERSION})",
@@ -57,54 +57,76 @@ fn main() {
     }
 }
 
-/// `--spawn-helper`: a process the host starts ahead of time, already placed in a sandbox's
-/// cgroups (moving a process into a v1 cgroup is slow), and later hands a command to run.
-/// Reads from stdin, until EOF: a log file path, a newline, `hide-unified` or nothing, a
-/// newline, then the command's arguments separated by NUL bytes. With `hide-unified` it first
-/// moves to a private mount namespace without `/sys/fs/cgroup/unified` (done now, not at
-/// start, so the namespace sees the box's rootfs mount). Then it runs the command in its place
-/// with stdout and stderr going to the log. EOF before any argument: exit quietly.
-fn spawn_helper() {
-    let mut input = Vec::new();
-    if let Err(e) = io::stdin().read_to_end(&mut input) {
-        eprintln!("faas-agent: spawn helper: read stdin: {e}");
-        std::process::exit(125);
-    }
-    let mut parts = input.splitn(3, |&b| b == b'\n');
-    let (Some(log), Some(flags), Some(rest)) = (parts.next(), parts.next(), parts.next()) else {
-        std::process::exit(0)
-    };
-    let log = String::from_utf8_lossy(log).to_string();
-    if flags == b"hide-unified" {
-        if let Err(e) = hide_unified() {
-            eprintln!("faas-agent: spawn helper: hide the unified cgroup hierarchy: {e}");
-            std::process::exit(125);
+/// `--zygote`: a process the host starts once per cgroup slot and moves into the slot's
+/// cgroups (moving a process into a v1 cgroup is slow: it waits for an RCU grace period and
+/// stalls every fork on the host meanwhile). It then starts runtime commands as its children,
+/// which are born in the slot: no migration per sandbox.
+///
+/// Requests on stdin, one after another: a big-endian u32 length, then a log file path, a
+/// newline, `hide-unified` or nothing, a newline, and the command's arguments separated by NUL
+/// bytes. The command runs with stdout and stderr going to the log (and, with `hide-unified`,
+/// in a private mount namespace without `/sys/fs/cgroup/unified`, made for it alone so it sees
+/// the mounts of the moment). Its exit status goes back on stdout as a big-endian i32 (128 +
+/// signal when a signal ended it; 125 when it could not start). EOF on stdin: exit.
+fn zygote() {
+    let mut input = io::stdin().lock();
+    let mut output = io::stdout().lock();
+    loop {
+        let mut len = [0u8; 4];
+        if input.read_exact(&mut len).is_err() {
+            std::process::exit(0);
+        }
+        let len = u32::from_be_bytes(len) as usize;
+        if len > 1 << 20 {
+            std::process::exit(2);
+        }
+        let mut req = vec![0u8; len];
+        if input.read_exact(&mut req).is_err() {
+            std::process::exit(0);
+        }
+        let status = match zygote_run(&req) {
+            Ok(st) => st.code().unwrap_or_else(|| 128 + st.signal().unwrap_or(0)),
+            Err(e) => {
+                eprintln!("faas-agent: zygote: {e}");
+                125
+            }
+        };
+        if output
+            .write_all(&status.to_be_bytes())
+            .and_then(|()| output.flush())
+            .is_err()
+        {
+            std::process::exit(0);
         }
     }
+}
+
+#[allow(unsafe_code)]
+fn zygote_run(req: &[u8]) -> io::Result<std::process::ExitStatus> {
+    let bad = || io::Error::new(io::ErrorKind::InvalidData, "malformed zygote request");
+    let mut parts = req.splitn(3, |&b| b == b'\n');
+    let (Some(log), Some(flags), Some(rest)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(bad());
+    };
     let args: Vec<String> = rest
         .split(|&b| b == 0)
         .filter(|a| !a.is_empty())
         .map(|a| String::from_utf8_lossy(a).to_string())
         .collect();
-    let Some((prog, rest)) = args.split_first() else {
-        std::process::exit(0)
-    };
-    let out = match std::fs::File::create(&log) {
-        Ok(f) => f,
-        Err(e) => {
-            eprintln!("faas-agent: spawn helper: create {log}: {e}");
-            std::process::exit(125);
+    let (prog, rest) = args.split_first().ok_or_else(bad)?;
+    let out = std::fs::File::create(String::from_utf8_lossy(log).as_ref())?;
+    let err = out.try_clone()?;
+    let mut cmd = Command::new(prog);
+    cmd.args(rest).stdin(Stdio::null()).stdout(out).stderr(err);
+    if flags == b"hide-unified" {
+        // SAFETY: runs in the forked child before exec. The zygote has a single thread, so
+        // no lock (the allocator's included) can be held by another thread at the fork, and
+        // the mount calls below are plain system calls.
+        unsafe {
+            cmd.pre_exec(|| hide_unified().map_err(io::Error::from));
         }
-    };
-    let err = out.try_clone().unwrap_or_else(|_| std::process::exit(125));
-    let e = Command::new(prog)
-        .args(rest)
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .exec();
-    eprintln!("faas-agent: spawn helper: exec {prog}: {e}");
-    std::process::exit(127);
+    }
+    cmd.status()
 }
 
 /// A private mount namespace where the hybrid host's cgroup2 mount is gone (crun refuses

@@ -172,7 +172,7 @@ async fn nothing_is_left_behind_after_many_executions() {
     let start = Instant::now();
     loop {
         // While the server runs, crun boxes' cgroups are reusable slots (`s<N>`): a few idle
-        // ones stay, empty or holding a waiting spawn helper; everything else must be gone.
+        // ones stay, empty or holding their zygote; everything else must be gone.
         let mut left = native_leftovers(&server);
         let slots: Vec<String> = left.iter().filter(|l| is_idle_slot(l)).cloned().collect();
         assert!(slots.len() <= 8 * 4, "cgroup slots pile up: {slots:?}");
@@ -190,7 +190,7 @@ async fn nothing_is_left_behind_after_many_executions() {
     assert_eq!(native_leftovers(&server), Vec::<String>::new());
 }
 
-/// A cgroup slot directory holding nothing but, possibly, a waiting spawn helper.
+/// A cgroup slot directory holding nothing but, possibly, its zygote.
 fn is_idle_slot(entry: &str) -> bool {
     let Some(path) = entry.strip_prefix("cgroup ") else {
         return false;
@@ -206,7 +206,7 @@ fn is_idle_slot(entry: &str) -> bool {
     name.starts_with('s')
         && procs.split_whitespace().all(|pid| {
             std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("--spawn-helper"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("--zygote"))
         })
 }
 

@@ -1,22 +1,25 @@
-//! Reusable cgroup v1 "slots" for crun sandboxes.
+//! Reusable cgroup v1 "slots" for crun sandboxes, each with a resident zygote.
 //!
-//! Letting crun create and remove a cgroup in every v1 hierarchy for each sandbox costs about
-//! 15 ms per sandbox on our hosts, more than everything else in a cold start together. Instead
-//! crun runs with `--cgroup-manager=disabled` and the sandbox is started *inside* a slot we
-//! prepared: `<controller>/faas/<deployment>/s<N>` in the memory, cpu, pids and devices
-//! hierarchies, with the limits written when the slot is taken. The runtime child joins the
-//! slot (writes to `cgroup.procs`) between fork and exec, so the box and everything in it is
-//! limited from its first instruction, and its cgroup namespace is rooted at the slot.
+//! Letting crun create and remove a cgroup in every v1 hierarchy for each sandbox, or moving a
+//! process into a v1 cgroup (which waits for an RCU grace period while every fork on the host
+//! stalls), costs about 15 ms per cold start on our hosts: more than everything else together.
+//! Instead crun runs with `--cgroup-manager=disabled`, started by the slot's *zygote*
+//! (`faas-agent --zygote`): a small process moved into the slot once, when the slot is made,
+//! whose children are born in the slot. A slot is `<controller>/faas/<deployment>/s<N>` in the
+//! memory, cpu, pids and devices hierarchies, with the limits written when it is taken; the box
+//! and everything in it is limited from its first instruction, and its cgroup namespace is
+//! rooted at the slot. A slot without a live zygote falls back to moving the runtime process in
+//! between fork and exec, and gets a new zygote in the background.
 //!
-//! A slot goes back to the free list only when its tear-down is complete and it holds no
-//! process; the server's shutdown removes them all.
+//! A slot goes back to the free list only when its tear-down is complete and nothing but its
+//! zygote is left in it; the server's shutdown kills the zygotes and removes every slot.
 
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
-use super::runtime::{Helper, OciRuntime};
+use super::runtime::{OciRuntime, Zygote};
 use crate::backend::Limits;
 use crate::error::{Error, Result};
 
@@ -40,21 +43,22 @@ const ALLOWED_DEVICES: [&str; 9] = [
 pub struct CgroupSlots {
     /// `faas/<deployment>`, relative to each controller's root.
     parent: String,
-    /// Free slots, most with a spawn helper already inside (see [`CgroupSlots::prepare`]).
-    free: Mutex<Vec<(u32, Option<Helper>)>>,
+    /// Free slots, most with a zygote already inside (see [`CgroupSlots::prepare`]).
+    free: Mutex<Vec<(u32, Option<Zygote>)>>,
     next: Mutex<u32>,
     preparing: AtomicBool,
     closed: AtomicBool,
 }
 
-/// Free slots kept ready with a spawn helper inside.
+/// Free slots kept ready with a zygote inside.
 const SPARE: usize = 2;
 
 /// One taken slot.
-#[derive(Debug, Clone)]
 pub struct Slot {
     pub n: u32,
     rel: String,
+    /// Its resident zygote, when it has a live one.
+    pub zygote: Option<Zygote>,
     /// OOM kills and refused forks recorded before this box, to tell its own apart.
     oom_before: u64,
     pids_max_before: u64,
@@ -99,7 +103,7 @@ impl CgroupSlots {
         format!("{}/s{n}", self.parent)
     }
 
-    fn free(&self) -> std::sync::MutexGuard<'_, Vec<(u32, Option<Helper>)>> {
+    fn free(&self) -> std::sync::MutexGuard<'_, Vec<(u32, Option<Zygote>)>> {
         self.free.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -124,11 +128,11 @@ impl CgroupSlots {
         Ok(n)
     }
 
-    /// Takes a free slot (or makes one), writes `limits` into it, and hands over its spawn
-    /// helper when it has one.
-    pub fn acquire(&self, limits: &Limits) -> Result<(Slot, Option<Helper>)> {
+    /// Takes a free slot (or makes one) and writes `limits` into it; its zygote, if it has
+    /// one, comes with it.
+    pub fn acquire(&self, limits: &Limits) -> Result<Slot> {
         let reused = self.free().pop();
-        let (n, helper) = match reused {
+        let (n, zygote) = match reused {
             Some(free) => free,
             None => (self.make()?, None),
         };
@@ -152,11 +156,12 @@ impl CgroupSlots {
         write(&pids.join("pids.max"), &limits.pids.to_string())?;
         let slot = Slot {
             n,
+            zygote,
             oom_before: counter(&mem.join("memory.oom_control"), "oom_kill").unwrap_or(0),
             pids_max_before: counter(&pids.join("pids.events"), "max").unwrap_or(0),
             rel,
         };
-        Ok((slot, helper))
+        Ok(slot)
     }
 
     /// The `cgroup.procs` files a process writes itself into to join the slot.
@@ -186,11 +191,15 @@ impl CgroupSlots {
         counter(&f, "max").unwrap_or(0) > slot.pids_max_before
     }
 
-    /// Whether no process is left in the slot.
+    /// Whether no process but its zygote is left in the slot.
     pub fn is_empty(&self, slot: &Slot) -> bool {
+        let zygote = slot.zygote.as_ref().map(|z| z.pid.to_string());
         CONTROLLERS.iter().all(|c| {
             std::fs::read_to_string(self.dir(c, &slot.rel).join("cgroup.procs"))
-                .map(|p| p.trim().is_empty())
+                .map(|p| {
+                    p.split_whitespace()
+                        .all(|pid| Some(pid) == zygote.as_deref())
+                })
                 .unwrap_or(true)
         })
     }
@@ -201,10 +210,12 @@ impl CgroupSlots {
             tracing::warn!(slot = %slot.rel, "cgroup slot still holds processes; not reused");
             return;
         }
-        self.free().push((slot.n, None));
+        let mut zygote = slot.zygote;
+        let zygote = zygote.take().and_then(|mut z| z.alive().then_some(z));
+        self.free().push((slot.n, zygote));
     }
 
-    /// Puts a spawn helper into the free slots that lack one, and makes new slots until
+    /// Puts a zygote into the free slots that lack one, and makes new slots until
     /// [`SPARE`] are free. Moving a process into a v1 cgroup is slow (it waits for an RCU grace
     /// period, about 10 ms here), so this runs off the hot path, one call at a time.
     pub fn prepare(&self, runtime: &OciRuntime, agent: &Path) {
@@ -230,10 +241,10 @@ impl CgroupSlots {
                     }
                 },
             };
-            match runtime.spawn_helper(agent, self.procs_of(&self.rel(n))) {
+            match runtime.spawn_zygote(agent, self.procs_of(&self.rel(n))) {
                 Ok(h) => self.free().push((n, Some(h))),
                 Err(e) => {
-                    tracing::warn!(error = %e.chain(), "cannot start a spawn helper");
+                    tracing::warn!(error = %e.chain(), "cannot start a zygote");
                     self.free().push((n, None));
                     break;
                 }
@@ -252,9 +263,9 @@ impl CgroupSlots {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         let free = std::mem::take(&mut *self.free());
-        for (_, helper) in free {
-            if let Some(h) = helper {
-                h.kill_and_reap();
+        for (_, zygote) in free {
+            if let Some(z) = zygote {
+                z.kill_and_reap();
             }
         }
         for c in std::fs::read_dir(ROOT).into_iter().flatten().flatten() {

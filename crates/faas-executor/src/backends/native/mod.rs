@@ -154,7 +154,7 @@ impl NativeBackend {
         &self.runtime
     }
 
-    /// Refills the spare cgroup slots (with their spawn helpers) in the background.
+    /// Refills the spare cgroup slots (with their zygotes) in the background.
     fn prepare_slots(&self) {
         prepare_slots(&self.shared, &self.runtime);
     }
@@ -342,14 +342,24 @@ impl Backend for NativeBackend {
             let t = std::time::Instant::now();
             match &self.shared.slots {
                 Some(slots) if sandbox.runtime.caller_cgroups() => {
-                    let (slot, helper) = slots.acquire(&spec.limits)?;
-                    let join = slots.procs_files(&slot);
+                    let mut slot = slots.acquire(&spec.limits)?;
+                    // A zygote killed (with an earlier box, or from outside) is skipped: the
+                    // slow path moves the runtime into the slot now.
+                    let ran = match slot.zygote.take().and_then(|mut z| z.alive().then_some(z)) {
+                        Some(mut z) => {
+                            let r = sandbox.runtime.run_detached_via(&mut z, &id, &dir).await;
+                            if r.is_ok() {
+                                slot.zygote = Some(z);
+                            }
+                            r
+                        }
+                        None => {
+                            let join = slots.procs_files(&slot);
+                            sandbox.runtime.run_detached(&id, &dir, join).await
+                        }
+                    };
                     *sandbox.slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(slot);
-                    // A helper killed from outside is skipped: the slow path joins now.
-                    match helper.and_then(|mut h| h.alive().then_some(h)) {
-                        Some(h) => sandbox.runtime.run_detached_via(h, &id, &dir).await?,
-                        None => sandbox.runtime.run_detached(&id, &dir, join).await?,
-                    }
+                    ran?;
                     self.prepare_slots();
                 }
                 _ => sandbox.runtime.run_detached(&id, &dir, Vec::new()).await?,
@@ -506,14 +516,14 @@ impl Sandbox for NativeSandbox {
     }
 
     async fn death_cause(&self) -> Option<DeathCause> {
-        let slot = self.slot.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        if let (Some(slots), Some(slot)) = (&self.shared.slots, slot) {
-            if slots.oom_killed(&slot) {
-                return Some(DeathCause::OutOfMemory);
+        if let Some(slots) = &self.shared.slots {
+            let slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(slot) = slot.as_ref() {
+                if slots.oom_killed(slot) {
+                    return Some(DeathCause::OutOfMemory);
+                }
+                return slots.fork_refused(slot).then_some(DeathCause::ProcessLimit);
             }
-            return slots
-                .fork_refused(&slot)
-                .then_some(DeathCause::ProcessLimit);
         }
         let cg = Path::new("/sys/fs/cgroup");
         let rel = self.cgroup.trim_start_matches('/');

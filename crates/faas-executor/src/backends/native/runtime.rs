@@ -197,13 +197,18 @@ impl OciRuntime {
         self.finish_run(spawned, &args, &log_path).await
     }
 
-    /// Like [`OciRuntime::run_detached`], through a helper started earlier by
-    /// [`OciRuntime::spawn_helper`] (already in the box's cgroups, so nothing is migrated now).
-    pub async fn run_detached_via(&self, helper: Helper, id: &str, bundle: &Path) -> Result<()> {
-        use tokio::io::AsyncWriteExt;
+    /// Like [`OciRuntime::run_detached`], through a zygote (see [`OciRuntime::spawn_zygote`])
+    /// living in the box's cgroups: the runtime is born there, nothing is migrated.
+    pub async fn run_detached_via(
+        &self,
+        zygote: &mut Zygote,
+        id: &str,
+        bundle: &Path,
+    ) -> Result<()> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let log_path = bundle.join("runtime.log");
         let args = self.run_args(id, bundle);
-        // `LOG\nFLAGS\nBINARY\0ARG\0ARG...`: see `faas-agent --spawn-helper`.
+        // `LOG\nFLAGS\nBINARY\0ARG\0ARG...`, length first: see `faas-agent --zygote`.
         let mut msg = log_path.as_os_str().as_encoded_bytes().to_vec();
         msg.push(b'\n');
         if self.hide_unified {
@@ -218,17 +223,33 @@ impl OciRuntime {
             msg.extend_from_slice(a.as_bytes());
             msg.push(0);
         }
-        let Helper { mut child, guard } = helper;
-        let mut stdin = child
-            .stdin
-            .take()
-            .ok_or_else(|| Error::Internal("spawn helper without stdin".into()))?;
-        stdin
-            .write_all(&msg)
+        let what = format!("{} {}", self.kind.name(), args.join(" "));
+        let exchange = async {
+            zygote
+                .stdin
+                .write_all(&(msg.len() as u32).to_be_bytes())
+                .await?;
+            zygote.stdin.write_all(&msg).await?;
+            zygote.stdin.flush().await?;
+            let mut status = [0u8; 4];
+            zygote.stdout.read_exact(&mut status).await?;
+            Ok::<_, std::io::Error>(i32::from_be_bytes(status))
+        };
+        let status = tokio::time::timeout(COMMAND_TIMEOUT, exchange)
             .await
-            .map_err(|e| Error::io("hand the command to the spawn helper", e))?;
-        drop(stdin);
-        self.finish_run((child, guard), &args, &log_path).await
+            .map_err(|_| self.timed_out(&what))?
+            .map_err(|e| Error::io("hand the command to the zygote", e))?;
+        if status == 0 {
+            return Ok(());
+        }
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let tail = text.len().saturating_sub(2000);
+        Err(Error::Runtime {
+            command: what,
+            status: format!("exit status: {status}"),
+            stdout: String::new(),
+            stderr: text[tail..].trim().to_string(),
+        })
     }
 
     /// Waits for a `run --detach` and turns a failure into an error quoting its log.
@@ -275,21 +296,31 @@ impl OciRuntime {
         ]
     }
 
-    /// Starts a spawn helper (`faas-agent --spawn-helper`) that has already joined the cgroups
-    /// of `join` and, where needed, the mount namespace without the unified hierarchy; a later
-    /// [`OciRuntime::run_detached_via`] turns it into this runtime's `run`.
-    pub fn spawn_helper(&self, agent: &Path, join: Vec<CString>) -> Result<Helper> {
+    /// Starts a zygote (`faas-agent --zygote`) that first joins the cgroups of `join`; the
+    /// runtime commands it starts later are born in them.
+    pub fn spawn_zygote(&self, agent: &Path, join: Vec<CString>) -> Result<Zygote> {
         let mut cmd = tokio::process::Command::new(agent);
-        cmd.arg("--spawn-helper")
+        cmd.arg("--zygote")
             .stdin(Stdio::piped())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .kill_on_drop(true);
-        // Only the cgroups now: the mount namespace is made at run time (see the helper).
+        // Only the cgroups here: the zygote makes each command's mount namespace itself.
         prepare_child(&mut cmd, false, join);
-        let (child, guard) = crate::reaper::spawn(&mut cmd)
+        let (mut child, guard) = crate::reaper::spawn(&mut cmd)
             .map_err(|e| Error::io(format!("start {}", agent.display()), e))?;
-        Ok(Helper { child, guard })
+        let (Some(stdin), Some(stdout), Some(pid)) =
+            (child.stdin.take(), child.stdout.take(), child.id())
+        else {
+            return Err(Error::Internal("zygote without pipes".into()));
+        };
+        Ok(Zygote {
+            child,
+            guard,
+            stdin,
+            stdout,
+            pid,
+        })
     }
 
     /// Kills and deletes container `id`; one that does not exist is fine.
@@ -341,14 +372,18 @@ impl OciRuntime {
     }
 }
 
-/// A process waiting, already in a box's cgroups, to become a runtime's `run`.
-pub struct Helper {
+/// A process living in a cgroup slot that starts runtime commands as its children.
+pub struct Zygote {
     child: tokio::process::Child,
+    #[allow(dead_code)]
     guard: crate::reaper::PidGuard,
+    stdin: tokio::process::ChildStdin,
+    stdout: tokio::process::ChildStdout,
+    pub pid: u32,
 }
 
-impl Helper {
-    /// Whether it still waits (it may have been killed from outside).
+impl Zygote {
+    /// Whether it still serves (it may have been killed with a box, or from outside).
     pub fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
