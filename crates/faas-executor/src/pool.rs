@@ -89,16 +89,20 @@ impl WarmPools {
         self.pools.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Takes a ready sandbox from the pool of `spec`, if there is one, and starts refilling.
+    /// Takes a ready sandbox from the pool of `spec`, if there is one.
     pub fn take(
         self: &Arc<Self>,
         backend: &'static str,
         spec: &SandboxSpec,
     ) -> Option<Box<dyn Sandbox>> {
         let key = PoolKey::new(backend, spec);
-        let taken = self.lock().get_mut(&key)?.ready.pop_front();
-        self.refill(&key);
-        taken
+        self.lock().get_mut(&key)?.ready.pop_front()
+    }
+
+    /// Refills the pool of `spec` up to its target. The caller does it after using what it
+    /// took, so the refill's work does not compete with the command it is serving.
+    pub fn refill_pool(self: &Arc<Self>, backend: &'static str, spec: &SandboxSpec) {
+        self.refill(&PoolKey::new(backend, spec));
     }
 
     /// Makes sure a pool for `spec` exists (new pools get `target`) and is filling. Does

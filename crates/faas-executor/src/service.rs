@@ -359,6 +359,7 @@ impl Executor {
         // when the answer arrives); cached answers first and removes it in the background.
         match mode {
             Mode::Cached => {
+                self.pools.refill_pool(backend.name(), &spec);
                 let metrics = self.metrics.clone();
                 self.tasks
                     .spawn(async move { destroy_counted(&metrics, sandbox).await });
