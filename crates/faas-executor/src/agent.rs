@@ -72,13 +72,17 @@ impl AgentClient {
         }
     }
 
+    fn unreachable(&self, message: impl Into<String>) -> Error {
+        Error::AgentUnreachable {
+            sandbox: self.sandbox.clone(),
+            message: message.into(),
+        }
+    }
+
     async fn connect(&self) -> Result<UnixStream> {
         UnixStream::connect(&self.socket)
             .await
-            .map_err(|e| Error::AgentUnreachable {
-                sandbox: self.sandbox.clone(),
-                message: format!("connect {}: {e}", self.socket.display()),
-            })
+            .map_err(|e| self.unreachable(format!("connect {}: {e}", self.socket.display())))
     }
 
     /// Runs one process and collects its output. `on_output` sees each chunk as it arrives
@@ -103,7 +107,7 @@ impl AgentClient {
         let mut over = false;
         send_json(&mut conn, &Request::Exec(req))
             .await
-            .map_err(|e| self.err(e.to_string()))?;
+            .map_err(|e| self.unreachable(e.to_string()))?;
         let (mut rd, mut wr) = conn.into_split();
         // Stdin goes in its own task so a process that does not read it cannot stall us.
         let feeder = tokio::spawn(async move {
@@ -118,9 +122,18 @@ impl AgentClient {
             wr
         });
         let mut out = ExecOutcome::default();
+        let mut started = false;
         loop {
-            let Some((kind, event, payload)) = self.read_event(&mut rd).await? else {
+            let next = match self.read_event(&mut rd).await {
+                // Until the agent says the process started, nothing ran: the box is gone.
+                Err(e) if !started => Err(self.unreachable(e.to_string())),
+                other => other,
+            };
+            let Some((kind, event, payload)) = next? else {
                 feeder.abort();
+                if !started {
+                    return Err(self.unreachable("connection closed before the process started"));
+                }
                 return Err(self.err("connection closed before the process exited"));
             };
             match (kind, event) {
@@ -137,7 +150,7 @@ impl AgentClient {
                     };
                     buf.extend_from_slice(data);
                 }
-                (_, Some(Event::Started { .. })) => {}
+                (_, Some(Event::Started { .. })) => started = true,
                 (_, Some(Event::Exited(info))) => {
                     out.exit = info;
                     break;
