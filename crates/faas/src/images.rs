@@ -88,7 +88,7 @@ pub async fn run(a: ImagesArgs) -> anyhow::Result<u8> {
             }
         }
         ImagesCmd::Rm { name } => {
-            store.remove(&name, &Default::default())?;
+            store.remove(&name)?;
             println!("removed {name}");
         }
     }

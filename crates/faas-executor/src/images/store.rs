@@ -496,15 +496,15 @@ impl ImageStore {
         Ok(rec)
     }
 
-    /// Removes an image, then every layer no image and no entry of `in_use` refers to.
-    pub fn remove(&self, name: &str, in_use: &HashSet<String>) -> Result<()> {
+    /// Removes an image, then every layer no other image refers to.
+    pub fn remove(&self, name: &str) -> Result<()> {
         let name = normalize_name(name);
         let p = self.ref_path(&name);
         if !p.exists() {
             return Err(Error::ImageNotFound(name));
         }
         fs::remove_file(&p).map_err(io_err(format!("remove {}", p.display())))?;
-        let mut keep: HashSet<String> = in_use.clone();
+        let mut keep: HashSet<String> = HashSet::new();
         for rec in self.list()? {
             keep.extend(rec.layers);
         }
@@ -576,15 +576,15 @@ mod tests {
             b"hi"
         );
         assert_eq!(store.list().unwrap().len(), 2);
-        store.remove("one", &HashSet::new()).unwrap();
+        store.remove("one").unwrap();
         assert!(
             store.layer_path(&a.layers[0]).is_dir(),
             "still used by two:v1"
         );
-        store.remove("two:v1", &HashSet::new()).unwrap();
+        store.remove("two:v1").unwrap();
         assert!(!store.layer_path(&a.layers[0]).exists());
         assert!(matches!(
-            store.remove("two:v1", &HashSet::new()),
+            store.remove("two:v1"),
             Err(Error::ImageNotFound(_))
         ));
         assert_eq!(fs::read_dir(store.root().join("tmp")).unwrap().count(), 0);

@@ -69,6 +69,21 @@ fn write(path: &Path, value: &str) -> Result<()> {
         .map_err(|e| Error::io(format!("write {value:?} to {}", path.display()), e))
 }
 
+/// Removes `parent` (relative to the cgroup root) and the cgroups right under it, in every
+/// hierarchy, where they are empty (the kernel refuses the others).
+pub(crate) fn remove_empty(parent: &str) {
+    let parent = parent.trim_start_matches('/');
+    for c in std::fs::read_dir(ROOT).into_iter().flatten().flatten() {
+        let parent = c.path().join(parent);
+        for s in std::fs::read_dir(&parent).into_iter().flatten().flatten() {
+            if s.path().is_dir() {
+                let _ = std::fs::remove_dir(s.path());
+            }
+        }
+        let _ = std::fs::remove_dir(&parent);
+    }
+}
+
 pub(crate) fn counter(path: &Path, key: &str) -> Option<u64> {
     let text = std::fs::read_to_string(path).ok()?;
     text.lines().find_map(|l| {
@@ -253,8 +268,9 @@ impl CgroupSlots {
         self.preparing.store(false, Ordering::SeqCst);
     }
 
-    /// Removes every (empty) slot and the parent, in every controller.
-    pub fn remove_all(&self) {
+    /// Stops making slots and kills (and reaps) the free slots' zygotes, so the slots can be
+    /// removed ([`remove_empty`]).
+    pub fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
         for _ in 0..200 {
             if !self.preparing.load(Ordering::SeqCst) {
@@ -267,15 +283,6 @@ impl CgroupSlots {
             if let Some(z) = zygote {
                 z.kill_and_reap();
             }
-        }
-        for c in std::fs::read_dir(ROOT).into_iter().flatten().flatten() {
-            let parent = c.path().join(&self.parent);
-            for s in std::fs::read_dir(&parent).into_iter().flatten().flatten() {
-                if s.path().is_dir() {
-                    let _ = std::fs::remove_dir(s.path());
-                }
-            }
-            let _ = std::fs::remove_dir(&parent);
         }
     }
 }

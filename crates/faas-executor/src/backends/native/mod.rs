@@ -18,7 +18,6 @@ pub mod cgroups;
 pub mod runtime;
 pub mod spec;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -57,8 +56,6 @@ struct Shared {
     /// Tear-downs finishing in the background (see `NativeSandbox::destroy`).
     cleanups: tokio_util::task::TaskTracker,
     store: Arc<ImageStore>,
-    /// Layer digests in use by live sandboxes, with counts (image removal keeps them).
-    in_use: Mutex<HashMap<String, usize>>,
 }
 
 pub struct NativeBackend {
@@ -135,7 +132,6 @@ impl NativeBackend {
                 cfg,
                 slots,
                 store,
-                in_use: Mutex::new(HashMap::new()),
                 cleanups: tokio_util::task::TaskTracker::new(),
             }),
             runtime,
@@ -146,28 +142,9 @@ impl NativeBackend {
         })
     }
 
-    pub fn store(&self) -> &Arc<ImageStore> {
-        &self.shared.store
-    }
-
-    pub fn runtime(&self) -> &OciRuntime {
-        &self.runtime
-    }
-
     /// Refills the spare cgroup slots (with their zygotes) in the background.
     fn prepare_slots(&self) {
         prepare_slots(&self.shared, &self.runtime);
-    }
-
-    /// Layers that live sandboxes use; image removal must keep them.
-    pub fn layers_in_use(&self) -> std::collections::HashSet<String> {
-        self.shared
-            .in_use
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .keys()
-            .cloned()
-            .collect()
     }
 
     pub async fn describe(&self) -> String {
@@ -226,18 +203,6 @@ fn prepare_slots(shared: &Arc<Shared>, runtime: &OciRuntime) {
                 slots.prepare(&runtime, &shared.cfg.agent_path);
             }
         });
-    }
-}
-
-/// Counts the layers a live sandbox uses (`delta` 1 at create, -1 at tear-down).
-fn track(shared: &Shared, layers: &[String], delta: isize) {
-    let mut m = shared.in_use.lock().unwrap_or_else(|e| e.into_inner());
-    for l in layers {
-        let n = m.entry(l.clone()).or_default();
-        *n = n.saturating_add_signed(delta);
-        if *n == 0 {
-            m.remove(l);
-        }
     }
 }
 
@@ -310,13 +275,11 @@ impl Backend for NativeBackend {
         let id = uuid::Uuid::new_v4().simple().to_string()[..16].to_string();
         let dir = self.shared.cfg.root.join("sandboxes").join(&id);
         let socket = dir.join("sock").join(SOCKET_NAME);
-        track(&self.shared, &image.layers, 1);
         let sandbox = NativeSandbox {
             id: id.clone(),
             dir: dir.clone(),
             agent: AgentClient::new(format!("native-{id}"), &socket),
             runtime,
-            layers: image.layers.clone(),
             cgroup: format!("{}/{id}", self.cgroup_parent),
             init: std::sync::OnceLock::new(),
             slot: Mutex::new(None),
@@ -329,13 +292,12 @@ impl Backend for NativeBackend {
                     .map_err(|e| Error::io(format!("create {}", dir.join(d).display()), e))?;
             }
             mount_overlay(&self.shared.store.lower_dirs(&image), &dir)?;
-            let cgroups_path = format!("{}/{id}", self.cgroup_parent);
             let oci = spec::build(
                 spec,
                 &image.env,
                 &self.shared.cfg.agent_path,
                 &dir.join("sock"),
-                &cgroups_path,
+                &sandbox.cgroup,
             )?;
             oci.save(dir.join("config.json"))
                 .map_err(|e| Error::Internal(format!("write config.json: {e}")))?;
@@ -408,18 +370,7 @@ impl Backend for NativeBackend {
             }
         }
         // Cgroups the runtimes did not get to remove (empty ones only; rmdir refuses others).
-        for ctrl in std::fs::read_dir("/sys/fs/cgroup")
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let parent = ctrl.path().join(self.cgroup_parent.trim_start_matches('/'));
-            for cg in std::fs::read_dir(&parent).into_iter().flatten().flatten() {
-                if cg.path().is_dir() {
-                    let _ = std::fs::remove_dir(cg.path());
-                }
-            }
-        }
+        cgroups::remove_empty(&self.cgroup_parent);
         Ok(n)
     }
 
@@ -427,17 +378,10 @@ impl Backend for NativeBackend {
         self.shared.cleanups.close();
         self.shared.cleanups.wait().await;
         if let Some(slots) = &self.shared.slots {
-            slots.remove_all();
+            slots.close();
         }
-        // The per-deployment parent cgroups (`faas/<deployment>`), once empty.
-        for ctrl in std::fs::read_dir("/sys/fs/cgroup")
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let _ =
-                std::fs::remove_dir(ctrl.path().join(self.cgroup_parent.trim_start_matches('/')));
-        }
+        // The per-deployment cgroups (`faas/<deployment>` and what is under it), once empty.
+        cgroups::remove_empty(&self.cgroup_parent);
     }
 }
 
@@ -446,7 +390,6 @@ pub struct NativeSandbox {
     dir: PathBuf,
     agent: AgentClient,
     runtime: OciRuntime,
-    layers: Vec<String>,
     /// The cgroup path the runtime made (under each v1 controller, or in the v2 tree).
     cgroup: String,
     /// The box's first process on the host, once it runs.
@@ -567,14 +510,13 @@ impl Sandbox for NativeSandbox {
             _ => self.runtime.kill(&self.id).await,
         };
         let (runtime, id, dir) = (self.runtime.clone(), self.id.clone(), self.dir.clone());
-        let (layers, shared) = (self.layers.clone(), self.shared.clone());
+        let shared = self.shared.clone();
         let slot = self.slot.lock().unwrap_or_else(|e| e.into_inner()).take();
         self.shared.cleanups.spawn(async move {
             let t = std::time::Instant::now();
             if let Err(e) = runtime.delete_force(&id).await.and(remove_bundle(&dir)) {
                 tracing::error!(sandbox = %id, error = %e.chain(), "tear-down failed; `faas serve` removes it on its next start");
             }
-            track(&shared, &layers, -1);
             if let (Some(slots), Some(slot)) = (&shared.slots, slot) {
                 // The box's processes die with its pid namespace, a moment after its init.
                 for _ in 0..40 {

@@ -242,14 +242,11 @@ impl OciRuntime {
         if status == 0 {
             return Ok(());
         }
-        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
-        let tail = text.len().saturating_sub(2000);
-        Err(Error::Runtime {
-            command: what,
-            status: format!("exit status: {status}"),
-            stdout: String::new(),
-            stderr: text[tail..].trim().to_string(),
-        })
+        Err(failed_run(
+            what,
+            format!("exit status: {status}"),
+            &log_path,
+        ))
     }
 
     /// Waits for a `run --detach` and turns a failure into an error quoting its log.
@@ -268,14 +265,7 @@ impl OciRuntime {
         if status.success() {
             return Ok(());
         }
-        let text = std::fs::read_to_string(log_path).unwrap_or_default();
-        let tail = text.len().saturating_sub(2000);
-        Err(Error::Runtime {
-            command: what,
-            status: status.to_string(),
-            stdout: String::new(),
-            stderr: text[tail..].trim().to_string(),
-        })
+        Err(failed_run(what, status.to_string(), log_path))
     }
 
     /// The arguments of `run --detach`, writing the host pid of the box's first process to
@@ -369,6 +359,21 @@ impl OciRuntime {
             .filter(|l| !l.is_empty())
             .map(str::to_string)
             .collect())
+    }
+}
+
+/// A failed `run --detach`, quoting the end of its log (where the runtime wrote why).
+fn failed_run(command: String, status: String, log_path: &Path) -> Error {
+    let text = std::fs::read_to_string(log_path).unwrap_or_default();
+    let mut tail = text.len().saturating_sub(2000);
+    while !text.is_char_boundary(tail) {
+        tail += 1;
+    }
+    Error::Runtime {
+        command,
+        status,
+        stdout: String::new(),
+        stderr: text[tail..].trim().to_string(),
     }
 }
 
