@@ -1,6 +1,7 @@
 //! The `native` backend: OCI runtimes driven directly, no daemon in between.
 //!
-//! Each sandbox is a bundle directory `<root>/sandboxes/<id>/`:
+//! `<root>` (`<data dir>/native`) is a tmpfs the backend mounts (see [`mount_scratch`]). Each
+//! sandbox is a bundle directory `<root>/sandboxes/<id>/`:
 //!
 //! ```text
 //! config.json   made by `spec::build`
@@ -123,6 +124,7 @@ impl NativeBackend {
             RuntimeKind::Runsc => Some(runtime.clone()),
             _ => make(RuntimeKind::Runsc, &cfg.runsc_path).ok(),
         };
+        mount_scratch(&cfg.root)?;
         for d in ["sandboxes", "state"] {
             std::fs::create_dir_all(cfg.root.join(d))
                 .map_err(|e| Error::io(format!("create {}", cfg.root.join(d).display()), e))?;
@@ -206,6 +208,39 @@ fn prepare_slots(shared: &Arc<Shared>, runtime: &OciRuntime) {
     }
 }
 
+/// Mounts a tmpfs at `root` (`<data dir>/native`) unless one is there already (left by a
+/// killed earlier run). Bundles (upper dirs included) and runtime state live in memory: nothing
+/// of a box outlives it, creating and removing a bundle costs no disk I/O, journal or discard,
+/// and unmounting an overlay does not sync a disk. A box's writes are charged to its memory
+/// cgroup, so they count against its memory limit and cannot fill the host's disk.
+fn mount_scratch(root: &Path) -> Result<()> {
+    std::fs::create_dir_all(root)
+        .map_err(|e| Error::io(format!("create {}", root.display()), e))?;
+    if is_tmpfs_mount(root) {
+        return Ok(());
+    }
+    mount(
+        Some("faas-native"),
+        root,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=0700"),
+    )
+    .map_err(|e| Error::io(format!("mount a tmpfs at {}", root.display()), e.into()))
+}
+
+/// Whether `path` is itself the mount point of a tmpfs.
+fn is_tmpfs_mount(path: &Path) -> bool {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    info.lines().any(|l| {
+        let mut fields = l.split(' ');
+        let point = fields.nth(4);
+        // After the optional fields, ` - <fstype> ...`.
+        let fstype = l.split(" - ").nth(1).and_then(|t| t.split(' ').next());
+        point.map(Path::new) == Some(path) && fstype == Some("tmpfs")
+    })
+}
+
 fn mount_overlay(lower: &[PathBuf], dir: &Path) -> Result<()> {
     let lowerdir = lower
         .iter()
@@ -287,11 +322,6 @@ impl Backend for NativeBackend {
             destroyed: std::sync::atomic::AtomicBool::new(false),
         };
         let made = async {
-            for d in ["rootfs", "upper", "work", "sock"] {
-                std::fs::create_dir_all(dir.join(d))
-                    .map_err(|e| Error::io(format!("create {}", dir.join(d).display()), e))?;
-            }
-            mount_overlay(&self.shared.store.lower_dirs(&image), &dir)?;
             let oci = spec::build(
                 spec,
                 &image.env,
@@ -299,8 +329,21 @@ impl Backend for NativeBackend {
                 &dir.join("sock"),
                 &sandbox.cgroup,
             )?;
-            oci.save(dir.join("config.json"))
-                .map_err(|e| Error::Internal(format!("write config.json: {e}")))?;
+            let lower = self.shared.store.lower_dirs(&image);
+            let bundle = dir.clone();
+            // Directories, the overlay mount and config.json: blocking calls, off the workers.
+            tokio::task::spawn_blocking(move || {
+                for d in ["rootfs", "upper", "work", "sock"] {
+                    std::fs::create_dir_all(bundle.join(d)).map_err(|e| {
+                        Error::io(format!("create {}", bundle.join(d).display()), e)
+                    })?;
+                }
+                mount_overlay(&lower, &bundle)?;
+                oci.save(bundle.join("config.json"))
+                    .map_err(|e| Error::Internal(format!("write config.json: {e}")))
+            })
+            .await
+            .map_err(|e| Error::Internal(format!("bundle preparation: {e}")))??;
             let t = std::time::Instant::now();
             match &self.shared.slots {
                 Some(slots) if sandbox.runtime.caller_cgroups() => {
@@ -382,6 +425,12 @@ impl Backend for NativeBackend {
         }
         // The per-deployment cgroups (`faas/<deployment>` and what is under it), once empty.
         cgroups::remove_empty(&self.cgroup_parent);
+        let root = &self.shared.cfg.root;
+        if is_tmpfs_mount(root) {
+            if let Err(e) = umount2(root, MntFlags::MNT_DETACH) {
+                tracing::warn!(path = %root.display(), error = %e, "unmount the scratch tmpfs");
+            }
+        }
     }
 }
 
@@ -505,16 +554,26 @@ impl Sandbox for NativeSandbox {
         }
         // Killing the first process of the box's pid namespace ends every process in it. Done
         // directly when we know that process, else through the runtime.
-        let killed = match self.init.get() {
-            Some(p) if p.kill() => Ok(()),
-            _ => self.runtime.kill(&self.id).await,
+        let (killed, init_killed) = match self.init.get() {
+            Some(p) if p.kill() => (Ok(()), true),
+            _ => (self.runtime.kill(&self.id).await, false),
         };
         let (runtime, id, dir) = (self.runtime.clone(), self.id.clone(), self.dir.clone());
         let shared = self.shared.clone();
         let slot = self.slot.lock().unwrap_or_else(|e| e.into_inner()).take();
         self.shared.cleanups.spawn(async move {
             let t = std::time::Instant::now();
-            if let Err(e) = runtime.delete_force(&id).await.and(remove_bundle(&dir)) {
+            let deleted = if init_killed {
+                runtime.delete_dead(&id).await
+            } else {
+                runtime.delete_force(&id).await
+            };
+            // Unmounting and removing the upper dir block: not on the runtime's workers.
+            let bundle = dir.clone();
+            let removed = tokio::task::spawn_blocking(move || remove_bundle(&bundle))
+                .await
+                .unwrap_or_else(|e| Err(Error::Internal(format!("bundle removal: {e}"))));
+            if let Err(e) = deleted.and(removed) {
                 tracing::error!(sandbox = %id, error = %e.chain(), "tear-down failed; `faas serve` removes it on its next start");
             }
             if let (Some(slots), Some(slot)) = (&shared.slots, slot) {
