@@ -52,6 +52,13 @@ impl AgentClient {
         let start = Instant::now();
         let mut last = String::new();
         while start.elapsed() < timeout {
+            if let Err(e) = self
+                .wait_listening(timeout.saturating_sub(start.elapsed()))
+                .await
+            {
+                last = e;
+                break;
+            }
             match self.ping().await {
                 Ok(()) => return Ok(()),
                 Err(e) => last = e.to_string(),
@@ -59,6 +66,30 @@ impl AgentClient {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         Err(self.err(format!("did not answer within {timeout:?} ({last})")))
+    }
+
+    /// Waits until the socket accepts connections. A blocking thread probes it every 100 µs
+    /// for the first 20 ms, then every millisecond: the async timer's resolution (1 ms) is as
+    /// long as the agent's whole start-up.
+    async fn wait_listening(&self, within: Duration) -> std::result::Result<(), String> {
+        let socket = self.socket.clone();
+        tokio::task::spawn_blocking(move || {
+            let start = Instant::now();
+            loop {
+                match std::os::unix::net::UnixStream::connect(&socket) {
+                    Ok(_) => return Ok(()),
+                    Err(e) if start.elapsed() >= within => {
+                        return Err(format!("connect {}: {e}", socket.display()))
+                    }
+                    Err(_) if start.elapsed() < Duration::from_millis(20) => {
+                        std::thread::sleep(Duration::from_micros(100))
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(1)),
+                }
+            }
+        })
+        .await
+        .map_err(|e| format!("socket probe: {e}"))?
     }
 
     pub async fn ping(&self) -> Result<()> {

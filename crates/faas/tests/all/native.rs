@@ -158,6 +158,33 @@ async fn gvisor_isolation_runs_on_its_own_kernel() {
 }
 
 #[tokio::test]
+async fn every_box_gets_a_fresh_network_namespace_with_loopback_up() {
+    require_native!();
+    let host = std::fs::read_link("/proc/self/ns/net").unwrap();
+    // Boxes alive at the same time (a namespace's number is reused once it is gone).
+    let runs = (0..4).map(|_| async {
+        shared()
+            .client()
+            .exec(json!({"command": "readlink /proc/self/ns/net; (nc -l -p 7000 > /tmp/got &); sleep 0.3; echo ping | nc -w 1 127.0.0.1 7000; sleep 0.3; cat /tmp/got"}))
+            .await
+    });
+    let mut seen = std::collections::HashSet::new();
+    for v in futures::future::join_all(runs).await {
+        let out = v["stdout"].as_str().unwrap();
+        let mut lines = out.lines();
+        let ns = lines.next().unwrap_or_default().to_string();
+        assert!(ns.starts_with("net:["), "{v}");
+        assert_ne!(
+            ns,
+            host.to_string_lossy(),
+            "a box shares the host's network"
+        );
+        assert!(seen.insert(ns), "two boxes share a network namespace: {v}");
+        assert_eq!(lines.last(), Some("ping"), "loopback does not work: {v}");
+    }
+}
+
+#[tokio::test]
 async fn nothing_is_left_behind_after_many_executions() {
     require_native!();
     let server = Server::start();
@@ -187,6 +214,10 @@ async fn nothing_is_left_behind_after_many_executions() {
         let slots: Vec<String> = left.iter().filter(|l| is_idle_slot(l)).cloned().collect();
         assert!(slots.len() <= 8 * 4, "cgroup slots pile up: {slots:?}");
         left.retain(|l| !is_idle_slot(l));
+        // Network namespaces made ahead for the next boxes (a handful) stay too.
+        let ahead = left.iter().filter(|l| l.contains("/native/netns/")).count();
+        assert!(ahead <= 4, "namespaces made ahead pile up: {left:?}");
+        left.retain(|l| !l.contains("/native/netns/"));
         if left.is_empty() {
             break;
         }

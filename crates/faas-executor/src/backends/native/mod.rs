@@ -16,6 +16,7 @@
 //! run left (containers in our state dirs, mounts under our root, bundle dirs) is removed.
 
 pub mod cgroups;
+pub mod netns;
 pub mod runtime;
 pub mod spec;
 
@@ -57,6 +58,8 @@ struct Shared {
     /// Tear-downs finishing in the background (see `NativeSandbox::destroy`).
     cleanups: tokio_util::task::TaskTracker,
     store: Arc<ImageStore>,
+    /// Network namespaces made ahead for crun and runc boxes (see `netns.rs`).
+    netns: Option<Arc<netns::NetnsPool>>,
 }
 
 pub struct NativeBackend {
@@ -129,12 +132,20 @@ impl NativeBackend {
             std::fs::create_dir_all(cfg.root.join(d))
                 .map_err(|e| Error::io(format!("create {}", cfg.root.join(d).display()), e))?;
         }
+        let netns = match netns::NetnsPool::start(cfg.root.join("netns")) {
+            Ok(pool) => Some(pool),
+            Err(e) => {
+                tracing::warn!(error = %e, "no network namespaces made ahead; the runtime makes each");
+                None
+            }
+        };
         Ok(NativeBackend {
             shared: Arc::new(Shared {
                 cfg,
                 slots,
                 store,
                 cleanups: tokio_util::task::TaskTracker::new(),
+                netns,
             }),
             runtime,
             gvisor,
@@ -306,6 +317,7 @@ impl Backend for NativeBackend {
 
     async fn create(&self, spec: &SandboxSpec) -> Result<Box<dyn Sandbox>> {
         let runtime = self.runtime_for(spec.isolation)?.clone();
+        let kind = runtime.kind;
         let image = self.image(&spec.image).await?;
         let id = uuid::Uuid::new_v4().simple().to_string()[..16].to_string();
         let dir = self.shared.cfg.root.join("sandboxes").join(&id);
@@ -318,9 +330,15 @@ impl Backend for NativeBackend {
             cgroup: format!("{}/{id}", self.cgroup_parent),
             init: std::sync::OnceLock::new(),
             slot: Mutex::new(None),
+            // gVisor gives its sandbox a network stack of its own.
+            netns: match (&self.shared.netns, kind) {
+                (Some(pool), RuntimeKind::Crun | RuntimeKind::Runc) => pool.take(),
+                _ => None,
+            },
             shared: self.shared.clone(),
             destroyed: std::sync::atomic::AtomicBool::new(false),
         };
+        let t0 = std::time::Instant::now();
         let made = async {
             let oci = spec::build(
                 spec,
@@ -328,6 +346,7 @@ impl Backend for NativeBackend {
                 &self.shared.cfg.agent_path,
                 &dir.join("sock"),
                 &sandbox.cgroup,
+                sandbox.netns.as_deref(),
             )?;
             let lower = self.shared.store.lower_dirs(&image);
             let bundle = dir.clone();
@@ -377,7 +396,7 @@ impl Backend for NativeBackend {
                 .agent
                 .wait_ready(self.shared.cfg.ready_timeout)
                 .await?;
-            tracing::debug!(sandbox = %id, run = ?ran, ready = ?t.elapsed(), "started");
+            tracing::debug!(sandbox = %id, prepared = ?(t - t0), run = ?ran, ready = ?t.elapsed(), "started");
             Ok(())
         }
         .await;
@@ -423,6 +442,9 @@ impl Backend for NativeBackend {
         if let Some(slots) = &self.shared.slots {
             slots.close();
         }
+        if let Some(pool) = &self.shared.netns {
+            pool.close();
+        }
         // The per-deployment cgroups (`faas/<deployment>` and what is under it), once empty.
         cgroups::remove_empty(&self.cgroup_parent);
         let root = &self.shared.cfg.root;
@@ -445,6 +467,8 @@ pub struct NativeSandbox {
     init: std::sync::OnceLock<InitProcess>,
     /// Its cgroup slot, when the backend manages cgroups itself.
     slot: Mutex<Option<Slot>>,
+    /// The network namespace made ahead that it joined, if any.
+    netns: Option<PathBuf>,
     shared: Arc<Shared>,
     destroyed: std::sync::atomic::AtomicBool,
 }
@@ -561,6 +585,7 @@ impl Sandbox for NativeSandbox {
         let (runtime, id, dir) = (self.runtime.clone(), self.id.clone(), self.dir.clone());
         let shared = self.shared.clone();
         let slot = self.slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let netns = self.netns.clone();
         self.shared.cleanups.spawn(async move {
             let t = std::time::Instant::now();
             let deleted = if init_killed {
@@ -575,6 +600,9 @@ impl Sandbox for NativeSandbox {
                 .unwrap_or_else(|e| Err(Error::Internal(format!("bundle removal: {e}"))));
             if let Err(e) = deleted.and(removed) {
                 tracing::error!(sandbox = %id, error = %e.chain(), "tear-down failed; `faas serve` removes it on its next start");
+            }
+            if let (Some(pool), Some(ns)) = (&shared.netns, &netns) {
+                pool.release(ns);
             }
             if let (Some(slots), Some(slot)) = (&shared.slots, slot) {
                 // The box's processes die with its pid namespace, a moment after its init.

@@ -6,8 +6,9 @@ use std::path::Path;
 use faas_agent::{GUEST_AGENT_PATH, GUEST_SOCKET_DIR, SOCKET_NAME};
 use oci_spec::runtime::{
     Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder,
-    LinuxMemoryBuilder, LinuxPidsBuilder, LinuxResourcesBuilder, Mount, MountBuilder,
-    PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec, UserBuilder,
+    LinuxMemoryBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, Mount,
+    MountBuilder, PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec,
+    UserBuilder,
 };
 
 use crate::backend::SandboxSpec;
@@ -46,13 +47,14 @@ fn bind(dest: &str, source: &Path, ro: bool) -> Result<Mount> {
 
 /// The runtime spec: the agent as PID 1, the rootfs at `rootfs` (relative to the bundle), the
 /// agent binary and the socket directory bind-mounted, fresh namespaces (network included: only
-/// loopback), all limits as cgroup resources under `cgroups_path`.
+/// loopback; `netns` names one made ahead), all limits as cgroup resources under `cgroups_path`.
 pub fn build(
     spec: &SandboxSpec,
     image_env: &[(String, String)],
     agent: &Path,
     socket_dir: &Path,
     cgroups_path: &str,
+    netns: Option<&Path>,
 ) -> Result<Spec> {
     // The runtime cannot raise the hard limit above its own.
     let nofile = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
@@ -133,8 +135,17 @@ pub fn build(
         .build()
         .map_err(oci)?;
     let defaults = oci_spec::runtime::Linux::default();
+    let mut namespaces = defaults.namespaces().clone().unwrap_or_default();
+    if let Some(path) = netns {
+        // A fresh namespace made ahead (see `netns.rs`): joined instead of made here.
+        for ns in &mut namespaces {
+            if ns.typ() == LinuxNamespaceType::Network {
+                ns.set_path(Some(path.to_path_buf()));
+            }
+        }
+    }
     let linux = LinuxBuilder::default()
-        .namespaces(defaults.namespaces().clone().unwrap_or_default())
+        .namespaces(namespaces)
         .masked_paths(defaults.masked_paths().clone().unwrap_or_default())
         .readonly_paths(defaults.readonly_paths().clone().unwrap_or_default())
         .resources(resources)
@@ -185,6 +196,7 @@ mod tests {
             Path::new("/a"),
             Path::new("/s"),
             "/faas/x",
+            None,
         )
         .unwrap();
         let v = serde_json::to_value(&s).unwrap();
@@ -215,5 +227,21 @@ mod tests {
             .iter()
             .any(|n| n["type"] == "network"));
         assert_eq!(v["process"]["args"][0], GUEST_AGENT_PATH);
+        let joined = build(
+            &spec,
+            &[],
+            Path::new("/a"),
+            Path::new("/s"),
+            "/faas/x",
+            Some(Path::new("/run/n1")),
+        )
+        .unwrap();
+        let v = serde_json::to_value(&joined).unwrap();
+        let ns = v["linux"]["namespaces"].as_array().unwrap();
+        assert!(ns
+            .iter()
+            .any(|n| n["type"] == "network" && n["path"] == "/run/n1"));
+        // Only the network namespace is joined; the others are still made new.
+        assert_eq!(ns.iter().filter(|n| n.get("path").is_some()).count(), 1);
     }
 }
