@@ -274,8 +274,13 @@ async fn soak(http: &reqwest::Client, server: &Local, image: &str, n: usize) -> 
             l.split(' ')
                 .nth(4)
                 .map(std::path::Path::new)
-                // The backend's scratch tmpfs itself lives as long as the server.
-                .is_some_and(|m| m.starts_with(data) && m != data.join("native"))
+                // The backend's scratch tmpfs and the network namespaces it made ahead for
+                // the next boxes live as long as the server.
+                .is_some_and(|m| {
+                    m.starts_with(data)
+                        && m != data.join("native")
+                        && !m.starts_with(data.join("native/netns"))
+                })
         })
         .count();
     let count = |d: std::path::PathBuf| std::fs::read_dir(d).map(|r| r.count()).unwrap_or(0);
