@@ -252,9 +252,152 @@ pub struct ExecuteResponse {
     pub backend: String,
     pub mode: Mode,
     pub warm: bool,
-    /// The sandbox the command ran in (destroyed by the time the answer is sent).
+    /// The sandbox the command ran in (destroyed by the time the answer is sent, unless it is
+    /// an instance's).
     pub sandbox_id: String,
+    /// The snapshot this execution made (`checkpointed` without `snapshot_id`).
     pub snapshot_id: Option<String>,
+    /// The instance it ran in (`persistent`).
+    #[serde(default)]
+    pub instance_id: Option<String>,
+}
+
+/// `POST /api/v1/instances`
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct InstanceCreateRequest {
+    #[serde(default)]
+    pub image: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub runtime: Option<Runtime>,
+    #[serde(default)]
+    pub isolation: Option<IsolationLevel>,
+    #[serde(default)]
+    pub cpu_cores: Option<f64>,
+    #[serde(default)]
+    pub memory_mb: Option<u64>,
+    #[serde(default)]
+    pub env_vars: EnvVars,
+    /// Stop the instance after this many seconds without an exec (0 or absent: never).
+    #[serde(default)]
+    pub idle_timeout_s: Option<u64>,
+    #[serde(default)]
+    pub network: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InstanceStatus {
+    Running,
+    Stopped,
+    /// Its box was gone when the server started (`status_reason` says why); its files are kept
+    /// and `start` brings it back.
+    Lost,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceInfo {
+    pub id: String,
+    pub name: Option<String>,
+    pub status: InstanceStatus,
+    pub status_reason: Option<String>,
+    pub backend: String,
+    pub image: String,
+    pub isolation: IsolationLevel,
+    pub memory_mb: u64,
+    pub cpu_cores: f64,
+    pub idle_timeout_s: Option<u64>,
+    /// The snapshot it was restored or branched from.
+    pub source_snapshot: Option<String>,
+    /// Milliseconds since the Unix epoch.
+    pub created_at_ms: i64,
+    pub last_used_at_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstancesResponse {
+    pub instances: Vec<InstanceInfo>,
+}
+
+/// `POST /api/v1/instances/{id}/exec`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceExecRequest {
+    pub command: CommandSpec,
+    #[serde(default)]
+    pub env_vars: EnvVars,
+    #[serde(default)]
+    pub working_dir: Option<String>,
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub stdin: Option<String>,
+    #[serde(default)]
+    pub stdin_b64: Option<String>,
+}
+
+/// `POST /api/v1/snapshots` (and `/instances/{id}/snapshot`, where `instance_id` is the path's)
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotCreateRequest {
+    #[serde(default)]
+    pub instance_id: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Also capture the memory of its processes (native with gVisor only).
+    #[serde(default)]
+    pub memory: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SnapshotKind {
+    Filesystem,
+    Memory,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotInfo {
+    pub id: String,
+    pub name: Option<String>,
+    pub instance_id: Option<String>,
+    /// The snapshot the instance itself came from, if any.
+    pub parent_id: Option<String>,
+    pub backend: String,
+    pub image: String,
+    pub kind: SnapshotKind,
+    /// Bytes the snapshot itself keeps (its changes), measured.
+    pub size_bytes: u64,
+    pub tags: Vec<String>,
+    pub created_at_ms: i64,
+    /// How long taking it took.
+    #[serde(default)]
+    pub took_ms: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotsResponse {
+    pub snapshots: Vec<SnapshotInfo>,
+}
+
+/// `POST /api/v1/snapshots/{id}/branch`, `/instances/{id}/fork`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BranchRequest {
+    #[serde(default = "one_u32")]
+    pub count: u32,
+}
+
+fn one_u32() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BranchResponse {
+    pub instances: Vec<InstanceInfo>,
+    /// The snapshot the branches were made from (for a fork, the one taken of the instance).
+    pub snapshot_id: String,
+    pub took_ms: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -11,6 +11,9 @@ pub enum ErrorCode {
     InvalidRequest,
     NotFound,
     ImageNotFound,
+    /// The target's state forbids it now (exec in a stopped instance, deleting a snapshot
+    /// something depends on).
+    Conflict,
     MethodNotAllowed,
     PayloadTooLarge,
     /// The request names a feature this server or backend does not have.
@@ -29,6 +32,7 @@ impl ErrorCode {
             ErrorCode::InvalidRequest => "invalid_request",
             ErrorCode::NotFound => "not_found",
             ErrorCode::ImageNotFound => "image_not_found",
+            ErrorCode::Conflict => "conflict",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::Unsupported => "unsupported",
@@ -43,6 +47,7 @@ impl ErrorCode {
             ErrorCode::InvalidJson | ErrorCode::InvalidRequest => 400,
             ErrorCode::NotFound | ErrorCode::ImageNotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
+            ErrorCode::Conflict => 409,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::Internal => 500,
             ErrorCode::Unsupported => 501,

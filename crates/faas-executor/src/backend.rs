@@ -4,7 +4,7 @@
 use async_trait::async_trait;
 
 use crate::agent::AgentClient;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// Resource limits of one sandbox; every backend enforces all of them.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -61,6 +61,68 @@ pub trait Backend: Send + Sync {
 
     /// Called once when the server stops, after every box is destroyed.
     async fn shutdown(&self) {}
+
+    // ---- instances: boxes whose files outlive their processes ----
+
+    /// Makes the files of instance `id` (from its image, or from a snapshot's `artifact`) and
+    /// starts its box. The box's [`Sandbox::destroy`] stops it and keeps its files.
+    async fn instance_create(
+        &self,
+        id: &str,
+        spec: &SandboxSpec,
+        from: Option<&serde_json::Value>,
+    ) -> Result<Box<dyn Sandbox>> {
+        let _ = (id, spec, from);
+        Err(Error::Unsupported(format!(
+            "the {} backend has no instances",
+            self.name()
+        )))
+    }
+
+    /// Starts a new box over the kept files of a stopped (or lost) instance.
+    async fn instance_start(&self, id: &str, spec: &SandboxSpec) -> Result<Box<dyn Sandbox>> {
+        let _ = (id, spec);
+        Err(Error::Unsupported(format!(
+            "the {} backend has no instances",
+            self.name()
+        )))
+    }
+
+    /// The running box of an instance, found again after a server restart; `None` when it is
+    /// gone.
+    async fn instance_attach(&self, id: &str) -> Result<Option<Box<dyn Sandbox>>> {
+        let _ = id;
+        Ok(None)
+    }
+
+    /// Removes an instance's files (its box is stopped first if it runs).
+    async fn instance_remove(&self, id: &str) -> Result<()> {
+        let _ = id;
+        Ok(())
+    }
+
+    /// Captures instance `id`'s files (and, with `memory`, its processes' memory) as snapshot
+    /// `snapshot`. `running` is its box when it runs. Returns where the state is kept and its
+    /// size in bytes.
+    async fn snapshot(
+        &self,
+        id: &str,
+        running: Option<&dyn Sandbox>,
+        snapshot: &str,
+        memory: bool,
+    ) -> Result<(serde_json::Value, u64)> {
+        let _ = (id, running, snapshot, memory);
+        Err(Error::Unsupported(format!(
+            "the {} backend has no snapshots",
+            self.name()
+        )))
+    }
+
+    /// Removes what [`Backend::snapshot`] kept.
+    async fn snapshot_remove(&self, snapshot: &str, artifact: &serde_json::Value) -> Result<()> {
+        let _ = (snapshot, artifact);
+        Ok(())
+    }
 }
 
 #[async_trait]

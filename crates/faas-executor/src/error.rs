@@ -9,6 +9,14 @@ pub enum Error {
     InvalidRequest(String),
     #[error("image {0} not found")]
     ImageNotFound(String),
+    /// An instance, snapshot or execution that does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The target's state forbids it now.
+    #[error("{0}")]
+    Conflict(String),
+    #[error("store")]
+    Store(#[from] faas_store::StoreError),
     /// The feature or backend is not offered; the message says why.
     #[error("{0}")]
     Unsupported(String),

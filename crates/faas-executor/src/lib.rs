@@ -13,6 +13,7 @@ pub mod backend;
 pub mod backends;
 pub mod error;
 pub mod images;
+pub mod instances;
 pub mod metrics;
 pub mod pool;
 pub mod reaper;

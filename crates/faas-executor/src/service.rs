@@ -23,7 +23,7 @@ use crate::metrics::{inc, Metrics};
 use crate::pool::WarmPools;
 
 /// How long past a command's own timeout the host waits for the agent before giving up on it.
-const AGENT_GRACE: Duration = Duration::from_secs(10);
+pub(crate) const AGENT_GRACE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone)]
 pub struct ExecutorConfig {
@@ -40,6 +40,8 @@ pub struct ExecutorConfig {
     pub cached_pool_size: usize,
     /// Largest `count` a prewarm may ask for.
     pub max_pool_size: usize,
+    /// Largest `count` a branch or fork may ask for.
+    pub max_branch: usize,
 }
 
 impl Default for ExecutorConfig {
@@ -56,6 +58,7 @@ impl Default for ExecutorConfig {
             output_limit: faas_agent::DEFAULT_OUTPUT_LIMIT,
             cached_pool_size: 2,
             max_pool_size: 1024,
+            max_branch: 32,
         }
     }
 }
@@ -69,12 +72,15 @@ pub struct BackendEntry {
 }
 
 pub struct Executor {
-    cfg: ExecutorConfig,
+    pub(crate) cfg: ExecutorConfig,
     images: Option<Arc<ImageStore>>,
-    backends: Vec<BackendEntry>,
+    pub(crate) backends: Vec<BackendEntry>,
     pools: Arc<WarmPools>,
     metrics: Arc<Metrics>,
-    tasks: TaskTracker,
+    pub(crate) tasks: TaskTracker,
+    /// Instances, snapshots and executions; `None` runs without them.
+    pub(crate) store: Option<faas_store::Store>,
+    pub(crate) instances: crate::instances::InstanceState,
 }
 
 impl Executor {
@@ -84,6 +90,7 @@ impl Executor {
         cfg: ExecutorConfig,
         backends: Vec<BackendEntry>,
         images: Option<Arc<ImageStore>>,
+        store: Option<faas_store::Store>,
     ) -> Arc<Self> {
         let metrics = Arc::new(Metrics::default());
         Arc::new(Executor {
@@ -93,6 +100,8 @@ impl Executor {
             pools: WarmPools::new(metrics.clone()),
             metrics,
             tasks: TaskTracker::new(),
+            store,
+            instances: Default::default(),
         })
     }
 
@@ -154,7 +163,7 @@ impl Executor {
         self.pools.list()
     }
 
-    fn resolve(&self, runtime: Runtime) -> Result<Arc<dyn Backend>> {
+    pub(crate) fn resolve(&self, runtime: Runtime) -> Result<Arc<dyn Backend>> {
         let name = match runtime {
             Runtime::Firecracker => return Err(Error::Unsupported(FIRECRACKER_UNSUPPORTED.into())),
             Runtime::Auto => {
@@ -190,7 +199,7 @@ impl Executor {
         }
     }
 
-    fn spec(
+    pub(crate) fn spec(
         &self,
         image: Option<&str>,
         memory_mb: Option<u64>,
@@ -383,7 +392,7 @@ impl Executor {
         Ok(self.response(out, run))
     }
 
-    fn response(&self, out: ExecOutcome, run: RunInfo) -> ExecuteResponse {
+    pub(crate) fn response(&self, out: ExecOutcome, run: RunInfo) -> ExecuteResponse {
         let x = &out.exit;
         if x.timed_out {
             inc(&self.metrics.timeouts);
@@ -429,6 +438,7 @@ impl Executor {
             warm: run.warm,
             sandbox_id: run.sandbox_id,
             snapshot_id: None,
+            instance_id: None,
         }
     }
 
@@ -447,10 +457,14 @@ impl Executor {
     }
 
     /// Removes the sandboxes an earlier, killed run left behind.
-    pub async fn recover(&self) -> Result<usize> {
+    pub async fn recover(self: &Arc<Self>) -> Result<usize> {
         let mut n = 0;
         for b in self.backends.iter().filter_map(|b| b.backend.as_ref()) {
             n += b.remove_leftovers().await?;
+        }
+        self.recover_instances().await?;
+        if self.store.is_some() {
+            self.tasks.spawn(self.clone().reap_idle_instances());
         }
         Ok(n)
     }
@@ -458,6 +472,7 @@ impl Executor {
     /// Destroys the warm pools and waits for in-flight work and clean-ups.
     pub async fn shutdown(&self) {
         self.pools.shutdown().await;
+        self.forget_live_instances();
         self.tasks.close();
         self.tasks.wait().await;
         for b in self.backends.iter().filter_map(|b| b.backend.as_ref()) {
@@ -487,7 +502,7 @@ fn died(cause: DeathCause, ran_for: Duration) -> ExecOutcome {
 }
 
 /// Runs `exec` through the sandbox's agent, giving up after `guard`.
-async fn run_agent(
+pub(crate) async fn run_agent(
     sandbox: &dyn Sandbox,
     exec: ExecRequest,
     stdin: Option<Vec<u8>>,
@@ -503,15 +518,15 @@ async fn run_agent(
 }
 
 /// What the response needs to know of how a command was run.
-struct RunInfo {
-    request_id: String,
-    backend: &'static str,
-    sandbox_id: String,
-    mode: Mode,
-    warm: bool,
-    timeout_ms: u64,
-    memory_mb: u64,
-    started: Instant,
+pub(crate) struct RunInfo {
+    pub request_id: String,
+    pub backend: &'static str,
+    pub sandbox_id: String,
+    pub mode: Mode,
+    pub warm: bool,
+    pub timeout_ms: u64,
+    pub memory_mb: u64,
+    pub started: Instant,
 }
 
 pub const FIRECRACKER_UNSUPPORTED: &str = "the firecracker runtime is not available: this build has no microVM backend and no firecracker binary is installed on this host (KVM alone is not enough)";

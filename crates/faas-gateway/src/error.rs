@@ -26,6 +26,8 @@ impl From<Error> for ApiError {
         let code = match &e {
             Error::InvalidRequest(_) => ErrorCode::InvalidRequest,
             Error::ImageNotFound(_) => ErrorCode::ImageNotFound,
+            Error::NotFound(_) => ErrorCode::NotFound,
+            Error::Conflict(_) => ErrorCode::Conflict,
             Error::Unsupported(_) => ErrorCode::Unsupported,
             Error::BackendUnavailable(_) => ErrorCode::BackendUnavailable,
             Error::Docker(_)
@@ -34,6 +36,7 @@ impl From<Error> for ApiError {
             | Error::Runtime { .. }
             | Error::RuntimeTimeout { .. }
             | Error::Io { .. }
+            | Error::Store(_)
             | Error::Internal(_) => ErrorCode::Internal,
         };
         if code == ErrorCode::Internal {

@@ -11,6 +11,52 @@ use crate::error::ApiError;
 
 pub struct ApiJson<T>(pub T);
 
+/// Like [`ApiJson`], but an empty body is `None` (for endpoints whose body is optional).
+pub struct OptionalJson<T>(pub Option<T>);
+
+impl<S, T> FromRequest<S> for OptionalJson<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let body = read_body(req, state).await?;
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(OptionalJson(None));
+        }
+        parse(&body).map(|v| OptionalJson(Some(v)))
+    }
+}
+
+async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
+    Bytes::from_request(req, state).await.map_err(|rej| {
+        if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                "request body is over the size limit",
+            )
+        } else {
+            ApiError::new(
+                ErrorCode::InvalidJson,
+                format!("cannot read the body: {rej}"),
+            )
+        }
+    })
+}
+
+fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        let code = if e.is_data() {
+            ErrorCode::InvalidRequest
+        } else {
+            ErrorCode::InvalidJson
+        };
+        ApiError::new(code, format!("invalid request body: {e}"))
+    })
+}
+
 impl<S, T> FromRequest<S> for ApiJson<T>
 where
     S: Send + Sync,
@@ -19,32 +65,13 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let body = Bytes::from_request(req, state).await.map_err(|rej| {
-            if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(
-                    ErrorCode::PayloadTooLarge,
-                    "request body is over the size limit",
-                )
-            } else {
-                ApiError::new(
-                    ErrorCode::InvalidJson,
-                    format!("cannot read the body: {rej}"),
-                )
-            }
-        })?;
+        let body = read_body(req, state).await?;
         if body.is_empty() {
             return Err(ApiError::new(
                 ErrorCode::InvalidJson,
                 "request body is empty; expected JSON",
             ));
         }
-        serde_json::from_slice(&body).map(ApiJson).map_err(|e| {
-            let code = if e.is_data() {
-                ErrorCode::InvalidRequest
-            } else {
-                ErrorCode::InvalidJson
-            };
-            ApiError::new(code, format!("invalid request body: {e}"))
-        })
+        parse(&body).map(ApiJson)
     }
 }

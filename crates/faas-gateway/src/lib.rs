@@ -11,21 +11,23 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::header;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use faas_common::{
-    ErrorCode, ExecuteRequest, ExecuteResponse, HealthResponse, ImagesResponse, MetricsResponse,
-    PoolInfo, PoolsResponse, PrewarmRequest,
+    BranchRequest, BranchResponse, ErrorCode, ExecuteRequest, ExecuteResponse, HealthResponse,
+    ImagesResponse, InstanceCreateRequest, InstanceExecRequest, InstanceInfo, InstancesResponse,
+    MetricsResponse, PoolInfo, PoolsResponse, PrewarmRequest, SnapshotCreateRequest, SnapshotInfo,
+    SnapshotsResponse,
 };
 use faas_executor::Executor;
 use tokio::net::TcpListener;
 use tower_http::trace::TraceLayer;
 
 pub use error::ApiError;
-pub use extract::ApiJson;
+pub use extract::{ApiJson, OptionalJson};
 
 /// Default limit on request bodies.
 pub const DEFAULT_BODY_LIMIT: usize = 8 * 1024 * 1024;
@@ -56,6 +58,33 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/prewarm", post(prewarm))
         .route("/api/v1/pools", get(pools))
         .route("/api/v1/images", get(images))
+        .route(
+            "/api/v1/instances",
+            post(instance_create).get(instance_list),
+        )
+        .route(
+            "/api/v1/instances/{id}",
+            get(instance_get).delete(instance_delete),
+        )
+        .route("/api/v1/instances/{id}/exec", post(instance_exec))
+        .route("/api/v1/instances/{id}/stop", post(instance_stop))
+        .route("/api/v1/instances/{id}/start", post(instance_start))
+        .route(
+            "/api/v1/instances/{id}/files",
+            get(instance_file_get).put(instance_file_put),
+        )
+        .route("/api/v1/instances/{id}/snapshot", post(instance_snapshot))
+        .route("/api/v1/instances/{id}/fork", post(instance_fork))
+        .route(
+            "/api/v1/snapshots",
+            post(snapshot_create).get(snapshot_list),
+        )
+        .route(
+            "/api/v1/snapshots/{id}",
+            get(snapshot_get).delete(snapshot_delete),
+        )
+        .route("/api/v1/snapshots/{id}/restore", post(snapshot_restore))
+        .route("/api/v1/snapshots/{id}/branch", post(snapshot_branch))
         .route("/api/v1/metrics", get(metrics_json))
         .route("/metrics", get(metrics_prometheus))
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such route") })
@@ -82,6 +111,177 @@ pub async fn serve(
     axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+async fn instance_create(
+    State(s): State<AppState>,
+    OptionalJson(body): OptionalJson<InstanceCreateRequest>,
+) -> ApiResult<(StatusCode, Json<InstanceInfo>)> {
+    let req = body.unwrap_or_default();
+    Ok((
+        StatusCode::CREATED,
+        Json(s.executor.instance_create(req).await?),
+    ))
+}
+
+async fn instance_list(State(s): State<AppState>) -> ApiResult<Json<InstancesResponse>> {
+    Ok(Json(InstancesResponse {
+        instances: s.executor.instance_list().await?,
+    }))
+}
+
+async fn instance_get(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<InstanceInfo>> {
+    Ok(Json(s.executor.instance_get(&id).await?))
+}
+
+async fn instance_delete(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    s.executor.instance_delete(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn instance_exec(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<InstanceExecRequest>,
+) -> ApiResult<Json<ExecuteResponse>> {
+    Ok(Json(s.executor.instance_exec(&id, req).await?))
+}
+
+async fn instance_stop(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<InstanceInfo>> {
+    Ok(Json(s.executor.instance_stop(&id).await?))
+}
+
+async fn instance_start(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<InstanceInfo>> {
+    Ok(Json(s.executor.instance_start(&id).await?))
+}
+
+#[derive(serde::Deserialize)]
+struct FileQuery {
+    path: Option<String>,
+}
+
+fn file_path(q: FileQuery) -> ApiResult<String> {
+    q.path.ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::InvalidRequest,
+            "the query parameter path is required",
+        )
+    })
+}
+
+async fn instance_file_get(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<FileQuery>,
+) -> ApiResult<impl IntoResponse> {
+    let path = file_path(q)?;
+    let data = s.executor.instance_read_file(&id, &path).await?;
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], data))
+}
+
+async fn instance_file_put(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<FileQuery>,
+    body: axum::body::Bytes,
+) -> ApiResult<StatusCode> {
+    let path = file_path(q)?;
+    s.executor
+        .instance_write_file(&id, &path, body.to_vec())
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn instance_snapshot(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    OptionalJson(body): OptionalJson<SnapshotCreateRequest>,
+) -> ApiResult<(StatusCode, Json<SnapshotInfo>)> {
+    let mut req = body.unwrap_or_default();
+    req.instance_id = Some(id);
+    Ok((
+        StatusCode::CREATED,
+        Json(s.executor.snapshot_create(req).await?),
+    ))
+}
+
+async fn instance_fork(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    OptionalJson(body): OptionalJson<BranchRequest>,
+) -> ApiResult<(StatusCode, Json<BranchResponse>)> {
+    let count = body.map_or(1, |b| b.count);
+    Ok((
+        StatusCode::CREATED,
+        Json(s.executor.instance_fork(&id, count).await?),
+    ))
+}
+
+async fn snapshot_create(
+    State(s): State<AppState>,
+    ApiJson(req): ApiJson<SnapshotCreateRequest>,
+) -> ApiResult<(StatusCode, Json<SnapshotInfo>)> {
+    Ok((
+        StatusCode::CREATED,
+        Json(s.executor.snapshot_create(req).await?),
+    ))
+}
+
+async fn snapshot_list(State(s): State<AppState>) -> ApiResult<Json<SnapshotsResponse>> {
+    Ok(Json(SnapshotsResponse {
+        snapshots: s.executor.snapshot_list().await?,
+    }))
+}
+
+async fn snapshot_get(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<SnapshotInfo>> {
+    Ok(Json(s.executor.snapshot_get(&id).await?))
+}
+
+async fn snapshot_delete(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    s.executor.snapshot_delete(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn snapshot_restore(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<(StatusCode, Json<InstanceInfo>)> {
+    Ok((
+        StatusCode::CREATED,
+        Json(s.executor.snapshot_restore(&id).await?),
+    ))
+}
+
+async fn snapshot_branch(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    OptionalJson(body): OptionalJson<BranchRequest>,
+) -> ApiResult<(StatusCode, Json<BranchResponse>)> {
+    let count = body.map_or(1, |b| b.count);
+    Ok((
+        StatusCode::CREATED,
+        Json(s.executor.snapshot_branch(&id, count).await?),
+    ))
 }
 
 async fn health(State(s): State<AppState>) -> Json<HealthResponse> {

@@ -69,6 +69,7 @@ pub async fn backends(
                 agent_path: agent_path.clone(),
                 run_dir: data_dir.join("sandboxes/docker"),
                 owner: data_dir.display().to_string(),
+                persist_root: data_dir.join("docker"),
                 ready_timeout: Duration::from_secs(10),
             };
             match DockerBackend::connect(cfg).await {
@@ -100,6 +101,7 @@ pub async fn backends(
                     runtime_path: host.native_runtime_path.clone(),
                     runsc_path: None,
                     owner: data_dir.display().to_string(),
+                    persist_root: data_dir.to_path_buf(),
                     ready_timeout: Duration::from_secs(10),
                 };
                 match NativeBackend::new(cfg, s, client).await {
@@ -153,7 +155,11 @@ pub async fn build_executor(a: &ServeArgs) -> anyhow::Result<Arc<Executor>> {
         max_timeout_ms: a.max_timeout_ms,
         ..ExecutorConfig::default()
     };
-    let executor = Executor::new(cfg, entries, store);
+    let db = data_dir.join("faas.db");
+    let records = faas_store::Store::open_sqlite(&db)
+        .await
+        .with_context(|| format!("open the store {}", db.display()))?;
+    let executor = Executor::new(cfg, entries, store, Some(records));
     let removed = executor
         .recover()
         .await

@@ -23,6 +23,10 @@ use crate::error::{Error, Result};
 
 pub const LABEL_MANAGED: &str = "faas.managed";
 pub const LABEL_OWNER: &str = "faas.owner";
+/// On an instance's container: the instance id. Such containers outlive a server restart.
+pub const LABEL_INSTANCE: &str = "faas.instance";
+/// The repository of snapshot images (`docker commit` of an instance), tagged by snapshot id.
+const SNAPSHOT_REPO: &str = "faas-snapshot";
 
 /// Capabilities a normal process needs (file ownership, setuid for `su`-style tools, signals to
 /// its own children, binding low ports in its own network namespace). Everything else, including
@@ -46,6 +50,8 @@ pub struct DockerConfig {
     pub run_dir: PathBuf,
     /// Value of the `faas.owner` label: identifies this deployment (its data dir).
     pub owner: String,
+    /// Instances' socket directories live in `instances/<id>/` here.
+    pub persist_root: PathBuf,
     /// How long a new container's agent may take to answer.
     pub ready_timeout: Duration,
 }
@@ -91,6 +97,112 @@ impl DockerBackend {
         }
     }
 
+    fn instance_dir(&self, id: &str) -> PathBuf {
+        self.cfg.persist_root.join("instances").join(id)
+    }
+
+    fn instance_sandbox(&self, id: &str, name: String) -> DockerSandbox {
+        let dir = self.instance_dir(id);
+        DockerSandbox {
+            id: id.to_string(),
+            container: name.clone(),
+            agent: AgentClient::new(name, dir.join(SOCKET_NAME)),
+            dir,
+            persistent: true,
+            backend: DockerHandle {
+                docker: self.docker.clone(),
+            },
+        }
+    }
+
+    /// Creates and starts a container of `image` as `spec` says, its agent socket in `dir`.
+    /// `instance`: the instance it belongs to (kept when stopped, and across restarts).
+    async fn make_container(
+        &self,
+        id: &str,
+        name: &str,
+        spec: &SandboxSpec,
+        image: &str,
+        dir: PathBuf,
+        instance: Option<&str>,
+    ) -> Result<DockerSandbox> {
+        if spec.isolation == Isolation::Gvisor {
+            return Err(Error::Unsupported(
+                "isolation gvisor is offered by the native backend (runsc), not by docker".into(),
+            ));
+        }
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
+        let mut labels = HashMap::from([
+            (LABEL_MANAGED.to_string(), "true".to_string()),
+            (LABEL_OWNER.to_string(), self.cfg.owner.clone()),
+        ]);
+        if let Some(i) = instance {
+            labels.insert(LABEL_INSTANCE.to_string(), i.to_string());
+        }
+        let config = Config {
+            image: Some(image.to_string()),
+            entrypoint: Some(vec![
+                GUEST_AGENT_PATH.to_string(),
+                "--socket".into(),
+                format!("{GUEST_SOCKET_DIR}/{SOCKET_NAME}"),
+            ]),
+            cmd: Some(vec![]),
+            env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+            labels: Some(labels),
+            network_disabled: Some(matches!(spec.network, Network::None)),
+            host_config: Some(self.host_config(spec, &dir)),
+            ..Default::default()
+        };
+        let created = self
+            .docker
+            .create_container(
+                Some(CreateContainerOptions {
+                    name,
+                    platform: None,
+                }),
+                config,
+            )
+            .await;
+        let container = match created {
+            Ok(c) => c.id,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(match e {
+                    bollard::errors::Error::DockerResponseServerError {
+                        status_code: 404, ..
+                    } => Error::ImageNotFound(image.to_string()),
+                    e => e.into(),
+                });
+            }
+        };
+        let sandbox = DockerSandbox {
+            id: id.to_string(),
+            container,
+            dir: dir.clone(),
+            agent: AgentClient::new(name.to_string(), dir.join(SOCKET_NAME)),
+            persistent: false,
+            backend: DockerHandle {
+                docker: self.docker.clone(),
+            },
+        };
+        let started = async {
+            self.docker
+                .start_container(&sandbox.container, None::<StartContainerOptions<String>>)
+                .await?;
+            sandbox.agent.wait_ready(self.cfg.ready_timeout).await
+        }
+        .await;
+        if let Err(e) = started {
+            let _ = sandbox.destroy().await;
+            return Err(e);
+        }
+        Ok(DockerSandbox {
+            persistent: instance.is_some(),
+            ..sandbox
+        })
+    }
+
     fn host_config(&self, spec: &SandboxSpec, dir: &std::path::Path) -> HostConfig {
         let memory = (spec.limits.memory_mb * 1024 * 1024) as i64;
         HostConfig {
@@ -111,6 +223,10 @@ impl DockerBackend {
             ..Default::default()
         }
     }
+}
+
+fn instance_container(id: &str) -> String {
+    format!("faas-instance-{id}")
 }
 
 /// Force-removes a container and its anonymous volumes; one that is already gone is fine.
@@ -136,77 +252,144 @@ impl Backend for DockerBackend {
     }
 
     async fn create(&self, spec: &SandboxSpec) -> Result<Box<dyn Sandbox>> {
-        if spec.isolation == Isolation::Gvisor {
-            return Err(Error::Unsupported(
-                "isolation gvisor is offered by the native backend (runsc), not by docker".into(),
-            ));
-        }
         let id = uuid::Uuid::new_v4().simple().to_string()[..16].to_string();
         let dir = self.cfg.run_dir.join(&id);
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
-        let labels = HashMap::from([
-            (LABEL_MANAGED.to_string(), "true".to_string()),
-            (LABEL_OWNER.to_string(), self.cfg.owner.clone()),
-        ]);
-        let config = Config {
-            image: Some(spec.image.clone()),
-            entrypoint: Some(vec![
-                GUEST_AGENT_PATH.to_string(),
-                "--socket".into(),
-                format!("{GUEST_SOCKET_DIR}/{SOCKET_NAME}"),
-            ]),
-            cmd: Some(vec![]),
-            env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
-            labels: Some(labels),
-            network_disabled: Some(matches!(spec.network, Network::None)),
-            host_config: Some(self.host_config(spec, &dir)),
+        let sb = self
+            .make_container(&id, &format!("faas-{id}"), spec, &spec.image, dir, None)
+            .await?;
+        Ok(Box::new(sb))
+    }
+
+    async fn instance_create(
+        &self,
+        id: &str,
+        spec: &SandboxSpec,
+        from: Option<&serde_json::Value>,
+    ) -> Result<Box<dyn Sandbox>> {
+        let image = match from {
+            Some(a) => a["image"]
+                .as_str()
+                .ok_or_else(|| Error::Internal("snapshot artifact without an image".into()))?
+                .to_string(),
+            None => spec.image.clone(),
+        };
+        let dir = self.instance_dir(id);
+        let sb = self
+            .make_container(id, &instance_container(id), spec, &image, dir, Some(id))
+            .await?;
+        Ok(Box::new(sb))
+    }
+
+    async fn instance_start(&self, id: &str, _spec: &SandboxSpec) -> Result<Box<dyn Sandbox>> {
+        let name = instance_container(id);
+        match self
+            .docker
+            .start_container(&name, None::<StartContainerOptions<String>>)
+            .await
+        {
+            Ok(()) => {}
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => {
+                return Err(Error::NotFound(format!(
+                    "the container of instance {id} is gone"
+                )))
+            }
+            // 304: already running.
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 304, ..
+            }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let sb = self.instance_sandbox(id, name);
+        sb.agent.wait_ready(self.cfg.ready_timeout).await?;
+        Ok(Box::new(sb))
+    }
+
+    async fn instance_attach(&self, id: &str) -> Result<Option<Box<dyn Sandbox>>> {
+        let name = instance_container(id);
+        let running = match self.docker.inspect_container(&name, None).await {
+            Ok(c) => c.state.and_then(|s| s.running).unwrap_or(false),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => false,
+            Err(e) => return Err(e.into()),
+        };
+        if !running {
+            return Ok(None);
+        }
+        let sb = self.instance_sandbox(id, name);
+        match sb.agent.wait_ready(Duration::from_secs(2)).await {
+            Ok(()) => Ok(Some(Box::new(sb))),
+            Err(_) => {
+                let _ = sb.destroy().await;
+                Ok(None)
+            }
+        }
+    }
+
+    async fn instance_remove(&self, id: &str) -> Result<()> {
+        remove_container(&self.docker, &instance_container(id)).await?;
+        let _ = std::fs::remove_dir_all(self.instance_dir(id));
+        Ok(())
+    }
+
+    async fn snapshot(
+        &self,
+        id: &str,
+        _running: Option<&dyn Sandbox>,
+        snapshot: &str,
+        memory: bool,
+    ) -> Result<(serde_json::Value, u64)> {
+        if memory {
+            return Err(Error::Unsupported(
+                "the docker backend cannot snapshot memory (docker checkpoint needs CRIU, which \
+                 does not work on this kernel); use the native backend with isolation gvisor"
+                    .into(),
+            ));
+        }
+        let name = instance_container(id);
+        let base = self
+            .docker
+            .inspect_container(&name, None)
+            .await?
+            .image
+            .unwrap_or_default();
+        let opts = bollard::image::CommitContainerOptions {
+            container: name.clone(),
+            repo: SNAPSHOT_REPO.to_string(),
+            tag: snapshot.to_string(),
+            pause: true,
             ..Default::default()
         };
-        let name = format!("faas-{id}");
-        let created = self
-            .docker
-            .create_container(
-                Some(CreateContainerOptions {
-                    name: name.as_str(),
-                    platform: None,
-                }),
-                config,
-            )
-            .await;
-        let container = match created {
-            Ok(c) => c.id,
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&dir);
-                return Err(match e {
-                    bollard::errors::Error::DockerResponseServerError {
-                        status_code: 404, ..
-                    } => Error::ImageNotFound(spec.image.clone()),
-                    e => e.into(),
-                });
-            }
+        self.docker
+            .commit_container(opts, Config::<String>::default())
+            .await?;
+        let image = format!("{SNAPSHOT_REPO}:{snapshot}");
+        // Its own size: the committed image's minus the one it was made from.
+        let size = |i: bollard::models::ImageInspect| i.size.unwrap_or(0);
+        let total = size(self.docker.inspect_image(&image).await?);
+        let under = match self.docker.inspect_image(&base).await {
+            Ok(i) => size(i),
+            Err(_) => 0,
         };
-        let sandbox = DockerSandbox {
-            id,
-            container,
-            dir: dir.clone(),
-            agent: AgentClient::new(name, dir.join(SOCKET_NAME)),
-            backend: DockerHandle {
-                docker: self.docker.clone(),
-            },
+        Ok((
+            serde_json::json!({ "image": image }),
+            total.saturating_sub(under) as u64,
+        ))
+    }
+
+    async fn snapshot_remove(&self, _snapshot: &str, artifact: &serde_json::Value) -> Result<()> {
+        let Some(image) = artifact["image"].as_str() else {
+            return Ok(());
         };
-        let started = async {
-            self.docker
-                .start_container(&sandbox.container, None::<StartContainerOptions<String>>)
-                .await?;
-            sandbox.agent.wait_ready(self.cfg.ready_timeout).await
+        match self.docker.remove_image(image, None, None).await {
+            Ok(_)
+            | Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(()),
+            Err(e) => Err(e.into()),
         }
-        .await;
-        if let Err(e) = started {
-            let _ = sandbox.destroy().await;
-            return Err(e);
-        }
-        Ok(Box::new(sandbox))
     }
 
     async fn check_image(&self, image: &str) -> Result<()> {
@@ -234,6 +417,13 @@ impl Backend for DockerBackend {
             .await?;
         let mut n = 0;
         for c in found {
+            // Instances' containers outlive a restart: the instance service re-attaches them.
+            if c.labels
+                .as_ref()
+                .is_some_and(|l| l.contains_key(LABEL_INSTANCE))
+            {
+                continue;
+            }
             if let Some(id) = c.id {
                 remove_container(&self.docker, &id).await?;
                 n += 1;
@@ -258,6 +448,8 @@ pub struct DockerSandbox {
     container: String,
     dir: PathBuf,
     agent: AgentClient,
+    /// An instance's: `destroy` stops the container and keeps it.
+    persistent: bool,
     backend: DockerHandle,
 }
 
@@ -300,6 +492,22 @@ impl Sandbox for DockerSandbox {
     }
 
     async fn destroy(&self) -> Result<()> {
+        if self.persistent {
+            let opts = bollard::container::StopContainerOptions { t: 0 };
+            return match self
+                .backend
+                .docker
+                .stop_container(&self.container, Some(opts))
+                .await
+            {
+                Ok(())
+                | Err(bollard::errors::Error::DockerResponseServerError {
+                    status_code: 304 | 404,
+                    ..
+                }) => Ok(()),
+                Err(e) => Err(e.into()),
+            };
+        }
         let removed = remove_container(&self.backend.docker, &self.container).await;
         let _ = std::fs::remove_dir_all(&self.dir);
         removed

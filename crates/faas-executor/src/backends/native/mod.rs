@@ -16,6 +16,7 @@
 //! run left (containers in our state dirs, mounts under our root, bundle dirs) is removed.
 
 pub mod cgroups;
+pub mod layer;
 pub mod netns;
 pub mod runtime;
 pub mod spec;
@@ -48,6 +49,9 @@ pub struct NativeConfig {
     pub runsc_path: Option<PathBuf>,
     /// Identifies this deployment in cgroup paths.
     pub owner: String,
+    /// On disk: instances' files (`instances/<id>/`), snapshots (`snapshots/<id>/`) and the
+    /// state of the runtimes that run instances (`instances/.state/<runtime>`).
+    pub persist_root: PathBuf,
     pub ready_timeout: Duration,
 }
 
@@ -62,10 +66,69 @@ struct Shared {
     netns: Option<Arc<netns::NetnsPool>>,
 }
 
+/// What differs between an ephemeral box and an instance's box.
+struct BoxPlan {
+    /// The runtime's container id.
+    id: String,
+    /// The bundle: `config.json`, `rootfs/` (the overlay), `sock/`.
+    dir: PathBuf,
+    /// Holds `upper/` and `work/`: the bundle itself for an ephemeral box (on the scratch
+    /// tmpfs), the instance's own directory on disk for an instance.
+    rw: PathBuf,
+    /// Snapshot layers under `upper/`, top first (the image's layers go below them).
+    layers: Vec<PathBuf>,
+    runtime: OciRuntime,
+    cgroup: String,
+    netns: Option<PathBuf>,
+    /// Keep `rw` when the box goes (an instance's).
+    persistent: bool,
+}
+
+/// `instances/<id>/meta.json`: the snapshot layers an instance's files lie on.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct InstanceMeta {
+    layers: Vec<PathBuf>,
+}
+
+impl InstanceMeta {
+    fn read(dir: &Path) -> Result<InstanceMeta> {
+        let path = dir.join("meta.json");
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                Error::NotFound(format!("the files of instance {} are gone", dir.display()))
+            } else {
+                Error::io(format!("read {}", path.display()), e)
+            }
+        })?;
+        serde_json::from_str(&text)
+            .map_err(|e| Error::Internal(format!("{} is malformed: {e}", path.display())))
+    }
+
+    fn write(&self, dir: &Path) -> Result<()> {
+        let path = dir.join("meta.json");
+        let text = serde_json::to_string(self).expect("serializable");
+        std::fs::write(&path, text).map_err(|e| Error::io(format!("write {}", path.display()), e))
+    }
+}
+
+/// A snapshot's artifact on the native backend.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct NativeArtifact {
+    /// Its own layer first, then the layers under the instance it was taken of.
+    layers: Vec<PathBuf>,
+    /// The gVisor checkpoint of its processes, for a memory snapshot.
+    #[serde(default)]
+    checkpoint: Option<PathBuf>,
+}
+
 pub struct NativeBackend {
     shared: Arc<Shared>,
     runtime: OciRuntime,
     gvisor: Option<OciRuntime>,
+    /// The same runtimes for instances: their state on disk, cgroups their own (an instance
+    /// outlives a server restart; slots and the scratch tmpfs do not).
+    inst_runtime: OciRuntime,
+    inst_gvisor: Option<OciRuntime>,
     docker: Option<bollard::Docker>,
     imports: tokio::sync::Mutex<()>,
     cgroup_parent: String,
@@ -127,6 +190,15 @@ impl NativeBackend {
             RuntimeKind::Runsc => Some(runtime.clone()),
             _ => make(RuntimeKind::Runsc, &cfg.runsc_path).ok(),
         };
+        let inst_state = cfg.persist_root.join("instances").join(".state");
+        let inst_runtime = OciRuntime::new(
+            runtime.kind,
+            runtime.binary.clone(),
+            inst_state.join(runtime.kind.name()),
+        );
+        let inst_gvisor = gvisor
+            .as_ref()
+            .map(|g| OciRuntime::new(g.kind, g.binary.clone(), inst_state.join(g.kind.name())));
         mount_scratch(&cfg.root)?;
         for d in ["sandboxes", "state"] {
             std::fs::create_dir_all(cfg.root.join(d))
@@ -149,6 +221,8 @@ impl NativeBackend {
             }),
             runtime,
             gvisor,
+            inst_runtime,
+            inst_gvisor,
             docker,
             imports: tokio::sync::Mutex::new(()),
             cgroup_parent,
@@ -176,6 +250,150 @@ impl NativeBackend {
             None => s.push_str("; gvisor: runsc not installed"),
         }
         s
+    }
+
+    /// Prepares a bundle as `plan` says and starts its box; returns once its agent answers.
+    async fn start_box(&self, spec: &SandboxSpec, plan: BoxPlan) -> Result<NativeSandbox> {
+        let image = self.image(&spec.image).await?;
+        let BoxPlan {
+            id,
+            dir,
+            rw,
+            layers,
+            runtime,
+            cgroup,
+            netns,
+            persistent,
+        } = plan;
+        let socket = dir.join("sock").join(SOCKET_NAME);
+        let sandbox = NativeSandbox {
+            id: id.clone(),
+            dir: dir.clone(),
+            agent: AgentClient::new(format!("native-{id}"), &socket),
+            runtime,
+            cgroup,
+            init: std::sync::OnceLock::new(),
+            slot: Mutex::new(None),
+            netns,
+            persistent,
+            shared: self.shared.clone(),
+            destroyed: std::sync::atomic::AtomicBool::new(false),
+        };
+        let t0 = std::time::Instant::now();
+        let made = async {
+            let oci = spec::build(
+                spec,
+                &image.env,
+                &self.shared.cfg.agent_path,
+                &dir.join("sock"),
+                &sandbox.cgroup,
+                sandbox.netns.as_deref(),
+            )?;
+            let mut lower = layers;
+            lower.extend(self.shared.store.lower_dirs(&image));
+            let bundle = dir.clone();
+            // Directories, the overlay mount and config.json: blocking calls, off the workers.
+            tokio::task::spawn_blocking(move || {
+                for d in [
+                    bundle.join("rootfs"),
+                    bundle.join("sock"),
+                    rw.join("upper"),
+                    rw.join("work"),
+                ] {
+                    std::fs::create_dir_all(&d)
+                        .map_err(|e| Error::io(format!("create {}", d.display()), e))?;
+                }
+                mount_overlay(&lower, &rw, &bundle.join("rootfs"))?;
+                oci.save(bundle.join("config.json"))
+                    .map_err(|e| Error::Internal(format!("write config.json: {e}")))
+            })
+            .await
+            .map_err(|e| Error::Internal(format!("bundle preparation: {e}")))??;
+            let t = std::time::Instant::now();
+            match &self.shared.slots {
+                Some(slots) if sandbox.runtime.caller_cgroups() => {
+                    let mut slot = slots.acquire(&spec.limits)?;
+                    // A zygote killed (with an earlier box, or from outside) is skipped: the
+                    // slow path moves the runtime into the slot now.
+                    let ran = match slot.zygote.take().and_then(|mut z| z.alive().then_some(z)) {
+                        Some(mut z) => {
+                            let r = sandbox.runtime.run_detached_via(&mut z, &id, &dir).await;
+                            if r.is_ok() {
+                                slot.zygote = Some(z);
+                            }
+                            r
+                        }
+                        None => {
+                            let join = slots.procs_files(&slot);
+                            sandbox.runtime.run_detached(&id, &dir, join).await
+                        }
+                    };
+                    *sandbox.slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(slot);
+                    ran?;
+                    self.prepare_slots();
+                }
+                _ => sandbox.runtime.run_detached(&id, &dir, Vec::new()).await?,
+            }
+            let ran = t.elapsed();
+            if let Some(p) = InitProcess::read(&dir.join("init.pid")) {
+                let _ = sandbox.init.set(p);
+            }
+            sandbox
+                .agent
+                .wait_ready(self.shared.cfg.ready_timeout)
+                .await?;
+            tracing::debug!(sandbox = %id, prepared = ?(t - t0), run = ?ran, ready = ?t.elapsed(), "started");
+            Ok(())
+        }
+        .await;
+        if let Err(e) = made {
+            if let Err(d) = sandbox.destroy().await {
+                tracing::error!(sandbox = %id, error = %d.chain(), "clean-up after a failed create");
+            }
+            return Err(e);
+        }
+        Ok(sandbox)
+    }
+
+    fn instance_dir(&self, id: &str) -> PathBuf {
+        self.shared.cfg.persist_root.join("instances").join(id)
+    }
+
+    fn snapshot_dir(&self, id: &str) -> PathBuf {
+        self.shared.cfg.persist_root.join("snapshots").join(id)
+    }
+
+    fn instance_runtime(&self, isolation: Isolation) -> Result<&OciRuntime> {
+        match isolation {
+            Isolation::Container => Ok(&self.inst_runtime),
+            Isolation::Gvisor => self.inst_gvisor.as_ref().ok_or_else(|| {
+                Error::Unsupported(
+                    "isolation gvisor needs runsc, which is not installed on this host".into(),
+                )
+            }),
+        }
+    }
+
+    /// Starts the box of instance `id` over its files (`meta.json` says which snapshot layers
+    /// lie under them).
+    async fn start_instance_box(&self, id: &str, spec: &SandboxSpec) -> Result<NativeSandbox> {
+        let dir = self.instance_dir(id);
+        let meta = InstanceMeta::read(&dir)?;
+        let runtime = self.instance_runtime(spec.isolation)?.clone();
+        // A box of an earlier start that was not removed (a crash between the two).
+        runtime.delete_force(id).await?;
+        remove_bundle(&dir.join("bundle"))?;
+        let plan = BoxPlan {
+            id: id.to_string(),
+            dir: dir.join("bundle"),
+            rw: dir.clone(),
+            layers: meta.layers,
+            runtime,
+            cgroup: format!("{}/{id}", self.cgroup_parent),
+            netns: None,
+            persistent: true,
+        };
+        self.start_box(spec, plan).await
     }
 
     fn runtime_for(&self, isolation: Isolation) -> Result<&OciRuntime> {
@@ -252,7 +470,8 @@ fn is_tmpfs_mount(path: &Path) -> bool {
     })
 }
 
-fn mount_overlay(lower: &[PathBuf], dir: &Path) -> Result<()> {
+/// Mounts the overlay of `lower` (top first) with `rw/upper` and `rw/work` at `rootfs`.
+fn mount_overlay(lower: &[PathBuf], rw: &Path, rootfs: &Path) -> Result<()> {
     let lowerdir = lower
         .iter()
         .map(|p| p.display().to_string())
@@ -260,22 +479,17 @@ fn mount_overlay(lower: &[PathBuf], dir: &Path) -> Result<()> {
         .join(":");
     let opts = format!(
         "lowerdir={lowerdir},upperdir={},workdir={}",
-        dir.join("upper").display(),
-        dir.join("work").display()
+        rw.join("upper").display(),
+        rw.join("work").display()
     );
     mount(
         Some("overlay"),
-        &dir.join("rootfs"),
+        rootfs,
         Some("overlay"),
         MsFlags::empty(),
         Some(opts.as_str()),
     )
-    .map_err(|e| {
-        Error::io(
-            format!("mount overlay at {}", dir.join("rootfs").display()),
-            e.into(),
-        )
-    })
+    .map_err(|e| Error::io(format!("mount overlay at {}", rootfs.display()), e.into()))
 }
 
 /// Unmounts (lazily) and removes a bundle directory.
@@ -289,6 +503,15 @@ fn remove_bundle(dir: &Path) -> Result<()> {
             ))
         }
     }
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(format!("remove {}", dir.display()), e)),
+    }
+}
+
+/// Removes a directory tree; one that is gone is fine.
+fn remove_tree(dir: &Path) -> Result<()> {
     match std::fs::remove_dir_all(dir) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -317,100 +540,183 @@ impl Backend for NativeBackend {
 
     async fn create(&self, spec: &SandboxSpec) -> Result<Box<dyn Sandbox>> {
         let runtime = self.runtime_for(spec.isolation)?.clone();
-        let kind = runtime.kind;
-        let image = self.image(&spec.image).await?;
         let id = uuid::Uuid::new_v4().simple().to_string()[..16].to_string();
         let dir = self.shared.cfg.root.join("sandboxes").join(&id);
-        let socket = dir.join("sock").join(SOCKET_NAME);
-        let sandbox = NativeSandbox {
-            id: id.clone(),
-            dir: dir.clone(),
-            agent: AgentClient::new(format!("native-{id}"), &socket),
-            runtime,
-            cgroup: format!("{}/{id}", self.cgroup_parent),
-            init: std::sync::OnceLock::new(),
-            slot: Mutex::new(None),
-            // gVisor gives its sandbox a network stack of its own.
-            netns: match (&self.shared.netns, kind) {
-                (Some(pool), RuntimeKind::Crun | RuntimeKind::Runc) => pool.take(),
-                _ => None,
-            },
-            shared: self.shared.clone(),
-            destroyed: std::sync::atomic::AtomicBool::new(false),
+        // gVisor gives its sandbox a network stack of its own.
+        let netns = match (&self.shared.netns, runtime.kind) {
+            (Some(pool), RuntimeKind::Crun | RuntimeKind::Runc) => pool.take(),
+            _ => None,
         };
-        let t0 = std::time::Instant::now();
-        let made = async {
-            let oci = spec::build(
-                spec,
-                &image.env,
-                &self.shared.cfg.agent_path,
-                &dir.join("sock"),
-                &sandbox.cgroup,
-                sandbox.netns.as_deref(),
-            )?;
-            let lower = self.shared.store.lower_dirs(&image);
-            let bundle = dir.clone();
-            // Directories, the overlay mount and config.json: blocking calls, off the workers.
-            tokio::task::spawn_blocking(move || {
-                for d in ["rootfs", "upper", "work", "sock"] {
-                    std::fs::create_dir_all(bundle.join(d)).map_err(|e| {
-                        Error::io(format!("create {}", bundle.join(d).display()), e)
-                    })?;
-                }
-                mount_overlay(&lower, &bundle)?;
-                oci.save(bundle.join("config.json"))
-                    .map_err(|e| Error::Internal(format!("write config.json: {e}")))
-            })
-            .await
-            .map_err(|e| Error::Internal(format!("bundle preparation: {e}")))??;
-            let t = std::time::Instant::now();
-            match &self.shared.slots {
-                Some(slots) if sandbox.runtime.caller_cgroups() => {
-                    let mut slot = slots.acquire(&spec.limits)?;
-                    // A zygote killed (with an earlier box, or from outside) is skipped: the
-                    // slow path moves the runtime into the slot now.
-                    let ran = match slot.zygote.take().and_then(|mut z| z.alive().then_some(z)) {
-                        Some(mut z) => {
-                            let r = sandbox.runtime.run_detached_via(&mut z, &id, &dir).await;
-                            if r.is_ok() {
-                                slot.zygote = Some(z);
-                            }
-                            r
-                        }
-                        None => {
-                            let join = slots.procs_files(&slot);
-                            sandbox.runtime.run_detached(&id, &dir, join).await
-                        }
-                    };
-                    *sandbox.slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(slot);
-                    ran?;
-                    self.prepare_slots();
-                }
-                _ => sandbox.runtime.run_detached(&id, &dir, Vec::new()).await?,
-            }
-            let ran = t.elapsed();
-            if let Some(p) = InitProcess::read(&dir.join("init.pid")) {
-                let _ = sandbox.init.set(p);
-            }
-            sandbox
-                .agent
-                .wait_ready(self.shared.cfg.ready_timeout)
-                .await?;
-            tracing::debug!(sandbox = %id, prepared = ?(t - t0), run = ?ran, ready = ?t.elapsed(), "started");
-            Ok(())
-        }
-        .await;
-        if let Err(e) = made {
-            if let Err(d) = sandbox.destroy().await {
-                tracing::error!(sandbox = %id, error = %d.chain(), "clean-up after a failed create");
-            }
-            return Err(e);
-        }
-        Ok(Box::new(sandbox))
+        let plan = BoxPlan {
+            cgroup: format!("{}/{id}", self.cgroup_parent),
+            id,
+            rw: dir.clone(),
+            dir,
+            layers: Vec::new(),
+            runtime,
+            netns,
+            persistent: false,
+        };
+        Ok(Box::new(self.start_box(spec, plan).await?))
     }
 
     async fn check_image(&self, image: &str) -> Result<()> {
         self.image(image).await.map(drop)
+    }
+
+    async fn instance_create(
+        &self,
+        id: &str,
+        spec: &SandboxSpec,
+        from: Option<&serde_json::Value>,
+    ) -> Result<Box<dyn Sandbox>> {
+        let artifact: Option<NativeArtifact> = from
+            .map(|v| serde_json::from_value(v.clone()))
+            .transpose()
+            .map_err(|e| Error::Internal(format!("snapshot artifact: {e}")))?;
+        if artifact.as_ref().is_some_and(|a| a.checkpoint.is_some()) {
+            return Err(Error::Unsupported(
+                "restoring a memory snapshot is not available yet".into(),
+            ));
+        }
+        let dir = self.instance_dir(id);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
+        let meta = InstanceMeta {
+            layers: artifact.map(|a| a.layers).unwrap_or_default(),
+        };
+        let started = async {
+            meta.write(&dir)?;
+            self.start_instance_box(id, spec).await
+        }
+        .await;
+        match started {
+            Ok(sb) => Ok(Box::new(sb)),
+            Err(e) => {
+                let _ = self.instance_remove(id).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn instance_start(&self, id: &str, spec: &SandboxSpec) -> Result<Box<dyn Sandbox>> {
+        Ok(Box::new(self.start_instance_box(id, spec).await?))
+    }
+
+    async fn instance_attach(&self, id: &str) -> Result<Option<Box<dyn Sandbox>>> {
+        let dir = self.instance_dir(id);
+        let runtimes = std::iter::once(&self.inst_runtime).chain(self.inst_gvisor.iter());
+        for rt in runtimes {
+            if rt.status(id).await?.as_deref() != Some("running") {
+                continue;
+            }
+            let bundle = dir.join("bundle");
+            let sandbox = NativeSandbox {
+                id: id.to_string(),
+                dir: bundle.clone(),
+                agent: AgentClient::new(
+                    format!("native-{id}"),
+                    bundle.join("sock").join(SOCKET_NAME),
+                ),
+                runtime: rt.clone(),
+                cgroup: format!("{}/{id}", self.cgroup_parent),
+                init: std::sync::OnceLock::new(),
+                slot: Mutex::new(None),
+                netns: None,
+                persistent: true,
+                shared: self.shared.clone(),
+                destroyed: std::sync::atomic::AtomicBool::new(false),
+            };
+            if let Some(p) = InitProcess::read(&bundle.join("init.pid")) {
+                let _ = sandbox.init.set(p);
+            }
+            return match sandbox.agent.wait_ready(Duration::from_secs(2)).await {
+                Ok(()) => Ok(Some(Box::new(sandbox))),
+                Err(e) => {
+                    tracing::warn!(instance = id, error = %e.chain(), "its box runs but its agent does not answer; stopping it");
+                    let _ = sandbox.destroy().await;
+                    Ok(None)
+                }
+            };
+        }
+        Ok(None)
+    }
+
+    async fn instance_remove(&self, id: &str) -> Result<()> {
+        let runtimes = std::iter::once(&self.inst_runtime).chain(self.inst_gvisor.iter());
+        for rt in runtimes {
+            rt.delete_force(id).await?;
+        }
+        let dir = self.instance_dir(id);
+        tokio::task::spawn_blocking(move || {
+            remove_bundle(&dir.join("bundle"))?;
+            remove_tree(&dir)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("instance removal: {e}")))?
+    }
+
+    async fn snapshot(
+        &self,
+        id: &str,
+        running: Option<&dyn Sandbox>,
+        snapshot: &str,
+        memory: bool,
+    ) -> Result<(serde_json::Value, u64)> {
+        if memory {
+            return Err(Error::Unsupported(
+                "memory snapshots are not available yet on the native backend".into(),
+            ));
+        }
+        let dir = self.instance_dir(id);
+        let meta = InstanceMeta::read(&dir)?;
+        let out = self.snapshot_dir(snapshot);
+        std::fs::create_dir_all(&out)
+            .map_err(|e| Error::io(format!("create {}", out.display()), e))?;
+        // Frozen while its files are copied, so the copy is one moment's state.
+        let mut runtime = None;
+        if running.is_some() {
+            for rt in std::iter::once(&self.inst_runtime).chain(self.inst_gvisor.iter()) {
+                if rt.status(id).await?.as_deref() == Some("running") {
+                    runtime = Some(rt.clone());
+                    break;
+                }
+            }
+        }
+        if let Some(rt) = &runtime {
+            rt.pause(id).await?;
+        }
+        let (upper, layer) = (dir.join("upper"), out.join("layer"));
+        let copied = tokio::task::spawn_blocking(move || layer::copy_tree(&upper, &layer))
+            .await
+            .map_err(|e| Error::Internal(format!("snapshot copy: {e}")));
+        if let Some(rt) = &runtime {
+            rt.resume(id).await?;
+        }
+        let bytes = match copied.and_then(|r| r) {
+            Ok(b) => b,
+            Err(e) => {
+                let _ = remove_tree(&out);
+                return Err(e);
+            }
+        };
+        let mut layers = vec![out.join("layer")];
+        layers.extend(meta.layers);
+        let artifact = NativeArtifact {
+            layers,
+            checkpoint: None,
+        };
+        Ok((
+            serde_json::to_value(&artifact).expect("serializable"),
+            bytes,
+        ))
+    }
+
+    async fn snapshot_remove(&self, snapshot: &str, _artifact: &serde_json::Value) -> Result<()> {
+        let dir = self.snapshot_dir(snapshot);
+        tokio::task::spawn_blocking(move || remove_tree(&dir))
+            .await
+            .map_err(|e| Error::Internal(format!("snapshot removal: {e}")))?
     }
 
     async fn remove_leftovers(&self) -> Result<usize> {
@@ -469,6 +775,8 @@ pub struct NativeSandbox {
     slot: Mutex<Option<Slot>>,
     /// The network namespace made ahead that it joined, if any.
     netns: Option<PathBuf>,
+    /// An instance's box: its upper dir stays, and it is torn down before `destroy` returns.
+    persistent: bool,
     shared: Arc<Shared>,
     destroyed: std::sync::atomic::AtomicBool,
 }
@@ -586,7 +894,7 @@ impl Sandbox for NativeSandbox {
         let shared = self.shared.clone();
         let slot = self.slot.lock().unwrap_or_else(|e| e.into_inner()).take();
         let netns = self.netns.clone();
-        self.shared.cleanups.spawn(async move {
+        let teardown = async move {
             let t = std::time::Instant::now();
             let deleted = if init_killed {
                 runtime.delete_dead(&id).await
@@ -616,7 +924,13 @@ impl Sandbox for NativeSandbox {
                 prepare_slots(&shared, &runtime);
             }
             tracing::debug!(sandbox = %id, took = ?t.elapsed(), "torn down");
-        });
+        };
+        if self.persistent {
+            // The instance may be started again at once, under the same container id.
+            teardown.await;
+        } else {
+            self.shared.cleanups.spawn(teardown);
+        }
         killed
     }
 }

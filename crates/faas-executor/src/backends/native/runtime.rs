@@ -362,6 +362,29 @@ impl OciRuntime {
         }
     }
 
+    /// Freezes every process of container `id` (its freezer cgroup).
+    pub async fn pause(&self, id: &str) -> Result<()> {
+        self.run(&["pause", id]).await.map(drop)
+    }
+
+    pub async fn resume(&self, id: &str) -> Result<()> {
+        self.run(&["resume", id]).await.map(drop)
+    }
+
+    /// The container's status (`running`, `paused`, `stopped`...), `None` when it does not
+    /// exist.
+    pub async fn status(&self, id: &str) -> Result<Option<String>> {
+        match self.run(&["state", id]).await {
+            Ok(out) => {
+                let v: serde_json::Value = serde_json::from_str(&out)
+                    .map_err(|e| Error::Internal(format!("{} state: {e}", self.kind.name())))?;
+                Ok(v["status"].as_str().map(str::to_string))
+            }
+            Err(Error::Runtime { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Ids of the containers in this runtime's state directory.
     pub async fn list(&self) -> Result<Vec<String>> {
         if !self.state_root.is_dir() {

@@ -1,0 +1,720 @@
+//! Instances and snapshots: long-lived boxes whose files outlive their processes, snapshots of
+//! them, and restores and branches of those snapshots. The store records them, so a restarted
+//! server lists them all and re-attaches the boxes that still run.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use faas_agent::ExecRequest;
+use faas_common::{
+    BranchResponse, EnvVars, ExecuteResponse, InstanceCreateRequest, InstanceExecRequest,
+    InstanceInfo, InstanceStatus, IsolationLevel, Mode, SnapshotCreateRequest, SnapshotInfo,
+    SnapshotKind,
+};
+use faas_store::{now_ms, InstanceRecord, SnapshotRecord, Store};
+use serde::{Deserialize, Serialize};
+
+use crate::backend::{Backend, Limits, Network, Sandbox, SandboxSpec};
+use crate::error::{Error, Result};
+use crate::service::{run_agent, Executor, RunInfo, AGENT_GRACE};
+
+/// What an instance was made with (kept in the store as JSON).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InstanceSpec {
+    pub memory_mb: u64,
+    pub cpu_cores: f64,
+    pub pids: u64,
+    pub isolation: IsolationLevel,
+    pub env: Vec<(String, String)>,
+    pub idle_timeout_s: Option<u64>,
+}
+
+impl InstanceSpec {
+    fn sandbox(&self, image: &str) -> SandboxSpec {
+        SandboxSpec {
+            image: image.to_string(),
+            env: self.env.clone(),
+            limits: Limits {
+                memory_mb: self.memory_mb,
+                cpu_cores: self.cpu_cores,
+                pids: self.pids,
+            },
+            network: Network::None,
+            isolation: self.isolation,
+        }
+    }
+}
+
+/// A running instance's box.
+pub struct LiveBox {
+    pub sandbox: Box<dyn Sandbox>,
+}
+
+/// Instance state shared by the executor.
+#[derive(Default)]
+pub struct InstanceState {
+    live: Mutex<HashMap<String, Arc<LiveBox>>>,
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl InstanceState {
+    fn live(&self, id: &str) -> Option<Arc<LiveBox>> {
+        self.live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    fn set_live(&self, id: &str, b: Option<Arc<LiveBox>>) -> Option<Arc<LiveBox>> {
+        let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        match b {
+            Some(b) => live.insert(id.to_string(), b),
+            None => live.remove(id),
+        }
+    }
+
+    /// One lifecycle operation at a time per instance.
+    fn lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.locks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(id.to_string())
+            .or_default()
+            .clone()
+    }
+}
+
+fn new_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..16].to_string()
+}
+
+fn info(r: &InstanceRecord) -> Result<InstanceInfo> {
+    let spec: InstanceSpec = serde_json::from_value(r.spec.clone())
+        .map_err(|e| Error::Internal(format!("instance {} spec: {e}", r.id)))?;
+    let status = match r.status.as_str() {
+        "running" => InstanceStatus::Running,
+        "stopped" => InstanceStatus::Stopped,
+        _ => InstanceStatus::Lost,
+    };
+    Ok(InstanceInfo {
+        id: r.id.clone(),
+        name: r.name.clone(),
+        status,
+        status_reason: r.status_reason.clone(),
+        backend: r.backend.clone(),
+        image: r.image.clone(),
+        isolation: spec.isolation,
+        memory_mb: spec.memory_mb,
+        cpu_cores: spec.cpu_cores,
+        idle_timeout_s: spec.idle_timeout_s,
+        source_snapshot: r.source_snapshot.clone(),
+        created_at_ms: r.created_ms,
+        last_used_at_ms: r.last_used_ms,
+    })
+}
+
+fn snapshot_info(r: &SnapshotRecord, took_ms: Option<f64>) -> SnapshotInfo {
+    SnapshotInfo {
+        id: r.id.clone(),
+        name: r.name.clone(),
+        instance_id: r.instance_id.clone(),
+        parent_id: r.parent_id.clone(),
+        backend: r.backend.clone(),
+        image: r.image.clone(),
+        kind: if r.kind == "memory" {
+            SnapshotKind::Memory
+        } else {
+            SnapshotKind::Filesystem
+        },
+        size_bytes: r.size_bytes.max(0) as u64,
+        tags: r.tags.clone(),
+        created_at_ms: r.created_ms,
+        took_ms,
+    }
+}
+
+impl Executor {
+    pub(crate) fn store(&self) -> Result<&Store> {
+        self.store.as_ref().ok_or_else(|| {
+            Error::Unsupported("this server has no store: instances and snapshots are off".into())
+        })
+    }
+
+    fn backend_named(&self, name: &str) -> Result<Arc<dyn Backend>> {
+        self.backends
+            .iter()
+            .find(|b| b.name == name)
+            .and_then(|b| b.backend.clone())
+            .ok_or_else(|| {
+                Error::BackendUnavailable(format!("the {name} backend is not available now"))
+            })
+    }
+
+    async fn instance_record(&self, id: &str) -> Result<InstanceRecord> {
+        self.store()?
+            .get_instance(id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("no instance {id}")))
+    }
+
+    async fn snapshot_record(&self, id: &str) -> Result<SnapshotRecord> {
+        self.store()?
+            .get_snapshot(id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("no snapshot {id}")))
+    }
+
+    pub async fn instance_create(&self, req: InstanceCreateRequest) -> Result<InstanceInfo> {
+        let store = self.store()?;
+        if let Some(net) = req.network.as_deref() {
+            if net != "none" {
+                return Err(Error::Unsupported(format!(
+                    "network {net:?} is not offered: sandboxes have no network (`none`)"
+                )));
+            }
+        }
+        let base = self.spec(
+            req.image.as_deref(),
+            req.memory_mb,
+            req.cpu_cores,
+            req.isolation,
+        )?;
+        let backend = self.resolve(req.runtime.unwrap_or_default())?;
+        let spec = InstanceSpec {
+            memory_mb: base.limits.memory_mb,
+            cpu_cores: base.limits.cpu_cores,
+            pids: base.limits.pids,
+            isolation: base.isolation,
+            env: req.env_vars.0.clone(),
+            idle_timeout_s: req.idle_timeout_s.filter(|s| *s > 0),
+        };
+        let id = new_id();
+        let sandbox = backend
+            .instance_create(&id, &spec.sandbox(&base.image), None)
+            .await?;
+        let now = now_ms();
+        let rec = InstanceRecord {
+            id: id.clone(),
+            name: req.name.clone(),
+            backend: backend.name().to_string(),
+            image: base.image.clone(),
+            status: "running".into(),
+            status_reason: None,
+            spec: serde_json::to_value(&spec).expect("serializable"),
+            source_snapshot: None,
+            created_ms: now,
+            updated_ms: now,
+            last_used_ms: now,
+        };
+        if let Err(e) = store.insert_instance(&rec).await {
+            let _ = sandbox.destroy().await;
+            let _ = backend.instance_remove(&id).await;
+            return Err(e.into());
+        }
+        self.instances
+            .set_live(&id, Some(Arc::new(LiveBox { sandbox })));
+        info(&rec)
+    }
+
+    pub async fn instance_list(&self) -> Result<Vec<InstanceInfo>> {
+        self.store()?
+            .list_instances()
+            .await?
+            .iter()
+            .map(info)
+            .collect()
+    }
+
+    pub async fn instance_get(&self, id: &str) -> Result<InstanceInfo> {
+        info(&self.instance_record(id).await?)
+    }
+
+    /// Runs a command in a running instance; its files and processes stay.
+    pub async fn instance_exec(
+        &self,
+        id: &str,
+        req: InstanceExecRequest,
+    ) -> Result<ExecuteResponse> {
+        let t0 = Instant::now();
+        let timeout_ms = self.timeout(req.timeout_ms)?;
+        let (out, live, spec) = self.instance_run(id, req).await?;
+        let mut resp = self.response(
+            out,
+            RunInfo {
+                request_id: uuid::Uuid::new_v4().to_string(),
+                backend: live.sandbox.backend(),
+                sandbox_id: live.sandbox.id().to_string(),
+                mode: Mode::Persistent,
+                warm: true,
+                timeout_ms,
+                memory_mb: spec.memory_mb,
+                started: t0,
+            },
+        );
+        resp.instance_id = Some(id.to_string());
+        Ok(resp)
+    }
+
+    async fn instance_run(
+        &self,
+        id: &str,
+        req: InstanceExecRequest,
+    ) -> Result<(crate::agent::ExecOutcome, Arc<LiveBox>, InstanceSpec)> {
+        let rec = self.instance_record(id).await?;
+        let live = self.instances.live(id).ok_or_else(|| {
+            Error::Conflict(format!("instance {id} is {}: start it first", rec.status))
+        })?;
+        let timeout_ms = self.timeout(req.timeout_ms)?;
+        let stdin = stdin_bytes(&req.stdin, &req.stdin_b64)?;
+        if req.command.is_empty() {
+            return Err(Error::InvalidRequest("command is empty".into()));
+        }
+        let exec = ExecRequest {
+            argv: req.command.to_argv(),
+            env: req.env_vars.0.clone(),
+            cwd: req.working_dir.clone(),
+            timeout_ms,
+            output_limit: self.cfg.output_limit,
+            stdin: false,
+        };
+        let guard = Duration::from_millis(timeout_ms) + AGENT_GRACE;
+        let _ = self.store()?.touch_instance(id, now_ms()).await;
+        let out = run_agent(live.sandbox.as_ref(), exec, stdin, guard).await?;
+        let _ = self.store()?.touch_instance(id, now_ms()).await;
+        let spec: InstanceSpec = serde_json::from_value(rec.spec.clone())
+            .map_err(|e| Error::Internal(format!("instance {id} spec: {e}")))?;
+        Ok((out, live, spec))
+    }
+
+    pub(crate) fn timeout(&self, asked: Option<u64>) -> Result<u64> {
+        let timeout_ms = asked.unwrap_or(self.cfg.default_timeout_ms);
+        if timeout_ms == 0 || timeout_ms > self.cfg.max_timeout_ms {
+            return Err(Error::InvalidRequest(format!(
+                "timeout_ms must be between 1 and {}, got {timeout_ms}",
+                self.cfg.max_timeout_ms
+            )));
+        }
+        Ok(timeout_ms)
+    }
+
+    /// Stops an instance's box; its files stay. Stopping a stopped one is fine.
+    pub async fn instance_stop(&self, id: &str) -> Result<InstanceInfo> {
+        self.instance_stop_because(id, None).await
+    }
+
+    async fn instance_stop_because(&self, id: &str, why: Option<&str>) -> Result<InstanceInfo> {
+        let lock = self.instances.lock(id);
+        let _held = lock.lock().await;
+        self.instance_record(id).await?;
+        if let Some(live) = self.instances.set_live(id, None) {
+            live.sandbox.destroy().await?;
+        }
+        self.store()?
+            .set_instance_status(id, "stopped", why)
+            .await?;
+        self.instance_get(id).await
+    }
+
+    /// Starts a stopped (or lost) instance's box over its kept files.
+    pub async fn instance_start(&self, id: &str) -> Result<InstanceInfo> {
+        let lock = self.instances.lock(id);
+        let _held = lock.lock().await;
+        let rec = self.instance_record(id).await?;
+        if self.instances.live(id).is_some() {
+            return info(&rec);
+        }
+        let backend = self.backend_named(&rec.backend)?;
+        let spec: InstanceSpec = serde_json::from_value(rec.spec.clone())
+            .map_err(|e| Error::Internal(format!("instance {id} spec: {e}")))?;
+        let sandbox = backend
+            .instance_start(id, &spec.sandbox(&rec.image))
+            .await?;
+        self.instances
+            .set_live(id, Some(Arc::new(LiveBox { sandbox })));
+        let store = self.store()?;
+        store.set_instance_status(id, "running", None).await?;
+        store.touch_instance(id, now_ms()).await?;
+        self.instance_get(id).await
+    }
+
+    /// Destroys an instance: its box and its files. Snapshots taken of it stay.
+    pub async fn instance_delete(&self, id: &str) -> Result<()> {
+        let lock = self.instances.lock(id);
+        let _held = lock.lock().await;
+        let rec = self.instance_record(id).await?;
+        if let Some(live) = self.instances.set_live(id, None) {
+            let _ = live.sandbox.destroy().await;
+        }
+        self.backend_named(&rec.backend)?
+            .instance_remove(id)
+            .await?;
+        self.store()?.delete_instance(id).await?;
+        self.instances
+            .locks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+        Ok(())
+    }
+
+    /// The bytes of file `path` in a running instance.
+    pub async fn instance_read_file(&self, id: &str, path: &str) -> Result<Vec<u8>> {
+        check_path(path)?;
+        let (out, _, _) = self
+            .instance_run(
+                id,
+                InstanceExecRequest {
+                    command: faas_common::CommandSpec::Argv(vec![
+                        "cat".into(),
+                        "--".into(),
+                        path.into(),
+                    ]),
+                    env_vars: EnvVars::default(),
+                    working_dir: None,
+                    timeout_ms: None,
+                    stdin: None,
+                    stdin_b64: None,
+                },
+            )
+            .await?;
+        if out.exit.exit_code != 0 {
+            return Err(Error::NotFound(format!(
+                "cannot read {path} in instance {id}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        if out.exit.truncated {
+            return Err(Error::InvalidRequest(format!(
+                "{path} is larger than the output cap ({} bytes)",
+                self.cfg.output_limit
+            )));
+        }
+        Ok(out.stdout)
+    }
+
+    /// Writes `data` to file `path` in a running instance (parent directories made).
+    pub async fn instance_write_file(&self, id: &str, path: &str, data: Vec<u8>) -> Result<()> {
+        check_path(path)?;
+        let (out, _, _) = self
+            .instance_run(
+                id,
+                InstanceExecRequest {
+                    command: faas_common::CommandSpec::Argv(vec![
+                        "sh".into(),
+                        "-c".into(),
+                        r#"mkdir -p -- "$(dirname -- "$1")" && cat > "$1""#.into(),
+                        "sh".into(),
+                        path.into(),
+                    ]),
+                    env_vars: EnvVars::default(),
+                    working_dir: None,
+                    timeout_ms: None,
+                    stdin: None,
+                    stdin_b64: Some(base64::Engine::encode(
+                        &base64::engine::general_purpose::STANDARD,
+                        &data,
+                    )),
+                },
+            )
+            .await?;
+        if out.exit.exit_code != 0 {
+            return Err(Error::InvalidRequest(format!(
+                "cannot write {path} in instance {id}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(())
+    }
+
+    // ---- snapshots ----
+
+    pub async fn snapshot_create(&self, req: SnapshotCreateRequest) -> Result<SnapshotInfo> {
+        let id = req
+            .instance_id
+            .clone()
+            .ok_or_else(|| Error::InvalidRequest("instance_id is required".into()))?;
+        let t0 = Instant::now();
+        let lock = self.instances.lock(&id);
+        let _held = lock.lock().await;
+        let rec = self.instance_record(&id).await?;
+        let backend = self.backend_named(&rec.backend)?;
+        let sid = new_id();
+        let live = self.instances.live(&id);
+        let (artifact, size) = backend
+            .snapshot(
+                &id,
+                live.as_ref().map(|l| l.sandbox.as_ref()),
+                &sid,
+                req.memory,
+            )
+            .await?;
+        let snap = SnapshotRecord {
+            id: sid.clone(),
+            name: req.name.clone(),
+            instance_id: Some(id.clone()),
+            parent_id: rec.source_snapshot.clone(),
+            backend: rec.backend.clone(),
+            image: rec.image.clone(),
+            kind: if req.memory { "memory" } else { "filesystem" }.into(),
+            size_bytes: size as i64,
+            tags: req.tags.clone(),
+            artifact: artifact.clone(),
+            spec: rec.spec.clone(),
+            created_ms: now_ms(),
+        };
+        if let Err(e) = self.store()?.insert_snapshot(&snap).await {
+            let _ = backend.snapshot_remove(&sid, &artifact).await;
+            return Err(e.into());
+        }
+        Ok(snapshot_info(
+            &snap,
+            Some(t0.elapsed().as_secs_f64() * 1000.0),
+        ))
+    }
+
+    pub async fn snapshot_list(&self) -> Result<Vec<SnapshotInfo>> {
+        Ok(self
+            .store()?
+            .list_snapshots()
+            .await?
+            .iter()
+            .map(|r| snapshot_info(r, None))
+            .collect())
+    }
+
+    pub async fn snapshot_get(&self, id: &str) -> Result<SnapshotInfo> {
+        Ok(snapshot_info(&self.snapshot_record(id).await?, None))
+    }
+
+    /// Deletes a snapshot nothing depends on (409 while an instance restored or branched from
+    /// it, or a snapshot taken on top of it, exists).
+    pub async fn snapshot_delete(&self, id: &str) -> Result<()> {
+        let rec = self.snapshot_record(id).await?;
+        let (instances, snapshots) = self.store()?.snapshot_dependents(id).await?;
+        if instances + snapshots > 0 {
+            return Err(Error::Conflict(format!(
+                "snapshot {id} is in use: {instances} instance(s) and {snapshots} snapshot(s) depend on it; delete them first"
+            )));
+        }
+        self.backend_named(&rec.backend)?
+            .snapshot_remove(id, &rec.artifact)
+            .await?;
+        self.store()?.delete_snapshot(id).await?;
+        Ok(())
+    }
+
+    /// A new running instance with the snapshot's files.
+    pub async fn snapshot_restore(&self, id: &str) -> Result<InstanceInfo> {
+        let snap = self.snapshot_record(id).await?;
+        self.restore_record(&snap).await
+    }
+
+    async fn restore_record(&self, snap: &SnapshotRecord) -> Result<InstanceInfo> {
+        let backend = self.backend_named(&snap.backend)?;
+        let spec: InstanceSpec = serde_json::from_value(snap.spec.clone())
+            .map_err(|e| Error::Internal(format!("snapshot {} spec: {e}", snap.id)))?;
+        let id = new_id();
+        let now = now_ms();
+        // Recorded first: the snapshot cannot be deleted while its restore is being made.
+        let rec = InstanceRecord {
+            id: id.clone(),
+            name: None,
+            backend: snap.backend.clone(),
+            image: snap.image.clone(),
+            status: "stopped".into(),
+            status_reason: Some("being restored".into()),
+            spec: snap.spec.clone(),
+            source_snapshot: Some(snap.id.clone()),
+            created_ms: now,
+            updated_ms: now,
+            last_used_ms: now,
+        };
+        let store = self.store()?;
+        store.insert_instance(&rec).await?;
+        let made = backend
+            .instance_create(&id, &spec.sandbox(&snap.image), Some(&snap.artifact))
+            .await;
+        match made {
+            Ok(sandbox) => {
+                self.instances
+                    .set_live(&id, Some(Arc::new(LiveBox { sandbox })));
+                store.set_instance_status(&id, "running", None).await?;
+                self.instance_get(&id).await
+            }
+            Err(e) => {
+                let _ = store.delete_instance(&id).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// `count` new instances, each with the snapshot's files, independent of each other.
+    pub async fn snapshot_branch(&self, id: &str, count: u32) -> Result<BranchResponse> {
+        let t0 = Instant::now();
+        self.check_branch_count(count)?;
+        let snap = self.snapshot_record(id).await?;
+        let instances = self.branch_record(&snap, count).await?;
+        Ok(BranchResponse {
+            instances,
+            snapshot_id: snap.id,
+            took_ms: t0.elapsed().as_secs_f64() * 1000.0,
+        })
+    }
+
+    fn check_branch_count(&self, count: u32) -> Result<()> {
+        if count == 0 || count as usize > self.cfg.max_branch {
+            return Err(Error::InvalidRequest(format!(
+                "count must be between 1 and {}, got {count}",
+                self.cfg.max_branch
+            )));
+        }
+        Ok(())
+    }
+
+    async fn branch_record(&self, snap: &SnapshotRecord, count: u32) -> Result<Vec<InstanceInfo>> {
+        let made = futures::future::join_all((0..count).map(|_| self.restore_record(snap))).await;
+        let mut ok = Vec::new();
+        let mut failed = None;
+        for r in made {
+            match r {
+                Ok(i) => ok.push(i),
+                Err(e) => failed = Some(e),
+            }
+        }
+        if let Some(e) = failed {
+            // All or nothing.
+            for i in &ok {
+                let _ = self.instance_delete(&i.id).await;
+            }
+            return Err(e);
+        }
+        Ok(ok)
+    }
+
+    /// Snapshots instance `id`, then branches the snapshot `count` times.
+    pub async fn instance_fork(&self, id: &str, count: u32) -> Result<BranchResponse> {
+        let t0 = Instant::now();
+        self.check_branch_count(count)?;
+        let snap = self
+            .snapshot_create(SnapshotCreateRequest {
+                instance_id: Some(id.to_string()),
+                name: Some(format!("fork of {id}")),
+                tags: vec!["fork".into()],
+                memory: false,
+            })
+            .await?;
+        let rec = self.snapshot_record(&snap.id).await?;
+        let instances = self.branch_record(&rec, count).await?;
+        Ok(BranchResponse {
+            instances,
+            snapshot_id: snap.id,
+            took_ms: t0.elapsed().as_secs_f64() * 1000.0,
+        })
+    }
+
+    // ---- life of the server ----
+
+    /// After a restart: instances recorded as running get their box back (re-attached), or
+    /// are marked `lost` with the reason. Executions left `running` by a crash are failed.
+    pub async fn recover_instances(&self) -> Result<()> {
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        store
+            .fail_running_executions("the server stopped while it ran")
+            .await?;
+        for rec in store.list_instances().await? {
+            if rec.status != "running" {
+                continue;
+            }
+            let attached = match self.backend_named(&rec.backend) {
+                Ok(b) => b.instance_attach(&rec.id).await,
+                Err(e) => Err(e),
+            };
+            match attached {
+                Ok(Some(sandbox)) => {
+                    tracing::info!(instance = %rec.id, "re-attached");
+                    self.instances
+                        .set_live(&rec.id, Some(Arc::new(LiveBox { sandbox })));
+                }
+                Ok(None) => {
+                    store
+                        .set_instance_status(
+                            &rec.id,
+                            "lost",
+                            Some("its box was gone when the server started (host restarted, or killed from outside); its files are kept: start it again"),
+                        )
+                        .await?;
+                }
+                Err(e) => {
+                    let why = format!("could not re-attach after a server restart: {e}");
+                    store
+                        .set_instance_status(&rec.id, "lost", Some(&why))
+                        .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops instances idle past their `idle_timeout_s`; runs until the executor shuts down.
+    pub(crate) async fn reap_idle_instances(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if self.tasks.is_closed() {
+                return;
+            }
+            let Ok(list) = self.instance_list().await else {
+                continue;
+            };
+            let now = now_ms();
+            for i in list {
+                let Some(limit) = i.idle_timeout_s else {
+                    continue;
+                };
+                if i.status == InstanceStatus::Running
+                    && now - i.last_used_at_ms > (limit as i64) * 1000
+                    && self.instances.live(&i.id).is_some()
+                {
+                    let why = format!("stopped after {limit} s without an exec");
+                    tracing::info!(instance = %i.id, "{why}");
+                    let _ = self.instance_stop_because(&i.id, Some(&why)).await;
+                }
+            }
+        }
+    }
+
+    /// The running instances' boxes are left running: a restarted server re-attaches them.
+    pub(crate) fn forget_live_instances(&self) {
+        self.instances
+            .live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+}
+
+/// Files are addressed by absolute path inside the box.
+fn check_path(path: &str) -> Result<()> {
+    if !path.starts_with('/') || path.contains('\0') {
+        return Err(Error::InvalidRequest(format!(
+            "path must be absolute, got {path:?}"
+        )));
+    }
+    Ok(())
+}
+
+pub(crate) fn stdin_bytes(text: &Option<String>, b64: &Option<String>) -> Result<Option<Vec<u8>>> {
+    match (text, b64) {
+        (Some(_), Some(_)) => Err(Error::InvalidRequest(
+            "give either stdin or stdin_b64, not both".into(),
+        )),
+        (Some(s), None) => Ok(Some(s.clone().into_bytes())),
+        (None, Some(b)) => base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b)
+            .map(Some)
+            .map_err(|e| Error::InvalidRequest(format!("stdin_b64 is not valid base64: {e}"))),
+        (None, None) => Ok(None),
+    }
+}

@@ -1,0 +1,503 @@
+//! What the platform keeps: instances, snapshots and executions.
+//!
+//! A SQLite file in the data dir by default (zero set-up, WAL mode, migrations applied on open).
+//! Queries are plain SQL checked at run time; every write is a single statement or transaction,
+//! so a crash never leaves half a record.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("database migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored record {what} is malformed: {message}")]
+    Malformed { what: String, message: String },
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceRecord {
+    pub id: String,
+    pub name: Option<String>,
+    pub backend: String,
+    pub image: String,
+    /// `running`, `stopped` or `lost`.
+    pub status: String,
+    pub status_reason: Option<String>,
+    /// What it was made with (limits, env, isolation, idle timeout), as the service wrote it.
+    pub spec: serde_json::Value,
+    pub source_snapshot: Option<String>,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+    pub last_used_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotRecord {
+    pub id: String,
+    pub name: Option<String>,
+    pub instance_id: Option<String>,
+    pub parent_id: Option<String>,
+    pub backend: String,
+    pub image: String,
+    /// `filesystem` or `memory`.
+    pub kind: String,
+    pub size_bytes: i64,
+    pub tags: Vec<String>,
+    /// Where the backend keeps the state.
+    pub artifact: serde_json::Value,
+    /// The instance spec it was taken from (restores start with it).
+    pub spec: serde_json::Value,
+    pub created_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExecutionRecord {
+    pub id: String,
+    pub mode: String,
+    pub backend: Option<String>,
+    pub instance_id: Option<String>,
+    pub snapshot_id: Option<String>,
+    /// `running`, `finished` or `failed`.
+    pub status: String,
+    pub exit_code: Option<i32>,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub error: Option<String>,
+    pub duration_ms: Option<f64>,
+    pub created_ms: i64,
+    pub finished_ms: Option<i64>,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+fn json_col(row: &sqlx::sqlite::SqliteRow, col: &str, what: &str) -> Result<serde_json::Value> {
+    let text: String = row.try_get(col)?;
+    serde_json::from_str(&text).map_err(|e| StoreError::Malformed {
+        what: format!("{what}.{col}"),
+        message: e.to_string(),
+    })
+}
+
+impl Store {
+    /// Opens (creating it if needed) the SQLite database at `path` and applies migrations.
+    pub async fn open_sqlite(path: &Path) -> Result<Store> {
+        let opts = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(std::time::Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(opts)
+            .await?;
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        Ok(Store { pool })
+    }
+
+    // ---- instances ----
+
+    pub async fn insert_instance(&self, r: &InstanceRecord) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO instances (id, name, backend, image, status, status_reason, spec, \
+             source_snapshot, created_ms, updated_ms, last_used_ms) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&r.id)
+        .bind(&r.name)
+        .bind(&r.backend)
+        .bind(&r.image)
+        .bind(&r.status)
+        .bind(&r.status_reason)
+        .bind(r.spec.to_string())
+        .bind(&r.source_snapshot)
+        .bind(r.created_ms)
+        .bind(r.updated_ms)
+        .bind(r.last_used_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    fn instance_row(row: &sqlx::sqlite::SqliteRow) -> Result<InstanceRecord> {
+        Ok(InstanceRecord {
+            id: row.try_get("id")?,
+            name: row.try_get("name")?,
+            backend: row.try_get("backend")?,
+            image: row.try_get("image")?,
+            status: row.try_get("status")?,
+            status_reason: row.try_get("status_reason")?,
+            spec: json_col(row, "spec", "instance")?,
+            source_snapshot: row.try_get("source_snapshot")?,
+            created_ms: row.try_get("created_ms")?,
+            updated_ms: row.try_get("updated_ms")?,
+            last_used_ms: row.try_get("last_used_ms")?,
+        })
+    }
+
+    pub async fn get_instance(&self, id: &str) -> Result<Option<InstanceRecord>> {
+        let row = sqlx::query("SELECT * FROM instances WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(Self::instance_row).transpose()
+    }
+
+    pub async fn list_instances(&self) -> Result<Vec<InstanceRecord>> {
+        let rows = sqlx::query("SELECT * FROM instances ORDER BY created_ms, id")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(Self::instance_row).collect()
+    }
+
+    /// Sets an instance's status (and why); false when there is no such instance.
+    pub async fn set_instance_status(
+        &self,
+        id: &str,
+        status: &str,
+        reason: Option<&str>,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE instances SET status = ?, status_reason = ?, updated_ms = ? WHERE id = ?",
+        )
+        .bind(status)
+        .bind(reason)
+        .bind(now_ms())
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub async fn touch_instance(&self, id: &str, at_ms: i64) -> Result<()> {
+        sqlx::query("UPDATE instances SET last_used_ms = ? WHERE id = ?")
+            .bind(at_ms)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn delete_instance(&self, id: &str) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM instances WHERE id = ?")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    // ---- snapshots ----
+
+    pub async fn insert_snapshot(&self, r: &SnapshotRecord) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO snapshots (id, name, instance_id, parent_id, backend, image, kind, \
+             size_bytes, tags, artifact, spec, created_ms) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&r.id)
+        .bind(&r.name)
+        .bind(&r.instance_id)
+        .bind(&r.parent_id)
+        .bind(&r.backend)
+        .bind(&r.image)
+        .bind(&r.kind)
+        .bind(r.size_bytes)
+        .bind(serde_json::to_string(&r.tags).unwrap_or_else(|_| "[]".into()))
+        .bind(r.artifact.to_string())
+        .bind(r.spec.to_string())
+        .bind(r.created_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    fn snapshot_row(row: &sqlx::sqlite::SqliteRow) -> Result<SnapshotRecord> {
+        let tags = json_col(row, "tags", "snapshot")?;
+        Ok(SnapshotRecord {
+            id: row.try_get("id")?,
+            name: row.try_get("name")?,
+            instance_id: row.try_get("instance_id")?,
+            parent_id: row.try_get("parent_id")?,
+            backend: row.try_get("backend")?,
+            image: row.try_get("image")?,
+            kind: row.try_get("kind")?,
+            size_bytes: row.try_get("size_bytes")?,
+            tags: serde_json::from_value(tags).map_err(|e| StoreError::Malformed {
+                what: "snapshot.tags".into(),
+                message: e.to_string(),
+            })?,
+            artifact: json_col(row, "artifact", "snapshot")?,
+            spec: json_col(row, "spec", "snapshot")?,
+            created_ms: row.try_get("created_ms")?,
+        })
+    }
+
+    pub async fn get_snapshot(&self, id: &str) -> Result<Option<SnapshotRecord>> {
+        let row = sqlx::query("SELECT * FROM snapshots WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(Self::snapshot_row).transpose()
+    }
+
+    pub async fn list_snapshots(&self) -> Result<Vec<SnapshotRecord>> {
+        let rows = sqlx::query("SELECT * FROM snapshots ORDER BY created_ms, id")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(Self::snapshot_row).collect()
+    }
+
+    /// Instances restored or branched from snapshot `id`, and snapshots taken on top of it.
+    pub async fn snapshot_dependents(&self, id: &str) -> Result<(i64, i64)> {
+        let instances: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM instances WHERE source_snapshot = ?")
+                .bind(id)
+                .fetch_one(&self.pool)
+                .await?;
+        let snapshots: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM snapshots WHERE parent_id = ?")
+                .bind(id)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok((instances, snapshots))
+    }
+
+    pub async fn delete_snapshot(&self, id: &str) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM snapshots WHERE id = ?")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    // ---- executions ----
+
+    pub async fn insert_execution(&self, r: &ExecutionRecord) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO executions (id, mode, backend, instance_id, snapshot_id, status, \
+             exit_code, stdout, stderr, error, duration_ms, created_ms, finished_ms) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&r.id)
+        .bind(&r.mode)
+        .bind(&r.backend)
+        .bind(&r.instance_id)
+        .bind(&r.snapshot_id)
+        .bind(&r.status)
+        .bind(r.exit_code)
+        .bind(&r.stdout)
+        .bind(&r.stderr)
+        .bind(&r.error)
+        .bind(r.duration_ms)
+        .bind(r.created_ms)
+        .bind(r.finished_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Records how an execution ended (inserting it if it was never recorded as running).
+    pub async fn finish_execution(&self, r: &ExecutionRecord) -> Result<()> {
+        let done = sqlx::query(
+            "UPDATE executions SET backend = ?, instance_id = ?, snapshot_id = ?, status = ?, \
+             exit_code = ?, stdout = ?, stderr = ?, error = ?, duration_ms = ?, finished_ms = ? \
+             WHERE id = ?",
+        )
+        .bind(&r.backend)
+        .bind(&r.instance_id)
+        .bind(&r.snapshot_id)
+        .bind(&r.status)
+        .bind(r.exit_code)
+        .bind(&r.stdout)
+        .bind(&r.stderr)
+        .bind(&r.error)
+        .bind(r.duration_ms)
+        .bind(r.finished_ms)
+        .bind(&r.id)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            self.insert_execution(r).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn get_execution(&self, id: &str) -> Result<Option<ExecutionRecord>> {
+        let row = sqlx::query("SELECT * FROM executions WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|row| {
+            Ok(ExecutionRecord {
+                id: row.try_get("id")?,
+                mode: row.try_get("mode")?,
+                backend: row.try_get("backend")?,
+                instance_id: row.try_get("instance_id")?,
+                snapshot_id: row.try_get("snapshot_id")?,
+                status: row.try_get("status")?,
+                exit_code: row.try_get("exit_code")?,
+                stdout: row
+                    .try_get::<Option<Vec<u8>>, _>("stdout")?
+                    .unwrap_or_default(),
+                stderr: row
+                    .try_get::<Option<Vec<u8>>, _>("stderr")?
+                    .unwrap_or_default(),
+                error: row.try_get("error")?,
+                duration_ms: row.try_get("duration_ms")?,
+                created_ms: row.try_get("created_ms")?,
+                finished_ms: row.try_get("finished_ms")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Executions still `running` (after a crash: they will never finish).
+    pub async fn fail_running_executions(&self, reason: &str) -> Result<u64> {
+        let done = sqlx::query(
+            "UPDATE executions SET status = 'failed', error = ?, finished_ms = ? \
+             WHERE status = 'running'",
+        )
+        .bind(reason)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn instance(id: &str) -> InstanceRecord {
+        InstanceRecord {
+            id: id.into(),
+            name: Some("n".into()),
+            backend: "native".into(),
+            image: "img".into(),
+            status: "running".into(),
+            status_reason: None,
+            spec: serde_json::json!({"memory_mb": 64}),
+            source_snapshot: None,
+            created_ms: 1,
+            updated_ms: 1,
+            last_used_ms: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn records_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("faas.db");
+        {
+            let s = Store::open_sqlite(&db).await.unwrap();
+            s.insert_instance(&instance("i1")).await.unwrap();
+            assert!(s
+                .set_instance_status("i1", "stopped", Some("asked"))
+                .await
+                .unwrap());
+            assert!(!s
+                .set_instance_status("nope", "stopped", None)
+                .await
+                .unwrap());
+            s.insert_snapshot(&SnapshotRecord {
+                id: "s1".into(),
+                name: None,
+                instance_id: Some("i1".into()),
+                parent_id: None,
+                backend: "native".into(),
+                image: "img".into(),
+                kind: "filesystem".into(),
+                size_bytes: 42,
+                tags: vec!["a".into()],
+                artifact: serde_json::json!({"layers": ["/x"]}),
+                spec: serde_json::json!({}),
+                created_ms: 2,
+            })
+            .await
+            .unwrap();
+            let mut child = instance("i2");
+            child.source_snapshot = Some("s1".into());
+            s.insert_instance(&child).await.unwrap();
+            s.close().await;
+        }
+        let s = Store::open_sqlite(&db).await.unwrap();
+        let i = s.get_instance("i1").await.unwrap().unwrap();
+        assert_eq!(i.status, "stopped");
+        assert_eq!(i.status_reason.as_deref(), Some("asked"));
+        assert_eq!(i.spec["memory_mb"], 64);
+        assert_eq!(s.list_instances().await.unwrap().len(), 2);
+        let snap = s.get_snapshot("s1").await.unwrap().unwrap();
+        assert_eq!(snap.tags, vec!["a".to_string()]);
+        assert_eq!(s.snapshot_dependents("s1").await.unwrap(), (1, 0));
+        assert!(s.delete_instance("i2").await.unwrap());
+        assert_eq!(s.snapshot_dependents("s1").await.unwrap(), (0, 0));
+        assert!(s.get_instance("missing").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn executions_are_recorded_and_finished() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open_sqlite(&dir.path().join("faas.db"))
+            .await
+            .unwrap();
+        let mut e = ExecutionRecord {
+            id: "e1".into(),
+            mode: "ephemeral".into(),
+            backend: None,
+            instance_id: None,
+            snapshot_id: None,
+            status: "running".into(),
+            exit_code: None,
+            stdout: vec![],
+            stderr: vec![],
+            error: None,
+            duration_ms: None,
+            created_ms: 1,
+            finished_ms: None,
+        };
+        s.insert_execution(&e).await.unwrap();
+        e.status = "finished".into();
+        e.exit_code = Some(3);
+        e.stdout = b"out\xff".to_vec();
+        s.finish_execution(&e).await.unwrap();
+        let got = s.get_execution("e1").await.unwrap().unwrap();
+        assert_eq!(got.exit_code, Some(3));
+        assert_eq!(got.stdout, b"out\xff".to_vec());
+        e.id = "e2".into();
+        e.status = "running".into();
+        s.insert_execution(&e).await.unwrap();
+        assert_eq!(
+            s.fail_running_executions("server restarted").await.unwrap(),
+            1
+        );
+        assert_eq!(
+            s.get_execution("e2").await.unwrap().unwrap().status,
+            "failed"
+        );
+    }
+}
