@@ -185,6 +185,9 @@ pub struct ExecuteRequest {
     pub snapshot_id: Option<String>,
     #[serde(default)]
     pub branch_from: Option<String>,
+    /// `persistent`: the instance to run in (a new one when absent).
+    #[serde(default)]
+    pub instance_id: Option<String>,
     #[serde(default)]
     pub cache_key: Option<String>,
     #[serde(default)]
@@ -209,6 +212,7 @@ impl ExecuteRequest {
             stdin_b64: None,
             snapshot_id: None,
             branch_from: None,
+            instance_id: None,
             cache_key: None,
             network: None,
             isolation: None,

@@ -614,6 +614,126 @@ impl Executor {
         })
     }
 
+    // ---- execute modes made of instances and snapshots ----
+
+    /// `persistent`, `checkpointed` and `branched`: compositions of instances and snapshots.
+    pub(crate) async fn execute_stateful(
+        &self,
+        req: faas_common::ExecuteRequest,
+        mode: Mode,
+    ) -> Result<ExecuteResponse> {
+        self.store()?;
+        if req.command.is_empty() {
+            return Err(Error::InvalidRequest("command is empty".into()));
+        }
+        let exec = InstanceExecRequest {
+            command: req.command.clone(),
+            env_vars: req.env_vars.clone(),
+            working_dir: req.working_dir.clone(),
+            timeout_ms: req.timeout_ms,
+            stdin: req.stdin.clone(),
+            stdin_b64: req.stdin_b64.clone(),
+        };
+        let create = || InstanceCreateRequest {
+            image: req.image.clone(),
+            name: None,
+            runtime: req.runtime,
+            isolation: req.isolation,
+            cpu_cores: req.cpu_cores,
+            memory_mb: req.memory_mb,
+            env_vars: EnvVars::default(),
+            idle_timeout_s: None,
+            network: req.network.clone(),
+        };
+        let mut resp = match mode {
+            Mode::Persistent => {
+                let id = match &req.instance_id {
+                    Some(id) => id.clone(),
+                    None => self.instance_create(create()).await?.id,
+                };
+                self.instance_exec(&id, exec).await?
+            }
+            Mode::Checkpointed => match &req.snapshot_id {
+                // Restore, then run (in a throwaway instance).
+                Some(sid) => {
+                    let inst = self.snapshot_restore(sid).await?;
+                    let r = self.instance_exec(&inst.id, exec).await;
+                    let _ = self.instance_delete(&inst.id).await;
+                    let mut r = r?;
+                    r.snapshot_id = Some(sid.clone());
+                    r.instance_id = None;
+                    r
+                }
+                // Run, then snapshot.
+                None => {
+                    let inst = self.instance_create(create()).await?;
+                    let ran = self.instance_exec(&inst.id, exec).await;
+                    let snap = match &ran {
+                        Ok(_) => Some(
+                            self.snapshot_create(SnapshotCreateRequest {
+                                instance_id: Some(inst.id.clone()),
+                                name: None,
+                                tags: vec!["checkpointed".into()],
+                                memory: false,
+                            })
+                            .await,
+                        ),
+                        Err(_) => None,
+                    };
+                    let _ = self.instance_delete(&inst.id).await;
+                    let mut r = ran?;
+                    r.snapshot_id = Some(snap.expect("made when the run succeeded")?.id);
+                    r.instance_id = None;
+                    r
+                }
+            },
+            Mode::Branched => {
+                let from = req.branch_from.clone().ok_or_else(|| {
+                    Error::InvalidRequest(
+                        "mode branched needs branch_from: a snapshot or instance id".into(),
+                    )
+                })?;
+                // An instance is snapshotted first; that snapshot goes when the run is done.
+                let (snap, temporary) = match self.store()?.get_snapshot(&from).await? {
+                    Some(s) => (s, false),
+                    None => {
+                        self.instance_record(&from).await.map_err(|_| {
+                            Error::NotFound(format!("no snapshot or instance {from}"))
+                        })?;
+                        let made = self
+                            .snapshot_create(SnapshotCreateRequest {
+                                instance_id: Some(from.clone()),
+                                name: None,
+                                tags: vec!["branched".into()],
+                                memory: false,
+                            })
+                            .await?;
+                        (self.snapshot_record(&made.id).await?, true)
+                    }
+                };
+                let ran = async {
+                    let inst = self.restore_record(&snap).await?;
+                    let r = self.instance_exec(&inst.id, exec).await;
+                    let _ = self.instance_delete(&inst.id).await;
+                    r
+                }
+                .await;
+                if temporary {
+                    let _ = self.snapshot_delete(&snap.id).await;
+                }
+                let mut r = ran?;
+                r.snapshot_id = (!temporary).then(|| snap.id.clone());
+                r.instance_id = None;
+                r
+            }
+            Mode::Ephemeral | Mode::Cached => {
+                return Err(Error::Internal(format!("mode {mode} is not stateful")))
+            }
+        };
+        resp.mode = mode;
+        Ok(resp)
+    }
+
     // ---- life of the server ----
 
     /// After a restart: instances recorded as running get their box back (re-attached), or

@@ -267,22 +267,24 @@ impl Executor {
     ) -> Result<ExecuteResponse> {
         let t0 = Instant::now();
         let mode = req.mode.unwrap_or_default();
+        for (field, given, valid) in [
+            ("snapshot_id", &req.snapshot_id, Mode::Checkpointed),
+            ("branch_from", &req.branch_from, Mode::Branched),
+            ("instance_id", &req.instance_id, Mode::Persistent),
+        ] {
+            if given.is_some() && mode != valid {
+                return Err(Error::InvalidRequest(format!(
+                    "{field} is not valid with mode {mode} (only with {valid})"
+                )));
+            }
+        }
         match mode {
             Mode::Ephemeral | Mode::Cached => {}
             Mode::Checkpointed | Mode::Branched | Mode::Persistent => {
-                return Err(Error::Unsupported(format!(
-                    "mode {mode} is not available yet: it needs instances and snapshots, which this server does not have"
-                )))
-            }
-        }
-        for (field, given) in [
-            ("snapshot_id", &req.snapshot_id),
-            ("branch_from", &req.branch_from),
-        ] {
-            if given.is_some() {
-                return Err(Error::InvalidRequest(format!(
-                    "{field} is not valid with mode {mode}"
-                )));
+                let mut resp = self.execute_stateful(req, mode).await?;
+                resp.request_id = request_id;
+                resp.total_ms = t0.elapsed().as_secs_f64() * 1000.0;
+                return Ok(resp);
             }
         }
         if req.command.is_empty() {

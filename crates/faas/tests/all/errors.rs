@@ -51,14 +51,21 @@ async fn unknown_mode_or_runtime_is_refused_not_run() {
 async fn modes_and_runtimes_not_offered_say_unsupported() {
     require_docker!();
     let c = shared().client();
-    for mode in ["checkpointed", "branched", "persistent"] {
-        let (s, v) = c
-            .post(
-                "/api/v1/execute",
-                json!({"command": "true", "mode": mode, "image": IMAGE}),
-            )
-            .await;
-        assert_error(s, &v, 501, "unsupported");
+    // The stateful modes exist; what they need must be there.
+    let (s, v) = c
+        .post(
+            "/api/v1/execute",
+            json!({"command": "true", "mode": "branched", "image": IMAGE}),
+        )
+        .await;
+    assert_error(s, &v, 400, "invalid_request");
+    for body in [
+        json!({"command": "true", "mode": "branched", "branch_from": "nope"}),
+        json!({"command": "true", "mode": "checkpointed", "snapshot_id": "nope"}),
+        json!({"command": "true", "mode": "persistent", "instance_id": "nope"}),
+    ] {
+        let (s, v) = c.post("/api/v1/execute", body).await;
+        assert_error(s, &v, 404, "not_found");
     }
     let (s, v) = c
         .post(

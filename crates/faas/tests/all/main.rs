@@ -4,6 +4,7 @@
 mod cli;
 mod errors;
 mod execute;
+mod instances;
 mod lifecycle;
 mod native;
 mod support;

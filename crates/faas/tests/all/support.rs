@@ -285,6 +285,25 @@ impl Client {
             .await
     }
 
+    pub async fn delete(&self, path: &str) -> u16 {
+        self.send(self.http.delete(self.url(path)))
+            .await
+            .status()
+            .as_u16()
+    }
+
+    pub async fn put_raw(&self, path: &str, body: Vec<u8>) -> u16 {
+        self.send(self.http.put(self.url(path)).body(body))
+            .await
+            .status()
+            .as_u16()
+    }
+
+    pub async fn get_bytes(&self, path: &str) -> (u16, Vec<u8>) {
+        let r = self.send(self.http.get(self.url(path))).await;
+        (r.status().as_u16(), r.bytes().await.unwrap().to_vec())
+    }
+
     pub async fn get(&self, path: &str) -> (u16, Value) {
         self.send_json(self.http.get(self.url(path))).await
     }

@@ -1,0 +1,445 @@
+//! Instances, snapshots, restores, branches and the stateful execute modes, on the backend
+//! under test, through the real server.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::require_docker;
+use crate::support::*;
+
+async fn create(c: &Client, body: Value) -> String {
+    let mut body = body;
+    if body.get("image").is_none() {
+        body["image"] = json!(IMAGE);
+    }
+    if gvisor() {
+        body["isolation"] = json!("gvisor");
+    }
+    let (s, v) = c.post("/api/v1/instances", body).await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["status"], "running", "{v}");
+    v["id"].as_str().unwrap().to_string()
+}
+
+async fn sh(c: &Client, id: &str, cmd: &str) -> Value {
+    let (s, v) = c
+        .post(
+            &format!("/api/v1/instances/{id}/exec"),
+            json!({"command": cmd}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    v
+}
+
+async fn delete(c: &Client, id: &str) {
+    assert_eq!(c.delete(&format!("/api/v1/instances/{id}")).await, 204);
+}
+
+#[tokio::test]
+async fn an_instance_keeps_its_files_across_stop_and_start() {
+    require_docker!();
+    let c = shared().client();
+    let id = create(&c, json!({"name": "keeper"})).await;
+    let v = sh(
+        &c,
+        &id,
+        "mkdir -p /data && echo kept > /data/x && cat /data/x",
+    )
+    .await;
+    assert_eq!(v["stdout"], "kept\n");
+    assert_eq!(v["instance_id"], id);
+    // Processes and state between execs in a running instance.
+    sh(&c, &id, "echo 1 > /tmp/counter").await;
+    let v = sh(&c, &id, "echo $(( $(cat /tmp/counter) + 1 ))").await;
+    assert_eq!(v["stdout"], "2\n");
+
+    let (s, v) = c
+        .post(&format!("/api/v1/instances/{id}/stop"), json!({}))
+        .await;
+    assert_eq!((s, v["status"].as_str()), (200, Some("stopped")), "{v}");
+    let (s, v) = c
+        .post(
+            &format!("/api/v1/instances/{id}/exec"),
+            json!({"command": "true"}),
+        )
+        .await;
+    assert_error(s, &v, 409, "conflict");
+
+    let (s, v) = c
+        .post(&format!("/api/v1/instances/{id}/start"), json!({}))
+        .await;
+    assert_eq!((s, v["status"].as_str()), (200, Some("running")), "{v}");
+    assert_eq!(sh(&c, &id, "cat /data/x").await["stdout"], "kept\n");
+
+    // Files in and out, binary-safe.
+    let blob: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
+    let path = format!("/api/v1/instances/{id}/files?path=/data/sub/blob.bin");
+    assert_eq!(c.put_raw(&path, blob.clone()).await, 204);
+    let (s, got) = c.get_bytes(&path).await;
+    assert_eq!(s, 200);
+    assert_eq!(got, blob);
+    assert_eq!(
+        sh(&c, &id, "wc -c < /data/sub/blob.bin").await["stdout"],
+        "70000\n"
+    );
+    let (s, v) = c
+        .get(&format!("/api/v1/instances/{id}/files?path=/no/such/file"))
+        .await;
+    assert_error(s, &v, 404, "not_found");
+    let (s, v) = c
+        .get(&format!("/api/v1/instances/{id}/files?path=relative"))
+        .await;
+    assert_error(s, &v, 400, "invalid_request");
+
+    let (s, v) = c.get("/api/v1/instances").await;
+    assert_eq!(s, 200);
+    assert!(v["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|i| i["id"] == id && i["name"] == "keeper"));
+    delete(&c, &id).await;
+    let (s, v) = c.get(&format!("/api/v1/instances/{id}")).await;
+    assert_error(s, &v, 404, "not_found");
+}
+
+#[tokio::test]
+async fn unknown_ids_and_bad_counts_are_clear_errors() {
+    require_docker!();
+    let c = shared().client();
+    for (path, body) in [
+        ("/api/v1/instances/nope/exec", json!({"command": "true"})),
+        ("/api/v1/instances/nope/stop", json!({})),
+        ("/api/v1/instances/nope/start", json!({})),
+        ("/api/v1/instances/nope/snapshot", json!({})),
+        ("/api/v1/instances/nope/fork", json!({"count": 2})),
+        ("/api/v1/snapshots/nope/restore", json!({})),
+        ("/api/v1/snapshots/nope/branch", json!({"count": 2})),
+        ("/api/v1/snapshots", json!({"instance_id": "nope"})),
+    ] {
+        let (s, v) = c.post(path, body).await;
+        assert_error(s, &v, 404, "not_found");
+    }
+    for path in ["/api/v1/instances/nope", "/api/v1/snapshots/nope"] {
+        let (s, v) = c.get(path).await;
+        assert_error(s, &v, 404, "not_found");
+        assert_eq!(c.delete(path).await, 404);
+    }
+    let id = create(&c, json!({})).await;
+    for count in [0, 33, 1000] {
+        let (s, v) = c
+            .post(
+                &format!("/api/v1/instances/{id}/fork"),
+                json!({"count": count}),
+            )
+            .await;
+        assert_error(s, &v, 400, "invalid_request");
+    }
+    let (s, v) = c
+        .post(
+            &format!("/api/v1/instances/{id}/exec"),
+            json!({"command": "true", "timeout_ms": 0}),
+        )
+        .await;
+    assert_error(s, &v, 400, "invalid_request");
+    let (s, v) = c
+        .post("/api/v1/instances", json!({"network": "host"}))
+        .await;
+    assert_error(s, &v, 501, "unsupported");
+    // A memory snapshot where the backend cannot make one: 501, never a pretend success.
+    if !gvisor() {
+        let (s, v) = c
+            .post(
+                &format!("/api/v1/instances/{id}/snapshot"),
+                json!({"memory": true}),
+            )
+            .await;
+        assert_error(s, &v, 501, "unsupported");
+    }
+    delete(&c, &id).await;
+}
+
+#[tokio::test]
+async fn branches_of_a_snapshot_are_independent() {
+    require_docker!();
+    let c = shared().client();
+    let parent = create(&c, json!({})).await;
+    sh(&c, &parent, "mkdir -p /data && echo base > /data/x").await;
+    let (s, snap) = c
+        .post(
+            &format!("/api/v1/instances/{parent}/snapshot"),
+            json!({"name": "base", "tags": ["t1"]}),
+        )
+        .await;
+    assert_eq!(s, 201, "{snap}");
+    assert_eq!(snap["kind"], "filesystem");
+    assert_eq!(snap["instance_id"], parent);
+    assert!(snap["size_bytes"].as_u64().unwrap() > 0, "{snap}");
+    let sid = snap["id"].as_str().unwrap().to_string();
+
+    let (s, b) = c
+        .post(
+            &format!("/api/v1/snapshots/{sid}/branch"),
+            json!({"count": 3}),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+    let kids: Vec<String> = b["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            assert_eq!(i["source_snapshot"], sid.as_str());
+            i["id"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(kids.len(), 3);
+    for k in &kids {
+        assert_eq!(sh(&c, k, "cat /data/x").await["stdout"], "base\n");
+    }
+    sh(&c, &kids[0], "echo mine > /data/x; echo new > /data/y").await;
+    assert_eq!(sh(&c, &kids[0], "cat /data/x").await["stdout"], "mine\n");
+    for other in [&kids[1], &kids[2], &parent] {
+        let v = sh(&c, other, "cat /data/x; ls /data").await;
+        assert_eq!(v["stdout"], "base\nx\n", "a branch's write leaked: {v}");
+    }
+    // A write in the parent after the snapshot is invisible to the branches too.
+    sh(&c, &parent, "echo later > /data/x").await;
+    assert_eq!(sh(&c, &kids[1], "cat /data/x").await["stdout"], "base\n");
+
+    // The snapshot cannot go while its branches exist.
+    let (s, _) = c.get(&format!("/api/v1/snapshots/{sid}")).await;
+    assert_eq!(s, 200);
+    assert_eq!(c.delete(&format!("/api/v1/snapshots/{sid}")).await, 409);
+    // Restore makes one more, with the snapshot's files.
+    let (s, r) = c
+        .post(&format!("/api/v1/snapshots/{sid}/restore"), json!({}))
+        .await;
+    assert_eq!(s, 201, "{r}");
+    let restored = r["id"].as_str().unwrap().to_string();
+    assert_eq!(sh(&c, &restored, "cat /data/x").await["stdout"], "base\n");
+    // Fork: snapshot + branch of a live instance in one call.
+    let (s, f) = c
+        .post(
+            &format!("/api/v1/instances/{parent}/fork"),
+            json!({"count": 2}),
+        )
+        .await;
+    assert_eq!(s, 201, "{f}");
+    let forks: Vec<String> = f["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap().to_string())
+        .collect();
+    for k in &forks {
+        assert_eq!(sh(&c, k, "cat /data/x").await["stdout"], "later\n");
+    }
+    let fork_snap = f["snapshot_id"].as_str().unwrap().to_string();
+
+    for k in kids.iter().chain(&forks).chain([&restored, &parent]) {
+        delete(&c, k).await;
+    }
+    assert_eq!(c.delete(&format!("/api/v1/snapshots/{sid}")).await, 204);
+    assert_eq!(
+        c.delete(&format!("/api/v1/snapshots/{fork_snap}")).await,
+        204
+    );
+    let (s, v) = c.get(&format!("/api/v1/snapshots/{sid}")).await;
+    assert_error(s, &v, 404, "not_found");
+}
+
+fn stateful(mode: &str, cmd: &str, extra: Value) -> Value {
+    let mut body = json!({"command": cmd, "mode": mode, "image": IMAGE});
+    if gvisor() {
+        body["isolation"] = json!("gvisor");
+    }
+    for (k, v) in extra.as_object().unwrap() {
+        body[k] = v.clone();
+    }
+    body
+}
+
+#[tokio::test]
+async fn checkpointed_persistent_and_branched_modes_do_what_they_say() {
+    require_docker!();
+    let c = shared().client();
+    // checkpointed: run then snapshot; then restore and run.
+    let (s, v) = c
+        .post(
+            "/api/v1/execute",
+            stateful("checkpointed", "echo one > /root/f; echo ran", json!({})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        (v["stdout"].as_str(), v["mode"].as_str()),
+        (Some("ran\n"), Some("checkpointed"))
+    );
+    let sid = v["snapshot_id"]
+        .as_str()
+        .expect("a snapshot id")
+        .to_string();
+    let (s, v) = c
+        .post(
+            "/api/v1/execute",
+            stateful("checkpointed", "cat /root/f", json!({"snapshot_id": sid})),
+        )
+        .await;
+    assert_eq!((s, v["stdout"].as_str()), (200, Some("one\n")), "{v}");
+
+    // branched from the snapshot: runs in a fresh copy; the snapshot is untouched.
+    let (s, v) = c
+        .post(
+            "/api/v1/execute",
+            stateful(
+                "branched",
+                "echo two > /root/f; cat /root/f",
+                json!({"branch_from": sid}),
+            ),
+        )
+        .await;
+    assert_eq!((s, v["stdout"].as_str()), (200, Some("two\n")), "{v}");
+    let (_, v) = c
+        .post(
+            "/api/v1/execute",
+            stateful("branched", "cat /root/f", json!({"branch_from": sid})),
+        )
+        .await;
+    assert_eq!(v["stdout"], "one\n", "{v}");
+
+    // persistent: a new instance whose id comes back, then the same one again.
+    let (s, v) = c
+        .post(
+            "/api/v1/execute",
+            stateful("persistent", "echo 5 > /root/n", json!({})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let iid = v["instance_id"]
+        .as_str()
+        .expect("an instance id")
+        .to_string();
+    let (_, v) = c
+        .post(
+            "/api/v1/execute",
+            stateful("persistent", "cat /root/n", json!({"instance_id": iid})),
+        )
+        .await;
+    assert_eq!(v["stdout"], "5\n", "{v}");
+    // branched from an instance: its files, and the instance itself is untouched.
+    let (_, v) = c
+        .post(
+            "/api/v1/execute",
+            stateful(
+                "branched",
+                "cat /root/n; echo 6 > /root/n",
+                json!({"branch_from": iid}),
+            ),
+        )
+        .await;
+    assert_eq!(v["stdout"], "5\n", "{v}");
+    assert_eq!(sh(&c, &iid, "cat /root/n").await["stdout"], "5\n");
+
+    delete(&c, &iid).await;
+    assert_eq!(c.delete(&format!("/api/v1/snapshots/{sid}")).await, 204);
+}
+
+#[tokio::test]
+async fn instances_survive_a_server_restart() {
+    require_docker!();
+    let data = new_data_dir();
+    let server = Server::start_with(data.clone(), &[]);
+    let c = server.client();
+    let id = create(&c, json!({})).await;
+    let stopped = create(&c, json!({})).await;
+    sh(&c, &id, "echo survived > /root/f").await;
+    sh(&c, &stopped, "echo resting > /root/f").await;
+    c.post(&format!("/api/v1/instances/{stopped}/stop"), json!({}))
+        .await;
+    assert!(server.stop().success());
+
+    let server = Server::start_with(data.clone(), &[]);
+    let c = server.client();
+    let (s, v) = c.get(&format!("/api/v1/instances/{id}")).await;
+    assert_eq!((s, v["status"].as_str()), (200, Some("running")), "{v}");
+    assert_eq!(sh(&c, &id, "cat /root/f").await["stdout"], "survived\n");
+    let (_, v) = c.get(&format!("/api/v1/instances/{stopped}")).await;
+    assert_eq!(v["status"], "stopped");
+    c.post(&format!("/api/v1/instances/{stopped}/start"), json!({}))
+        .await;
+    assert_eq!(sh(&c, &stopped, "cat /root/f").await["stdout"], "resting\n");
+
+    // kill -9, and the box killed behind its back: the instance says `lost` and why, and
+    // `start` brings it back with its files.
+    server.kill9();
+    let server = Server::start_with(data.clone(), &[]);
+    let c = server.client();
+    assert_eq!(sh(&c, &id, "cat /root/f").await["stdout"], "survived\n");
+    assert!(server.stop().success());
+    kill_instance_box(&data, &id);
+    let server = Server::start_with(data, &[]);
+    let c = server.client();
+    let (_, v) = c.get(&format!("/api/v1/instances/{id}")).await;
+    assert_eq!(v["status"], "lost", "{v}");
+    assert!(v["status_reason"].as_str().unwrap().contains("gone"), "{v}");
+    c.post(&format!("/api/v1/instances/{id}/start"), json!({}))
+        .await;
+    assert_eq!(sh(&c, &id, "cat /root/f").await["stdout"], "survived\n");
+    delete(&c, &id).await;
+    delete(&c, &stopped).await;
+    assert!(server.stop().success());
+}
+
+/// Kills an instance's box from outside, as a host reboot would.
+fn kill_instance_box(data: &std::path::Path, id: &str) {
+    if backend() == "docker" {
+        let st = std::process::Command::new("docker")
+            .args(["kill", &format!("faas-instance-{id}")])
+            .output()
+            .unwrap();
+        assert!(st.status.success(), "{st:?}");
+        return;
+    }
+    let pid: i32 = std::fs::read_to_string(data.join(format!("instances/{id}/bundle/init.pid")))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let st = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    std::thread::sleep(Duration::from_millis(300));
+}
+
+#[tokio::test]
+async fn an_idle_instance_stops_by_itself() {
+    require_docker!();
+    let c = shared().client();
+    let id = create(&c, json!({"idle_timeout_s": 2})).await;
+    sh(&c, &id, "echo hi > /root/f").await;
+    let start = Instant::now();
+    loop {
+        let (_, v) = c.get(&format!("/api/v1/instances/{id}")).await;
+        if v["status"] == "stopped" {
+            assert!(v["status_reason"]
+                .as_str()
+                .unwrap()
+                .contains("without an exec"));
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "never stopped: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    c.post(&format!("/api/v1/instances/{id}/start"), json!({}))
+        .await;
+    assert_eq!(sh(&c, &id, "cat /root/f").await["stdout"], "hi\n");
+    delete(&c, &id).await;
+}
