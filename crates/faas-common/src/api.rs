@@ -188,6 +188,10 @@ pub struct ExecuteRequest {
     /// `persistent`: the instance to run in (a new one when absent).
     #[serde(default)]
     pub instance_id: Option<String>,
+    /// An id the client chooses, so it can follow the output at `/api/v1/logs/{id}/stream`
+    /// while the execution runs (1-64 of `A-Za-z0-9_-`; a new uuid when absent).
+    #[serde(default)]
+    pub request_id: Option<String>,
     #[serde(default)]
     pub cache_key: Option<String>,
     #[serde(default)]
@@ -213,6 +217,7 @@ impl ExecuteRequest {
             snapshot_id: None,
             branch_from: None,
             instance_id: None,
+            request_id: None,
             cache_key: None,
             network: None,
             isolation: None,

@@ -237,13 +237,26 @@ impl Executor {
         id: &str,
         req: InstanceExecRequest,
     ) -> Result<ExecuteResponse> {
+        self.instance_exec_as(id, req, None).await
+    }
+
+    /// Like [`Executor::instance_exec`]; with `request_id`, its output goes to that
+    /// execution's stream as it comes.
+    pub(crate) async fn instance_exec_as(
+        &self,
+        id: &str,
+        req: InstanceExecRequest,
+        request_id: Option<&str>,
+    ) -> Result<ExecuteResponse> {
         let t0 = Instant::now();
         let timeout_ms = self.timeout(req.timeout_ms)?;
-        let (out, live, spec) = self.instance_run(id, req).await?;
+        let (out, live, spec) = self.instance_run(id, req, request_id).await?;
         let mut resp = self.response(
             out,
             RunInfo {
-                request_id: uuid::Uuid::new_v4().to_string(),
+                request_id: request_id
+                    .map(str::to_string)
+                    .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
                 backend: live.sandbox.backend(),
                 sandbox_id: live.sandbox.id().to_string(),
                 mode: Mode::Persistent,
@@ -261,6 +274,7 @@ impl Executor {
         &self,
         id: &str,
         req: InstanceExecRequest,
+        request_id: Option<&str>,
     ) -> Result<(crate::agent::ExecOutcome, Arc<LiveBox>, InstanceSpec)> {
         let rec = self.instance_record(id).await?;
         let live = self.instances.live(id).ok_or_else(|| {
@@ -281,11 +295,33 @@ impl Executor {
         };
         let guard = Duration::from_millis(timeout_ms) + AGENT_GRACE;
         let _ = self.store()?.touch_instance(id, now_ms()).await;
-        let out = run_agent(live.sandbox.as_ref(), exec, stdin, guard).await?;
+        let stream = request_id.map(|r| (&self.streams, r));
+        let out = run_agent(live.sandbox.as_ref(), exec, stdin, guard, stream).await?;
         let _ = self.store()?.touch_instance(id, now_ms()).await;
         let spec: InstanceSpec = serde_json::from_value(rec.spec.clone())
             .map_err(|e| Error::Internal(format!("instance {id} spec: {e}")))?;
         Ok((out, live, spec))
+    }
+
+    /// What `instance_exec` would refuse before running anything.
+    pub(crate) async fn instance_check_runnable(
+        &self,
+        id: &str,
+        req: &InstanceExecRequest,
+    ) -> Result<()> {
+        let rec = self.instance_record(id).await?;
+        if self.instances.live(id).is_none() {
+            return Err(Error::Conflict(format!(
+                "instance {id} is {}: start it first",
+                rec.status
+            )));
+        }
+        self.timeout(req.timeout_ms)?;
+        stdin_bytes(&req.stdin, &req.stdin_b64)?;
+        if req.command.is_empty() {
+            return Err(Error::InvalidRequest("command is empty".into()));
+        }
+        Ok(())
     }
 
     pub(crate) fn timeout(&self, asked: Option<u64>) -> Result<u64> {
@@ -377,6 +413,7 @@ impl Executor {
                     stdin: None,
                     stdin_b64: None,
                 },
+                None,
             )
             .await?;
         if out.exit.exit_code != 0 {
@@ -417,6 +454,7 @@ impl Executor {
                         &data,
                     )),
                 },
+                None,
             )
             .await?;
         if out.exit.exit_code != 0 {
@@ -621,7 +659,9 @@ impl Executor {
         &self,
         req: faas_common::ExecuteRequest,
         mode: Mode,
+        request_id: &str,
     ) -> Result<ExecuteResponse> {
+        let rid = Some(request_id);
         self.store()?;
         if req.command.is_empty() {
             return Err(Error::InvalidRequest("command is empty".into()));
@@ -651,13 +691,13 @@ impl Executor {
                     Some(id) => id.clone(),
                     None => self.instance_create(create()).await?.id,
                 };
-                self.instance_exec(&id, exec).await?
+                self.instance_exec_as(&id, exec, rid).await?
             }
             Mode::Checkpointed => match &req.snapshot_id {
                 // Restore, then run (in a throwaway instance).
                 Some(sid) => {
                     let inst = self.snapshot_restore(sid).await?;
-                    let r = self.instance_exec(&inst.id, exec).await;
+                    let r = self.instance_exec_as(&inst.id, exec, rid).await;
                     let _ = self.instance_delete(&inst.id).await;
                     let mut r = r?;
                     r.snapshot_id = Some(sid.clone());
@@ -667,7 +707,7 @@ impl Executor {
                 // Run, then snapshot.
                 None => {
                     let inst = self.instance_create(create()).await?;
-                    let ran = self.instance_exec(&inst.id, exec).await;
+                    let ran = self.instance_exec_as(&inst.id, exec, rid).await;
                     let snap = match &ran {
                         Ok(_) => Some(
                             self.snapshot_create(SnapshotCreateRequest {
@@ -713,7 +753,7 @@ impl Executor {
                 };
                 let ran = async {
                     let inst = self.restore_record(&snap).await?;
-                    let r = self.instance_exec(&inst.id, exec).await;
+                    let r = self.instance_exec_as(&inst.id, exec, rid).await;
                     let _ = self.instance_delete(&inst.id).await;
                     r
                 }

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod pool;
 pub mod reaper;
 pub mod service;
+pub mod streams;
 
 pub use agent::AgentClient;
 pub use backend::{Backend, Limits, Sandbox, SandboxSpec};

@@ -81,6 +81,7 @@ pub struct Executor {
     /// Instances, snapshots and executions; `None` runs without them.
     pub(crate) store: Option<faas_store::Store>,
     pub(crate) instances: crate::instances::InstanceState,
+    pub(crate) streams: crate::streams::Streams,
 }
 
 impl Executor {
@@ -102,6 +103,7 @@ impl Executor {
             tasks: TaskTracker::new(),
             store,
             instances: Default::default(),
+            streams: Default::default(),
         })
     }
 
@@ -246,10 +248,25 @@ impl Executor {
     /// Runs one execute request. The work runs in its own task, so a client that disconnects
     /// does not cut it short: the sandbox is always cleaned up.
     pub async fn execute(self: &Arc<Self>, req: ExecuteRequest) -> Result<ExecuteResponse> {
+        let request_id = match &req.request_id {
+            Some(id) => {
+                crate::streams::check_id(id)?;
+                id.clone()
+            }
+            None => uuid::Uuid::new_v4().to_string(),
+        };
+        if !self.streams.open(&request_id) {
+            return Err(Error::Conflict(format!(
+                "an execution with request_id {request_id} is running"
+            )));
+        }
+        let mode = req.mode.unwrap_or_default();
         let this = self.clone();
-        let request_id = uuid::Uuid::new_v4().to_string();
         let span = tracing::info_span!("execute", request_id = %request_id);
-        let work = tracing::Instrument::instrument(this.execute_inner(request_id, req), span);
+        let work = tracing::Instrument::instrument(
+            this.clone().execute_inner(request_id.clone(), req),
+            span,
+        );
         let r = match self.tasks.spawn(work).await {
             Ok(r) => r,
             Err(e) => Err(Error::Internal(format!("execute task failed: {e}"))),
@@ -257,7 +274,78 @@ impl Executor {
         if r.is_err() {
             inc(&self.metrics.failures);
         }
+        self.finish_execution(&request_id, mode, &r);
         r
+    }
+
+    /// Ends an execution's stream and records it (in the background: not on the hot path).
+    pub(crate) fn finish_execution(
+        self: &Arc<Self>,
+        request_id: &str,
+        mode: Mode,
+        r: &Result<ExecuteResponse>,
+    ) {
+        let exit = match r {
+            Ok(resp) => crate::streams::ExitEvent {
+                exit_code: Some(resp.exit_code),
+                timed_out: resp.timed_out,
+                signal: resp.signal,
+                oom_killed: resp.oom_killed,
+                truncated: resp.truncated,
+                duration_ms: Some(resp.duration_ms),
+                error: resp.error.clone(),
+            },
+            Err(e) => crate::streams::ExitEvent {
+                exit_code: None,
+                timed_out: false,
+                signal: None,
+                oom_killed: false,
+                truncated: false,
+                duration_ms: None,
+                error: Some(e.to_string()),
+            },
+        };
+        self.streams.finish(request_id, exit);
+        if let Some(store) = self.store.clone() {
+            let now = faas_store::now_ms();
+            let rec = match r {
+                Ok(resp) => faas_store::ExecutionRecord {
+                    id: request_id.to_string(),
+                    mode: mode.to_string(),
+                    backend: Some(resp.backend.clone()),
+                    instance_id: resp.instance_id.clone(),
+                    snapshot_id: resp.snapshot_id.clone(),
+                    status: "finished".into(),
+                    exit_code: Some(resp.exit_code),
+                    stdout: resp.stdout.clone().into_bytes(),
+                    stderr: resp.stderr.clone().into_bytes(),
+                    error: resp.error.clone(),
+                    duration_ms: Some(resp.duration_ms),
+                    created_ms: now - resp.total_ms as i64,
+                    finished_ms: Some(now),
+                },
+                Err(e) => faas_store::ExecutionRecord {
+                    id: request_id.to_string(),
+                    mode: mode.to_string(),
+                    backend: None,
+                    instance_id: None,
+                    snapshot_id: None,
+                    status: "failed".into(),
+                    exit_code: None,
+                    stdout: Vec::new(),
+                    stderr: Vec::new(),
+                    error: Some(e.to_string()),
+                    duration_ms: None,
+                    created_ms: now,
+                    finished_ms: Some(now),
+                },
+            };
+            self.tasks.spawn(async move {
+                if let Err(e) = store.finish_execution(&rec).await {
+                    tracing::warn!(execution = %rec.id, error = %e, "could not record the execution");
+                }
+            });
+        }
     }
 
     async fn execute_inner(
@@ -281,7 +369,7 @@ impl Executor {
         match mode {
             Mode::Ephemeral | Mode::Cached => {}
             Mode::Checkpointed | Mode::Branched | Mode::Persistent => {
-                let mut resp = self.execute_stateful(req, mode).await?;
+                let mut resp = self.execute_stateful(req, mode, &request_id).await?;
                 resp.request_id = request_id;
                 resp.total_ms = t0.elapsed().as_secs_f64() * 1000.0;
                 return Ok(resp);
@@ -346,7 +434,8 @@ impl Executor {
         tracing::debug!(sandbox = sandbox.id(), warm, "running");
         let first_stdin = if warm { stdin.clone() } else { stdin.take() };
         let started = Instant::now();
-        let mut ran = run_agent(sandbox.as_ref(), exec.clone(), first_stdin, guard).await;
+        let stream = Some((&self.streams, request_id.as_str()));
+        let mut ran = run_agent(sandbox.as_ref(), exec.clone(), first_stdin, guard, stream).await;
         // A warm box whose agent is gone (killed from outside while it waited) ran nothing:
         // replace it with a fresh one and run there.
         if let Err(Error::AgentUnreachable { message, .. }) = &ran {
@@ -355,7 +444,7 @@ impl Executor {
                 let _ = destroy_counted(&self.metrics, sandbox).await;
                 sandbox = create_counted(&self.metrics, backend.as_ref(), &spec).await?;
                 warm = false;
-                ran = run_agent(sandbox.as_ref(), exec, stdin.take(), guard).await;
+                ran = run_agent(sandbox.as_ref(), exec, stdin.take(), guard, stream).await;
             }
         }
         // The box died under the command: say why when the host kernel recorded it.
@@ -509,8 +598,19 @@ pub(crate) async fn run_agent(
     exec: ExecRequest,
     stdin: Option<Vec<u8>>,
     guard: Duration,
+    stream: Option<(&crate::streams::Streams, &str)>,
 ) -> Result<ExecOutcome> {
-    match tokio::time::timeout(guard, sandbox.agent().exec(exec, stdin, |_, _| {})).await {
+    let on_output = |kind: faas_agent::FrameKind, chunk: &[u8]| {
+        if let Some((streams, id)) = stream {
+            let data = String::from_utf8_lossy(chunk).into_owned();
+            let ev = match kind {
+                faas_agent::FrameKind::Stderr => crate::streams::OutputEvent::Stderr { data },
+                _ => crate::streams::OutputEvent::Stdout { data },
+            };
+            streams.push(id, ev);
+        }
+    };
+    match tokio::time::timeout(guard, sandbox.agent().exec(exec, stdin, on_output)).await {
         Ok(r) => r,
         Err(_) => Err(Error::Internal(format!(
             "the agent of sandbox {} did not report within {guard:?}; the sandbox was destroyed",

@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -67,6 +68,7 @@ pub fn router(state: AppState) -> Router {
             get(instance_get).delete(instance_delete),
         )
         .route("/api/v1/instances/{id}/exec", post(instance_exec))
+        .route("/api/v1/logs/{id}/stream", get(logs_stream))
         .route("/api/v1/instances/{id}/stop", post(instance_stop))
         .route("/api/v1/instances/{id}/start", post(instance_start))
         .route(
@@ -147,12 +149,47 @@ async fn instance_delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[derive(serde::Deserialize)]
+struct StreamQuery {
+    #[serde(default)]
+    stream: bool,
+}
+
+/// `?stream=true`: Server-Sent Events of the output as it comes (`stdout`, `stderr`, then
+/// `exit`), the execution id in the `x-request-id` header.
 async fn instance_exec(
     State(s): State<AppState>,
     Path(id): Path<String>,
+    Query(q): Query<StreamQuery>,
     ApiJson(req): ApiJson<InstanceExecRequest>,
-) -> ApiResult<Json<ExecuteResponse>> {
-    Ok(Json(s.executor.instance_exec(&id, req).await?))
+) -> ApiResult<axum::response::Response> {
+    if q.stream {
+        let (rid, rx) = s.executor.instance_exec_stream(&id, req).await?;
+        let mut resp = sse(rx).into_response();
+        if let Ok(v) = header::HeaderValue::from_str(&rid) {
+            resp.headers_mut().insert("x-request-id", v);
+        }
+        return Ok(resp);
+    }
+    Ok(Json(s.executor.instance_exec(&id, req).await?).into_response())
+}
+
+async fn logs_stream(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    Ok(sse(s.executor.stream_logs(&id).await?))
+}
+
+fn sse(
+    rx: tokio::sync::mpsc::UnboundedReceiver<faas_executor::streams::OutputEvent>,
+) -> Sse<impl futures::Stream<Item = Result<SseEvent, std::convert::Infallible>>> {
+    let events = futures::stream::unfold(rx, |mut rx| async move {
+        let ev = rx.recv().await?;
+        let data = serde_json::to_string(&ev).unwrap_or_default();
+        Some((Ok(SseEvent::default().event(ev.name()).data(data)), rx))
+    });
+    Sse::new(events).keep_alive(KeepAlive::default())
 }
 
 async fn instance_stop(

@@ -443,3 +443,117 @@ async fn an_idle_instance_stops_by_itself() {
     assert_eq!(sh(&c, &id, "cat /root/f").await["stdout"], "hi\n");
     delete(&c, &id).await;
 }
+
+/// Reads Server-Sent Events until the `exit` event: (event name, data JSON, seconds since
+/// `t0` when it arrived).
+async fn read_sse(resp: reqwest::Response, t0: Instant) -> Vec<(String, Value, f64)> {
+    let mut resp = resp;
+    let mut buf = String::new();
+    let mut events = Vec::new();
+    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(30), resp.chunk())
+        .await
+        .expect("stream stalled")
+        .unwrap()
+    {
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buf.find("\n\n") {
+            let block: String = buf.drain(..end + 2).collect();
+            let mut name = String::new();
+            let mut data = String::new();
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("event:") {
+                    name = v.trim().to_string();
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data.push_str(v.trim_start());
+                }
+            }
+            if name.is_empty() {
+                continue; // keep-alive comment
+            }
+            let v: Value = serde_json::from_str(&data).unwrap();
+            let done = name == "exit";
+            events.push((name, v, t0.elapsed().as_secs_f64()));
+            if done {
+                return events;
+            }
+        }
+    }
+    events
+}
+
+#[tokio::test]
+async fn output_streams_while_the_command_runs() {
+    require_docker!();
+    let server = shared();
+    let rid = format!("stream-{}", std::process::id());
+    let t0 = Instant::now();
+    // The stream is opened first; the execution starts after.
+    let url = format!("{}/api/v1/logs/{rid}/stream", server.url);
+    let stream = tokio::spawn(async move {
+        let resp = reqwest::get(url).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        read_sse(resp, t0).await
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut body =
+        json!({"command": "echo first; sleep 1.5; echo second >&2; exit 3", "request_id": rid});
+    if gvisor() {
+        body["isolation"] = json!("gvisor");
+    }
+    let v = server.client().exec(body).await;
+    let finished = t0.elapsed().as_secs_f64();
+    assert_eq!(
+        (v["exit_code"].as_i64(), v["request_id"].as_str()),
+        (Some(3), Some(rid.as_str()))
+    );
+    let events = stream.await.unwrap();
+    let names: Vec<&str> = events.iter().map(|e| e.0.as_str()).collect();
+    assert_eq!(names, ["stdout", "stderr", "exit"], "{events:?}");
+    assert_eq!(events[0].1["data"], "first\n");
+    assert_eq!(events[1].1["data"], "second\n");
+    assert_eq!(events[2].1["exit_code"], 3);
+    // The first line arrived while the command still ran, not with the answer.
+    assert!(
+        events[0].2 < finished - 1.0,
+        "stdout came at {:.2}s, the run ended at {finished:.2}s",
+        events[0].2
+    );
+    // Once finished, the same stream replays what was recorded.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let resp = reqwest::get(format!("{}/api/v1/logs/{rid}/stream", server.url))
+        .await
+        .unwrap();
+    let again = read_sse(resp, Instant::now()).await;
+    let names: Vec<&str> = again.iter().map(|e| e.0.as_str()).collect();
+    assert_eq!(names, ["stdout", "stderr", "exit"], "{again:?}");
+    assert_eq!(again[2].1["exit_code"], 3);
+    // A bad id is refused; an unknown one is 404 after a short wait.
+    let c = server.client();
+    let (s, v) = c.get("/api/v1/logs/bad%20id/stream").await;
+    assert_error(s, &v, 400, "invalid_request");
+    let (s, v) = c.get("/api/v1/logs/never-ran/stream").await;
+    assert_error(s, &v, 404, "not_found");
+
+    // Instance exec streams the same way.
+    let id = create(&c, json!({})).await;
+    let resp = reqwest::Client::new()
+        .post(format!(
+            "{}/api/v1/instances/{id}/exec?stream=true",
+            server.url
+        ))
+        .json(&json!({"command": "echo one; sleep 0.5; echo two"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers().get("x-request-id").is_some());
+    let events = read_sse(resp, Instant::now()).await;
+    let out: String = events
+        .iter()
+        .filter(|e| e.0 == "stdout")
+        .map(|e| e.1["data"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(out, "one\ntwo\n", "{events:?}");
+    assert_eq!(events.last().unwrap().1["exit_code"], 0);
+    delete(&c, &id).await;
+}
