@@ -40,6 +40,10 @@ pub struct BenchArgs {
     /// Skip the `docker run` baseline.
     #[arg(long)]
     pub no_baseline: bool,
+    /// Rounds of the snapshot cases on native-crun and docker (0 skips them): snapshot of an
+    /// instance with 10 MiB changed, restore, branch x10.
+    #[arg(long, default_value_t = 10)]
+    pub snapshots: usize,
     #[command(flatten)]
     pub host: HostArgs,
 }
@@ -240,6 +244,9 @@ async fn measure(a: &BenchArgs, crun: &Local, runc: &Local) -> anyhow::Result<()
         }
     }
 
+    if a.snapshots > 0 {
+        snapshots(&http, &crun.url, &a.image, a.snapshots).await?;
+    }
     if a.pool > 0 {
         pool_memory(&http, &crun.url, &a.image, a.pool).await?;
     }
@@ -247,6 +254,127 @@ async fn measure(a: &BenchArgs, crun: &Local, runc: &Local) -> anyhow::Result<()
         soak(&http, crun, &a.image, a.soak).await?;
     }
 
+    Ok(())
+}
+
+/// POSTs JSON and returns the answer, failing on anything but 2xx; with the time it took.
+async fn post(http: &reqwest::Client, url: &str, body: Value) -> anyhow::Result<(Value, f64)> {
+    let t = Instant::now();
+    let r = http.post(url).json(&body).send().await?;
+    let took = t.elapsed().as_secs_f64() * 1000.0;
+    let status = r.status();
+    let v: Value = r.json().await.unwrap_or(Value::Null);
+    if !status.is_success() {
+        bail!("POST {url}: {status} {v}");
+    }
+    Ok((v, took))
+}
+
+async fn delete_instance(http: &reqwest::Client, url: &str, id: &str) -> anyhow::Result<()> {
+    let r = http
+        .delete(format!("{url}/api/v1/instances/{id}"))
+        .send()
+        .await?;
+    if !r.status().is_success() {
+        bail!("delete instance {id}: {}", r.status());
+    }
+    Ok(())
+}
+
+/// Snapshot of an instance with 10 MiB changed, restore, and branch x10, through HTTP, on
+/// native (crun) and docker, `rounds` times each.
+async fn snapshots(
+    http: &reqwest::Client,
+    url: &str,
+    image: &str,
+    rounds: usize,
+) -> anyhow::Result<()> {
+    let mut results = Vec::new();
+    for backend in ["native", "docker"] {
+        eprintln!("bench: snapshots on {backend} x{rounds}");
+        let (inst, _) = post(
+            http,
+            &format!("{url}/api/v1/instances"),
+            json!({"image": image, "runtime": backend}),
+        )
+        .await?;
+        let id = inst["id"].as_str().unwrap_or_default().to_string();
+        let (out, _) = post(
+            http,
+            &format!("{url}/api/v1/instances/{id}/exec"),
+            json!({"command": "mkdir -p /data && head -c 10485760 /dev/urandom > /data/blob && wc -c < /data/blob"}),
+        )
+        .await?;
+        if out["stdout"] != "10485760\n" {
+            bail!("writing 10 MiB failed: {out}");
+        }
+        let mut snap = Stats {
+            name: format!("{backend}: snapshot (10 MiB changed)"),
+            samples: vec![],
+            note: String::new(),
+        };
+        let mut restore = Stats {
+            name: format!("{backend}: restore"),
+            samples: vec![],
+            note: String::new(),
+        };
+        let mut branch = Stats {
+            name: format!("{backend}: branch x10 (all ten)"),
+            samples: vec![],
+            note: String::new(),
+        };
+        let mut size = 0;
+        for _ in 0..rounds {
+            let (s, took) = post(
+                http,
+                &format!("{url}/api/v1/instances/{id}/snapshot"),
+                json!({}),
+            )
+            .await?;
+            snap.samples.push(took);
+            size = s["size_bytes"].as_u64().unwrap_or(0);
+            let sid = s["id"].as_str().unwrap_or_default().to_string();
+            let (r, took) = post(
+                http,
+                &format!("{url}/api/v1/snapshots/{sid}/restore"),
+                json!({}),
+            )
+            .await?;
+            restore.samples.push(took);
+            delete_instance(http, url, r["id"].as_str().unwrap_or_default()).await?;
+            let (b, took) = post(
+                http,
+                &format!("{url}/api/v1/snapshots/{sid}/branch"),
+                json!({"count": 10}),
+            )
+            .await?;
+            branch.samples.push(took);
+            for i in b["instances"].as_array().into_iter().flatten() {
+                delete_instance(http, url, i["id"].as_str().unwrap_or_default()).await?;
+            }
+            http.delete(format!("{url}/api/v1/snapshots/{sid}"))
+                .send()
+                .await?;
+        }
+        snap.note = format!("snapshot size {:.1} MiB", size as f64 / 1048576.0);
+        delete_instance(http, url, &id).await?;
+        results.extend([snap, restore, branch]);
+    }
+    println!(
+        "\n{:<36} {:>6} {:>9} {:>9} {:>9}",
+        "snapshots (through HTTP)", "runs", "p50 ms", "p95 ms", "min ms"
+    );
+    for s in &results {
+        println!(
+            "{:<36} {:>6} {:>9.2} {:>9.2} {:>9.2}  {}",
+            s.name,
+            s.samples.len(),
+            s.pct(50.0),
+            s.pct(95.0),
+            s.pct(0.0),
+            s.note
+        );
+    }
     Ok(())
 }
 

@@ -61,9 +61,8 @@ fn copy_dir_contents(src: &Path, dst: &Path, bytes: &mut u64) -> Result<()> {
             )
             .map_err(|e| io(&to, e.into()))?;
         }
-        if !ft.is_dir() {
-            finish(&from, &to, &meta)?;
-        }
+        // For a directory, after its contents (which would change its times).
+        finish(&from, &to, &meta)?;
     }
     Ok(())
 }
