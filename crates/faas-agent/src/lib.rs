@@ -66,7 +66,15 @@ pub enum Request {
     Ping,
     /// Run a process. Stdin frames may follow; an empty stdin frame closes its stdin.
     Exec(ExecRequest),
+    /// Before a memory checkpoint (gVisor cannot save a socket bound to a host path): stop
+    /// listening once this connection closes, and listen again when the file
+    /// [`RESUME_FILE`] appears next to the socket. Answered with [`Event::Quiesced`], or
+    /// [`Event::Error`] while other connections are open.
+    Quiesce,
 }
+
+/// Made by the host next to the agent's socket when a quiesced agent may listen again.
+pub const RESUME_FILE: &str = "resume";
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 pub struct ExecRequest {
@@ -114,6 +122,8 @@ pub enum Event {
     Error {
         message: String,
     },
+    /// The agent stops listening when this connection closes (see [`Request::Quiesce`]).
+    Quiesced,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]

@@ -12,6 +12,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -162,22 +163,71 @@ fn serve(socket: &str) -> io::Result<()> {
     }
     let listener = UnixListener::bind(socket)
         .map_err(|e| io::Error::new(e.kind(), format!("bind {socket}: {e}")))?;
+    *SOCKET_PATH.lock().unwrap_or_else(|e| e.into_inner()) = socket.to_string();
     let reaper = Arc::new(Reaper::default());
     {
         let reaper = reaper.clone();
         std::thread::spawn(move || reaper.run());
     }
-    for conn in listener.incoming() {
-        let Ok(conn) = conn else { continue };
+    let mut listener = listener;
+    loop {
+        let Ok((conn, _)) = listener.accept() else {
+            continue;
+        };
+        if QUIESCE.load(Ordering::SeqCst) == QUIESCING {
+            // The quiescing connection's wake-up: stop listening until the host says resume.
+            drop(conn);
+            drop(listener);
+            listener = quiesced(socket)?;
+            continue;
+        }
         let reaper = reaper.clone();
+        OPEN.fetch_add(1, Ordering::SeqCst);
         // Out of processes (a fork bomb in the box): drop the connection, keep serving.
-        let _ = thread("conn", move || {
-            if let Err(e) = handle(conn, &reaper) {
+        let spawned = thread("conn", move || {
+            let r = handle(conn, &reaper);
+            OPEN.fetch_sub(1, Ordering::SeqCst);
+            if let Err(e) = r {
                 eprintln!("faas-agent: connection: {e}");
             }
+            // A quiesce answered: wake the accept loop once this connection is gone.
+            if QUIESCE
+                .compare_exchange(ASKED, QUIESCING, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+            {
+                let _ =
+                    UnixStream::connect(&*SOCKET_PATH.lock().unwrap_or_else(|e| e.into_inner()));
+            }
         });
+        if spawned.is_err() {
+            OPEN.fetch_sub(1, Ordering::SeqCst);
+        }
     }
-    Ok(())
+}
+
+/// Connections being served (a quiesce needs to be the only one).
+static OPEN: AtomicUsize = AtomicUsize::new(0);
+/// Quiesce state: listening, asked (answer sent, connection still open), quiescing.
+static QUIESCE: AtomicUsize = AtomicUsize::new(LISTENING);
+const LISTENING: usize = 0;
+const ASKED: usize = 1;
+const QUIESCING: usize = 2;
+static SOCKET_PATH: Mutex<String> = Mutex::new(String::new());
+
+/// Not listening: removes the socket, then waits for the host's resume file and listens again.
+fn quiesced(socket: &str) -> io::Result<UnixListener> {
+    let _ = std::fs::remove_file(socket);
+    let resume = std::path::Path::new(socket)
+        .parent()
+        .unwrap_or(std::path::Path::new("/"))
+        .join(faas_agent::RESUME_FILE);
+    while !resume.exists() {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let _ = std::fs::remove_file(&resume);
+    let listener = UnixListener::bind(socket)?;
+    QUIESCE.store(LISTENING, Ordering::SeqCst);
+    Ok(listener)
 }
 
 /// What an exec's main loop waits for.
@@ -284,6 +334,19 @@ fn handle(mut conn: UnixStream, reaper: &Reaper) -> io::Result<()> {
             },
         ),
         Request::Exec(req) => exec(conn, req, reaper),
+        Request::Quiesce => {
+            // This connection is one of the open ones.
+            if OPEN.load(Ordering::SeqCst) > 1 {
+                return write_json(
+                    &mut conn,
+                    &Event::Error {
+                        message: "other requests are in progress".into(),
+                    },
+                );
+            }
+            QUIESCE.store(ASKED, Ordering::SeqCst);
+            write_json(&mut conn, &Event::Quiesced)
+        }
     }
 }
 

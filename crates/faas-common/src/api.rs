@@ -383,6 +383,10 @@ pub struct SnapshotInfo {
     /// How long taking it took.
     #[serde(default)]
     pub took_ms: Option<f64>,
+    /// For a memory snapshot: how long the checkpoint itself took (the rest of `took_ms` is
+    /// the copy of its files and the instance's restore in place).
+    #[serde(default)]
+    pub checkpoint_ms: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

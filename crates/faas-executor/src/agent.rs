@@ -92,6 +92,22 @@ impl AgentClient {
         .map_err(|e| format!("socket probe: {e}"))?
     }
 
+    /// Asks the agent to stop listening before a memory checkpoint (see
+    /// `faas_agent::Request::Quiesce`); it listens again once the host makes the resume file.
+    pub async fn quiesce(&self) -> Result<()> {
+        let mut conn = self.connect().await?;
+        send_json(&mut conn, &Request::Quiesce)
+            .await
+            .map_err(|e| self.err(e.to_string()))?;
+        match self.read_event(&mut conn).await? {
+            Some((FrameKind::Json, Some(Event::Quiesced), _)) => Ok(()),
+            Some((FrameKind::Json, Some(Event::Error { message }), _)) => Err(Error::Conflict(
+                format!("cannot snapshot memory now: {message}"),
+            )),
+            other => Err(self.err(format!("unexpected answer to quiesce: {other:?}"))),
+        }
+    }
+
     pub async fn ping(&self) -> Result<()> {
         let mut conn = self.connect().await?;
         send_json(&mut conn, &Request::Ping)

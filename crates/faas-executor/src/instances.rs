@@ -132,6 +132,7 @@ fn snapshot_info(r: &SnapshotRecord, took_ms: Option<f64>) -> SnapshotInfo {
         tags: r.tags.clone(),
         created_at_ms: r.created_ms,
         took_ms,
+        checkpoint_ms: r.artifact["checkpoint_ms"].as_f64(),
     }
 }
 

@@ -360,6 +360,7 @@ async fn snapshots(
         delete_instance(http, url, &id).await?;
         results.extend([snap, restore, branch]);
     }
+    results.extend(memory_snapshots(http, url, image, rounds).await?);
     println!(
         "\n{:<36} {:>6} {:>9} {:>9} {:>9}",
         "snapshots (through HTTP)", "runs", "p50 ms", "p95 ms", "min ms"
@@ -376,6 +377,63 @@ async fn snapshots(
         );
     }
     Ok(())
+}
+
+/// gVisor memory snapshots of an instance running a counter: the checkpoint, the whole call
+/// (checkpoint, file copy, the instance restored in place), and a restore into a new instance.
+async fn memory_snapshots(
+    http: &reqwest::Client,
+    url: &str,
+    image: &str,
+    rounds: usize,
+) -> anyhow::Result<Vec<Stats>> {
+    eprintln!("bench: gVisor memory snapshots x{rounds}");
+    let stats = |name: &str| Stats {
+        name: name.into(),
+        samples: vec![],
+        note: String::new(),
+    };
+    let mut ckpt = stats("native-gvisor: memory checkpoint");
+    let mut whole = stats("native-gvisor: memory snapshot call");
+    let mut restore = stats("native-gvisor: restore from memory");
+    let (inst, _) = post(
+        http,
+        &format!("{url}/api/v1/instances"),
+        json!({"image": image, "runtime": "native", "isolation": "gvisor"}),
+    )
+    .await?;
+    let id = inst["id"].as_str().unwrap_or_default().to_string();
+    post(
+        http,
+        &format!("{url}/api/v1/instances/{id}/exec"),
+        json!({"command": "(i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done) >/dev/null 2>&1 &"}),
+    )
+    .await?;
+    for _ in 0..rounds {
+        let (s, took) = post(
+            http,
+            &format!("{url}/api/v1/instances/{id}/snapshot"),
+            json!({"memory": true}),
+        )
+        .await?;
+        whole.samples.push(took);
+        ckpt.samples
+            .push(s["checkpoint_ms"].as_f64().unwrap_or(f64::NAN));
+        let sid = s["id"].as_str().unwrap_or_default().to_string();
+        let (r, took) = post(
+            http,
+            &format!("{url}/api/v1/snapshots/{sid}/restore"),
+            json!({}),
+        )
+        .await?;
+        restore.samples.push(took);
+        delete_instance(http, url, r["id"].as_str().unwrap_or_default()).await?;
+        http.delete(format!("{url}/api/v1/snapshots/{sid}"))
+            .send()
+            .await?;
+    }
+    delete_instance(http, url, &id).await?;
+    Ok(vec![ckpt, whole, restore])
 }
 
 /// `n` ephemeral executions, then a look for anything left behind and at this process's memory

@@ -557,3 +557,80 @@ async fn output_streams_while_the_command_runs() {
     assert_eq!(events.last().unwrap().1["exit_code"], 0);
     delete(&c, &id).await;
 }
+
+#[tokio::test]
+async fn a_memory_snapshot_keeps_a_running_process_counting() {
+    require_docker!();
+    if !gvisor() {
+        // The other suites check the 501 (see unknown_ids_and_bad_counts_are_clear_errors).
+        eprintln!("skipped here: memory snapshots are gVisor's; the runsc suite runs this");
+        return;
+    }
+    let c = shared().client();
+    let id = create(&c, json!({})).await;
+    sh(
+        &c,
+        &id,
+        "(i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.05; done) >/dev/null 2>&1 & echo $! > /tmp/pid",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let before: u64 = sh(&c, &id, "cat /tmp/count").await["stdout"]
+        .as_str()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(before >= 5, "the counter hardly ran: {before}");
+    let (s, snap) = c
+        .post(
+            &format!("/api/v1/instances/{id}/snapshot"),
+            json!({"memory": true}),
+        )
+        .await;
+    assert_eq!(s, 201, "{snap}");
+    assert_eq!(snap["kind"], "memory");
+    let sid = snap["id"].as_str().unwrap().to_string();
+    // The instance itself runs on after the snapshot, counter and all.
+    let v = sh(
+        &c,
+        &id,
+        "cat /tmp/count; kill -0 $(cat /tmp/pid) && echo alive",
+    )
+    .await;
+    let out = v["stdout"].as_str().unwrap();
+    assert!(out.ends_with("alive\n"), "{v}");
+    // A restore continues the count from where the snapshot was taken: it does not restart.
+    let (s, r) = c
+        .post(&format!("/api/v1/snapshots/{sid}/restore"), json!({}))
+        .await;
+    assert_eq!(s, 201, "{r}");
+    let restored = r["id"].as_str().unwrap().to_string();
+    let v = sh(
+        &c,
+        &restored,
+        "cat /tmp/count; sleep 0.5; cat /tmp/count; cat /tmp/pid",
+    )
+    .await;
+    let lines: Vec<u64> = v["stdout"]
+        .as_str()
+        .unwrap()
+        .lines()
+        .map(|l| l.trim().parse().unwrap())
+        .collect();
+    assert!(lines[0] >= before, "the count restarted: {before} then {v}");
+    assert!(
+        lines[1] > lines[0],
+        "the counter does not run after the restore: {v}"
+    );
+    let alive = sh(
+        &c,
+        &restored,
+        &format!("kill -0 {} && echo alive", lines[2]),
+    )
+    .await;
+    assert_eq!(alive["stdout"], "alive\n", "not the same process: {alive}");
+    delete(&c, &restored).await;
+    delete(&c, &id).await;
+    assert_eq!(c.delete(&format!("/api/v1/snapshots/{sid}")).await, 204);
+}

@@ -82,6 +82,8 @@ struct BoxPlan {
     netns: Option<PathBuf>,
     /// Keep `rw` when the box goes (an instance's).
     persistent: bool,
+    /// Restore the box from this gVisor checkpoint instead of starting it fresh.
+    restore_from: Option<PathBuf>,
 }
 
 /// `instances/<id>/meta.json`: the snapshot layers an instance's files lie on.
@@ -119,6 +121,9 @@ struct NativeArtifact {
     /// The gVisor checkpoint of its processes, for a memory snapshot.
     #[serde(default)]
     checkpoint: Option<PathBuf>,
+    /// How long the checkpoint took.
+    #[serde(default)]
+    checkpoint_ms: Option<f64>,
 }
 
 pub struct NativeBackend {
@@ -264,6 +269,7 @@ impl NativeBackend {
             cgroup,
             netns,
             persistent,
+            restore_from,
         } = plan;
         let socket = dir.join("sock").join(SOCKET_NAME);
         let sandbox = NativeSandbox {
@@ -311,6 +317,12 @@ impl NativeBackend {
             .map_err(|e| Error::Internal(format!("bundle preparation: {e}")))??;
             let t = std::time::Instant::now();
             match &self.shared.slots {
+                _ if restore_from.is_some() => {
+                    let image = restore_from.as_deref().expect("checked");
+                    let _ = std::fs::remove_file(dir.join("sock").join(faas_agent::RESUME_FILE));
+                    sandbox.runtime.restore_detached(&id, &dir, image).await?;
+                    resume_agent(&dir)?;
+                }
                 Some(slots) if sandbox.runtime.caller_cgroups() => {
                     let mut slot = slots.acquire(&spec.limits)?;
                     // A zygote killed (with an earlier box, or from outside) is skipped: the
@@ -376,7 +388,12 @@ impl NativeBackend {
 
     /// Starts the box of instance `id` over its files (`meta.json` says which snapshot layers
     /// lie under them).
-    async fn start_instance_box(&self, id: &str, spec: &SandboxSpec) -> Result<NativeSandbox> {
+    async fn start_instance_box(
+        &self,
+        id: &str,
+        spec: &SandboxSpec,
+        restore_from: Option<PathBuf>,
+    ) -> Result<NativeSandbox> {
         let dir = self.instance_dir(id);
         let meta = InstanceMeta::read(&dir)?;
         let runtime = self.instance_runtime(spec.isolation)?.clone();
@@ -392,8 +409,109 @@ impl NativeBackend {
             cgroup: format!("{}/{id}", self.cgroup_parent),
             netns: None,
             persistent: true,
+            restore_from,
         };
         self.start_box(spec, plan).await
+    }
+
+    /// gVisor checkpoint of a running instance plus a copy of its files, taken while it is
+    /// stopped (consistent); the instance is then restored from the checkpoint in place and
+    /// runs on. The agent stops listening meanwhile (gVisor cannot save a socket bound to a
+    /// host path) and listens again when the host makes its resume file.
+    async fn memory_snapshot(
+        &self,
+        id: &str,
+        running: Option<&dyn Sandbox>,
+        snapshot: &str,
+    ) -> Result<(serde_json::Value, u64)> {
+        let gvisor =
+            match &self.inst_gvisor {
+                Some(g) if g.status(id).await?.as_deref() == Some("running") => g.clone(),
+                _ if running.is_none() => {
+                    return Err(Error::Conflict(format!(
+                        "instance {id} is not running: a memory snapshot needs its processes"
+                    )))
+                }
+                _ => return Err(Error::Unsupported(
+                    "memory snapshots need an instance with isolation gvisor (runsc checkpoint); \
+                     this one runs in a plain container"
+                        .into(),
+                )),
+            };
+        let sandbox =
+            running.ok_or_else(|| Error::Conflict(format!("instance {id} is not running")))?;
+        let dir = self.instance_dir(id);
+        let bundle = dir.join("bundle");
+        let meta = InstanceMeta::read(&dir)?;
+        let out = self.snapshot_dir(snapshot);
+        let image = out.join("checkpoint");
+        std::fs::create_dir_all(&image)
+            .map_err(|e| Error::io(format!("create {}", image.display()), e))?;
+        let _ = std::fs::remove_file(bundle.join("sock").join(faas_agent::RESUME_FILE));
+        sandbox.agent().quiesce().await?;
+        // It stops listening once the quiesce connection is closed: the socket goes then.
+        let socket = sandbox.agent().socket().to_path_buf();
+        let waited = std::time::Instant::now();
+        while socket.exists() {
+            if waited.elapsed() > Duration::from_secs(5) {
+                resume_agent(&bundle)?;
+                return Err(Error::Internal(format!(
+                    "the agent of instance {id} did not stop listening"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let t = std::time::Instant::now();
+        let saved = gvisor.checkpoint(id, &image).await;
+        let checkpointed = t.elapsed();
+        let copied = match &saved {
+            Ok(()) => {
+                let (upper, layer) = (dir.join("upper"), out.join("layer"));
+                tokio::task::spawn_blocking(move || layer::copy_tree(&upper, &layer))
+                    .await
+                    .map_err(|e| Error::Internal(format!("snapshot copy: {e}")))
+                    .and_then(|r| r)
+            }
+            Err(_) => Ok(0),
+        };
+        // The instance runs on: restored from what was just saved, or, when saving failed,
+        // told to listen again (a failed checkpoint may have stopped it: then restart it).
+        let t = std::time::Instant::now();
+        let resumed = match &saved {
+            Ok(()) => {
+                gvisor.delete_force(id).await?;
+                gvisor.restore_detached(id, &bundle, &image).await?;
+                resume_agent(&bundle)
+            }
+            Err(_) => resume_agent(&bundle),
+        };
+        let ready = sandbox
+            .agent()
+            .wait_ready(self.shared.cfg.ready_timeout)
+            .await;
+        tracing::debug!(instance = id, ?checkpointed, restored = ?t.elapsed(), "memory snapshot");
+        let result = saved
+            .and(copied)
+            .and_then(|bytes| resumed.and(ready).map(|()| bytes));
+        let bytes = match result {
+            Ok(b) => b,
+            Err(e) => {
+                let _ = remove_tree(&out);
+                return Err(e);
+            }
+        };
+        let image_bytes = dir_size(&image);
+        let mut layers = vec![out.join("layer")];
+        layers.extend(meta.layers);
+        let artifact = NativeArtifact {
+            layers,
+            checkpoint: Some(image),
+            checkpoint_ms: Some(checkpointed.as_secs_f64() * 1000.0),
+        };
+        Ok((
+            serde_json::to_value(&artifact).expect("serializable"),
+            bytes + image_bytes,
+        ))
     }
 
     fn runtime_for(&self, isolation: Isolation) -> Result<&OciRuntime> {
@@ -510,6 +628,26 @@ fn remove_bundle(dir: &Path) -> Result<()> {
     }
 }
 
+/// Lets a quiesced agent listen again (see `faas_agent::Request::Quiesce`).
+fn resume_agent(bundle: &Path) -> Result<()> {
+    let path = bundle.join("sock").join(faas_agent::RESUME_FILE);
+    std::fs::write(&path, b"").map_err(|e| Error::io(format!("create {}", path.display()), e))
+}
+
+/// Bytes of the regular files under `dir`.
+fn dir_size(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_size(&e.path()),
+            Ok(t) if t.is_file() => e.metadata().map(|m| m.len()).unwrap_or(0),
+            _ => 0,
+        })
+        .sum()
+}
+
 /// Removes a directory tree; one that is gone is fine.
 fn remove_tree(dir: &Path) -> Result<()> {
     match std::fs::remove_dir_all(dir) {
@@ -556,6 +694,7 @@ impl Backend for NativeBackend {
             runtime,
             netns,
             persistent: false,
+            restore_from: None,
         };
         Ok(Box::new(self.start_box(spec, plan).await?))
     }
@@ -574,9 +713,10 @@ impl Backend for NativeBackend {
             .map(|v| serde_json::from_value(v.clone()))
             .transpose()
             .map_err(|e| Error::Internal(format!("snapshot artifact: {e}")))?;
-        if artifact.as_ref().is_some_and(|a| a.checkpoint.is_some()) {
-            return Err(Error::Unsupported(
-                "restoring a memory snapshot is not available yet".into(),
+        let checkpoint = artifact.as_ref().and_then(|a| a.checkpoint.clone());
+        if checkpoint.is_some() && spec.isolation != Isolation::Gvisor {
+            return Err(Error::Internal(
+                "a memory snapshot of a box that is not gVisor's".into(),
             ));
         }
         let dir = self.instance_dir(id);
@@ -587,7 +727,7 @@ impl Backend for NativeBackend {
         };
         let started = async {
             meta.write(&dir)?;
-            self.start_instance_box(id, spec).await
+            self.start_instance_box(id, spec, checkpoint).await
         }
         .await;
         match started {
@@ -600,7 +740,7 @@ impl Backend for NativeBackend {
     }
 
     async fn instance_start(&self, id: &str, spec: &SandboxSpec) -> Result<Box<dyn Sandbox>> {
-        Ok(Box::new(self.start_instance_box(id, spec).await?))
+        Ok(Box::new(self.start_instance_box(id, spec, None).await?))
     }
 
     async fn instance_attach(&self, id: &str) -> Result<Option<Box<dyn Sandbox>>> {
@@ -664,9 +804,7 @@ impl Backend for NativeBackend {
         memory: bool,
     ) -> Result<(serde_json::Value, u64)> {
         if memory {
-            return Err(Error::Unsupported(
-                "memory snapshots are not available yet on the native backend".into(),
-            ));
+            return self.memory_snapshot(id, running, snapshot).await;
         }
         let dir = self.instance_dir(id);
         let meta = InstanceMeta::read(&dir)?;
@@ -705,6 +843,7 @@ impl Backend for NativeBackend {
         let artifact = NativeArtifact {
             layers,
             checkpoint: None,
+            checkpoint_ms: None,
         };
         Ok((
             serde_json::to_value(&artifact).expect("serializable"),

@@ -188,13 +188,43 @@ impl OciRuntime {
     /// inherits the runtime's stdout and stderr, so they go to `bundle/runtime.log` (a pipe would
     /// stay open as long as the container lives); a failure quotes that log.
     pub async fn run_detached(&self, id: &str, bundle: &Path, join: Vec<CString>) -> Result<()> {
+        let args = self.run_args(id, bundle);
+        self.detached(args, bundle, join).await
+    }
+
+    /// Restores container `id` from the checkpoint in `image` (runsc only), detached, with
+    /// the bundle at `bundle` (whose config must match the checkpointed one).
+    pub async fn restore_detached(&self, id: &str, bundle: &Path, image: &Path) -> Result<()> {
+        let args = vec![
+            "restore".to_string(),
+            "-image-path".into(),
+            image.display().to_string(),
+            "-detach".into(),
+            "-pid-file".into(),
+            bundle.join("init.pid").display().to_string(),
+            "-bundle".into(),
+            bundle.display().to_string(),
+            id.into(),
+        ];
+        self.detached(args, bundle, Vec::new()).await
+    }
+
+    /// Saves the state of container `id` (memory and processes) to `image`; the container
+    /// stops (runsc only).
+    pub async fn checkpoint(&self, id: &str, image: &Path) -> Result<()> {
+        let image = image.display().to_string();
+        self.run(&["checkpoint", "-image-path", &image, id])
+            .await
+            .map(drop)
+    }
+
+    async fn detached(&self, args: Vec<String>, bundle: &Path, join: Vec<CString>) -> Result<()> {
         let log_path = bundle.join("runtime.log");
         let log = std::fs::File::create(&log_path)
             .map_err(|e| Error::io(format!("create {}", log_path.display()), e))?;
         let log2 = log
             .try_clone()
             .map_err(|e| Error::io("clone a file handle", e))?;
-        let args = self.run_args(id, bundle);
         let mut cmd = self.command_joining(join);
         cmd.args(&args).stdout(log).stderr(log2);
         let spawned = crate::reaper::spawn(&mut cmd)
