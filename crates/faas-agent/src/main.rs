@@ -29,6 +29,8 @@ use nix::unistd::Pid;
 /// How long to keep reading output after the process exited, for data still in flight from
 /// children that hold the pipes open.
 const EXIT_GRACE: Duration = Duration::from_millis(100);
+/// The same when no process of its group is left (the readers only need to be scheduled).
+const EMPTY_GROUP_GRACE: Duration = Duration::from_secs(5);
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 fn main() {
@@ -542,7 +544,17 @@ fn exec(mut conn: UnixStream, req: ExecRequest, reaper: &Reaper) -> io::Result<(
             Ev::Exit(s) => {
                 info.duration_us = start.elapsed().as_micros() as u64;
                 status = Some(s);
-                grace_until = Some(Instant::now() + EXIT_GRACE);
+                // With nothing left in its process group, nobody in the group holds the pipes:
+                // their end comes at once, unless this box is too busy to schedule the
+                // readers, so wait for it (bounded). With children left (`cmd &`), which may
+                // hold the pipes for ever, only a short grace.
+                let group_empty = killpg(pgid, None) == Err(Errno::ESRCH);
+                let grace = if group_empty {
+                    EMPTY_GROUP_GRACE
+                } else {
+                    EXIT_GRACE
+                };
+                grace_until = Some(Instant::now() + grace);
             }
             Ev::HostGone => {
                 if status.is_none() && !host_gone {

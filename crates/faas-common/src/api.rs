@@ -226,15 +226,20 @@ impl ExecuteRequest {
 
     /// The stdin bytes, from `stdin` (text) or `stdin_b64`; both at once is an error.
     pub fn stdin_bytes(&self) -> Result<Option<Vec<u8>>, String> {
-        match (&self.stdin, &self.stdin_b64) {
-            (Some(_), Some(_)) => Err("give either stdin or stdin_b64, not both".into()),
-            (Some(s), None) => Ok(Some(s.clone().into_bytes())),
-            (None, Some(b)) => base64::engine::general_purpose::STANDARD
-                .decode(b)
-                .map(Some)
-                .map_err(|e| format!("stdin_b64 is not valid base64: {e}")),
-            (None, None) => Ok(None),
-        }
+        decode_stdin(&self.stdin, &self.stdin_b64)
+    }
+}
+
+/// Stdin given as text or as base64 (not both).
+fn decode_stdin(text: &Option<String>, b64: &Option<String>) -> Result<Option<Vec<u8>>, String> {
+    match (text, b64) {
+        (Some(_), Some(_)) => Err("give either stdin or stdin_b64, not both".into()),
+        (Some(s), None) => Ok(Some(s.clone().into_bytes())),
+        (None, Some(b)) => base64::engine::general_purpose::STANDARD
+            .decode(b)
+            .map(Some)
+            .map_err(|e| format!("stdin_b64 is not valid base64: {e}")),
+        (None, None) => Ok(None),
     }
 }
 
@@ -343,6 +348,13 @@ pub struct InstanceExecRequest {
     pub stdin: Option<String>,
     #[serde(default)]
     pub stdin_b64: Option<String>,
+}
+
+impl InstanceExecRequest {
+    /// The stdin bytes, from `stdin` (text) or `stdin_b64`; both at once is an error.
+    pub fn stdin_bytes(&self) -> Result<Option<Vec<u8>>, String> {
+        decode_stdin(&self.stdin, &self.stdin_b64)
+    }
 }
 
 /// `POST /api/v1/snapshots` (and `/instances/{id}/snapshot`, where `instance_id` is the path's)

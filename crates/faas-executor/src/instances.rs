@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use faas_agent::ExecRequest;
 use faas_common::{
     BranchResponse, EnvVars, ExecuteResponse, InstanceCreateRequest, InstanceExecRequest,
     InstanceInfo, InstanceStatus, IsolationLevel, Mode, SnapshotCreateRequest, SnapshotInfo,
@@ -282,18 +281,11 @@ impl Executor {
             Error::Conflict(format!("instance {id} is {}: start it first", rec.status))
         })?;
         let timeout_ms = self.timeout(req.timeout_ms)?;
-        let stdin = stdin_bytes(&req.stdin, &req.stdin_b64)?;
+        let stdin = req.stdin_bytes().map_err(Error::InvalidRequest)?;
         if req.command.is_empty() {
             return Err(Error::InvalidRequest("command is empty".into()));
         }
-        let exec = ExecRequest {
-            argv: req.command.to_argv(),
-            env: req.env_vars.0.clone(),
-            cwd: req.working_dir.clone(),
-            timeout_ms,
-            output_limit: self.cfg.output_limit,
-            stdin: false,
-        };
+        let exec = self.exec_request(&req.command, &req.env_vars, &req.working_dir, timeout_ms);
         let guard = Duration::from_millis(timeout_ms) + AGENT_GRACE;
         let _ = self.store()?.touch_instance(id, now_ms()).await;
         let stream = request_id.map(|r| (&self.streams, r));
@@ -318,7 +310,7 @@ impl Executor {
             )));
         }
         self.timeout(req.timeout_ms)?;
-        stdin_bytes(&req.stdin, &req.stdin_b64)?;
+        req.stdin_bytes().map_err(Error::InvalidRequest)?;
         if req.command.is_empty() {
             return Err(Error::InvalidRequest("command is empty".into()));
         }
@@ -865,17 +857,4 @@ fn check_path(path: &str) -> Result<()> {
         )));
     }
     Ok(())
-}
-
-pub(crate) fn stdin_bytes(text: &Option<String>, b64: &Option<String>) -> Result<Option<Vec<u8>>> {
-    match (text, b64) {
-        (Some(_), Some(_)) => Err(Error::InvalidRequest(
-            "give either stdin or stdin_b64, not both".into(),
-        )),
-        (Some(s), None) => Ok(Some(s.clone().into_bytes())),
-        (None, Some(b)) => base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b)
-            .map(Some)
-            .map_err(|e| Error::InvalidRequest(format!("stdin_b64 is not valid base64: {e}"))),
-        (None, None) => Ok(None),
-    }
 }

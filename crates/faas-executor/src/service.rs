@@ -385,13 +385,7 @@ impl Executor {
                 )));
             }
         }
-        let timeout_ms = req.timeout_ms.unwrap_or(self.cfg.default_timeout_ms);
-        if timeout_ms == 0 || timeout_ms > self.cfg.max_timeout_ms {
-            return Err(Error::InvalidRequest(format!(
-                "timeout_ms must be between 1 and {}, got {timeout_ms}",
-                self.cfg.max_timeout_ms
-            )));
-        }
+        let timeout_ms = self.timeout(req.timeout_ms)?;
         let mut stdin = req.stdin_bytes().map_err(Error::InvalidRequest)?;
         let spec = self.spec(
             req.image.as_deref(),
@@ -422,14 +416,7 @@ impl Executor {
                 (sb, false)
             }
         };
-        let exec = ExecRequest {
-            argv: req.command.to_argv(),
-            env: req.env_vars.0.clone(),
-            cwd: req.working_dir.clone(),
-            timeout_ms,
-            output_limit: self.cfg.output_limit,
-            stdin: false,
-        };
+        let exec = self.exec_request(&req.command, &req.env_vars, &req.working_dir, timeout_ms);
         let guard = Duration::from_millis(timeout_ms) + AGENT_GRACE;
         tracing::debug!(sandbox = sandbox.id(), warm, "running");
         let first_stdin = if warm { stdin.clone() } else { stdin.take() };
@@ -481,6 +468,24 @@ impl Executor {
             started: t0,
         };
         Ok(self.response(out, run))
+    }
+
+    /// What the agent is asked to run.
+    pub(crate) fn exec_request(
+        &self,
+        command: &faas_common::CommandSpec,
+        env: &faas_common::EnvVars,
+        cwd: &Option<String>,
+        timeout_ms: u64,
+    ) -> ExecRequest {
+        ExecRequest {
+            argv: command.to_argv(),
+            env: env.0.clone(),
+            cwd: cwd.clone(),
+            timeout_ms,
+            output_limit: self.cfg.output_limit,
+            stdin: false,
+        }
     }
 
     pub(crate) fn response(&self, out: ExecOutcome, run: RunInfo) -> ExecuteResponse {
