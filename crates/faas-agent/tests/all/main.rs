@@ -323,3 +323,39 @@ fn many_concurrent_execs() {
         assert_eq!(r.exit().exit_code, i);
     }
 }
+
+/// Threads are reused from exec to exec: sequential execs do not pile them up, and concurrent
+/// ones get their own.
+#[test]
+fn threads_are_reused_not_piled_up() {
+    let a = start();
+    let tasks = || {
+        std::fs::read_dir(format!("/proc/{}/task", a.child.id()))
+            .unwrap()
+            .count()
+    };
+    for i in 0..40 {
+        let r = exec(&a.socket, sh(&format!("echo {i}")), None);
+        assert_eq!(r.stdout, format!("{i}\n").as_bytes());
+    }
+    let after_sequential = tasks();
+    // The main thread, the reaper, and the workers one exec needs (a connection, three I/O).
+    assert!(
+        after_sequential <= 8,
+        "{after_sequential} threads after 40 sequential execs"
+    );
+    let handles: Vec<_> = (0..8)
+        .map(|i| {
+            let s = a.socket.clone();
+            std::thread::spawn(move || exec(&s, sh(&format!("sleep 0.2; echo {i}")), None))
+        })
+        .collect();
+    for (i, h) in handles.into_iter().enumerate() {
+        assert_eq!(h.join().unwrap().stdout, format!("{i}\n").as_bytes());
+    }
+    assert!(
+        tasks() >= 8 * 4,
+        "concurrent execs shared threads: {}",
+        tasks()
+    );
+}
