@@ -289,7 +289,22 @@ impl Executor {
         let guard = Duration::from_millis(timeout_ms) + AGENT_GRACE;
         let _ = self.store()?.touch_instance(id, now_ms()).await;
         let stream = request_id.map(|r| (&self.streams, r));
-        let out = run_agent(live.sandbox.as_ref(), exec, stdin, guard, stream).await?;
+        let out = match run_agent(live.sandbox.as_ref(), exec, stdin, guard, stream).await {
+            Ok(out) => out,
+            // Nothing ran: its box is gone (killed from outside, or its memory limit ended it).
+            Err(Error::AgentUnreachable { message, .. }) => {
+                let why =
+                    format!("its box is gone ({message}); its files are kept: start it again");
+                if let Some(l) = self.instances.set_live(id, None) {
+                    let _ = l.sandbox.destroy().await;
+                }
+                self.store()?
+                    .set_instance_status(id, "lost", Some(&why))
+                    .await?;
+                return Err(Error::Conflict(format!("instance {id} is lost: {why}")));
+            }
+            Err(e) => return Err(e),
+        };
         let _ = self.store()?.touch_instance(id, now_ms()).await;
         let spec: InstanceSpec = serde_json::from_value(rec.spec.clone())
             .map_err(|e| Error::Internal(format!("instance {id} spec: {e}")))?;

@@ -634,3 +634,28 @@ async fn a_memory_snapshot_keeps_a_running_process_counting() {
     delete(&c, &id).await;
     assert_eq!(c.delete(&format!("/api/v1/snapshots/{sid}")).await, 204);
 }
+
+#[tokio::test]
+async fn an_instance_whose_box_died_says_lost_and_starts_again() {
+    require_docker!();
+    let server = shared();
+    let c = server.client();
+    let id = create(&c, json!({})).await;
+    sh(&c, &id, "echo kept > /root/f").await;
+    kill_instance_box(&server.data_dir.canonicalize().unwrap(), &id);
+    let (s, v) = c
+        .post(
+            &format!("/api/v1/instances/{id}/exec"),
+            json!({"command": "true"}),
+        )
+        .await;
+    assert_error(s, &v, 409, "conflict");
+    let (_, v) = c.get(&format!("/api/v1/instances/{id}")).await;
+    assert_eq!(v["status"], "lost", "{v}");
+    let (s, v) = c
+        .post(&format!("/api/v1/instances/{id}/start"), json!({}))
+        .await;
+    assert_eq!((s, v["status"].as_str()), (200, Some("running")), "{v}");
+    assert_eq!(sh(&c, &id, "cat /root/f").await["stdout"], "kept\n");
+    delete(&c, &id).await;
+}
