@@ -165,7 +165,7 @@ async fn every_box_gets_a_fresh_network_namespace_with_loopback_up() {
     let runs = (0..4).map(|_| async {
         shared()
             .client()
-            .exec(json!({"command": "readlink /proc/self/ns/net; (nc -l -p 7000 > /tmp/got &); sleep 0.3; echo ping | nc -w 1 127.0.0.1 7000; sleep 0.3; cat /tmp/got"}))
+            .exec(json!({"command": "readlink /proc/self/ns/net; (sleep 5 | nc -l -p 7000 > /tmp/got &); for i in $(seq 100); do echo ping | nc -w 1 127.0.0.1 7000 && break; sleep 0.05; done; for i in $(seq 100); do [ -s /tmp/got ] && break; sleep 0.05; done; cat /tmp/got"}))
             .await
     });
     let mut seen = std::collections::HashSet::new();
