@@ -339,9 +339,10 @@ fn threads_are_reused_not_piled_up() {
         assert_eq!(r.stdout, format!("{i}\n").as_bytes());
     }
     let after_sequential = tasks();
-    // The main thread, the reaper, and the workers one exec needs (a connection, three I/O).
+    // The main thread, the reaper, and the workers about one exec needs (a connection, three
+    // I/O), give or take those still finishing the previous exec; not 40 execs' worth.
     assert!(
-        after_sequential <= 8,
+        after_sequential <= 16,
         "{after_sequential} threads after 40 sequential execs"
     );
     let handles: Vec<_> = (0..8)
