@@ -42,12 +42,15 @@ fn copy_dir_contents(src: &Path, dst: &Path, bytes: &mut u64) -> Result<()> {
         } else if ft.is_symlink() {
             let target = std::fs::read_link(&from).map_err(|e| io(&from, e))?;
             std::os::unix::fs::symlink(&target, &to).map_err(|e| io(&to, e))?;
+        } else if (ft.is_char_device() || ft.is_block_device()) && meta.rdev() != 0 {
+            // Only overlayfs whiteouts (character devices 0/0) are device nodes a box's files
+            // may hold; anything else is not carried into a layer.
+            tracing::warn!(path = %from.display(), "device node left out of a snapshot");
+            continue;
         } else {
-            // Whiteouts (character devices 0/0), other devices, fifos, sockets.
+            // Whiteouts, fifos, sockets.
             let kind = if ft.is_char_device() {
                 SFlag::S_IFCHR
-            } else if ft.is_block_device() {
-                SFlag::S_IFBLK
             } else if ft.is_fifo() {
                 SFlag::S_IFIFO
             } else {
@@ -124,6 +127,14 @@ mod tests {
         )
         .unwrap();
         xattr::set(src.join("data/sub"), "trusted.overlay.opaque", b"y").unwrap();
+        // A real device (here /dev/null's numbers) is not carried into a layer.
+        mknod(
+            &src.join("data/null"),
+            SFlag::S_IFCHR,
+            Mode::from_bits_truncate(0o666),
+            nix::sys::stat::makedev(1, 3),
+        )
+        .unwrap();
         let dst = t.path().join("layer");
         let bytes = copy_tree(&src, &dst).unwrap();
         assert_eq!(bytes, 10_000);
@@ -139,6 +150,7 @@ mod tests {
         );
         let w = std::fs::symlink_metadata(dst.join("data/gone")).unwrap();
         assert!(w.file_type().is_char_device() && w.rdev() == 0);
+        assert!(std::fs::symlink_metadata(dst.join("data/null")).is_err());
         assert_eq!(
             xattr::get(dst.join("data/sub"), "trusted.overlay.opaque").unwrap(),
             Some(b"y".to_vec())
