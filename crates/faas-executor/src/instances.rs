@@ -30,6 +30,12 @@ pub struct InstanceSpec {
 }
 
 impl InstanceSpec {
+    /// The spec kept in a record (`what` names the record in the error).
+    fn parse(value: &serde_json::Value, what: &str) -> Result<InstanceSpec> {
+        serde_json::from_value(value.clone())
+            .map_err(|e| Error::Internal(format!("{what} spec: {e}")))
+    }
+
     fn sandbox(&self, image: &str) -> SandboxSpec {
         SandboxSpec {
             image: image.to_string(),
@@ -43,6 +49,14 @@ impl InstanceSpec {
             isolation: self.isolation,
         }
     }
+}
+
+/// An exec in an instance, checked and ready to run.
+pub(crate) struct RunnableExec {
+    live: Arc<LiveBox>,
+    spec: InstanceSpec,
+    timeout_ms: u64,
+    stdin: Option<Vec<u8>>,
 }
 
 /// A running instance's box.
@@ -90,8 +104,7 @@ fn new_id() -> String {
 }
 
 fn info(r: &InstanceRecord) -> Result<InstanceInfo> {
-    let spec: InstanceSpec = serde_json::from_value(r.spec.clone())
-        .map_err(|e| Error::Internal(format!("instance {} spec: {e}", r.id)))?;
+    let spec = InstanceSpec::parse(&r.spec, &format!("instance {}", r.id))?;
     let status = match r.status.as_str() {
         "running" => InstanceStatus::Running,
         "stopped" => InstanceStatus::Stopped,
@@ -249,8 +262,8 @@ impl Executor {
         request_id: Option<&str>,
     ) -> Result<ExecuteResponse> {
         let t0 = Instant::now();
-        let timeout_ms = self.timeout(req.timeout_ms)?;
-        let (out, live, spec) = self.instance_run(id, req, request_id).await?;
+        let (out, run) = self.instance_run(id, req, request_id).await?;
+        let (live, spec, timeout_ms) = (run.live, run.spec, run.timeout_ms);
         let mut resp = self.response(
             out,
             RunInfo {
@@ -275,16 +288,9 @@ impl Executor {
         id: &str,
         req: InstanceExecRequest,
         request_id: Option<&str>,
-    ) -> Result<(crate::agent::ExecOutcome, Arc<LiveBox>, InstanceSpec)> {
-        let rec = self.instance_record(id).await?;
-        let live = self.instances.live(id).ok_or_else(|| {
-            Error::Conflict(format!("instance {id} is {}: start it first", rec.status))
-        })?;
-        let timeout_ms = self.timeout(req.timeout_ms)?;
-        let stdin = req.stdin_bytes().map_err(Error::InvalidRequest)?;
-        if req.command.is_empty() {
-            return Err(Error::InvalidRequest("command is empty".into()));
-        }
+    ) -> Result<(crate::agent::ExecOutcome, RunnableExec)> {
+        let mut run = self.runnable(id, &req).await?;
+        let (live, timeout_ms, stdin) = (run.live.clone(), run.timeout_ms, run.stdin.take());
         let exec = self.exec_request(&req.command, &req.env_vars, &req.working_dir, timeout_ms);
         let guard = Duration::from_millis(timeout_ms) + AGENT_GRACE;
         let _ = self.store()?.touch_instance(id, now_ms()).await;
@@ -306,30 +312,31 @@ impl Executor {
             Err(e) => return Err(e),
         };
         let _ = self.store()?.touch_instance(id, now_ms()).await;
-        let spec: InstanceSpec = serde_json::from_value(rec.spec.clone())
-            .map_err(|e| Error::Internal(format!("instance {id} spec: {e}")))?;
-        Ok((out, live, spec))
+        Ok((out, run))
     }
 
-    /// What `instance_exec` would refuse before running anything.
-    pub(crate) async fn instance_check_runnable(
+    /// What an exec in instance `id` needs, or why it cannot run (unknown, not running, bad
+    /// input): checked before anything runs.
+    pub(crate) async fn runnable(
         &self,
         id: &str,
         req: &InstanceExecRequest,
-    ) -> Result<()> {
+    ) -> Result<RunnableExec> {
         let rec = self.instance_record(id).await?;
-        if self.instances.live(id).is_none() {
-            return Err(Error::Conflict(format!(
-                "instance {id} is {}: start it first",
-                rec.status
-            )));
-        }
-        self.timeout(req.timeout_ms)?;
-        req.stdin_bytes().map_err(Error::InvalidRequest)?;
+        let live = self.instances.live(id).ok_or_else(|| {
+            Error::Conflict(format!("instance {id} is {}: start it first", rec.status))
+        })?;
+        let timeout_ms = self.timeout(req.timeout_ms)?;
+        let stdin = req.stdin_bytes().map_err(Error::InvalidRequest)?;
         if req.command.is_empty() {
             return Err(Error::InvalidRequest("command is empty".into()));
         }
-        Ok(())
+        Ok(RunnableExec {
+            live,
+            spec: InstanceSpec::parse(&rec.spec, &format!("instance {id}"))?,
+            timeout_ms,
+            stdin,
+        })
     }
 
     pub(crate) fn timeout(&self, asked: Option<u64>) -> Result<u64> {
@@ -370,8 +377,7 @@ impl Executor {
             return info(&rec);
         }
         let backend = self.backend_named(&rec.backend)?;
-        let spec: InstanceSpec = serde_json::from_value(rec.spec.clone())
-            .map_err(|e| Error::Internal(format!("instance {id} spec: {e}")))?;
+        let spec = InstanceSpec::parse(&rec.spec, &format!("instance {id}"))?;
         let sandbox = backend
             .instance_start(id, &spec.sandbox(&rec.image))
             .await?;
@@ -406,7 +412,7 @@ impl Executor {
     /// The bytes of file `path` in a running instance.
     pub async fn instance_read_file(&self, id: &str, path: &str) -> Result<Vec<u8>> {
         check_path(path)?;
-        let (out, _, _) = self
+        let (out, _) = self
             .instance_run(
                 id,
                 InstanceExecRequest {
@@ -442,7 +448,7 @@ impl Executor {
     /// Writes `data` to file `path` in a running instance (parent directories made).
     pub async fn instance_write_file(&self, id: &str, path: &str, data: Vec<u8>) -> Result<()> {
         check_path(path)?;
-        let (out, _, _) = self
+        let (out, _) = self
             .instance_run(
                 id,
                 InstanceExecRequest {
@@ -559,8 +565,7 @@ impl Executor {
 
     async fn restore_record(&self, snap: &SnapshotRecord) -> Result<InstanceInfo> {
         let backend = self.backend_named(&snap.backend)?;
-        let spec: InstanceSpec = serde_json::from_value(snap.spec.clone())
-            .map_err(|e| Error::Internal(format!("snapshot {} spec: {e}", snap.id)))?;
+        let spec = InstanceSpec::parse(&snap.spec, &format!("snapshot {}", snap.id))?;
         let id = new_id();
         let now = now_ms();
         // Recorded first: the snapshot cannot be deleted while its restore is being made.

@@ -135,16 +135,16 @@ impl crate::service::Executor {
             if let Some(store) = &self.store {
                 if let Some(rec) = store.get_execution(id).await? {
                     let (tx, rx) = mpsc::unbounded_channel();
-                    for (out, err) in [(true, false), (false, true)] {
-                        let bytes = if out { &rec.stdout } else { &rec.stderr };
-                        if !bytes.is_empty() {
-                            let data = String::from_utf8_lossy(bytes).into_owned();
-                            let _ = tx.send(if err {
-                                OutputEvent::Stderr { data }
-                            } else {
-                                OutputEvent::Stdout { data }
-                            });
-                        }
+                    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+                    if !rec.stdout.is_empty() {
+                        let _ = tx.send(OutputEvent::Stdout {
+                            data: text(&rec.stdout),
+                        });
+                    }
+                    if !rec.stderr.is_empty() {
+                        let _ = tx.send(OutputEvent::Stderr {
+                            data: text(&rec.stderr),
+                        });
                     }
                     let _ = tx.send(OutputEvent::Exit(ExitEvent {
                         exit_code: rec.exit_code,
@@ -172,7 +172,7 @@ impl crate::service::Executor {
         req: faas_common::InstanceExecRequest,
     ) -> crate::error::Result<(String, mpsc::UnboundedReceiver<OutputEvent>)> {
         // Errors that need no run (unknown, stopped, bad input) are answered as errors.
-        self.instance_check_runnable(id, &req).await?;
+        self.runnable(id, &req).await?;
         let rid = uuid::Uuid::new_v4().to_string();
         self.streams.open(&rid);
         let rx = self.streams.subscribe(&rid).expect("just opened");

@@ -55,6 +55,14 @@ struct Stats {
 }
 
 impl Stats {
+    fn new(name: impl Into<String>) -> Stats {
+        Stats {
+            name: name.into(),
+            samples: vec![],
+            note: String::new(),
+        }
+    }
+
     fn pct(&self, p: f64) -> f64 {
         let mut s = self.samples.clone();
         s.sort_by(f64::total_cmp);
@@ -123,11 +131,7 @@ async fn measure(a: &BenchArgs, crun: &Local, runc: &Local) -> anyhow::Result<()
             execute(&http, url, &a.image, "ephemeral", extra).await?;
         }
         eprintln!("bench: {name} x{}", a.runs);
-        let mut s = Stats {
-            name: name.to_string(),
-            samples: vec![],
-            note: String::new(),
-        };
+        let mut s = Stats::new(*name);
         for _ in 0..a.runs {
             let t = Instant::now();
             let r = execute(&http, url, &a.image, "ephemeral", extra).await?;
@@ -139,11 +143,7 @@ async fn measure(a: &BenchArgs, crun: &Local, runc: &Local) -> anyhow::Result<()
 
     if !a.no_baseline && a.runs > 0 {
         eprintln!("bench: docker run x{}", a.runs);
-        let mut s = Stats {
-            name: "docker run --rm --network none".into(),
-            samples: vec![],
-            note: String::new(),
-        };
+        let mut s = Stats::new("docker run --rm --network none");
         for _ in 0..a.runs {
             let t = Instant::now();
             let mut cmd = tokio::process::Command::new("docker");
@@ -190,11 +190,7 @@ async fn measure(a: &BenchArgs, crun: &Local, runc: &Local) -> anyhow::Result<()
         if !pool.status().is_success() {
             bail!("prewarm failed: {}", pool.text().await?);
         }
-        let mut s = Stats {
-            name: name.into(),
-            samples: vec![],
-            note: String::new(),
-        };
+        let mut s = Stats::new(name);
         let mut cold = 0;
         for _ in 0..a.runs {
             // Timed on a quiet server: the pool refilled and the last box torn down.
@@ -308,21 +304,9 @@ async fn snapshots(
         if out["stdout"] != "10485760\n" {
             bail!("writing 10 MiB failed: {out}");
         }
-        let mut snap = Stats {
-            name: format!("{backend}: snapshot (10 MiB changed)"),
-            samples: vec![],
-            note: String::new(),
-        };
-        let mut restore = Stats {
-            name: format!("{backend}: restore"),
-            samples: vec![],
-            note: String::new(),
-        };
-        let mut branch = Stats {
-            name: format!("{backend}: branch x10 (all ten)"),
-            samples: vec![],
-            note: String::new(),
-        };
+        let mut snap = Stats::new(format!("{backend}: snapshot (10 MiB changed)"));
+        let mut restore = Stats::new(format!("{backend}: restore"));
+        let mut branch = Stats::new(format!("{backend}: branch x10 (all ten)"));
         let mut size = 0;
         for _ in 0..rounds {
             let (s, took) = post(
@@ -388,14 +372,9 @@ async fn memory_snapshots(
     rounds: usize,
 ) -> anyhow::Result<Vec<Stats>> {
     eprintln!("bench: gVisor memory snapshots x{rounds}");
-    let stats = |name: &str| Stats {
-        name: name.into(),
-        samples: vec![],
-        note: String::new(),
-    };
-    let mut ckpt = stats("native-gvisor: memory checkpoint");
-    let mut whole = stats("native-gvisor: memory snapshot call");
-    let mut restore = stats("native-gvisor: restore from memory");
+    let mut ckpt = Stats::new("native-gvisor: memory checkpoint");
+    let mut whole = Stats::new("native-gvisor: memory snapshot call");
+    let mut restore = Stats::new("native-gvisor: restore from memory");
     let (inst, _) = post(
         http,
         &format!("{url}/api/v1/instances"),

@@ -271,20 +271,15 @@ impl NativeBackend {
             persistent,
             restore_from,
         } = plan;
-        let socket = dir.join("sock").join(SOCKET_NAME);
-        let sandbox = NativeSandbox {
-            id: id.clone(),
-            dir: dir.clone(),
-            agent: AgentClient::new(format!("native-{id}"), &socket),
+        let sandbox = NativeSandbox::new(
+            id.clone(),
+            dir.clone(),
             runtime,
             cgroup,
-            init: std::sync::OnceLock::new(),
-            slot: Mutex::new(None),
             netns,
             persistent,
-            shared: self.shared.clone(),
-            destroyed: std::sync::atomic::AtomicBool::new(false),
-        };
+            self.shared.clone(),
+        );
         let t0 = std::time::Instant::now();
         let made = async {
             let oci = spec::build(
@@ -373,6 +368,21 @@ impl NativeBackend {
 
     fn snapshot_dir(&self, id: &str) -> PathBuf {
         self.shared.cfg.persist_root.join("snapshots").join(id)
+    }
+
+    /// The runtimes instances run under.
+    fn inst_runtimes(&self) -> impl Iterator<Item = &OciRuntime> {
+        std::iter::once(&self.inst_runtime).chain(self.inst_gvisor.iter())
+    }
+
+    /// The runtime whose container `id` runs, if one does.
+    async fn running_inst_runtime(&self, id: &str) -> Result<Option<OciRuntime>> {
+        for rt in self.inst_runtimes() {
+            if rt.status(id).await?.as_deref() == Some("running") {
+                return Ok(Some(rt.clone()));
+            }
+        }
+        Ok(None)
     }
 
     fn instance_runtime(&self, isolation: Isolation) -> Result<&OciRuntime> {
@@ -744,47 +754,34 @@ impl Backend for NativeBackend {
     }
 
     async fn instance_attach(&self, id: &str) -> Result<Option<Box<dyn Sandbox>>> {
-        let dir = self.instance_dir(id);
-        let runtimes = std::iter::once(&self.inst_runtime).chain(self.inst_gvisor.iter());
-        for rt in runtimes {
-            if rt.status(id).await?.as_deref() != Some("running") {
-                continue;
-            }
-            let bundle = dir.join("bundle");
-            let sandbox = NativeSandbox {
-                id: id.to_string(),
-                dir: bundle.clone(),
-                agent: AgentClient::new(
-                    format!("native-{id}"),
-                    bundle.join("sock").join(SOCKET_NAME),
-                ),
-                runtime: rt.clone(),
-                cgroup: format!("{}/{id}", self.cgroup_parent),
-                init: std::sync::OnceLock::new(),
-                slot: Mutex::new(None),
-                netns: None,
-                persistent: true,
-                shared: self.shared.clone(),
-                destroyed: std::sync::atomic::AtomicBool::new(false),
-            };
-            if let Some(p) = InitProcess::read(&bundle.join("init.pid")) {
-                let _ = sandbox.init.set(p);
-            }
-            return match sandbox.agent.wait_ready(Duration::from_secs(2)).await {
-                Ok(()) => Ok(Some(Box::new(sandbox))),
-                Err(e) => {
-                    tracing::warn!(instance = id, error = %e.chain(), "its box runs but its agent does not answer; stopping it");
-                    let _ = sandbox.destroy().await;
-                    Ok(None)
-                }
-            };
+        let Some(rt) = self.running_inst_runtime(id).await? else {
+            return Ok(None);
+        };
+        let bundle = self.instance_dir(id).join("bundle");
+        let sandbox = NativeSandbox::new(
+            id.to_string(),
+            bundle.clone(),
+            rt,
+            format!("{}/{id}", self.cgroup_parent),
+            None,
+            true,
+            self.shared.clone(),
+        );
+        if let Some(p) = InitProcess::read(&bundle.join("init.pid")) {
+            let _ = sandbox.init.set(p);
         }
-        Ok(None)
+        match sandbox.agent.wait_ready(Duration::from_secs(2)).await {
+            Ok(()) => Ok(Some(Box::new(sandbox))),
+            Err(e) => {
+                tracing::warn!(instance = id, error = %e.chain(), "its box runs but its agent does not answer; stopping it");
+                let _ = sandbox.destroy().await;
+                Ok(None)
+            }
+        }
     }
 
     async fn instance_remove(&self, id: &str) -> Result<()> {
-        let runtimes = std::iter::once(&self.inst_runtime).chain(self.inst_gvisor.iter());
-        for rt in runtimes {
+        for rt in self.inst_runtimes() {
             rt.delete_force(id).await?;
         }
         let dir = self.instance_dir(id);
@@ -812,15 +809,10 @@ impl Backend for NativeBackend {
         std::fs::create_dir_all(&out)
             .map_err(|e| Error::io(format!("create {}", out.display()), e))?;
         // Frozen while its files are copied, so the copy is one moment's state.
-        let mut runtime = None;
-        if running.is_some() {
-            for rt in std::iter::once(&self.inst_runtime).chain(self.inst_gvisor.iter()) {
-                if rt.status(id).await?.as_deref() == Some("running") {
-                    runtime = Some(rt.clone());
-                    break;
-                }
-            }
-        }
+        let runtime = match running {
+            Some(_) => self.running_inst_runtime(id).await?,
+            None => None,
+        };
         if let Some(rt) = &runtime {
             rt.pause(id).await?;
         }
@@ -918,6 +910,32 @@ pub struct NativeSandbox {
     persistent: bool,
     shared: Arc<Shared>,
     destroyed: std::sync::atomic::AtomicBool,
+}
+
+impl NativeSandbox {
+    fn new(
+        id: String,
+        dir: PathBuf,
+        runtime: OciRuntime,
+        cgroup: String,
+        netns: Option<PathBuf>,
+        persistent: bool,
+        shared: Arc<Shared>,
+    ) -> NativeSandbox {
+        NativeSandbox {
+            agent: AgentClient::new(format!("native-{id}"), dir.join("sock").join(SOCKET_NAME)),
+            id,
+            dir,
+            runtime,
+            cgroup,
+            init: std::sync::OnceLock::new(),
+            slot: Mutex::new(None),
+            netns,
+            persistent,
+            shared,
+            destroyed: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
 }
 
 /// A host process, identified by pid and start time so that a recycled pid is never signalled.
