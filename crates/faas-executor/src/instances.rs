@@ -62,6 +62,39 @@ pub(crate) struct RunnableExec {
 /// A running instance's box.
 pub struct LiveBox {
     pub sandbox: Box<dyn Sandbox>,
+    /// Execs running in it now: an instance is not idle while one runs, however long.
+    busy: std::sync::atomic::AtomicUsize,
+}
+
+impl LiveBox {
+    fn new(sandbox: Box<dyn Sandbox>) -> Arc<LiveBox> {
+        Arc::new(LiveBox {
+            sandbox,
+            busy: Default::default(),
+        })
+    }
+
+    fn is_busy(&self) -> bool {
+        self.busy.load(std::sync::atomic::Ordering::SeqCst) > 0
+    }
+}
+
+/// Counts an exec in a [`LiveBox`] while it lives.
+struct Busy(Arc<LiveBox>);
+
+impl Busy {
+    fn new(live: &Arc<LiveBox>) -> Busy {
+        live.busy.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Busy(live.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0
+            .busy
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// Instance state shared by the executor.
@@ -226,8 +259,7 @@ impl Executor {
             let _ = backend.instance_remove(&id).await;
             return Err(e.into());
         }
-        self.instances
-            .set_live(&id, Some(Arc::new(LiveBox { sandbox })));
+        self.instances.set_live(&id, Some(LiveBox::new(sandbox)));
         info(&rec)
     }
 
@@ -293,7 +325,7 @@ impl Executor {
         let (live, timeout_ms, stdin) = (run.live.clone(), run.timeout_ms, run.stdin.take());
         let exec = self.exec_request(&req.command, &req.env_vars, &req.working_dir, timeout_ms);
         let guard = Duration::from_millis(timeout_ms) + AGENT_GRACE;
-        let _ = self.store()?.touch_instance(id, now_ms()).await;
+        let busy = Busy::new(&live);
         let stream = request_id.map(|r| (&self.streams, r));
         let out = match run_agent(live.sandbox.as_ref(), exec, stdin, guard, stream).await {
             Ok(out) => out,
@@ -311,6 +343,7 @@ impl Executor {
             }
             Err(e) => return Err(e),
         };
+        drop(busy);
         let _ = self.store()?.touch_instance(id, now_ms()).await;
         Ok((out, run))
     }
@@ -381,8 +414,7 @@ impl Executor {
         let sandbox = backend
             .instance_start(id, &spec.sandbox(&rec.image))
             .await?;
-        self.instances
-            .set_live(id, Some(Arc::new(LiveBox { sandbox })));
+        self.instances.set_live(id, Some(LiveBox::new(sandbox)));
         let store = self.store()?;
         store.set_instance_status(id, "running", None).await?;
         store.touch_instance(id, now_ms()).await?;
@@ -589,8 +621,7 @@ impl Executor {
             .await;
         match made {
             Ok(sandbox) => {
-                self.instances
-                    .set_live(&id, Some(Arc::new(LiveBox { sandbox })));
+                self.instances.set_live(&id, Some(LiveBox::new(sandbox)));
                 store.set_instance_status(&id, "running", None).await?;
                 self.instance_get(&id).await
             }
@@ -810,7 +841,7 @@ impl Executor {
                 Ok(Some(sandbox)) => {
                     tracing::info!(instance = %rec.id, "re-attached");
                     self.instances
-                        .set_live(&rec.id, Some(Arc::new(LiveBox { sandbox })));
+                        .set_live(&rec.id, Some(LiveBox::new(sandbox)));
                 }
                 Ok(None) => {
                     store
@@ -849,7 +880,7 @@ impl Executor {
                 };
                 if i.status == InstanceStatus::Running
                     && now - i.last_used_at_ms > (limit as i64) * 1000
-                    && self.instances.live(&i.id).is_some()
+                    && self.instances.live(&i.id).is_some_and(|l| !l.is_busy())
                 {
                     let why = format!("stopped after {limit} s without an exec");
                     tracing::info!(instance = %i.id, "{why}");

@@ -421,6 +421,9 @@ async fn an_idle_instance_stops_by_itself() {
     require_docker!();
     let c = shared().client();
     let id = create(&c, json!({"idle_timeout_s": 2})).await;
+    // An exec longer than the idle timeout is not idleness: it runs to its end.
+    let v = sh(&c, &id, "sleep 3.5; echo done").await;
+    assert_eq!(v["stdout"], "done\n", "{v}");
     sh(&c, &id, "echo hi > /root/f").await;
     let start = Instant::now();
     loop {
