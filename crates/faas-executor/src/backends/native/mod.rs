@@ -1058,6 +1058,10 @@ impl Sandbox for NativeSandbox {
             } else {
                 runtime.delete_force(&id).await
             };
+            // Before the bundle goes: once the bundle is gone, nothing of the box is left.
+            if let (Some(pool), Some(ns)) = (&shared.netns, &netns) {
+                pool.release(ns);
+            }
             // Unmounting and removing the upper dir block: not on the runtime's workers.
             let bundle = dir.clone();
             let removed = tokio::task::spawn_blocking(move || remove_bundle(&bundle))
@@ -1065,9 +1069,6 @@ impl Sandbox for NativeSandbox {
                 .unwrap_or_else(|e| Err(Error::Internal(format!("bundle removal: {e}"))));
             if let Err(e) = deleted.and(removed) {
                 tracing::error!(sandbox = %id, error = %e.chain(), "tear-down failed; `faas serve` removes it on its next start");
-            }
-            if let (Some(pool), Some(ns)) = (&shared.netns, &netns) {
-                pool.release(ns);
             }
             if let (Some(slots), Some(slot)) = (&shared.slots, slot) {
                 // The box's processes die with its pid namespace, a moment after its init.
