@@ -47,3 +47,32 @@ build_agent() {
     cargo build --release --quiet -p faas-agent --target "$AGENT_TARGET")
   export FAAS_AGENT_PATH="$AGENT_PATH"
 }
+
+# ensure_postgres: a PostgreSQL server of the installed Debian package, for tests, on
+# 127.0.0.1:$FAAS_PG_PORT (trust auth, data in the cache dir). Sets FAAS_TEST_POSTGRES_URL and,
+# when this call started it, PG_STARTED=1 (stop it with stop_postgres).
+FAAS_PG_PORT=${FAAS_PG_PORT:-55432}
+ensure_postgres() {
+  ensure_packages postgresql
+  local bin data
+  bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+  data="$FAAS_CACHE/postgres"
+  export FAAS_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$FAAS_PG_PORT/postgres"
+  PG_BIN=$bin PG_DATA=$data
+  if "$bin/pg_isready" -q -h 127.0.0.1 -p "$FAAS_PG_PORT"; then return 0; fi
+  if [ ! -f "$data/PG_VERSION" ]; then
+    log "initialising a PostgreSQL cluster in $data"
+    as_root mkdir -p "$data" && as_root chown postgres: "$data"
+    as_root runuser -u postgres -- "$bin/initdb" -D "$data" -U postgres --auth=trust >/dev/null
+  fi
+  log "starting PostgreSQL on 127.0.0.1:$FAAS_PG_PORT"
+  as_root runuser -u postgres -- "$bin/pg_ctl" -D "$data" -l "$data/server.log" -w -t 60 \
+    -o "-p $FAAS_PG_PORT -k $data -c listen_addresses=127.0.0.1 -c max_connections=200 -c fsync=off" \
+    start >/dev/null || { tail -20 "$data/server.log" >&2; die "PostgreSQL did not start"; }
+  PG_STARTED=1
+}
+
+stop_postgres() {
+  [ "${PG_STARTED:-0}" = 1 ] || return 0
+  as_root runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$PG_DATA" -m fast -w stop >/dev/null
+}

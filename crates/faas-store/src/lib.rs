@@ -5,12 +5,16 @@
 //! so a crash never leaves half a record.
 
 use std::path::Path;
-use std::str::FromStr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Executor, Row};
+
+mod functions;
+pub use functions::{
+    FunctionRecord, InvocationFilter, InvocationRecord, NewVersion, VersionRecord,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -18,8 +22,24 @@ pub enum StoreError {
     Db(#[from] sqlx::Error),
     #[error("database migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("unsupported database URL {0:?}: use sqlite://PATH or postgres://...")]
+    Url(String),
+    #[error("{0}")]
+    Conflict(String),
     #[error("stored record {what} is malformed: {message}")]
     Malformed { what: String, message: String },
+}
+
+/// A database URL for messages: the password left out.
+pub fn url_without_password(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = &url[scheme + 3..at];
+            let user = creds.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_string(),
+    }
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -88,10 +108,18 @@ pub struct ExecutionRecord {
 
 #[derive(Clone)]
 pub struct Store {
-    pool: SqlitePool,
+    pool: AnyPool,
+    kind: DbKind,
 }
 
-fn json_col(row: &sqlx::sqlite::SqliteRow, col: &str, what: &str) -> Result<serde_json::Value> {
+/// Which database a store runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DbKind {
+    Sqlite,
+    Postgres,
+}
+
+fn json_col(row: &AnyRow, col: &str, what: &str) -> Result<serde_json::Value> {
     let text: String = row.try_get(col)?;
     serde_json::from_str(&text).map_err(|e| StoreError::Malformed {
         what: format!("{what}.{col}"),
@@ -102,17 +130,48 @@ fn json_col(row: &sqlx::sqlite::SqliteRow, col: &str, what: &str) -> Result<serd
 impl Store {
     /// Opens (creating it if needed) the SQLite database at `path` and applies migrations.
     pub async fn open_sqlite(path: &Path) -> Result<Store> {
-        let opts = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(std::time::Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(8)
-            .connect_with(opts)
-            .await?;
-        sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Store { pool })
+        Store::open(&format!("sqlite://{}?mode=rwc", path.display())).await
+    }
+
+    /// Opens `url` (`sqlite://PATH` or `postgres://...`) and applies migrations. SQLite runs in
+    /// WAL mode with a 10 s busy timeout.
+    pub async fn open(url: &str) -> Result<Store> {
+        sqlx::any::install_default_drivers();
+        let kind = if url.starts_with("sqlite:") {
+            DbKind::Sqlite
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            DbKind::Postgres
+        } else {
+            return Err(StoreError::Url(url_without_password(url)));
+        };
+        let opts = AnyPoolOptions::new();
+        let pool = match kind {
+            DbKind::Sqlite => {
+                opts.max_connections(8)
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            conn.execute(
+                                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                                 PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",
+                            )
+                            .await?;
+                            Ok(())
+                        })
+                    })
+                    .connect(url)
+                    .await?
+            }
+            DbKind::Postgres => opts.max_connections(16).connect(url).await?,
+        };
+        match kind {
+            DbKind::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&pool).await?,
+            DbKind::Postgres => sqlx::migrate!("./migrations/postgres").run(&pool).await?,
+        }
+        Ok(Store { pool, kind })
+    }
+
+    pub fn kind(&self) -> DbKind {
+        self.kind
     }
 
     // ---- instances ----
@@ -121,7 +180,7 @@ impl Store {
         sqlx::query(
             "INSERT INTO instances (id, name, backend, image, status, status_reason, spec, \
              source_snapshot, created_ms, updated_ms, last_used_ms) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
         .bind(&r.id)
         .bind(&r.name)
@@ -139,7 +198,7 @@ impl Store {
         Ok(())
     }
 
-    fn instance_row(row: &sqlx::sqlite::SqliteRow) -> Result<InstanceRecord> {
+    fn instance_row(row: &AnyRow) -> Result<InstanceRecord> {
         Ok(InstanceRecord {
             id: row.try_get("id")?,
             name: row.try_get("name")?,
@@ -156,7 +215,7 @@ impl Store {
     }
 
     pub async fn get_instance(&self, id: &str) -> Result<Option<InstanceRecord>> {
-        let row = sqlx::query("SELECT * FROM instances WHERE id = ?")
+        let row = sqlx::query("SELECT * FROM instances WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.pool)
             .await?;
@@ -178,7 +237,7 @@ impl Store {
         reason: Option<&str>,
     ) -> Result<bool> {
         let done = sqlx::query(
-            "UPDATE instances SET status = ?, status_reason = ?, updated_ms = ? WHERE id = ?",
+            "UPDATE instances SET status = $1, status_reason = $2, updated_ms = $3 WHERE id = $4",
         )
         .bind(status)
         .bind(reason)
@@ -190,7 +249,7 @@ impl Store {
     }
 
     pub async fn touch_instance(&self, id: &str, at_ms: i64) -> Result<()> {
-        sqlx::query("UPDATE instances SET last_used_ms = ? WHERE id = ?")
+        sqlx::query("UPDATE instances SET last_used_ms = $1 WHERE id = $2")
             .bind(at_ms)
             .bind(id)
             .execute(&self.pool)
@@ -199,7 +258,7 @@ impl Store {
     }
 
     pub async fn delete_instance(&self, id: &str) -> Result<bool> {
-        let done = sqlx::query("DELETE FROM instances WHERE id = ?")
+        let done = sqlx::query("DELETE FROM instances WHERE id = $1")
             .bind(id)
             .execute(&self.pool)
             .await?;
@@ -212,7 +271,7 @@ impl Store {
         sqlx::query(
             "INSERT INTO snapshots (id, name, instance_id, parent_id, backend, image, kind, \
              size_bytes, tags, artifact, spec, created_ms) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         )
         .bind(&r.id)
         .bind(&r.name)
@@ -231,7 +290,7 @@ impl Store {
         Ok(())
     }
 
-    fn snapshot_row(row: &sqlx::sqlite::SqliteRow) -> Result<SnapshotRecord> {
+    fn snapshot_row(row: &AnyRow) -> Result<SnapshotRecord> {
         let tags = json_col(row, "tags", "snapshot")?;
         Ok(SnapshotRecord {
             id: row.try_get("id")?,
@@ -253,7 +312,7 @@ impl Store {
     }
 
     pub async fn get_snapshot(&self, id: &str) -> Result<Option<SnapshotRecord>> {
-        let row = sqlx::query("SELECT * FROM snapshots WHERE id = ?")
+        let row = sqlx::query("SELECT * FROM snapshots WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.pool)
             .await?;
@@ -270,12 +329,12 @@ impl Store {
     /// Instances restored or branched from snapshot `id`, and snapshots taken on top of it.
     pub async fn snapshot_dependents(&self, id: &str) -> Result<(i64, i64)> {
         let instances: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM instances WHERE source_snapshot = ?")
+            sqlx::query_scalar("SELECT COUNT(*) FROM instances WHERE source_snapshot = $1")
                 .bind(id)
                 .fetch_one(&self.pool)
                 .await?;
         let snapshots: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM snapshots WHERE parent_id = ?")
+            sqlx::query_scalar("SELECT COUNT(*) FROM snapshots WHERE parent_id = $1")
                 .bind(id)
                 .fetch_one(&self.pool)
                 .await?;
@@ -283,7 +342,7 @@ impl Store {
     }
 
     pub async fn delete_snapshot(&self, id: &str) -> Result<bool> {
-        let done = sqlx::query("DELETE FROM snapshots WHERE id = ?")
+        let done = sqlx::query("DELETE FROM snapshots WHERE id = $1")
             .bind(id)
             .execute(&self.pool)
             .await?;
@@ -296,7 +355,7 @@ impl Store {
         sqlx::query(
             "INSERT INTO executions (id, mode, backend, instance_id, snapshot_id, status, \
              exit_code, stdout, stderr, error, duration_ms, created_ms, finished_ms) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
         )
         .bind(&r.id)
         .bind(&r.mode)
@@ -304,7 +363,7 @@ impl Store {
         .bind(&r.instance_id)
         .bind(&r.snapshot_id)
         .bind(&r.status)
-        .bind(r.exit_code)
+        .bind(r.exit_code.map(i64::from))
         .bind(&r.stdout)
         .bind(&r.stderr)
         .bind(&r.error)
@@ -319,15 +378,15 @@ impl Store {
     /// Records how an execution ended (inserting it if it was never recorded as running).
     pub async fn finish_execution(&self, r: &ExecutionRecord) -> Result<()> {
         let done = sqlx::query(
-            "UPDATE executions SET backend = ?, instance_id = ?, snapshot_id = ?, status = ?, \
-             exit_code = ?, stdout = ?, stderr = ?, error = ?, duration_ms = ?, finished_ms = ? \
-             WHERE id = ?",
+            "UPDATE executions SET backend = $1, instance_id = $2, snapshot_id = $3, status = $4, \
+             exit_code = $5, stdout = $6, stderr = $7, error = $8, duration_ms = $9, finished_ms = $10 \
+             WHERE id = $11",
         )
         .bind(&r.backend)
         .bind(&r.instance_id)
         .bind(&r.snapshot_id)
         .bind(&r.status)
-        .bind(r.exit_code)
+        .bind(r.exit_code.map(i64::from))
         .bind(&r.stdout)
         .bind(&r.stderr)
         .bind(&r.error)
@@ -343,7 +402,7 @@ impl Store {
     }
 
     pub async fn get_execution(&self, id: &str) -> Result<Option<ExecutionRecord>> {
-        let row = sqlx::query("SELECT * FROM executions WHERE id = ?")
+        let row = sqlx::query("SELECT * FROM executions WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.pool)
             .await?;
@@ -355,7 +414,9 @@ impl Store {
                 instance_id: row.try_get("instance_id")?,
                 snapshot_id: row.try_get("snapshot_id")?,
                 status: row.try_get("status")?,
-                exit_code: row.try_get("exit_code")?,
+                exit_code: row
+                    .try_get::<Option<i64>, _>("exit_code")?
+                    .map(|c| c as i32),
                 stdout: row
                     .try_get::<Option<Vec<u8>>, _>("stdout")?
                     .unwrap_or_default(),
@@ -374,7 +435,7 @@ impl Store {
     /// Executions still `running` (after a crash: they will never finish).
     pub async fn fail_running_executions(&self, reason: &str) -> Result<u64> {
         let done = sqlx::query(
-            "UPDATE executions SET status = 'failed', error = ?, finished_ms = ? \
+            "UPDATE executions SET status = 'failed', error = $1, finished_ms = $2 \
              WHERE status = 'running'",
         )
         .bind(reason)
@@ -382,6 +443,27 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected())
+    }
+
+    /// Makes an empty database `name` on the PostgreSQL server of `admin_url` and returns its
+    /// URL (for tests and set-up scripts).
+    pub async fn create_postgres_database(admin_url: &str, name: &str) -> Result<String> {
+        sqlx::any::install_default_drivers();
+        if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(StoreError::Url(format!("bad database name {name:?}")));
+        }
+        let pool = AnyPoolOptions::new()
+            .max_connections(1)
+            .connect(admin_url)
+            .await?;
+        pool.execute(format!("CREATE DATABASE {name}").as_str())
+            .await?;
+        pool.close().await;
+        let base = match admin_url.rfind('/') {
+            Some(i) if i > admin_url.find("://").map_or(0, |s| s + 2) => &admin_url[..i],
+            _ => admin_url,
+        };
+        Ok(format!("{base}/{name}"))
     }
 
     pub async fn close(&self) {
@@ -406,6 +488,74 @@ mod tests {
             created_ms: 1,
             updated_ms: 1,
             last_used_ms: 1,
+        }
+    }
+
+    /// A fresh store on SQLite, and one on PostgreSQL when `FAAS_TEST_POSTGRES_URL` names a
+    /// server (the test command starts one).
+    pub(crate) async fn stores(dir: &Path) -> Vec<Store> {
+        let mut out = vec![Store::open_sqlite(&dir.join("faas.db")).await.unwrap()];
+        match std::env::var("FAAS_TEST_POSTGRES_URL") {
+            Ok(admin) => {
+                let name = format!("faas_test_{}", uuid_like());
+                let url = Store::create_postgres_database(&admin, &name)
+                    .await
+                    .unwrap();
+                out.push(Store::open(&url).await.unwrap());
+            }
+            Err(_) => eprintln!("skipped: PostgreSQL (FAAS_TEST_POSTGRES_URL is not set)"),
+        }
+        out
+    }
+
+    fn uuid_like() -> String {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        format!(
+            "{}_{}_{}",
+            std::process::id(),
+            now_ms(),
+            N.fetch_add(1, Ordering::SeqCst)
+        )
+    }
+
+    #[test]
+    fn passwords_are_left_out_of_urls() {
+        assert_eq!(
+            url_without_password("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(url_without_password("sqlite:///x.db"), "sqlite:///x.db");
+    }
+
+    #[tokio::test]
+    async fn postgres_records_work_like_sqlite_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        for s in stores(dir.path()).await {
+            s.insert_instance(&instance("p1")).await.unwrap();
+            assert!(s
+                .set_instance_status("p1", "lost", Some("gone"))
+                .await
+                .unwrap());
+            let got = s.get_instance("p1").await.unwrap().unwrap();
+            assert_eq!(got.status, "lost");
+            let e = ExecutionRecord {
+                id: "e".into(),
+                mode: "ephemeral".into(),
+                backend: Some("native".into()),
+                instance_id: None,
+                snapshot_id: None,
+                status: "finished".into(),
+                exit_code: Some(-3),
+                stdout: b"\x00\xff".to_vec(),
+                stderr: vec![],
+                error: None,
+                duration_ms: Some(1.5),
+                created_ms: 1,
+                finished_ms: Some(2),
+            };
+            s.finish_execution(&e).await.unwrap();
+            assert_eq!(s.get_execution("e").await.unwrap().unwrap(), e);
         }
     }
 
