@@ -16,6 +16,8 @@ pub enum ErrorCode {
     Conflict,
     MethodNotAllowed,
     PayloadTooLarge,
+    /// A limit was reached (a function's concurrency); try again later.
+    RateLimited,
     /// The request names a feature this server or backend does not have.
     Unsupported,
     /// The backend the request needs is not available on this host right now.
@@ -35,6 +37,7 @@ impl ErrorCode {
             ErrorCode::Conflict => "conflict",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Unsupported => "unsupported",
             ErrorCode::BackendUnavailable => "backend_unavailable",
             ErrorCode::Timeout => "timeout",
@@ -49,6 +52,7 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::Conflict => 409,
             ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::RateLimited => 429,
             ErrorCode::Internal => 500,
             ErrorCode::Unsupported => 501,
             ErrorCode::BackendUnavailable => 503,

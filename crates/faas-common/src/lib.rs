@@ -2,10 +2,13 @@
 //! error codes. No I/O lives here, so the gateway, the CLI and the tests agree on one shape.
 //!
 //! - [`api`]: execute, prewarm, pools, health bodies.
+//! - [`functions`]: functions, invocations.
 //! - [`error`]: [`ErrorCode`], its stable string and HTTP status, and the error body.
 
 pub mod api;
 pub mod error;
+pub mod functions;
 
 pub use api::*;
+pub use functions::*;
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};

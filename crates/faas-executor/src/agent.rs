@@ -222,6 +222,35 @@ impl AgentClient {
         Ok(out)
     }
 
+    /// Starts a long-lived process with its stdin open (a function runtime's shim): its
+    /// input is written and its output read piece by piece through the returned handle.
+    pub async fn spawn(&self, req: ExecRequest) -> Result<AgentProcess> {
+        let mut conn = self.connect().await?;
+        let req = ExecRequest {
+            stdin: true,
+            // The process lives for many requests: the per-exec output cap does not apply.
+            output_limit: u64::MAX,
+            ..req
+        };
+        send_json(&mut conn, &Request::Exec(req))
+            .await
+            .map_err(|e| self.unreachable(e.to_string()))?;
+        let (rd, wr) = conn.into_split();
+        let mut p = AgentProcess {
+            client: self.clone(),
+            rd,
+            wr,
+        };
+        match self.read_event(&mut p.rd).await {
+            Ok(Some((_, Some(Event::Started { .. }), _))) => Ok(p),
+            Ok(Some((_, Some(Event::SpawnFailed { message, .. }), _))) => {
+                Err(self.err(format!("cannot start: {message}")))
+            }
+            Ok(other) => Err(self.unreachable(format!("unexpected answer to spawn: {other:?}"))),
+            Err(e) => Err(self.unreachable(e.to_string())),
+        }
+    }
+
     async fn read_event(
         &self,
         r: &mut (impl AsyncReadExt + Unpin),
@@ -243,6 +272,43 @@ impl AgentClient {
             return Ok(Some((kind, Some(ev), Vec::new())));
         }
         Ok(Some((kind, None, payload)))
+    }
+}
+
+/// A process started by [`AgentClient::spawn`]. Dropping it closes the connection, which makes
+/// the agent kill the process's group.
+pub struct AgentProcess {
+    client: AgentClient,
+    rd: tokio::net::unix::OwnedReadHalf,
+    wr: tokio::net::unix::OwnedWriteHalf,
+}
+
+/// What a spawned process did next.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ProcessEvent {
+    Stdout(Vec<u8>),
+    Stderr(Vec<u8>),
+    Exited(ExitInfo),
+}
+
+impl AgentProcess {
+    /// Writes to the process's stdin.
+    pub async fn write(&mut self, data: &[u8]) -> Result<()> {
+        send_frame(&mut self.wr, FrameKind::Stdin, data)
+            .await
+            .map_err(|e| self.client.err(format!("write: {e}")))
+    }
+
+    /// The next piece of output, or the exit.
+    pub async fn next(&mut self) -> Result<ProcessEvent> {
+        match self.client.read_event(&mut self.rd).await? {
+            Some((FrameKind::Stdout, _, data)) => Ok(ProcessEvent::Stdout(data)),
+            Some((FrameKind::Stderr, _, data)) => Ok(ProcessEvent::Stderr(data)),
+            Some((_, Some(Event::Exited(info)), _)) => Ok(ProcessEvent::Exited(info)),
+            Some((_, Some(Event::Error { message }), _)) => Err(self.client.err(message)),
+            None => Err(self.client.err("connection closed before the process exited")),
+            Some(other) => Err(self.client.err(format!("unexpected frame {other:?}"))),
+        }
     }
 }
 

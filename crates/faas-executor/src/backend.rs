@@ -34,6 +34,16 @@ pub struct SandboxSpec {
     /// Only `none` exists today: a network namespace with loopback alone.
     pub network: Network,
     pub isolation: Isolation,
+    /// Host directories made visible in the box, read-only (a function's code).
+    pub mounts: Vec<ReadOnlyMount>,
+}
+
+/// A host directory bound read-only into a box.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ReadOnlyMount {
+    pub host: std::path::PathBuf,
+    /// An absolute path inside the box.
+    pub guest: String,
 }
 
 /// How strongly the box is isolated from the host kernel (the API's type).

@@ -15,6 +15,10 @@ pub enum Error {
     /// The target's state forbids it now.
     #[error("{0}")]
     Conflict(String),
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error("{0}")]
+    RateLimited(String),
     #[error("store")]
     Store(#[from] faas_store::StoreError),
     /// The feature or backend is not offered; the message says why.

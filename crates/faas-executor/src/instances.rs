@@ -47,6 +47,7 @@ impl InstanceSpec {
             },
             network: Network::None,
             isolation: self.isolation,
+            mounts: Vec::new(),
         }
     }
 }

@@ -6,12 +6,14 @@
 //! - [`agent`]: the host side of the in-sandbox agent protocol ([`AgentClient`]).
 //! - [`pool`]: warm pools of started, clean sandboxes per image.
 //! - [`service`]: [`Executor`], the execute service the gateway (and later the worker) calls.
+//! - [`functions`]: deployed functions, sync invokes and the async queue.
 //! - [`metrics`]: counters, counted where things happen.
 
 pub mod agent;
 pub mod backend;
 pub mod backends;
 pub mod error;
+pub mod functions;
 pub mod images;
 pub mod instances;
 pub mod metrics;

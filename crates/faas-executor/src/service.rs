@@ -42,6 +42,23 @@ pub struct ExecutorConfig {
     pub max_pool_size: usize,
     /// Largest `count` a branch or fork may ask for.
     pub max_branch: usize,
+    /// Where functions' code is unpacked.
+    pub functions_dir: std::path::PathBuf,
+    /// The image python and node functions run in when they name none.
+    pub function_image: String,
+    /// Largest invocation payload.
+    pub max_payload_bytes: usize,
+    /// A function sandbox unused this long is destroyed (beyond `min_warm`).
+    pub function_idle_ms: u64,
+    /// `max_concurrency` of a function that names none, and the most one may ask.
+    pub function_concurrency: u32,
+    pub max_function_concurrency: u32,
+    /// Async invocations run at once by this server.
+    pub queue_workers: usize,
+    /// How long a claimed async invocation stays this server's without a renewal.
+    pub queue_lease_ms: u64,
+    /// First retry delay of a failed async attempt; it doubles each attempt.
+    pub retry_base_ms: u64,
 }
 
 impl Default for ExecutorConfig {
@@ -59,6 +76,15 @@ impl Default for ExecutorConfig {
             cached_pool_size: 2,
             max_pool_size: 1024,
             max_branch: 32,
+            functions_dir: "/var/lib/faas/functions".into(),
+            function_image: "faas/bookworm-python3.11-node18:latest".into(),
+            max_payload_bytes: 6 * 1024 * 1024,
+            function_idle_ms: 300_000,
+            function_concurrency: 16,
+            max_function_concurrency: 256,
+            queue_workers: 32,
+            queue_lease_ms: 10_000,
+            retry_base_ms: 1_000,
         }
     }
 }
@@ -82,6 +108,7 @@ pub struct Executor {
     pub(crate) store: Option<faas_store::Store>,
     pub(crate) instances: crate::instances::InstanceState,
     pub(crate) streams: crate::streams::Streams,
+    pub(crate) functions: crate::functions::FunctionState,
 }
 
 impl Executor {
@@ -99,11 +126,12 @@ impl Executor {
             images,
             backends,
             pools: WarmPools::new(metrics.clone()),
-            metrics,
+            metrics: metrics.clone(),
             tasks: TaskTracker::new(),
             store,
             instances: Default::default(),
             streams: Default::default(),
+            functions: crate::functions::FunctionState::new(metrics.clone()),
         })
     }
 
@@ -242,6 +270,7 @@ impl Executor {
             limits,
             network: Network::None,
             isolation: isolation.unwrap_or_default(),
+            mounts: Vec::new(),
         })
     }
 
@@ -562,6 +591,7 @@ impl Executor {
         if self.store.is_some() {
             self.tasks.spawn(self.clone().reap_idle_instances());
         }
+        self.start_functions().await?;
         Ok(n)
     }
 
@@ -569,8 +599,10 @@ impl Executor {
     pub async fn shutdown(&self) {
         self.pools.shutdown().await;
         self.forget_live_instances();
+        self.stop_functions().await;
         self.tasks.close();
         self.tasks.wait().await;
+        self.destroy_function_sandboxes().await;
         for b in self.backends.iter().filter_map(|b| b.backend.as_ref()) {
             b.shutdown().await;
         }

@@ -28,6 +28,8 @@ impl From<Error> for ApiError {
             Error::ImageNotFound(_) => ErrorCode::ImageNotFound,
             Error::NotFound(_) => ErrorCode::NotFound,
             Error::Conflict(_) => ErrorCode::Conflict,
+            Error::PayloadTooLarge(_) => ErrorCode::PayloadTooLarge,
+            Error::RateLimited(_) => ErrorCode::RateLimited,
             Error::Unsupported(_) => ErrorCode::Unsupported,
             Error::BackendUnavailable(_) => ErrorCode::BackendUnavailable,
             Error::Docker(_)

@@ -75,3 +75,40 @@ where
         parse(&body).map(ApiJson)
     }
 }
+
+/// The raw body (within the size limit); an over-size body is a JSON `payload_too_large`.
+pub struct RawBody(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for RawBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        read_body(req, state).await.map(RawBody)
+    }
+}
+
+/// A query string parsed into `T`; a bad one is a JSON `invalid_request`.
+pub struct ApiQuery<T>(pub T);
+
+impl<S, T> axum::extract::FromRequestParts<S> for ApiQuery<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| ApiQuery(q.0))
+            .map_err(|rej| {
+                ApiError::new(
+                    ErrorCode::InvalidRequest,
+                    format!("bad query string: {}", rej.body_text()),
+                )
+            })
+    }
+}

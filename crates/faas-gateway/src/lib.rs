@@ -6,6 +6,7 @@
 
 pub mod error;
 pub mod extract;
+mod functions;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -87,6 +88,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/snapshots/{id}/restore", post(snapshot_restore))
         .route("/api/v1/snapshots/{id}/branch", post(snapshot_branch))
+        .merge(functions::routes())
         .route("/api/v1/metrics", get(metrics_json))
         .route("/metrics", get(metrics_prometheus))
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such route") })

@@ -261,6 +261,18 @@ impl Store {
         row.map(|r| version_row(&r, true)).transpose()
     }
 
+    /// One version without its code.
+    pub async fn version_meta(&self, name: &str, version: i64) -> Result<Option<VersionRecord>> {
+        let row = sqlx::query(&format!(
+            "SELECT {VERSION_COLS} FROM function_versions WHERE name = $1 AND version = $2"
+        ))
+        .bind(name)
+        .bind(version)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| version_row(&r, false)).transpose()
+    }
+
     pub async fn list_versions(&self, name: &str) -> Result<Vec<VersionRecord>> {
         let rows = sqlx::query(&format!(
             "SELECT {VERSION_COLS} FROM function_versions WHERE name = $1 ORDER BY version"

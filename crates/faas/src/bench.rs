@@ -44,6 +44,13 @@ pub struct BenchArgs {
     /// instance with 10 MiB changed, restore, branch x10.
     #[arg(long, default_value_t = 10)]
     pub snapshots: usize,
+    /// The image of the function cases (python).
+    #[arg(long, default_value = "faas/bookworm-python3.11-node18:latest")]
+    pub function_image: String,
+    /// Invocations per function case (0 skips them): warm sync p50, throughput at
+    /// concurrency 16, cold invoke against `docker run ... python3 -c`, async throughput.
+    #[arg(long, default_value_t = 1000)]
+    pub functions: usize,
     #[command(flatten)]
     pub host: HostArgs,
 }
@@ -670,6 +677,12 @@ async fn start_local(a: &BenchArgs, runtime: NativeRuntime) -> anyhow::Result<Lo
         default_image: a.image.clone(),
         max_timeout_ms: 600_000,
         body_limit: faas_gateway::DEFAULT_BODY_LIMIT,
+        database_url: None,
+        function_image: a.function_image.clone(),
+        queue_workers: 32,
+        queue_lease_ms: 10_000,
+        retry_base_ms: 1_000,
+        function_idle_ms: 300_000,
         shutdown_on_stdin_eof: false,
         host,
     };

@@ -103,6 +103,29 @@ pub struct ServeArgs {
     /// Largest request body, in bytes.
     #[arg(long, env = "FAAS_BODY_LIMIT", default_value_t = faas_gateway::DEFAULT_BODY_LIMIT)]
     pub body_limit: usize,
+    /// The store: `sqlite://PATH` or `postgres://USER@HOST/DB`; default the SQLite file
+    /// `faas.db` in the data dir.
+    #[arg(long, env = "FAAS_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// The image python and node functions run in when they name none.
+    #[arg(
+        long,
+        env = "FAAS_FUNCTION_IMAGE",
+        default_value = "faas/bookworm-python3.11-node18:latest"
+    )]
+    pub function_image: String,
+    /// Async invocations this server runs at once.
+    #[arg(long, env = "FAAS_QUEUE_WORKERS", default_value_t = 32)]
+    pub queue_workers: usize,
+    /// How long a claimed async invocation stays this server's without renewal (ms).
+    #[arg(long, env = "FAAS_QUEUE_LEASE_MS", default_value_t = 10_000)]
+    pub queue_lease_ms: u64,
+    /// First retry delay of a failed async attempt (ms); it doubles each attempt.
+    #[arg(long, env = "FAAS_RETRY_BASE_MS", default_value_t = 1_000)]
+    pub retry_base_ms: u64,
+    /// A function sandbox unused this long is destroyed, beyond `min_warm` (ms).
+    #[arg(long, env = "FAAS_FUNCTION_IDLE_MS", default_value_t = 300_000)]
+    pub function_idle_ms: u64,
     /// Shut down gracefully when standard input closes (for supervisors and tests that own
     /// the server's stdin).
     #[arg(long, hide = true)]

@@ -153,12 +153,28 @@ pub async fn build_executor(a: &ServeArgs) -> anyhow::Result<Arc<Executor>> {
     let cfg = ExecutorConfig {
         default_image: a.default_image.clone(),
         max_timeout_ms: a.max_timeout_ms,
+        functions_dir: data_dir.join("functions"),
+        function_image: a.function_image.clone(),
+        queue_workers: a.queue_workers,
+        queue_lease_ms: a.queue_lease_ms.max(1_000),
+        retry_base_ms: a.retry_base_ms,
+        function_idle_ms: a.function_idle_ms,
         ..ExecutorConfig::default()
     };
-    let db = data_dir.join("faas.db");
-    let records = faas_store::Store::open_sqlite(&db)
-        .await
-        .with_context(|| format!("open the store {}", db.display()))?;
+    let records = match &a.database_url {
+        Some(url) => faas_store::Store::open(url).await.with_context(|| {
+            format!(
+                "open the store {}",
+                faas_store::url_without_password(url)
+            )
+        })?,
+        None => {
+            let db = data_dir.join("faas.db");
+            faas_store::Store::open_sqlite(&db)
+                .await
+                .with_context(|| format!("open the store {}", db.display()))?
+        }
+    };
     let executor = Executor::new(cfg, entries, store, Some(records));
     let removed = executor
         .recover()

@@ -205,11 +205,15 @@ impl DockerBackend {
 
     fn host_config(&self, spec: &SandboxSpec, dir: &std::path::Path) -> HostConfig {
         let memory = (spec.limits.memory_mb * 1024 * 1024) as i64;
+        let mut binds = vec![
+            format!("{}:{GUEST_AGENT_PATH}:ro", self.cfg.agent_path.display()),
+            format!("{}:{GUEST_SOCKET_DIR}", dir.display()),
+        ];
+        for m in &spec.mounts {
+            binds.push(format!("{}:{}:ro", m.host.display(), m.guest));
+        }
         HostConfig {
-            binds: Some(vec![
-                format!("{}:{GUEST_AGENT_PATH}:ro", self.cfg.agent_path.display()),
-                format!("{}:{GUEST_SOCKET_DIR}", dir.display()),
-            ]),
+            binds: Some(binds),
             network_mode: Some(match spec.network {
                 Network::None => "none".into(),
             }),

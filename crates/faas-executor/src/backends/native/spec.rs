@@ -156,6 +156,9 @@ pub fn build(
     let mut mounts = oci_spec::runtime::get_default_mounts();
     mounts.push(bind(GUEST_AGENT_PATH, agent, true)?);
     mounts.push(bind(GUEST_SOCKET_DIR, socket_dir, false)?);
+    for m in &spec.mounts {
+        mounts.push(bind(&m.guest, &m.host, true)?);
+    }
 
     let mut s = Spec::default();
     s.set_hostname(Some("sandbox".into()));
@@ -189,6 +192,10 @@ mod tests {
             },
             network: Network::None,
             isolation: Default::default(),
+            mounts: vec![crate::backend::ReadOnlyMount {
+                host: "/code".into(),
+                guest: "/var/task".into(),
+            }],
         };
         let s = build(
             &spec,
@@ -227,6 +234,18 @@ mod tests {
             .iter()
             .any(|n| n["type"] == "network"));
         assert_eq!(v["process"]["args"][0], GUEST_AGENT_PATH);
+        let code = v["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["destination"] == "/var/task")
+            .unwrap();
+        assert_eq!(code["source"], "/code");
+        assert!(code["options"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|o| o == "ro"));
         let joined = build(
             &spec,
             &[],
