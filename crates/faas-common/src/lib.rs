@@ -10,5 +10,5 @@ pub mod error;
 pub mod functions;
 
 pub use api::*;
-pub use functions::*;
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};
+pub use functions::*;

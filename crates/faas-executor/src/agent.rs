@@ -306,7 +306,9 @@ impl AgentProcess {
             Some((FrameKind::Stderr, _, data)) => Ok(ProcessEvent::Stderr(data)),
             Some((_, Some(Event::Exited(info)), _)) => Ok(ProcessEvent::Exited(info)),
             Some((_, Some(Event::Error { message }), _)) => Err(self.client.err(message)),
-            None => Err(self.client.err("connection closed before the process exited")),
+            None => Err(self
+                .client
+                .err("connection closed before the process exited")),
             Some(other) => Err(self.client.err(format!("unexpected frame {other:?}"))),
         }
     }

@@ -162,12 +162,9 @@ pub async fn build_executor(a: &ServeArgs) -> anyhow::Result<Arc<Executor>> {
         ..ExecutorConfig::default()
     };
     let records = match &a.database_url {
-        Some(url) => faas_store::Store::open(url).await.with_context(|| {
-            format!(
-                "open the store {}",
-                faas_store::url_without_password(url)
-            )
-        })?,
+        Some(url) => faas_store::Store::open(url)
+            .await
+            .with_context(|| format!("open the store {}", faas_store::url_without_password(url)))?,
         None => {
             let db = data_dir.join("faas.db");
             faas_store::Store::open_sqlite(&db)

@@ -25,7 +25,9 @@ pub const MAX_ENTRIES: u64 = 20_000;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CodeForm {
     /// One file, written as `name`.
-    File { name: String },
+    File {
+        name: String,
+    },
     Archive,
 }
 
@@ -132,13 +134,13 @@ fn bad_archive(e: impl std::fmt::Display) -> Error {
 /// Unpacks a zip or tar(.gz) archive into `dest`.
 pub fn unpack_archive(dest: &Path, code: &[u8]) -> Result<()> {
     let tar_bytes;
-    let reader: Box<dyn Read> = if code.starts_with(b"PK\x03\x04") || code.starts_with(b"PK\x05\x06")
-    {
-        tar_bytes = zip_to_tar(code)?;
-        Box::new(Cursor::new(&tar_bytes[..]))
-    } else {
-        maybe_gunzip(Cursor::new(code)).map_err(bad_archive)?
-    };
+    let reader: Box<dyn Read> =
+        if code.starts_with(b"PK\x03\x04") || code.starts_with(b"PK\x05\x06") {
+            tar_bytes = zip_to_tar(code)?;
+            Box::new(Cursor::new(&tar_bytes[..]))
+        } else {
+            maybe_gunzip(Cursor::new(code)).map_err(bad_archive)?
+        };
     unpack(reader, dest, &policy()).map_err(bad_archive)?;
     Ok(())
 }
@@ -240,7 +242,10 @@ mod tests {
         let dir = materialize(root.path(), &CodeForm::Archive, &z).unwrap();
         assert!(dir.join("pkg/mod.py").is_file());
         // Same content, same directory.
-        assert_eq!(materialize(root.path(), &CodeForm::Archive, &z).unwrap(), dir);
+        assert_eq!(
+            materialize(root.path(), &CodeForm::Archive, &z).unwrap(),
+            dir
+        );
 
         let mut t = tar::Builder::new(Vec::new());
         let mut h = tar::Header::new_gnu();

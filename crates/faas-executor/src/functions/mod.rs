@@ -129,8 +129,7 @@ fn handler_files(runtime: FunctionRuntime, handler: &str) -> Result<(Vec<String>
             ))
         }
         FunctionRuntime::Node => {
-            if !is_ident(func, &['$']) || module.split('/').any(|m| !is_ident(m, &['-', '.']))
-            {
+            if !is_ident(func, &['$']) || module.split('/').any(|m| !is_ident(m, &['-', '.'])) {
                 return Err(bad("expected a module path and a JavaScript function name"));
             }
             if module.split('/').any(|m| m.starts_with('.')) {
@@ -202,9 +201,8 @@ impl Executor {
         created_ms: i64,
         updated_ms: i64,
     ) -> Result<FunctionInfo> {
-        let cfg: FnConfig = serde_json::from_value(v.config.clone()).map_err(|e| {
-            Error::Internal(format!("stored config of {name} v{}: {e}", v.version))
-        })?;
+        let cfg: FnConfig = serde_json::from_value(v.config.clone())
+            .map_err(|e| Error::Internal(format!("stored config of {name} v{}: {e}", v.version)))?;
         Ok(FunctionInfo {
             name: name.to_string(),
             version: v.version,
@@ -225,10 +223,7 @@ impl Executor {
             code_sha256: v.code_sha256.clone(),
             code_size: cfg.code_size,
             versions: Vec::new(),
-            warm: self
-                .functions
-                .runners
-                .warm(&(name.to_string(), v.version)),
+            warm: self.functions.runners.warm(&(name.to_string(), v.version)),
             created_ms,
             updated_ms,
         })
@@ -378,7 +373,11 @@ impl Executor {
                         "handler {h:?} names a module in a directory: deploy an archive"
                     )));
                 }
-                let expected = if archive { candidates } else { vec![single.clone()] };
+                let expected = if archive {
+                    candidates
+                } else {
+                    vec![single.clone()]
+                };
                 ((!archive).then_some(single), Some(h), None, expected)
             }
             FunctionRuntime::Shell | FunctionRuntime::Binary => {
@@ -396,7 +395,12 @@ impl Executor {
                 } else {
                     vec![path]
                 };
-                ((!archive).then(|| file.clone()), Some(file.clone()), Some(argv), vec![file])
+                (
+                    (!archive).then(|| file.clone()),
+                    Some(file.clone()),
+                    Some(argv),
+                    vec![file],
+                )
             }
             FunctionRuntime::Image => {
                 let command = match &req.command {
@@ -424,9 +428,7 @@ impl Executor {
             .clone()
             .or_else(|| inherited(|c| Some(c.image.clone())))
             .unwrap_or_else(|| match runtime {
-                FunctionRuntime::Python | FunctionRuntime::Node => {
-                    self.cfg.function_image.clone()
-                }
+                FunctionRuntime::Python | FunctionRuntime::Node => self.cfg.function_image.clone(),
                 FunctionRuntime::Image => String::new(),
                 _ => self.cfg.default_image.clone(),
             });

@@ -102,7 +102,9 @@ async fn run_one(ex: &Arc<Executor>, mut job: InvocationRecord) {
             a,
             &InvocationError {
                 kind: "worker_lost".into(),
-                message: "the server running this attempt stopped before it finished (its lease ended)".into(),
+                message:
+                    "the server running this attempt stopped before it finished (its lease ended)"
+                        .into(),
                 traceback: None,
             },
         ));

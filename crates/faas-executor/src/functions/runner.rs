@@ -300,11 +300,14 @@ impl Runners {
                 true,
             ),
         };
-        self.discard(key, Worker {
-            sandbox,
-            shim: None,
-            last_used: Instant::now(),
-        })
+        self.discard(
+            key,
+            Worker {
+                sandbox,
+                shim: None,
+                last_used: Instant::now(),
+            },
+        )
         .await;
         Ok(Err(outcome))
     }

@@ -16,8 +16,12 @@ def send(obj):
     proto_out.flush()
 
 def describe(e):
+    tb = e.__traceback__
+    # The shim's own frames (run with -c, so named "<string>") are not the function's.
+    while tb is not None and tb.tb_frame.f_code.co_filename == "<string>":
+        tb = tb.tb_next
     return {"type": type(e).__name__, "message": str(e),
-            "traceback": "".join(traceback.format_exception(type(e), e, e.__traceback__))}
+            "traceback": "".join(traceback.format_exception(type(e), e, tb))}
 
 class Context:
     def __init__(self, req):

@@ -4,6 +4,7 @@
 mod cli;
 mod errors;
 mod execute;
+mod functions;
 mod instances;
 mod lifecycle;
 mod native;

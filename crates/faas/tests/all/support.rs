@@ -285,6 +285,15 @@ impl Client {
             .await
     }
 
+    pub async fn put_json(&self, path: &str, body: Value) -> (u16, Value) {
+        self.send_json(self.http.put(self.url(path)).json(&body))
+            .await
+    }
+
+    pub async fn delete_json(&self, path: &str) -> (u16, Value) {
+        self.send_json(self.http.delete(self.url(path))).await
+    }
+
     pub async fn delete(&self, path: &str) -> u16 {
         self.send(self.http.delete(self.url(path)))
             .await
