@@ -3,10 +3,12 @@
 //! - `faas serve`: the HTTP API with its executor (see [`server`]).
 //! - `faas doctor`: which backends work on this host, and what is missing for the others.
 //! - `faas run`: run a command through the HTTP API; exits with the command's code.
+//! - `faas fn`, `faas invocations`: deploy and invoke functions, read invocations.
 //! - `faas bench`: latency benchmark against `docker run` (see [`bench`]).
 
 mod bench;
 mod client;
+mod functions;
 mod images;
 mod server;
 
@@ -38,6 +40,11 @@ enum Cmd {
     Bench(bench::BenchArgs),
     /// Manage the native backend's image store.
     Images(images::ImagesArgs),
+    /// Deploy, list, show, delete and invoke functions.
+    #[command(name = "fn")]
+    Fn(functions::FnArgs),
+    /// Show async (and sync) invocations.
+    Invocations(functions::InvocationsArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -154,6 +161,8 @@ fn main() -> std::process::ExitCode {
             Cmd::Run(a) => client::run(a).await,
             Cmd::Bench(a) => bench::run(a).await.map(|()| 0),
             Cmd::Images(a) => images::run(a).await,
+            Cmd::Fn(a) => functions::run(a).await,
+            Cmd::Invocations(a) => functions::run_invocations(a).await,
         }
     });
     match result {

@@ -55,3 +55,78 @@ fn doctor_reports_docker() {
     );
     assert!(text.contains("firecracker"), "{text}");
 }
+
+#[test]
+fn fn_deploy_invoke_list_and_rm() {
+    require_docker!();
+    let dir = tempfile::tempdir().unwrap();
+    let code = dir.path().join("main.py");
+    std::fs::write(
+        &code,
+        "def handler(e, c):\n    print('hi')\n    return {'sum': e['a'] + e['b']}\n",
+    )
+    .unwrap();
+    let name = format!("cli-{}", std::process::id());
+    let faas = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_faas"))
+            .args(args)
+            .args(["--server", &shared().url])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let code = code.to_str().unwrap();
+    let (st, out, err) = faas(&[
+        "fn",
+        "deploy",
+        &name,
+        "--runtime",
+        "python",
+        "--handler",
+        "main.handler",
+        "--code",
+        code,
+    ]);
+    assert_eq!(st, Some(0), "{out}{err}");
+    assert!(out.contains("version 1"), "{out}");
+    let (st, out, err) = faas(&["fn", "invoke", &name, "-d", r#"{"a": 2, "b": 3}"#]);
+    assert_eq!(st, Some(0), "{out}{err}");
+    assert!(out.contains(r#"result: {"sum":5}"#), "{out}");
+    assert!(
+        err.contains("hi"),
+        "the function's logs go to stderr: {err}"
+    );
+    let (st, out, _) = faas(&[
+        "fn",
+        "invoke",
+        &name,
+        "--async",
+        "-d",
+        r#"{"a": 1, "b": 1}"#,
+    ]);
+    assert_eq!(st, Some(0));
+    let id = out.trim().to_string();
+    let (st, out, _) = faas(&["invocations", "get", &id, "--json"]);
+    assert_eq!(st, Some(0), "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["invocation_id"], id.as_str());
+    let (st, out, _) = faas(&["fn", "list"]);
+    assert_eq!(st, Some(0));
+    assert!(out.lines().any(|l| l.starts_with(&name)), "{out}");
+    let (st, out, _) = faas(&["invocations", "list", "--function", &name]);
+    assert_eq!(st, Some(0));
+    assert!(out.contains(&id), "{out}");
+    // A handler error: exit 1, the error printed.
+    let (st, out, err) = faas(&["fn", "invoke", &name, "-d", "{}"]);
+    assert_eq!(st, Some(1), "{out}{err}");
+    assert!(out.contains("error: KeyError"), "{out}");
+    let (st, out, _) = faas(&["fn", "rm", &name]);
+    assert_eq!(st, Some(0), "{out}");
+    let (st, _, err) = faas(&["fn", "get", &name]);
+    assert_eq!(st, Some(1));
+    assert!(err.contains("404 (not_found)"), "{err}");
+}
