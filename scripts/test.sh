@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on this machine, installing and starting what it needs first:
-# Docker (dockerd), the static agent, the local images; then lint, the Rust unit and
+# Docker (dockerd), the static agent, the local images, a local PostgreSQL server; then lint, the Rust unit and
 # integration tests (real server over HTTP) against Docker and against the native backend with
-# each OCI runtime (crun, runc, runsc), and a check that nothing was left behind.
+# each OCI runtime (crun, runc, runsc) (the store and queue tests on SQLite and PostgreSQL), and a check that nothing was left behind.
 # Prints a summary; exits non-zero when any step failed.
 set -uo pipefail
 . "$(dirname "$0")/lib.sh"
@@ -20,7 +20,16 @@ step() { # step NAME COMMAND...
 
 setup() {
   ensure_packages docker.io busybox-static debootstrap crun runc runsc
-  ensure_dockerd && build_agent && ./scripts/build-images.sh all
+  ensure_dockerd && build_agent && ./scripts/build-images.sh all && ensure_postgres
+}
+
+# The databases the store and queue tests made on the local PostgreSQL server.
+drop_test_databases() {
+  local db
+  for db in $(psql "$FAAS_TEST_POSTGRES_URL" -Atc \
+      "SELECT datname FROM pg_database WHERE datname LIKE 'faas\_test\_%' OR datname LIKE 'faas\_kill9\_%'"); do
+    psql "$FAAS_TEST_POSTGRES_URL" -qc "DROP DATABASE IF EXISTS $db" >/dev/null
+  done
 }
 
 # The full-stack suite against one backend: suite BACKEND [NATIVE_RUNTIME]
@@ -56,7 +65,7 @@ if [ "${RESULTS[0]}" != ok ]; then
   echo "setup failed; nothing else can run" >&2
   exit 1
 fi
-export FAAS_AGENT_PATH="$AGENT_PATH" FAAS_REQUIRE_DOCKER=1
+export FAAS_AGENT_PATH="$AGENT_PATH" FAAS_REQUIRE_DOCKER=1 FAAS_TEST_POSTGRES_URL
 BEFORE=$(leftovers)
 step "cargo fmt --check" cargo fmt --all -- --check
 step "cargo clippy" cargo clippy --quiet --all-targets -- -D warnings
@@ -65,6 +74,8 @@ step "integration on native, crun" suite native crun
 step "integration on native, runc" suite native runc
 step "integration on native, runsc (gVisor)" suite native runsc
 step "no sandboxes left behind" no_leftovers
+drop_test_databases
+stop_postgres
 
 echo
 echo "== summary"

@@ -55,14 +55,14 @@ pub struct BenchArgs {
     pub host: HostArgs,
 }
 
-struct Stats {
-    name: String,
-    samples: Vec<f64>,
-    note: String,
+pub(crate) struct Stats {
+    pub name: String,
+    pub samples: Vec<f64>,
+    pub note: String,
 }
 
 impl Stats {
-    fn new(name: impl Into<String>) -> Stats {
+    pub fn new(name: impl Into<String>) -> Stats {
         Stats {
             name: name.into(),
             samples: vec![],
@@ -70,7 +70,7 @@ impl Stats {
         }
     }
 
-    fn pct(&self, p: f64) -> f64 {
+    pub fn pct(&self, p: f64) -> f64 {
         let mut s = self.samples.clone();
         s.sort_by(f64::total_cmp);
         let i = ((p / 100.0) * (s.len() as f64 - 1.0)).round() as usize;
@@ -78,6 +78,27 @@ impl Stats {
     }
     fn mean(&self) -> f64 {
         self.samples.iter().sum::<f64>() / self.samples.len() as f64
+    }
+}
+
+/// Prints medians and percentiles of each case.
+pub(crate) fn print_table(results: &[Stats]) {
+    println!(
+        "\n{:<36} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "case", "runs", "p50 ms", "p95 ms", "p99 ms", "mean ms", "min ms"
+    );
+    for s in results.iter().filter(|s| !s.samples.is_empty()) {
+        println!(
+            "{:<36} {:>6} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2}  {}",
+            s.name,
+            s.samples.len(),
+            s.pct(50.0),
+            s.pct(95.0),
+            s.pct(99.0),
+            s.mean(),
+            s.pct(0.0),
+            s.note
+        );
     }
 }
 
@@ -219,23 +240,7 @@ async fn measure(a: &BenchArgs, crun: &Local, runc: &Local) -> anyhow::Result<()
         results.push(s);
     }
 
-    println!(
-        "\n{:<36} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9}",
-        "case", "runs", "p50 ms", "p95 ms", "p99 ms", "mean ms", "min ms"
-    );
-    for s in &results {
-        println!(
-            "{:<36} {:>6} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2}  {}",
-            s.name,
-            s.samples.len(),
-            s.pct(50.0),
-            s.pct(95.0),
-            s.pct(99.0),
-            s.mean(),
-            s.pct(0.0),
-            s.note
-        );
-    }
+    print_table(&results);
     if let Some(baseline) = results.iter().find(|s| s.name.starts_with("docker run")) {
         println!();
         for s in results.iter().filter(|s| !s.name.starts_with("docker run")) {
@@ -252,6 +257,16 @@ async fn measure(a: &BenchArgs, crun: &Local, runc: &Local) -> anyhow::Result<()
     }
     if a.pool > 0 {
         pool_memory(&http, &crun.url, &a.image, a.pool).await?;
+    }
+    if a.functions > 0 {
+        crate::fnbench::run(
+            &http,
+            &crun.url,
+            &a.function_image,
+            a.functions,
+            !a.no_baseline,
+        )
+        .await?;
     }
     if a.soak > 0 {
         soak(&http, crun, &a.image, a.soak).await?;

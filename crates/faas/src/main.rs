@@ -8,6 +8,7 @@
 
 mod bench;
 mod client;
+mod fnbench;
 mod functions;
 mod images;
 mod server;

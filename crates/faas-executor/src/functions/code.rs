@@ -60,10 +60,7 @@ pub fn materialize(root: &Path, form: &CodeForm, code: &[u8]) -> Result<PathBuf>
     std::fs::create_dir_all(root)
         .map_err(|e| Error::io(format!("create {}", root.display()), e))?;
     let tmp = tempdir_in(root)?;
-    let made = lay_out(tmp.path(), form, code);
-    if let Err(e) = made {
-        return Err(e);
-    }
+    lay_out(tmp.path(), form, code)?;
     let path = tmp.keep();
     // The code is read by the sandbox's (possibly unprivileged) user.
     let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755));

@@ -73,7 +73,7 @@ impl FunctionState {
 
 /// What an invoke answered.
 pub enum Invoked {
-    Done(InvocationInfo),
+    Done(Box<InvocationInfo>),
     Queued(InvocationAccepted),
 }
 
@@ -720,7 +720,7 @@ impl Executor {
                 .into_iter()
                 .find(|r| r.idempotency_key.as_deref() == Some(k.as_str()));
             if let Some(r) = earlier {
-                return Ok(Invoked::Done(info_of(&r)));
+                return Ok(Invoked::Done(Box::new(info_of(&r))));
             }
         }
         // Its own task: a client that goes away does not cut the invocation short, so its
@@ -756,7 +756,7 @@ impl Executor {
         let info = run
             .await
             .map_err(|e| Error::Internal(format!("invocation task: {e}")))??;
-        Ok(Invoked::Done(info))
+        Ok(Invoked::Done(Box::new(info)))
     }
 
     pub async fn invocation_get(&self, id: &str) -> Result<InvocationInfo> {
