@@ -91,11 +91,26 @@ pub type VersionKey = (String, i64);
 
 struct VersionPool {
     idle: Vec<Worker>,
-    /// Started sandboxes, idle or busy.
+    /// Sandboxes, idle, busy or starting.
     total: usize,
+    /// Of those, still starting.
+    starting: usize,
     permits: Arc<Semaphore>,
     max_concurrency: u32,
     backend: Arc<dyn Backend>,
+}
+
+impl VersionPool {
+    fn new(cfg: &FnConfig, backend: &Arc<dyn Backend>) -> VersionPool {
+        VersionPool {
+            idle: Vec::new(),
+            total: 0,
+            starting: 0,
+            permits: Arc::new(Semaphore::new(cfg.max_concurrency as usize)),
+            max_concurrency: cfg.max_concurrency,
+            backend: backend.clone(),
+        }
+    }
 }
 
 /// Every function version's sandboxes on this server.
@@ -175,9 +190,11 @@ impl Runners {
         self.pools.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Started sandboxes of a version.
+    /// Started sandboxes of a version (idle or busy; not those still starting).
     pub fn warm(&self, key: &VersionKey) -> usize {
-        self.lock().get(key).map_or(0, |p| p.total)
+        self.lock()
+            .get(key)
+            .map_or(0, |p| p.total.saturating_sub(p.starting))
     }
 
     /// Waits (up to `wait`) for one of the version's concurrency slots and takes an idle
@@ -191,13 +208,9 @@ impl Runners {
     ) -> Result<Lease> {
         let permits = {
             let mut pools = self.lock();
-            let pool = pools.entry(key.clone()).or_insert_with(|| VersionPool {
-                idle: Vec::new(),
-                total: 0,
-                permits: Arc::new(Semaphore::new(cfg.max_concurrency as usize)),
-                max_concurrency: cfg.max_concurrency,
-                backend: backend.clone(),
-            });
+            let pool = pools
+                .entry(key.clone())
+                .or_insert_with(|| VersionPool::new(cfg, backend));
             pool.permits.clone()
         };
         let acquire = permits.acquire_owned();
@@ -232,10 +245,28 @@ impl Runners {
         spec: &SandboxSpec,
         backend: &Arc<dyn Backend>,
     ) -> Result<std::result::Result<Worker, Outcome>> {
-        let sandbox = create_counted(&self.metrics, backend.as_ref(), spec).await?;
         if let Some(p) = self.lock().get_mut(key) {
             p.total += 1;
+            p.starting += 1;
         }
+        let started = self.start_inner(key, cfg, spec, backend).await;
+        if let Some(p) = self.lock().get_mut(key) {
+            p.starting = p.starting.saturating_sub(1);
+            if started.is_err() {
+                p.total = p.total.saturating_sub(1);
+            }
+        }
+        started
+    }
+
+    async fn start_inner(
+        &self,
+        key: &VersionKey,
+        cfg: &FnConfig,
+        spec: &SandboxSpec,
+        backend: &Arc<dyn Backend>,
+    ) -> Result<std::result::Result<Worker, Outcome>> {
+        let sandbox = create_counted(&self.metrics, backend.as_ref(), spec).await?;
         let argv: Vec<String> = match cfg.runtime {
             FunctionRuntime::Python => vec![
                 "python3".into(),
@@ -498,13 +529,9 @@ impl Runners {
         loop {
             let need = {
                 let mut pools = self.lock();
-                let pool = pools.entry(key.clone()).or_insert_with(|| VersionPool {
-                    idle: Vec::new(),
-                    total: 0,
-                    permits: Arc::new(Semaphore::new(cfg.max_concurrency as usize)),
-                    max_concurrency: cfg.max_concurrency,
-                    backend: backend.clone(),
-                });
+                let pool = pools
+                    .entry(key.clone())
+                    .or_insert_with(|| VersionPool::new(cfg, backend));
                 pool.total < cfg.min_warm as usize
             };
             if !need {

@@ -582,3 +582,125 @@ async fn queue_survives_kill9_on_postgres() {
         .unwrap();
     queue_survives_kill9(Some(url)).await;
 }
+
+#[tokio::test]
+async fn min_warm_idle_reclaim_and_callbacks() {
+    require_docker!();
+    let server = Server::start_with(
+        new_data_dir(),
+        &["--function-idle-ms", "800", "--retry-base-ms", "100"],
+    );
+    let c = server.client();
+    let name = unique("warm");
+    let f = deploy(
+        &c,
+        json!({"name": name, "runtime": "python", "handler": "main.handler",
+               "code_b64": b64(ADD_PY), "min_warm": 1}),
+    )
+    .await;
+    assert_eq!(f["min_warm"], 1);
+    // min_warm: a sandbox starts without an invoke, so the first invoke is warm.
+    let start = Instant::now();
+    loop {
+        let (_, f) = c.get(&format!("/api/v1/functions/{name}")).await;
+        if f["warm"] == 1 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "{f}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = invoke(&c, &name, json!({"a": 1, "b": 2})).await;
+    assert_eq!(r["cold"], false, "{r}");
+    // Beyond min_warm, idle sandboxes are reclaimed.
+    let burst =
+        futures::future::join_all((0..3).map(|_| invoke(&c, &name, json!({"a": 1, "b": 1})))).await;
+    assert!(burst.iter().all(|r| r["status"] == "succeeded"));
+    let start = Instant::now();
+    loop {
+        let (_, f) = c.get(&format!("/api/v1/functions/{name}")).await;
+        if f["warm"] == 1 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "not reclaimed: {f}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A callback gets the final result, for a success and for a dead letter.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Value>();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let n = s.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    if let Some(i) = text.find("\r\n\r\n") {
+                        let len: usize = text[..i]
+                            .lines()
+                            .find_map(|l| {
+                                let l = l.to_ascii_lowercase();
+                                l.strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse().unwrap())
+                            })
+                            .unwrap_or(0);
+                        if buf.len() >= i + 4 + len {
+                            let body: Value =
+                                serde_json::from_slice(&buf[i + 4..i + 4 + len]).unwrap();
+                            let _ = tx.send(body);
+                            let _ = s
+                                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                                .await;
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let cb = format!("http://127.0.0.1:{port}/done");
+    let (st, a) = c
+        .post(
+            &format!("/api/v1/functions/{name}/invoke?async=true&callback_url={cb}"),
+            json!({"a": 40, "b": 2}),
+        )
+        .await;
+    assert_eq!(st, 202, "{a}");
+    let got = tokio::time::timeout(Duration::from_secs(60), rx.recv())
+        .await
+        .expect("callback within 60 s")
+        .unwrap();
+    assert_eq!(got["invocation_id"], a["invocation_id"]);
+    assert_eq!(got["status"], "succeeded");
+    assert_eq!(got["result"], json!({"sum": 42}));
+    let (st, b) = c
+        .post(
+            &format!("/api/v1/functions/{name}/invoke?async=true&max_attempts=2&callback_url={cb}"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(st, 202, "{b}");
+    let got = tokio::time::timeout(Duration::from_secs(60), rx.recv())
+        .await
+        .expect("callback within 60 s")
+        .unwrap();
+    assert_eq!(got["invocation_id"], b["invocation_id"]);
+    assert_eq!(got["status"], "dead_letter", "{got}");
+    assert_eq!(got["attempt_errors"].as_array().unwrap().len(), 2, "{got}");
+    assert_eq!(got["error"]["type"], "KeyError", "{got}");
+    server.stop();
+}
