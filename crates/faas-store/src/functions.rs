@@ -368,16 +368,12 @@ impl Store {
         if done.rows_affected() == 1 {
             return Ok(r.clone());
         }
-        let row = sqlx::query(&format!(
-            "SELECT {INVOCATION_COLS} FROM invocations \
-             WHERE function_name = $1 AND idempotency_key = $2"
-        ))
-        .bind(&r.function_name)
-        .bind(&r.idempotency_key)
-        .fetch_optional(&self.pool)
-        .await?;
-        match row {
-            Some(row) => invocation_row(&row),
+        let existing = match &r.idempotency_key {
+            Some(k) => self.invocation_by_key(&r.function_name, k).await?,
+            None => None,
+        };
+        match existing {
+            Some(found) => Ok(found),
             None => Err(StoreError::Conflict(format!(
                 "invocation {} was not recorded (its id is taken)",
                 r.id
@@ -385,9 +381,10 @@ impl Store {
         }
     }
 
-    /// Records finished invocations together, in one transaction.
+    /// Records finished invocations together, in one transaction. One whose id or
+    /// idempotency key is already recorded is left out (the first one stands).
     pub async fn insert_invocations(&self, records: &[InvocationRecord]) -> Result<()> {
-        let sql = Self::insert_sql();
+        let sql = format!("{} ON CONFLICT DO NOTHING", Self::insert_sql());
         let mut tx = self.pool.begin().await?;
         for r in records {
             Self::bind_invocation(sqlx::query(&sql), r)
@@ -396,6 +393,23 @@ impl Store {
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    /// The invocation of `function` recorded with idempotency key `key`.
+    pub async fn invocation_by_key(
+        &self,
+        function: &str,
+        key: &str,
+    ) -> Result<Option<InvocationRecord>> {
+        let row = sqlx::query(&format!(
+            "SELECT {INVOCATION_COLS} FROM invocations \
+             WHERE function_name = $1 AND idempotency_key = $2"
+        ))
+        .bind(function)
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| invocation_row(&r)).transpose()
     }
 
     pub async fn get_invocation(&self, id: &str) -> Result<Option<InvocationRecord>> {
@@ -643,6 +657,18 @@ mod tests {
             assert_eq!(
                 s.count_invocations(Some("f")).await.unwrap(),
                 vec![("queued".into(), 3)]
+            );
+            // A batch of finished sync invocations with a key already taken: the rest is kept.
+            let mut dup = invocation("e", Some("k"));
+            dup.is_async = false;
+            dup.status = "succeeded".into();
+            let mut fresh = invocation("f", Some("k2"));
+            fresh.status = "succeeded".into();
+            s.insert_invocations(&[dup, fresh]).await.unwrap();
+            assert!(s.get_invocation("e").await.unwrap().is_none());
+            assert_eq!(
+                s.invocation_by_key("f", "k2").await.unwrap().unwrap().id,
+                "f"
             );
         }
     }

@@ -710,16 +710,9 @@ impl Executor {
             }));
         }
         if let Some(k) = &rec.idempotency_key {
-            // A sync call with a key already used answers with the earlier result.
-            let earlier = store
-                .list_invocations(&InvocationFilter {
-                    function: Some(name.to_string()),
-                    ..Default::default()
-                })
-                .await?
-                .into_iter()
-                .find(|r| r.idempotency_key.as_deref() == Some(k.as_str()));
-            if let Some(r) = earlier {
+            // A sync call with a key already used answers with the earlier result (once it is
+            // recorded: sync records are written just after the answer).
+            if let Some(r) = store.invocation_by_key(name, k).await? {
                 return Ok(Invoked::Done(Box::new(info_of(&r))));
             }
         }
