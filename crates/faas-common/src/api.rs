@@ -8,7 +8,7 @@ use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize};
 
 /// What to run: a string run by `sh -c`, or an argv array run as is.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum CommandSpec {
     Shell(String),
@@ -33,7 +33,18 @@ impl CommandSpec {
 }
 
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    Default,
+    utoipa::ToSchema,
 )]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
@@ -72,7 +83,9 @@ impl fmt::Display for Mode {
 }
 
 /// The backend a request asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Runtime {
     #[default]
@@ -100,7 +113,9 @@ impl fmt::Display for Runtime {
 }
 
 /// How strongly a sandbox is isolated from the host kernel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum IsolationLevel {
     /// Namespaces, cgroups and a reduced capability set.
@@ -112,7 +127,8 @@ pub enum IsolationLevel {
 
 /// Environment variables: a JSON object, or the reference SDKs' list of `[key, value]` pairs.
 /// Numbers and booleans are taken as their text.
-#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, utoipa::ToSchema)]
+#[schema(value_type = Object, example = json!({"KEY": "value"}))]
 pub struct EnvVars(pub Vec<(String, String)>);
 
 impl<'de> Deserialize<'de> for EnvVars {
@@ -158,7 +174,7 @@ impl<'de> Deserialize<'de> for EnvVars {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ExecuteRequest {
     pub command: CommandSpec,
     #[serde(default)]
@@ -243,7 +259,7 @@ fn decode_stdin(text: &Option<String>, b64: &Option<String>) -> Result<Option<Ve
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ExecuteResponse {
     pub request_id: String,
     /// The command's real exit status; 128 + N when signal N ended it.
@@ -277,7 +293,7 @@ pub struct ExecuteResponse {
 }
 
 /// `POST /api/v1/instances`
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct InstanceCreateRequest {
     #[serde(default)]
     pub image: Option<String>,
@@ -300,7 +316,7 @@ pub struct InstanceCreateRequest {
     pub network: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum InstanceStatus {
     Running,
@@ -310,7 +326,7 @@ pub enum InstanceStatus {
     Lost,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct InstanceInfo {
     pub id: String,
     pub name: Option<String>,
@@ -329,13 +345,13 @@ pub struct InstanceInfo {
     pub last_used_at_ms: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct InstancesResponse {
     pub instances: Vec<InstanceInfo>,
 }
 
 /// `POST /api/v1/instances/{id}/exec`
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct InstanceExecRequest {
     pub command: CommandSpec,
     #[serde(default)]
@@ -358,7 +374,7 @@ impl InstanceExecRequest {
 }
 
 /// `POST /api/v1/snapshots` (and `/instances/{id}/snapshot`, where `instance_id` is the path's)
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SnapshotCreateRequest {
     #[serde(default)]
     pub instance_id: Option<String>,
@@ -371,14 +387,14 @@ pub struct SnapshotCreateRequest {
     pub memory: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SnapshotKind {
     Filesystem,
     Memory,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SnapshotInfo {
     pub id: String,
     pub name: Option<String>,
@@ -401,13 +417,13 @@ pub struct SnapshotInfo {
     pub checkpoint_ms: Option<f64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SnapshotsResponse {
     pub snapshots: Vec<SnapshotInfo>,
 }
 
 /// `POST /api/v1/snapshots/{id}/branch`, `/instances/{id}/fork`
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BranchRequest {
     #[serde(default = "one_u32")]
     pub count: u32,
@@ -417,7 +433,7 @@ fn one_u32() -> u32 {
     1
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BranchResponse {
     pub instances: Vec<InstanceInfo>,
     /// The snapshot the branches were made from (for a fork, the one taken of the instance).
@@ -425,7 +441,7 @@ pub struct BranchResponse {
     pub took_ms: f64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PrewarmRequest {
     #[serde(default)]
     pub image: Option<String>,
@@ -441,7 +457,7 @@ fn one() -> usize {
     1
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PoolInfo {
     pub image: String,
     pub backend: String,
@@ -458,12 +474,12 @@ pub struct PoolInfo {
     pub last_error: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PoolsResponse {
     pub pools: Vec<PoolInfo>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BackendStatus {
     pub name: String,
     pub available: bool,
@@ -471,7 +487,7 @@ pub struct BackendStatus {
     pub detail: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HealthResponse {
     pub status: String,
     pub version: String,
@@ -483,7 +499,7 @@ pub struct HealthResponse {
 }
 
 /// An image in the native backend's store.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ImageInfo {
     pub name: String,
     /// Layer digests (sha256), bottom first.
@@ -493,13 +509,13 @@ pub struct ImageInfo {
     pub created_unix: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ImagesResponse {
     pub images: Vec<ImageInfo>,
 }
 
 /// JSON metrics: counters since start.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 pub struct MetricsResponse {
     /// `backend` → `mode` → count.
     pub executions: BTreeMap<String, BTreeMap<String, u64>>,

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::api::{CommandSpec, EnvVars, IsolationLevel, Runtime};
 
 /// What runs a function's code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FunctionRuntime {
     /// Python 3: `handler` is `module.function`; a shim imports it once and serves invocation
@@ -37,7 +37,7 @@ impl FunctionRuntime {
 
 /// `POST /api/v1/functions` (with `name`) and `PUT /api/v1/functions/{name}` (a new version;
 /// what it leaves out is taken from the latest version).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeployRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -77,7 +77,7 @@ pub struct DeployRequest {
     pub isolation: Option<IsolationLevel>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FunctionInfo {
     pub name: String,
     /// The latest version (or the one asked for).
@@ -104,12 +104,12 @@ pub struct FunctionInfo {
     pub updated_ms: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FunctionsResponse {
     pub functions: Vec<FunctionInfo>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FunctionDeleted {
     pub name: String,
     /// Queued invocations that were failed with `function_deleted`.
@@ -117,7 +117,7 @@ pub struct FunctionDeleted {
 }
 
 /// Why an invocation did not succeed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct InvocationError {
     /// The exception's type (`ZeroDivisionError`, `TypeError`...), or one of the platform's:
     /// `timeout`, `runtime_exited`, `exit_code`, `function_deleted`, `worker_lost`,
@@ -130,7 +130,7 @@ pub struct InvocationError {
 }
 
 /// A sync invocation's answer, and `GET /api/v1/invocations/{id}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct InvocationInfo {
     pub invocation_id: String,
     pub function: String,
@@ -156,20 +156,21 @@ pub struct InvocationInfo {
     pub finished_ms: Option<i64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct InvocationsResponse {
     pub invocations: Vec<InvocationInfo>,
 }
 
 /// `202` answer of `?async=true`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct InvocationAccepted {
     pub invocation_id: String,
     pub status: String,
 }
 
 /// Query of `POST /api/v1/functions/{name}/invoke`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct InvokeQuery {
     #[serde(default, rename = "async")]
     pub is_async: bool,
@@ -185,7 +186,8 @@ pub struct InvokeQuery {
 }
 
 /// Query of `GET /api/v1/invocations`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct InvocationsQuery {
     #[serde(default)]
     pub function: Option<String>,

@@ -3,29 +3,28 @@
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use faas_common::{
     DeployRequest, FunctionDeleted, FunctionInfo, FunctionsResponse, InvocationInfo,
     InvocationsQuery, InvocationsResponse, InvokeQuery,
 };
 use faas_executor::functions::Invoked;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::extract::{ApiJson, ApiQuery, RawBody};
 use crate::{ApiResult, AppState};
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/functions", post(deploy).get(list))
-        .route(
-            "/api/v1/functions/{name}",
-            get(get_one).put(update).delete(delete),
-        )
-        .route("/api/v1/functions/{name}/invoke", post(invoke))
-        .route("/api/v1/invocations", get(invocations))
-        .route("/api/v1/invocations/{id}", get(invocation))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(deploy, list))
+        .routes(routes!(get_one, update, delete))
+        .routes(routes!(invoke))
+        .routes(routes!(invocations))
+        .routes(routes!(invocation))
 }
 
+#[utoipa::path(post, path = "/api/v1/functions", tag = "functions", summary = "Deploy a function (a new version when the name exists)", request_body = faas_common::DeployRequest, responses((status = 201, description = "a new function", body = faas_common::FunctionInfo), (status = 200, description = "a new version", body = faas_common::FunctionInfo), (status = "default", description = "an error: `{\"error\": {\"code\", \"message\"}}`", body = faas_common::ErrorBody)))]
 async fn deploy(
     State(s): State<AppState>,
     ApiJson(req): ApiJson<DeployRequest>,
@@ -39,6 +38,7 @@ async fn deploy(
     Ok((status, Json(info)))
 }
 
+#[utoipa::path(put, path = "/api/v1/functions/{name}", tag = "functions", summary = "Make a new version (what is left out is taken from the latest)", params(("name" = String, Path, description = "function name")), request_body = faas_common::DeployRequest, responses((status = 200, body = faas_common::FunctionInfo), (status = "default", description = "an error: `{\"error\": {\"code\", \"message\"}}`", body = faas_common::ErrorBody)))]
 async fn update(
     State(s): State<AppState>,
     Path(name): Path<String>,
@@ -47,6 +47,7 @@ async fn update(
     Ok(Json(s.executor.function_deploy(Some(&name), req).await?.1))
 }
 
+#[utoipa::path(get, path = "/api/v1/functions", tag = "functions", summary = "List functions", responses((status = 200, body = faas_common::FunctionsResponse), (status = "default", description = "an error: `{\"error\": {\"code\", \"message\"}}`", body = faas_common::ErrorBody)))]
 async fn list(State(s): State<AppState>) -> ApiResult<Json<FunctionsResponse>> {
     Ok(Json(FunctionsResponse {
         functions: s.executor.function_list().await?,
@@ -58,6 +59,7 @@ struct VersionQuery {
     version: Option<i64>,
 }
 
+#[utoipa::path(get, path = "/api/v1/functions/{name}", tag = "functions", summary = "Get a function (its latest version, or `?version=N`)", params(("name" = String, Path, description = "function name"), ("version" = Option<i64>, Query, description = "a version number")), responses((status = 200, body = faas_common::FunctionInfo), (status = "default", description = "an error: `{\"error\": {\"code\", \"message\"}}`", body = faas_common::ErrorBody)))]
 async fn get_one(
     State(s): State<AppState>,
     Path(name): Path<String>,
@@ -66,6 +68,7 @@ async fn get_one(
     Ok(Json(s.executor.function_get(&name, q.version).await?))
 }
 
+#[utoipa::path(delete, path = "/api/v1/functions/{name}", tag = "functions", summary = "Delete a function; its queued invocations fail with `function_deleted`", params(("name" = String, Path, description = "function name")), responses((status = 200, body = faas_common::FunctionDeleted), (status = "default", description = "an error: `{\"error\": {\"code\", \"message\"}}`", body = faas_common::ErrorBody)))]
 async fn delete(
     State(s): State<AppState>,
     Path(name): Path<String>,
@@ -75,6 +78,7 @@ async fn delete(
 
 /// The body is the payload itself. `?async=true` answers `202 {invocation_id}`; an
 /// `Idempotency-Key` header makes a repeated call return the first invocation.
+#[utoipa::path(post, path = "/api/v1/functions/{name}/invoke", tag = "functions", summary = "Invoke a function; the body is the JSON payload", params(("name" = String, Path, description = "function name"), faas_common::InvokeQuery, ("Idempotency-Key" = Option<String>, Header, description = "the same key returns the same invocation")), request_body(content = serde_json::Value, description = "the payload, any JSON (at most 6 MiB)"), responses((status = 200, body = faas_common::InvocationInfo), (status = 202, description = "queued (`?async=true`)", body = faas_common::InvocationAccepted), (status = "default", description = "an error: `{\"error\": {\"code\", \"message\"}}`", body = faas_common::ErrorBody)))]
 async fn invoke(
     State(s): State<AppState>,
     Path(name): Path<String>,
@@ -94,6 +98,7 @@ async fn invoke(
     )
 }
 
+#[utoipa::path(get, path = "/api/v1/invocations/{id}", tag = "invocations", summary = "Get an invocation", params(("id" = String, Path, description = "invocation id")), responses((status = 200, body = faas_common::InvocationInfo), (status = "default", description = "an error: `{\"error\": {\"code\", \"message\"}}`", body = faas_common::ErrorBody)))]
 async fn invocation(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -101,6 +106,7 @@ async fn invocation(
     Ok(Json(s.executor.invocation_get(&id).await?))
 }
 
+#[utoipa::path(get, path = "/api/v1/invocations", tag = "invocations", summary = "List invocations, newest first", params(faas_common::InvocationsQuery), responses((status = 200, body = faas_common::InvocationsResponse), (status = "default", description = "an error: `{\"error\": {\"code\", \"message\"}}`", body = faas_common::ErrorBody)))]
 async fn invocations(
     State(s): State<AppState>,
     ApiQuery(q): ApiQuery<InvocationsQuery>,

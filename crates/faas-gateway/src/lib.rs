@@ -16,7 +16,6 @@ use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
 use axum::{Json, Router};
 use faas_common::{
     BranchRequest, BranchResponse, ErrorCode, ExecuteRequest, ExecuteResponse, HealthResponse,
@@ -27,6 +26,9 @@ use faas_common::{
 use faas_executor::Executor;
 use tokio::net::TcpListener;
 use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub use error::ApiError;
 pub use extract::{ApiJson, OptionalJson};
@@ -51,46 +53,69 @@ impl AppState {
     }
 }
 
+/// The OpenAPI document's frame; the paths come from the handlers' `#[utoipa::path]`.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "faas",
+        description = "Serverless execution platform: run code in isolated sandboxes. Errors are `{\"error\": {\"code\", \"message\"}}` with a fitting status."
+    ),
+    components(schemas(faas_common::ErrorBody, faas_common::ErrorCode)),
+    tags(
+        (name = "execute", description = "One-shot executions in five modes, warm pools, output streams"),
+        (name = "instances", description = "Long-lived sandboxes"),
+        (name = "snapshots", description = "Snapshots, restores and branches"),
+        (name = "functions", description = "Deployed functions and their invocations"),
+        (name = "invocations", description = "Sync and async invocations"),
+        (name = "system", description = "Health, images, metrics"),
+    )
+)]
+struct ApiDoc;
+
+/// Every route, each registered with its OpenAPI operation (so the two cannot drift apart).
+fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(health))
+        .routes(routes!(execute))
+        .routes(routes!(execute_advanced))
+        .routes(routes!(prewarm))
+        .routes(routes!(pools))
+        .routes(routes!(images))
+        .routes(routes!(instance_create, instance_list))
+        .routes(routes!(instance_get, instance_delete))
+        .routes(routes!(instance_exec))
+        .routes(routes!(logs_stream))
+        .routes(routes!(instance_stop))
+        .routes(routes!(instance_start))
+        .routes(routes!(instance_file_get, instance_file_put))
+        .routes(routes!(instance_snapshot))
+        .routes(routes!(instance_fork))
+        .routes(routes!(snapshot_create, snapshot_list))
+        .routes(routes!(snapshot_get, snapshot_delete))
+        .routes(routes!(snapshot_restore))
+        .routes(routes!(snapshot_branch))
+        .merge(functions::routes())
+        .routes(routes!(metrics_json))
+        .routes(routes!(metrics_prometheus))
+        .routes(routes!(openapi_json))
+}
+
+#[utoipa::path(get, path = "/api/v1/openapi.json", tag = "system", summary = "This OpenAPI 3 document", responses((status = 200, content_type = "application/json", body = Object)))]
+async fn openapi_json() -> Json<Arc<utoipa::openapi::OpenApi>> {
+    static DOC: std::sync::OnceLock<Arc<utoipa::openapi::OpenApi>> = std::sync::OnceLock::new();
+    Json(DOC.get_or_init(|| Arc::new(openapi())).clone())
+}
+
+/// The OpenAPI 3 document of the API (also served at `GET /api/v1/openapi.json`).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    routes().split_for_parts().1
+}
+
 pub fn router(state: AppState) -> Router {
     let limit = state.body_limit;
-    Router::new()
-        .route("/health", get(health))
-        .route("/api/v1/execute", post(execute))
-        .route("/api/v1/execute/advanced", post(execute_advanced))
-        .route("/api/v1/prewarm", post(prewarm))
-        .route("/api/v1/pools", get(pools))
-        .route("/api/v1/images", get(images))
-        .route(
-            "/api/v1/instances",
-            post(instance_create).get(instance_list),
-        )
-        .route(
-            "/api/v1/instances/{id}",
-            get(instance_get).delete(instance_delete),
-        )
-        .route("/api/v1/instances/{id}/exec", post(instance_exec))
-        .route("/api/v1/logs/{id}/stream", get(logs_stream))
-        .route("/api/v1/instances/{id}/stop", post(instance_stop))
-        .route("/api/v1/instances/{id}/start", post(instance_start))
-        .route(
-            "/api/v1/instances/{id}/files",
-            get(instance_file_get).put(instance_file_put),
-        )
-        .route("/api/v1/instances/{id}/snapshot", post(instance_snapshot))
-        .route("/api/v1/instances/{id}/fork", post(instance_fork))
-        .route(
-            "/api/v1/snapshots",
-            post(snapshot_create).get(snapshot_list),
-        )
-        .route(
-            "/api/v1/snapshots/{id}",
-            get(snapshot_get).delete(snapshot_delete),
-        )
-        .route("/api/v1/snapshots/{id}/restore", post(snapshot_restore))
-        .route("/api/v1/snapshots/{id}/branch", post(snapshot_branch))
-        .merge(functions::routes())
-        .route("/api/v1/metrics", get(metrics_json))
-        .route("/metrics", get(metrics_prometheus))
+    routes()
+        .split_for_parts()
+        .0
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -119,6 +144,7 @@ pub async fn serve(
 
 type ApiResult<T> = Result<T, ApiError>;
 
+#[utoipa::path(post, path = "/api/v1/instances", tag = "instances", summary = "Create an instance", request_body(content = Option<faas_common::InstanceCreateRequest>, description = "optional"), responses((status = 201, body = faas_common::InstanceInfo), (status = "default", description = "an error: `{\"error\": {\"code\", \"message\"}}`", body = faas_common::ErrorBody)))]
 async fn instance_create(
     State(s): State<AppState>,
     OptionalJson(body): OptionalJson<InstanceCreateRequest>,
@@ -130,12 +156,14 @@ async fn instance_create(
     ))
 }
 
+#[utoipa::path(get, path = "/api/v1/instances", tag = "instances", summary = "List instances", responses((status = 200, body = faas_common::InstancesResponse), (status = "default", description = "an error: `{\"error\": {\"code\", \"message\"}}`", body = faas_common::ErrorBody)))]
 async fn instance_list(State(s): State<AppState>) -> ApiResult<Json<InstancesResponse>> {
     Ok(Json(InstancesResponse {
         instances: s.executor.instance_list().await?,
     }))
 }
 
+#[utoipa::path(get, path = "/api/v1/instances/{id}", tag = "instances", summary = "Get an instance", params(("id" = String, Path, description = "instance id")), responses((status = 200, body = faas_common::InstanceInfo), (status = "default", description = "an error: `{\"error\": {\"code\", \"message\"}}`", body = faas_common::ErrorBody)))]
 async fn instance_get(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -143,6 +171,7 @@ async fn instance_get(
     Ok(Json(s.executor.instance_get(&id).await?))
 }
 
+#[utoipa::path(delete, path = "/api/v1/instances/{id}", tag = "instances", summary = "Delete an instance and its files", params(("id" = String, Path, description = "instance id")), responses((status = 204), (status = "default", description = "an error: `{\"error\": {\"code\", \"message\"}}`", body = faas_common::ErrorBody)))]
 async fn instance_delete(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -159,6 +188,7 @@ struct StreamQuery {
 
 /// `?stream=true`: Server-Sent Events of the output as it comes (`stdout`, `stderr`, then
 /// `exit`), the execution id in the `x-request-id` header.
+#[utoipa::path(post, path = "/api/v1/instances/{id}/exec", tag = "instances", summary = "Run a command in an instance; `?stream=true` answers with Server-Sent Events", params(("id" = String, Path, description = "instance id"), ("stream" = Option<bool>, Query, description = "stream stdout/stderr/exit events")), request_body = faas_common::InstanceExecRequest, responses((status = 200, body = faas_common::ExecuteResponse), (status = "default", description = "an error: `{\"error\": {\"code\", \"message\"}}`", body = faas_common::ErrorBody)))]
 async fn instance_exec(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -176,6 +206,7 @@ async fn instance_exec(
     Ok(Json(s.executor.instance_exec(&id, req).await?).into_response())
 }
 
+#[utoipa::path(get, path = "/api/v1/logs/{id}/stream", tag = "execute", summary = "Server-Sent Events of an execution's output (`stdout`, `stderr`, then `exit`)", params(("id" = String, Path, description = "execution (request) id")), responses((status = 200, content_type = "text/event-stream", body = String), (status = "default", description = "an error: `{\"error\": {\"code\", \"message\"}}`", body = faas_common::ErrorBody)))]
 async fn logs_stream(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -194,6 +225,7 @@ fn sse(
     Sse::new(events).keep_alive(KeepAlive::default())
 }
 
+#[utoipa::path(post, path = "/api/v1/instances/{id}/stop", tag = "instances", summary = "Stop an instance (its files are kept)", params(("id" = String, Path, description = "instance id")), responses((status = 200, body = faas_common::InstanceInfo), (status = "default", description = "an error: `{\"error\": {\"code\", \"message\"}}`", body = faas_common::ErrorBody)))]
 async fn instance_stop(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -201,6 +233,7 @@ async fn instance_stop(
     Ok(Json(s.executor.instance_stop(&id).await?))
 }
 
+#[utoipa::path(post, path = "/api/v1/instances/{id}/start", tag = "instances", summary = "Start a stopped instance", params(("id" = String, Path, description = "instance id")), responses((status = 200, body = faas_common::InstanceInfo), (status = "default", description = "an error: `{\"error\": {\"code\", \"message\"}}`", body = faas_common::ErrorBody)))]
 async fn instance_start(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -222,6 +255,7 @@ fn file_path(q: FileQuery) -> ApiResult<String> {
     })
 }
 
+#[utoipa::path(get, path = "/api/v1/instances/{id}/files", tag = "instances", summary = "Download a file of an instance", params(("id" = String, Path, description = "instance id"), ("path" = String, Query, description = "absolute path in the instance")), responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>), (status = "default", description = "an error: `{\"error\": {\"code\", \"message\"}}`", body = faas_common::ErrorBody)))]
 async fn instance_file_get(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -232,6 +266,7 @@ async fn instance_file_get(
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], data))
 }
 
+#[utoipa::path(put, path = "/api/v1/instances/{id}/files", tag = "instances", summary = "Upload a file into an instance", params(("id" = String, Path, description = "instance id"), ("path" = String, Query, description = "absolute path in the instance")), request_body(content = Vec<u8>, content_type = "application/octet-stream"), responses((status = 204), (status = "default", description = "an error: `{\"error\": {\"code\", \"message\"}}`", body = faas_common::ErrorBody)))]
 async fn instance_file_put(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -245,6 +280,7 @@ async fn instance_file_put(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(post, path = "/api/v1/instances/{id}/snapshot", tag = "snapshots", summary = "Snapshot an instance", params(("id" = String, Path, description = "instance id")), request_body(content = Option<faas_common::SnapshotCreateRequest>, description = "optional"), responses((status = 201, body = faas_common::SnapshotInfo), (status = "default", description = "an error: `{\"error\": {\"code\", \"message\"}}`", body = faas_common::ErrorBody)))]
 async fn instance_snapshot(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -258,6 +294,7 @@ async fn instance_snapshot(
     ))
 }
 
+#[utoipa::path(post, path = "/api/v1/instances/{id}/fork", tag = "instances", summary = "Fork an instance into N new ones", params(("id" = String, Path, description = "instance id")), request_body(content = Option<faas_common::BranchRequest>, description = "optional; count defaults to 1"), responses((status = 201, body = faas_common::BranchResponse), (status = "default", description = "an error: `{\"error\": {\"code\", \"message\"}}`", body = faas_common::ErrorBody)))]
 async fn instance_fork(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -270,6 +307,7 @@ async fn instance_fork(
     ))
 }
 
+#[utoipa::path(post, path = "/api/v1/snapshots", tag = "snapshots", summary = "Snapshot an instance", request_body = faas_common::SnapshotCreateRequest, responses((status = 201, body = faas_common::SnapshotInfo), (status = "default", description = "an error: `{\"error\": {\"code\", \"message\"}}`", body = faas_common::ErrorBody)))]
 async fn snapshot_create(
     State(s): State<AppState>,
     ApiJson(req): ApiJson<SnapshotCreateRequest>,
@@ -280,12 +318,14 @@ async fn snapshot_create(
     ))
 }
 
+#[utoipa::path(get, path = "/api/v1/snapshots", tag = "snapshots", summary = "List snapshots", responses((status = 200, body = faas_common::SnapshotsResponse), (status = "default", description = "an error: `{\"error\": {\"code\", \"message\"}}`", body = faas_common::ErrorBody)))]
 async fn snapshot_list(State(s): State<AppState>) -> ApiResult<Json<SnapshotsResponse>> {
     Ok(Json(SnapshotsResponse {
         snapshots: s.executor.snapshot_list().await?,
     }))
 }
 
+#[utoipa::path(get, path = "/api/v1/snapshots/{id}", tag = "snapshots", summary = "Get a snapshot", params(("id" = String, Path, description = "snapshot id")), responses((status = 200, body = faas_common::SnapshotInfo), (status = "default", description = "an error: `{\"error\": {\"code\", \"message\"}}`", body = faas_common::ErrorBody)))]
 async fn snapshot_get(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -293,6 +333,7 @@ async fn snapshot_get(
     Ok(Json(s.executor.snapshot_get(&id).await?))
 }
 
+#[utoipa::path(delete, path = "/api/v1/snapshots/{id}", tag = "snapshots", summary = "Delete a snapshot (409 while something depends on it)", params(("id" = String, Path, description = "snapshot id")), responses((status = 204), (status = "default", description = "an error: `{\"error\": {\"code\", \"message\"}}`", body = faas_common::ErrorBody)))]
 async fn snapshot_delete(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -301,6 +342,7 @@ async fn snapshot_delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(post, path = "/api/v1/snapshots/{id}/restore", tag = "snapshots", summary = "Restore a snapshot into a new instance", params(("id" = String, Path, description = "snapshot id")), responses((status = 201, body = faas_common::InstanceInfo), (status = "default", description = "an error: `{\"error\": {\"code\", \"message\"}}`", body = faas_common::ErrorBody)))]
 async fn snapshot_restore(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -311,6 +353,7 @@ async fn snapshot_restore(
     ))
 }
 
+#[utoipa::path(post, path = "/api/v1/snapshots/{id}/branch", tag = "snapshots", summary = "Branch a snapshot into N new instances", params(("id" = String, Path, description = "snapshot id")), request_body(content = Option<faas_common::BranchRequest>, description = "optional; count defaults to 1"), responses((status = 201, body = faas_common::BranchResponse), (status = "default", description = "an error: `{\"error\": {\"code\", \"message\"}}`", body = faas_common::ErrorBody)))]
 async fn snapshot_branch(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -323,6 +366,7 @@ async fn snapshot_branch(
     ))
 }
 
+#[utoipa::path(get, path = "/health", tag = "system", summary = "Status, version, uptime and each backend's availability", responses((status = 200, body = faas_common::HealthResponse)))]
 async fn health(State(s): State<AppState>) -> Json<HealthResponse> {
     let default_backend = s.executor.default_backend().map(str::to_string);
     Json(HealthResponse {
@@ -340,6 +384,7 @@ async fn health(State(s): State<AppState>) -> Json<HealthResponse> {
     })
 }
 
+#[utoipa::path(post, path = "/api/v1/execute", tag = "execute", summary = "Run a command in a sandbox", request_body = faas_common::ExecuteRequest, responses((status = 200, body = faas_common::ExecuteResponse), (status = "default", description = "an error: `{\"error\": {\"code\", \"message\"}}`", body = faas_common::ErrorBody)))]
 async fn execute(
     State(s): State<AppState>,
     ApiJson(req): ApiJson<ExecuteRequest>,
@@ -347,6 +392,7 @@ async fn execute(
     Ok(Json(s.executor.execute(req).await?))
 }
 
+#[utoipa::path(post, path = "/api/v1/execute/advanced", tag = "execute", summary = "Run a command; `mode` is required", request_body = faas_common::ExecuteRequest, responses((status = 200, body = faas_common::ExecuteResponse), (status = "default", description = "an error: `{\"error\": {\"code\", \"message\"}}`", body = faas_common::ErrorBody)))]
 async fn execute_advanced(
     State(s): State<AppState>,
     ApiJson(req): ApiJson<ExecuteRequest>,
@@ -360,6 +406,7 @@ async fn execute_advanced(
     Ok(Json(s.executor.execute(req).await?))
 }
 
+#[utoipa::path(post, path = "/api/v1/prewarm", tag = "execute", summary = "Set a warm pool's size and fill it", request_body = faas_common::PrewarmRequest, responses((status = 200, body = faas_common::PoolInfo), (status = "default", description = "an error: `{\"error\": {\"code\", \"message\"}}`", body = faas_common::ErrorBody)))]
 async fn prewarm(
     State(s): State<AppState>,
     ApiJson(req): ApiJson<PrewarmRequest>,
@@ -367,22 +414,26 @@ async fn prewarm(
     Ok(Json(s.executor.prewarm(req).await?))
 }
 
+#[utoipa::path(get, path = "/api/v1/pools", tag = "execute", summary = "Warm pools", responses((status = 200, body = faas_common::PoolsResponse)))]
 async fn pools(State(s): State<AppState>) -> Json<PoolsResponse> {
     Json(PoolsResponse {
         pools: s.executor.pools(),
     })
 }
 
+#[utoipa::path(get, path = "/api/v1/images", tag = "system", summary = "Images of the native backend's store", responses((status = 200, body = faas_common::ImagesResponse), (status = "default", description = "an error: `{\"error\": {\"code\", \"message\"}}`", body = faas_common::ErrorBody)))]
 async fn images(State(s): State<AppState>) -> Result<Json<ImagesResponse>, ApiError> {
     Ok(Json(ImagesResponse {
         images: s.executor.images()?,
     }))
 }
 
+#[utoipa::path(get, path = "/api/v1/metrics", tag = "system", summary = "Counters as JSON", responses((status = 200, body = faas_common::MetricsResponse)))]
 async fn metrics_json(State(s): State<AppState>) -> Json<MetricsResponse> {
     Json(s.executor.metrics())
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "system", summary = "Counters in the Prometheus text format", responses((status = 200, content_type = "text/plain", body = String)))]
 async fn metrics_prometheus(State(s): State<AppState>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -481,4 +532,103 @@ pub fn prometheus_text(m: &MetricsResponse, pools: &[PoolInfo]) -> String {
         ready,
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    fn app() -> Router {
+        let executor = Executor::new(
+            faas_executor::ExecutorConfig::default(),
+            Vec::new(),
+            None,
+            None,
+        );
+        router(AppState::new(executor))
+    }
+
+    /// Every operation of the document is served by its handler: none falls through to the
+    /// "no such route" or "method not allowed" answers. Routes are only ever added with their
+    /// operation (`routes!`), so none exists outside the document either.
+    #[tokio::test]
+    async fn the_document_and_the_routes_agree() {
+        let doc = serde_json::to_value(openapi()).unwrap();
+        let paths = doc["paths"].as_object().unwrap();
+        let mut operations = 0;
+        for (path, item) in paths {
+            for method in item.as_object().unwrap().keys() {
+                operations += 1;
+                let uri = path.replace("{id}", "x").replace("{name}", "x");
+                let req = Request::builder()
+                    .method(method.to_uppercase().as_str())
+                    .uri(uri)
+                    .body(Body::empty())
+                    .unwrap();
+                let resp = app().oneshot(req).await.unwrap();
+                let status = resp.status().as_u16();
+                let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+                    .await
+                    .unwrap();
+                let text = String::from_utf8_lossy(&body);
+                assert!(
+                    !(status == 404 && text.contains("no such route")) && status != 405,
+                    "{method} {path}: {status} {text}"
+                );
+            }
+        }
+        assert!(operations >= 35, "{operations} operations");
+        // Not in the document: not served.
+        let resp = app()
+            .oneshot(Request::get("/api/v1/nothing").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 404);
+        for src in [include_str!("lib.rs"), include_str!("functions.rs")] {
+            assert!(
+                !src.contains(&[".route", "(\""].concat()),
+                "a route added without its OpenAPI operation"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn the_document_is_served_and_names_the_schemas() {
+        let resp = app()
+            .oneshot(
+                Request::get("/api/v1/openapi.json")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 200);
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 22)
+            .await
+            .unwrap();
+        let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+        for schema in [
+            "ExecuteRequest",
+            "ExecuteResponse",
+            "InstanceInfo",
+            "SnapshotInfo",
+            "FunctionInfo",
+            "InvocationInfo",
+            "ErrorBody",
+        ] {
+            assert!(
+                doc["components"]["schemas"][schema].is_object(),
+                "{schema} missing"
+            );
+        }
+        let exec = &doc["paths"]["/api/v1/execute"]["post"];
+        assert_eq!(
+            exec["requestBody"]["content"]["application/json"]["schema"]["$ref"],
+            "#/components/schemas/ExecuteRequest"
+        );
+    }
 }
