@@ -1,0 +1,199 @@
+"""Typed results. Each is a dataclass built from the server's JSON with ``from_dict``, which
+ignores fields this version of the SDK does not know (newer servers add fields); the whole
+answer is kept in ``raw``."""
+
+from dataclasses import dataclass, field, fields
+from typing import Any, Dict, List, Optional, Type, TypeVar
+
+T = TypeVar("T")
+
+
+def _build(cls: Type[T], data: Dict[str, Any]) -> T:
+    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    kwargs = {k: v for k, v in data.items() if k in known and k != "raw"}
+    obj = cls(**kwargs)  # type: ignore[call-arg]
+    object.__setattr__(obj, "raw", data)
+    return obj
+
+
+class _Model:
+    @classmethod
+    def from_dict(cls: Type[T], data: Dict[str, Any]) -> T:
+        return _build(cls, data)
+
+
+@dataclass
+class ExecutionResult(_Model):
+    """What a command did. A command that timed out is a result with ``timed_out`` set, not an
+    exception; ``exit_code`` is the real one."""
+
+    request_id: str
+    exit_code: int
+    stdout: str = ""
+    stderr: str = ""
+    output: str = ""
+    logs: str = ""
+    duration_ms: float = 0.0
+    total_ms: float = 0.0
+    error: Optional[str] = None
+    timed_out: bool = False
+    signal: Optional[int] = None
+    oom_killed: bool = False
+    truncated: bool = False
+    backend: str = ""
+    mode: str = ""
+    warm: bool = False
+    sandbox_id: str = ""
+    snapshot_id: Optional[str] = None
+    instance_id: Optional[str] = None
+    raw: Dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def success(self) -> bool:
+        return self.exit_code == 0 and not self.timed_out and self.error is None
+
+
+@dataclass
+class Instance(_Model):
+    id: str
+    status: str
+    backend: str = ""
+    image: str = ""
+    name: Optional[str] = None
+    status_reason: Optional[str] = None
+    isolation: str = "container"
+    memory_mb: int = 0
+    cpu_cores: float = 0.0
+    idle_timeout_s: Optional[int] = None
+    source_snapshot: Optional[str] = None
+    created_at_ms: int = 0
+    last_used_at_ms: int = 0
+    raw: Dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+@dataclass
+class Snapshot(_Model):
+    id: str
+    kind: str
+    backend: str = ""
+    image: str = ""
+    name: Optional[str] = None
+    instance_id: Optional[str] = None
+    parent_id: Optional[str] = None
+    size_bytes: int = 0
+    tags: List[str] = field(default_factory=list)
+    created_at_ms: int = 0
+    took_ms: Optional[float] = None
+    checkpoint_ms: Optional[float] = None
+    raw: Dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+@dataclass
+class Branch(_Model):
+    """New instances made from a snapshot (or a fork of an instance)."""
+
+    snapshot_id: str
+    instances: List[Instance] = field(default_factory=list)
+    took_ms: float = 0.0
+    raw: Dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "Branch":
+        b = _build(cls, data)
+        b.instances = [Instance.from_dict(i) for i in data.get("instances", [])]
+        return b
+
+
+@dataclass
+class PoolInfo(_Model):
+    image: str
+    backend: str
+    ready: int = 0
+    creating: int = 0
+    target: int = 0
+    memory_mb: int = 0
+    cpu_cores: float = 0.0
+    isolation: str = "container"
+    last_error: Optional[str] = None
+    raw: Dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+@dataclass
+class Health(_Model):
+    status: str
+    version: str = ""
+    uptime_s: float = 0.0
+    default_backend: Optional[str] = None
+    default_image: str = ""
+    backends: List[Dict[str, Any]] = field(default_factory=list)
+    raw: Dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def healthy(self) -> bool:
+        return self.status == "ok"
+
+
+@dataclass
+class Function(_Model):
+    name: str
+    version: int
+    runtime: str
+    handler: Optional[str] = None
+    image: str = ""
+    command: Optional[List[str]] = None
+    env_vars: Dict[str, str] = field(default_factory=dict)
+    memory_mb: int = 0
+    cpu_cores: float = 0.0
+    timeout_ms: int = 0
+    min_warm: int = 0
+    max_concurrency: int = 0
+    backend: str = "auto"
+    code_sha256: str = ""
+    code_size: int = 0
+    versions: List[int] = field(default_factory=list)
+    warm: int = 0
+    created_ms: int = 0
+    updated_ms: int = 0
+    raw: Dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+@dataclass
+class Invocation(_Model):
+    """A function invocation: sync ones come back finished; async ones start ``queued``."""
+
+    invocation_id: str
+    function: str = ""
+    version: int = 0
+    status: str = "queued"
+    result: Any = None
+    error: Optional[Dict[str, Any]] = None
+    logs: str = ""
+    duration_ms: Optional[float] = None
+    cold: Optional[bool] = None
+    attempts: int = 0
+    max_attempts: int = 0
+    attempt_errors: List[Dict[str, Any]] = field(default_factory=list)
+    created_ms: int = 0
+    started_ms: Optional[int] = None
+    finished_ms: Optional[int] = None
+    raw: Dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def is_async(self) -> bool:
+        return bool(self.raw.get("async"))
+
+    @property
+    def done(self) -> bool:
+        return self.status not in ("queued", "running")
+
+
+@dataclass
+class LogEvent:
+    """One Server-Sent Event of an output stream: ``stdout``, ``stderr`` or ``exit``."""
+
+    event: str
+    data: Dict[str, Any]
+
+    @property
+    def text(self) -> str:
+        return str(self.data.get("data", ""))

@@ -1,0 +1,512 @@
+"""Every API call, described once: what to send and how to read the answer.
+
+``FaaSClient`` (sync) and ``AsyncFaaSClient`` (async) differ only in how they send; their
+public methods are made from the functions here (see ``client.py``), so both have the same
+names, arguments and documentation.
+"""
+
+import base64
+import json
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+
+from .models import (
+    Branch,
+    ExecutionResult,
+    Function,
+    Health,
+    Instance,
+    Invocation,
+    PoolInfo,
+    Snapshot,
+)
+
+PYTHON_IMAGE = "faas/bookworm-python3.11-node18:latest"
+"""The image of the runtime helpers (python3 and node) when none is named."""
+
+Command = Union[str, Sequence[str]]
+
+
+@dataclass
+class Call:
+    method: str
+    path: str
+    json: Any = None
+    content: Optional[bytes] = None
+    params: Dict[str, Any] = field(default_factory=dict)
+    headers: Dict[str, str] = field(default_factory=dict)
+    parse: Callable[[Any], Any] = lambda body: body
+    # Whether sending it twice is harmless (then transport failures are retried).
+    idempotent: bool = False
+    raw: bool = False  # the answer is bytes, not JSON
+
+
+def _drop_none(d: Dict[str, Any]) -> Dict[str, Any]:
+    return {k: v for k, v in d.items() if v is not None}
+
+
+def _command(command: Command) -> Union[str, List[str]]:
+    return command if isinstance(command, str) else list(command)
+
+
+def _env(env_vars: Optional[Dict[str, Any]]) -> Optional[Dict[str, str]]:
+    return None if env_vars is None else {str(k): str(v) for k, v in env_vars.items()}
+
+
+# ---- execute ----
+
+
+def execute(
+    self,
+    command: Command,
+    image: Optional[str] = None,
+    env_vars: Optional[Dict[str, Any]] = None,
+    timeout_ms: Optional[int] = None,
+    mode: Optional[str] = None,
+    runtime: Optional[str] = None,
+    working_dir: Optional[str] = None,
+    memory_mb: Optional[int] = None,
+    cpu_cores: Optional[float] = None,
+    stdin: Optional[Union[str, bytes]] = None,
+    snapshot_id: Optional[str] = None,
+    branch_from: Optional[str] = None,
+    instance_id: Optional[str] = None,
+    request_id: Optional[str] = None,
+    isolation: Optional[str] = None,
+) -> ExecutionResult:
+    """Runs ``command`` (a string run by ``sh -c``, or an argv list) in a sandbox and returns
+    its exact result. ``mode`` is one of ephemeral (default), cached, checkpointed, branched,
+    persistent. A command that exits non-zero or times out is a result, not an exception.
+    Never retried: running a command twice is not harmless."""
+    body = _drop_none(
+        {
+            "command": _command(command),
+            "image": image,
+            "env_vars": _env(env_vars),
+            "timeout_ms": timeout_ms,
+            "mode": mode,
+            "runtime": runtime,
+            "working_dir": working_dir,
+            "memory_mb": memory_mb,
+            "cpu_cores": cpu_cores,
+            "snapshot_id": snapshot_id,
+            "branch_from": branch_from,
+            "instance_id": instance_id,
+            "request_id": request_id,
+            "isolation": isolation,
+        }
+    )
+    if isinstance(stdin, bytes):
+        body["stdin_b64"] = base64.b64encode(stdin).decode()
+    elif stdin is not None:
+        body["stdin"] = stdin
+    return Call("POST", "/api/v1/execute", json=body, parse=ExecutionResult.from_dict)
+
+
+def run_python(self, code: str, image: str = PYTHON_IMAGE, **kwargs: Any) -> ExecutionResult:
+    """Runs Python source with ``python3 -c``."""
+    return execute(self, ["python3", "-c", code], image=image, **kwargs)
+
+
+def run_javascript(
+    self, code: str, image: str = PYTHON_IMAGE, **kwargs: Any
+) -> ExecutionResult:
+    """Runs JavaScript source with ``node -e``."""
+    return execute(self, ["node", "-e", code], image=image, **kwargs)
+
+
+def run_bash(self, script: str, **kwargs: Any) -> ExecutionResult:
+    """Runs a shell script with ``sh -c`` (the default image has no bash)."""
+    return execute(self, ["/bin/sh", "-c", script], **kwargs)
+
+
+def fork_execution(self, branch_from: str, command: Command, **kwargs: Any) -> ExecutionResult:
+    """Runs ``command`` in a fresh branch of a snapshot or instance (mode ``branched``); the
+    parent is untouched."""
+    return execute(self, command, mode="branched", branch_from=branch_from, **kwargs)
+
+
+def prewarm(
+    self,
+    image: Optional[str] = None,
+    count: int = 1,
+    runtime: Optional[str] = None,
+    isolation: Optional[str] = None,
+) -> PoolInfo:
+    """Sets the warm pool of ``image`` to ``count`` started sandboxes (``cached`` mode uses
+    them)."""
+    body = _drop_none({"image": image, "count": count, "runtime": runtime, "isolation": isolation})
+    return Call("POST", "/api/v1/prewarm", json=body, parse=PoolInfo.from_dict, idempotent=True)
+
+
+def list_pools(self) -> List[PoolInfo]:
+    return Call(
+        "GET",
+        "/api/v1/pools",
+        parse=lambda b: [PoolInfo.from_dict(p) for p in b["pools"]],
+        idempotent=True,
+    )
+
+
+def list_images(self) -> List[Dict[str, Any]]:
+    """Images of the native backend's store."""
+    return Call("GET", "/api/v1/images", parse=lambda b: b["images"], idempotent=True)
+
+
+def health_check(self) -> Health:
+    return Call("GET", "/health", parse=Health.from_dict, idempotent=True)
+
+
+def get_metrics(self) -> Dict[str, Any]:
+    """Counters since the server started (JSON)."""
+    return Call("GET", "/api/v1/metrics", idempotent=True)
+
+
+def get_prometheus_metrics(self) -> str:
+    """The same counters in the Prometheus text format."""
+    return Call("GET", "/metrics", raw=True, parse=lambda b: b.decode(), idempotent=True)
+
+
+def get_openapi(self) -> Dict[str, Any]:
+    """The server's OpenAPI 3 document."""
+    return Call("GET", "/api/v1/openapi.json", idempotent=True)
+
+
+# ---- instances ----
+
+
+def create_instance(
+    self,
+    image: Optional[str] = None,
+    name: Optional[str] = None,
+    env_vars: Optional[Dict[str, Any]] = None,
+    memory_mb: Optional[int] = None,
+    cpu_cores: Optional[float] = None,
+    idle_timeout_s: Optional[int] = None,
+    runtime: Optional[str] = None,
+    isolation: Optional[str] = None,
+) -> Instance:
+    """Starts a long-lived sandbox that keeps its files between execs."""
+    body = _drop_none(
+        {
+            "image": image,
+            "name": name,
+            "env_vars": _env(env_vars),
+            "memory_mb": memory_mb,
+            "cpu_cores": cpu_cores,
+            "idle_timeout_s": idle_timeout_s,
+            "runtime": runtime,
+            "isolation": isolation,
+        }
+    )
+    return Call("POST", "/api/v1/instances", json=body, parse=Instance.from_dict)
+
+
+def list_instances(self) -> List[Instance]:
+    return Call(
+        "GET",
+        "/api/v1/instances",
+        parse=lambda b: [Instance.from_dict(i) for i in b["instances"]],
+        idempotent=True,
+    )
+
+
+def get_instance(self, instance_id: str) -> Instance:
+    return Call("GET", f"/api/v1/instances/{instance_id}", parse=Instance.from_dict, idempotent=True)
+
+
+def exec_instance(
+    self,
+    instance_id: str,
+    command: Command,
+    stdin: Optional[str] = None,
+    env_vars: Optional[Dict[str, Any]] = None,
+    working_dir: Optional[str] = None,
+    timeout_ms: Optional[int] = None,
+) -> ExecutionResult:
+    """Runs a command in an instance (its files persist between calls)."""
+    body = _drop_none(
+        {
+            "command": _command(command),
+            "stdin": stdin,
+            "env_vars": _env(env_vars),
+            "working_dir": working_dir,
+            "timeout_ms": timeout_ms,
+        }
+    )
+    return Call(
+        "POST", f"/api/v1/instances/{instance_id}/exec", json=body, parse=ExecutionResult.from_dict
+    )
+
+
+def stop_instance(self, instance_id: str) -> Instance:
+    """Stops an instance; its files are kept."""
+    return Call("POST", f"/api/v1/instances/{instance_id}/stop", parse=Instance.from_dict, idempotent=True)
+
+
+def start_instance(self, instance_id: str) -> Instance:
+    return Call("POST", f"/api/v1/instances/{instance_id}/start", parse=Instance.from_dict, idempotent=True)
+
+
+def delete_instance(self, instance_id: str) -> None:
+    return Call("DELETE", f"/api/v1/instances/{instance_id}", parse=lambda b: None, idempotent=True)
+
+
+def download_file(self, instance_id: str, path: str) -> bytes:
+    """A file of an instance, as bytes."""
+    return Call(
+        "GET",
+        f"/api/v1/instances/{instance_id}/files",
+        params={"path": path},
+        raw=True,
+        idempotent=True,
+    )
+
+
+def upload_file(self, instance_id: str, path: str, data: Union[bytes, str]) -> None:
+    """Writes ``data`` to ``path`` in an instance (directories are made)."""
+    content = data.encode() if isinstance(data, str) else data
+    return Call(
+        "PUT",
+        f"/api/v1/instances/{instance_id}/files",
+        params={"path": path},
+        content=content,
+        parse=lambda b: None,
+        idempotent=True,
+    )
+
+
+def fork_instance(self, instance_id: str, count: int = 1) -> Branch:
+    """``count`` new instances with the instance's files, each independent."""
+    return Call(
+        "POST", f"/api/v1/instances/{instance_id}/fork", json={"count": count}, parse=Branch.from_dict
+    )
+
+
+# ---- snapshots ----
+
+
+def create_snapshot(
+    self,
+    instance_id: str,
+    name: Optional[str] = None,
+    tags: Optional[List[str]] = None,
+    memory: bool = False,
+) -> Snapshot:
+    """Snapshots an instance's files (and, with ``memory``, its processes where the backend
+    can: gVisor instances)."""
+    body = _drop_none({"instance_id": instance_id, "name": name, "tags": tags, "memory": memory or None})
+    return Call("POST", "/api/v1/snapshots", json=body, parse=Snapshot.from_dict)
+
+
+def list_snapshots(self) -> List[Snapshot]:
+    return Call(
+        "GET",
+        "/api/v1/snapshots",
+        parse=lambda b: [Snapshot.from_dict(s) for s in b["snapshots"]],
+        idempotent=True,
+    )
+
+
+def get_snapshot(self, snapshot_id: str) -> Snapshot:
+    return Call("GET", f"/api/v1/snapshots/{snapshot_id}", parse=Snapshot.from_dict, idempotent=True)
+
+
+def delete_snapshot(self, snapshot_id: str) -> None:
+    return Call("DELETE", f"/api/v1/snapshots/{snapshot_id}", parse=lambda b: None, idempotent=True)
+
+
+def restore_snapshot(self, snapshot_id: str) -> Instance:
+    """A new instance from a snapshot."""
+    return Call("POST", f"/api/v1/snapshots/{snapshot_id}/restore", parse=Instance.from_dict)
+
+
+def branch_snapshot(self, snapshot_id: str, count: int = 1) -> Branch:
+    """``count`` new, independent instances from a snapshot."""
+    return Call(
+        "POST", f"/api/v1/snapshots/{snapshot_id}/branch", json={"count": count}, parse=Branch.from_dict
+    )
+
+
+# ---- functions ----
+
+
+def _deploy_body(
+    runtime: Optional[str],
+    handler: Optional[str],
+    code: Optional[Union[str, bytes]],
+    archive: Optional[bytes],
+    extra: Dict[str, Any],
+) -> Dict[str, Any]:
+    body = _drop_none({"runtime": runtime, "handler": handler, **extra})
+    if "env_vars" in body:
+        body["env_vars"] = _env(body["env_vars"])
+    if code is not None:
+        raw = code.encode() if isinstance(code, str) else code
+        body["code_b64"] = base64.b64encode(raw).decode()
+    if archive is not None:
+        body["archive_b64"] = base64.b64encode(archive).decode()
+    return body
+
+
+def deploy_function(
+    self,
+    name: str,
+    runtime: str,
+    code: Optional[Union[str, bytes]] = None,
+    handler: Optional[str] = None,
+    archive: Optional[bytes] = None,
+    image: Optional[str] = None,
+    command: Optional[Command] = None,
+    env_vars: Optional[Dict[str, Any]] = None,
+    memory_mb: Optional[int] = None,
+    timeout_ms: Optional[int] = None,
+    min_warm: Optional[int] = None,
+    max_concurrency: Optional[int] = None,
+    backend: Optional[str] = None,
+) -> Function:
+    """Deploys a function (``python``, ``node``, ``shell``, ``binary`` or ``image``) from one
+    source file (``code``) or a zip / tar.gz ``archive``; a new version when ``name`` exists."""
+    extra = {
+        "name": name,
+        "image": image,
+        "command": None if command is None else _command(command),
+        "env_vars": env_vars,
+        "memory_mb": memory_mb,
+        "timeout_ms": timeout_ms,
+        "min_warm": min_warm,
+        "max_concurrency": max_concurrency,
+        "backend": backend,
+    }
+    body = _deploy_body(runtime, handler, code, archive, extra)
+    return Call("POST", "/api/v1/functions", json=body, parse=Function.from_dict)
+
+
+def update_function(
+    self,
+    name: str,
+    code: Optional[Union[str, bytes]] = None,
+    handler: Optional[str] = None,
+    archive: Optional[bytes] = None,
+    **settings: Any,
+) -> Function:
+    """A new version of ``name``: what is not given is taken from the latest version."""
+    body = _deploy_body(settings.pop("runtime", None), handler, code, archive, settings)
+    return Call("PUT", f"/api/v1/functions/{name}", json=body, parse=Function.from_dict)
+
+
+def list_functions(self) -> List[Function]:
+    return Call(
+        "GET",
+        "/api/v1/functions",
+        parse=lambda b: [Function.from_dict(f) for f in b["functions"]],
+        idempotent=True,
+    )
+
+
+def get_function(self, name: str, version: Optional[int] = None) -> Function:
+    return Call(
+        "GET",
+        f"/api/v1/functions/{name}",
+        params=_drop_none({"version": version}),
+        parse=Function.from_dict,
+        idempotent=True,
+    )
+
+
+def delete_function(self, name: str) -> Dict[str, Any]:
+    """Deletes a function with all its versions; its queued invocations fail with
+    ``function_deleted``."""
+    return Call("DELETE", f"/api/v1/functions/{name}", idempotent=True)
+
+
+def invoke_function(
+    self,
+    name: str,
+    payload: Any = None,
+    async_: bool = False,
+    version: Optional[int] = None,
+    idempotency_key: Optional[str] = None,
+    callback_url: Optional[str] = None,
+    max_attempts: Optional[int] = None,
+) -> Invocation:
+    """Invokes a function with a JSON ``payload``. Sync: the finished invocation (a handler
+    error is ``status == "error"``, not an exception). ``async_=True``: queued, status
+    ``queued``; follow it with ``get_invocation`` or ``wait_invocation``. Retried on transport
+    failures only with an ``idempotency_key``."""
+    params = _drop_none(
+        {
+            "async": "true" if async_ else None,
+            "version": version,
+            "callback_url": callback_url,
+            "max_attempts": max_attempts,
+        }
+    )
+    headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+    return Call(
+        "POST",
+        f"/api/v1/functions/{name}/invoke",
+        content=json.dumps(payload).encode(),
+        headers={"content-type": "application/json", **headers},
+        params=params,
+        parse=Invocation.from_dict,
+        idempotent=idempotency_key is not None,
+    )
+
+
+def get_invocation(self, invocation_id: str) -> Invocation:
+    return Call("GET", f"/api/v1/invocations/{invocation_id}", parse=Invocation.from_dict, idempotent=True)
+
+
+def list_invocations(
+    self, function: Optional[str] = None, status: Optional[str] = None, limit: int = 100
+) -> List[Invocation]:
+    """Invocations, newest first (``status``: queued, running, succeeded, error, timeout,
+    dead_letter)."""
+    return Call(
+        "GET",
+        "/api/v1/invocations",
+        params=_drop_none({"function": function, "status": status, "limit": limit}),
+        parse=lambda b: [Invocation.from_dict(i) for i in b["invocations"]],
+        idempotent=True,
+    )
+
+
+CALLS = [
+    execute,
+    run_python,
+    run_javascript,
+    run_bash,
+    fork_execution,
+    prewarm,
+    list_pools,
+    list_images,
+    health_check,
+    get_metrics,
+    get_prometheus_metrics,
+    get_openapi,
+    create_instance,
+    list_instances,
+    get_instance,
+    exec_instance,
+    stop_instance,
+    start_instance,
+    delete_instance,
+    download_file,
+    upload_file,
+    fork_instance,
+    create_snapshot,
+    list_snapshots,
+    get_snapshot,
+    delete_snapshot,
+    restore_snapshot,
+    branch_snapshot,
+    deploy_function,
+    update_function,
+    list_functions,
+    get_function,
+    delete_function,
+    invoke_function,
+    get_invocation,
+    list_invocations,
+]
