@@ -2,7 +2,9 @@
 # Runs the whole test suite on this machine, installing and starting what it needs first:
 # Docker (dockerd), the static agent, the local images, a local PostgreSQL server; then lint, the Rust unit and
 # integration tests (real server over HTTP) against Docker and against the native backend with
-# each OCI runtime (crun, runc, runsc) (the store and queue tests on SQLite and PostgreSQL), and a check that nothing was left behind.
+# each OCI runtime (crun, runc, runsc) (the store and queue tests on SQLite and PostgreSQL), the
+# Python and TypeScript SDK suites and the examples against a live server, and a check that
+# nothing was left behind.
 # Prints a summary; exits non-zero when any step failed.
 set -uo pipefail
 . "$(dirname "$0")/lib.sh"
@@ -35,6 +37,50 @@ drop_test_databases() {
 # The full-stack suite against one backend: suite BACKEND [NATIVE_RUNTIME]
 suite() {
   FAAS_TEST_BACKEND=$1 FAAS_TEST_NATIVE_RUNTIME=${2:-crun} cargo test --quiet -p faas --test all
+}
+
+# The SDKs' toolchains: a Python venv in the cache with the SDK and pytest, node and npm with the
+# TypeScript SDK built.
+sdk_setup() {
+  ensure_packages python3-venv
+  command -v npm >/dev/null 2>&1 || ensure_packages nodejs npm
+  VENV="$FAAS_CACHE/venv"
+  [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV" || return 1
+  "$VENV/bin/pip" install -q --upgrade "./sdk/python[test]" || return 1
+  (cd sdk/typescript && npm ci --no-audit --no-fund --loglevel=error && npm run --silent build)
+}
+
+# The Python and TypeScript SDK suites and every example, against a live server (the native
+# backend, its own data dir under the tests' root, so the leftover check covers it).
+sdk_suites() {
+  local dir="${TMPDIR:-/tmp}/faas-tests/sdk-$$" out pid url rc=0
+  mkdir -p "$dir"
+  out="$dir/serve.out"
+  target/debug/faas serve --listen 127.0.0.1:0 --data-dir "$dir/data" >"$out" 2>"$dir/serve.err" &
+  pid=$!
+  for _ in $(seq 1 240); do
+    url=$(sed -n 's/^faas listening on //p' "$out")
+    [ -n "$url" ] && break
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.25
+  done
+  if [ -z "$url" ]; then
+    tail -20 "$dir/serve.err" >&2
+    kill "$pid" 2>/dev/null
+    return 1
+  fi
+  export FAAS_URL="$url"
+  (cd sdk/python && "$VENV/bin/python" -m pytest -q) || rc=1
+  (cd sdk/typescript && npm test --silent 2>&1 | tail -12; exit "${PIPESTATUS[0]}") || rc=1
+  for ex in examples/python/*.py; do
+    echo "example $ex"; "$VENV/bin/python" "$ex" || rc=1
+  done
+  echo "example examples/typescript/quickstart.mjs"; node examples/typescript/quickstart.mjs || rc=1
+  echo "example examples/curl_walkthrough.sh"; examples/curl_walkthrough.sh || rc=1
+  kill -TERM "$pid"
+  wait "$pid" || rc=1
+  [ $rc = 0 ] || tail -30 "$dir/serve.err" >&2
+  return $rc
 }
 
 # Sandboxes, mounts and per-box cgroups that exist on the host, one per line.
@@ -73,6 +119,8 @@ step "rust tests (unit + integration on docker)" cargo test --workspace --quiet
 step "integration on native, crun" suite native crun
 step "integration on native, runc" suite native runc
 step "integration on native, runsc (gVisor)" suite native runsc
+step "SDK toolchains (venv, npm)" sdk_setup
+step "Python + TypeScript SDKs and examples (live server)" sdk_suites
 step "no sandboxes left behind" no_leftovers
 drop_test_databases
 stop_postgres
