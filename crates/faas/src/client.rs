@@ -26,6 +26,9 @@ pub struct RunArgs {
     pub env: Vec<String>,
     #[arg(long, short = 'w')]
     pub working_dir: Option<String>,
+    /// An id of your choosing, to follow the output with `faas logs ID`.
+    #[arg(long)]
+    pub request_id: Option<String>,
     /// Print the whole JSON response instead of the command's output.
     #[arg(long)]
     pub json: bool,
@@ -57,6 +60,7 @@ pub async fn run(a: RunArgs) -> anyhow::Result<u8> {
     req.timeout_ms = a.timeout_ms;
     req.memory_mb = a.memory_mb;
     req.working_dir = a.working_dir;
+    req.request_id = a.request_id;
     for kv in &a.env {
         let (k, v) = kv
             .split_once('=')

@@ -2,12 +2,13 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context};
+use crate::http::{print_json, Api};
+use anyhow::Context;
 use base64::Engine;
 use clap::{Args, Subcommand};
 use faas_common::{
-    DeployRequest, EnvVars, ErrorBody, FunctionInfo, FunctionRuntime, FunctionsResponse,
-    InvocationInfo, InvocationsResponse,
+    DeployRequest, EnvVars, FunctionInfo, FunctionRuntime, FunctionsResponse, InvocationInfo,
+    InvocationsResponse,
 };
 use serde_json::Value;
 
@@ -124,49 +125,6 @@ pub enum InvocationsCmd {
 
 fn parse_runtime(s: &str) -> Result<FunctionRuntime, String> {
     serde_json::from_value(Value::String(s.into())).map_err(|e| e.to_string())
-}
-
-/// A small JSON client: an error answer becomes `faas: STATUS (code): message`.
-struct Api {
-    base: String,
-    http: reqwest::Client,
-}
-
-impl Api {
-    fn new(server: &str) -> Api {
-        Api {
-            base: server.trim_end_matches('/').to_string(),
-            http: reqwest::Client::new(),
-        }
-    }
-
-    async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<(u16, Value)> {
-        let resp = req.send().await.context("reach the server")?;
-        let status = resp.status().as_u16();
-        let body = resp.bytes().await.context("read the answer")?;
-        if status >= 400 {
-            match serde_json::from_slice::<ErrorBody>(&body) {
-                Ok(e) => bail!("{status} ({}): {}", e.error.code, e.error.message),
-                Err(_) => bail!("{status}: {}", String::from_utf8_lossy(&body)),
-            }
-        }
-        if body.is_empty() {
-            return Ok((status, Value::Null));
-        }
-        Ok((
-            status,
-            serde_json::from_slice(&body).context("parse the answer")?,
-        ))
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-}
-
-fn print_json(v: &Value) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
-    Ok(())
 }
 
 fn function_row(f: &FunctionInfo) {

@@ -4,13 +4,16 @@
 //! - `faas doctor`: which backends work on this host, and what is missing for the others.
 //! - `faas run`: run a command through the HTTP API; exits with the command's code.
 //! - `faas fn`, `faas invocations`: deploy and invoke functions, read invocations.
+//! - `faas instances|snapshots|pools|health|metrics|logs|openapi`: the rest of the API.
 //! - `faas bench`: latency benchmark against `docker run` (see [`bench`]).
 
 mod bench;
 mod client;
 mod fnbench;
 mod functions;
+mod http;
 mod images;
+mod manage;
 mod server;
 
 use std::net::SocketAddr;
@@ -46,6 +49,20 @@ enum Cmd {
     Fn(functions::FnArgs),
     /// Show async (and sync) invocations.
     Invocations(functions::InvocationsArgs),
+    /// Create, list, exec into, stop, start, fork, snapshot and delete instances.
+    Instances(manage::InstancesArgs),
+    /// List, show, restore, branch and delete snapshots.
+    Snapshots(manage::SnapshotsArgs),
+    /// Warm pools: list, prewarm.
+    Pools(manage::PoolsArgs),
+    /// The server's health and backends.
+    Health(manage::SimpleArgs),
+    /// The server's counters (JSON, or `--prometheus`).
+    Metrics(manage::MetricsArgs),
+    /// Follow an execution's output as it happens.
+    Logs(manage::LogsArgs),
+    /// Print the server's OpenAPI document.
+    Openapi(manage::SimpleArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -164,6 +181,13 @@ fn main() -> std::process::ExitCode {
             Cmd::Images(a) => images::run(a).await,
             Cmd::Fn(a) => functions::run(a).await,
             Cmd::Invocations(a) => functions::run_invocations(a).await,
+            Cmd::Instances(a) => manage::instances(a).await,
+            Cmd::Snapshots(a) => manage::snapshots(a).await,
+            Cmd::Pools(a) => manage::pools(a).await,
+            Cmd::Health(a) => manage::health(a).await,
+            Cmd::Metrics(a) => manage::metrics(a).await,
+            Cmd::Logs(a) => manage::logs(a).await,
+            Cmd::Openapi(a) => manage::openapi(a).await,
         }
     });
     match result {

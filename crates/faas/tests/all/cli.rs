@@ -130,3 +130,111 @@ fn fn_deploy_invoke_list_and_rm() {
     assert_eq!(st, Some(1));
     assert!(err.contains("404 (not_found)"), "{err}");
 }
+
+#[test]
+fn every_api_area_is_reachable_from_the_cli() {
+    require_docker!();
+    let faas = |args: &[&str]| {
+        // The server flag right after the area: a command after `--` takes everything.
+        let out = Command::new(env!("CARGO_BIN_EXE_faas"))
+            .arg(args[0])
+            .args(["--server", &shared().url])
+            .args(&args[1..])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (st, out, err) = faas(&["health"]);
+    assert_eq!(st, Some(0), "{out}{err}");
+    assert!(out.starts_with("ok "), "{out}");
+    let (st, out, _) = faas(&["instances", "create", "--image", IMAGE, "--name", "cli"]);
+    assert_eq!(st, Some(0), "{out}");
+    let id = out.trim().to_string();
+    let (st, out, _) = faas(&[
+        "instances",
+        "exec",
+        &id,
+        "--",
+        "echo hi > /f; cat /f; exit 3",
+    ]);
+    assert_eq!((st, out.as_str()), (Some(3), "hi\n"));
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("up.txt");
+    std::fs::write(&local, "uploaded").unwrap();
+    let (st, _, err) = faas(&[
+        "instances",
+        "upload",
+        &id,
+        local.to_str().unwrap(),
+        "/up.txt",
+    ]);
+    assert_eq!(st, Some(0), "{err}");
+    let (st, out, _) = faas(&["instances", "download", &id, "/up.txt", "-"]);
+    assert_eq!((st, out.as_str()), (Some(0), "uploaded"));
+    let (_, out, _) = faas(&["instances", "list"]);
+    assert!(out.lines().any(|l| l.starts_with(&id)), "{out}");
+    let (st, out, _) = faas(&["instances", "snapshot", &id]);
+    assert_eq!(st, Some(0), "{out}");
+    let snap = out.trim().to_string();
+    let (st, out, _) = faas(&["snapshots", "branch", &snap, "--count", "2", "--json"]);
+    assert_eq!(st, Some(0), "{out}");
+    let branch: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let (_, out, _) = faas(&["snapshots", "list"]);
+    assert!(out.contains(&snap), "{out}");
+    for b in branch["instances"].as_array().unwrap() {
+        let (st, _, _) = faas(&["instances", "rm", b["id"].as_str().unwrap()]);
+        assert_eq!(st, Some(0));
+    }
+    let (st, out, _) = faas(&["instances", "stop", &id]);
+    assert_eq!(st, Some(0), "{out}");
+    let (st, _, err) = faas(&["instances", "exec", &id, "--", "true"]);
+    assert_eq!(st, Some(1));
+    assert!(err.contains("409 (conflict)"), "{err}");
+    assert_eq!(faas(&["snapshots", "rm", &snap]).0, Some(0));
+    assert_eq!(faas(&["instances", "rm", &id]).0, Some(0));
+    let (st, _, err) = faas(&["instances", "get", &id]);
+    assert_eq!(st, Some(1));
+    assert!(err.contains("404 (not_found)"), "{err}");
+    let (st, out, _) = faas(&["pools", "list"]);
+    assert_eq!(st, Some(0));
+    assert!(out.starts_with("IMAGE"), "{out}");
+    let (st, out, _) = faas(&["metrics", "--prometheus"]);
+    assert_eq!(st, Some(0));
+    assert!(out.contains("faas_sandboxes_created_total"));
+    let (st, out, _) = faas(&["openapi"]);
+    assert_eq!(st, Some(0));
+    assert!(out.contains("/api/v1/functions/{name}/invoke"));
+    // Logs: follow an execution started with a request id.
+    let rid = format!("cli-logs-{}", std::process::id());
+    let follower = {
+        let rid = rid.clone();
+        let url = shared().url.clone();
+        std::thread::spawn(move || {
+            Command::new(env!("CARGO_BIN_EXE_faas"))
+                .args(["logs", &rid, "--server", &url])
+                .output()
+                .unwrap()
+        })
+    };
+    let out = Command::new(env!("CARGO_BIN_EXE_faas"))
+        .args([
+            "run",
+            "--server",
+            &shared().url,
+            "--image",
+            IMAGE,
+            "--request-id",
+            &rid,
+        ])
+        .args(["--", "echo streamed; exit 4"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    let logs = follower.join().unwrap();
+    assert_eq!(logs.status.code(), Some(4));
+    assert_eq!(String::from_utf8_lossy(&logs.stdout), "streamed\n");
+}
