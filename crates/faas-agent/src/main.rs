@@ -9,11 +9,12 @@
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -233,12 +234,11 @@ fn quiesced(socket: &str) -> io::Result<UnixListener> {
     Ok(listener)
 }
 
-/// What an exec's main loop waits for.
-enum Ev {
-    Out(FrameKind, Vec<u8>),
-    Eof,
-    Exit(WaitStatus),
-    HostGone,
+/// Where the reaper leaves an exec's exit status, and the pipe it writes a byte to so the
+/// exec's poll loop wakes.
+struct ExitSlot {
+    status: Mutex<Option<WaitStatus>>,
+    wake: std::os::fd::OwnedFd,
 }
 
 /// Reaps every child (and, as PID 1, every orphan) and hands exit statuses to the exec that
@@ -253,7 +253,7 @@ struct Reaper {
 
 #[derive(Default)]
 struct ReaperState {
-    waiting: HashMap<i32, Sender<Ev>>,
+    waiting: HashMap<i32, Arc<ExitSlot>>,
     generation: u64,
 }
 
@@ -271,8 +271,9 @@ impl Reaper {
                         Ok(WaitStatus::StillAlive) | Err(_) => seen,
                         Ok(s) => s,
                     };
-                    if let Some(tx) = st.waiting.remove(&pid.as_raw()) {
-                        let _ = tx.send(Ev::Exit(status));
+                    if let Some(slot) = st.waiting.remove(&pid.as_raw()) {
+                        *slot.status.lock().unwrap_or_else(|e| e.into_inner()) = Some(status);
+                        let _ = nix::unistd::write(&slot.wake, &[1]);
                     }
                 }
                 Err(Errno::ECHILD) => {
@@ -294,11 +295,11 @@ impl Reaper {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Spawns `cmd` and registers `tx` for its exit, atomically with respect to reaping.
-    fn spawn(&self, cmd: &mut Command, tx: Sender<Ev>) -> io::Result<std::process::Child> {
+    /// Spawns `cmd` and registers `slot` for its exit, atomically with respect to reaping.
+    fn spawn(&self, cmd: &mut Command, slot: Arc<ExitSlot>) -> io::Result<std::process::Child> {
         let mut st = self.lock();
         let child = cmd.spawn()?;
-        st.waiting.insert(child.id() as i32, tx);
+        st.waiting.insert(child.id() as i32, slot);
         st.generation += 1;
         self.spawned.notify_all();
         Ok(child)
@@ -464,85 +465,143 @@ fn worker(first: Option<Job>) {
     }
 }
 
+/// Reads what is there without blocking; `Ok(0)` means end of file.
+fn read_ready(fd: &impl std::os::fd::AsFd, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match nix::unistd::read(fd.as_fd().as_raw_fd(), buf) {
+            Ok(n) => return Ok(n),
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(io::Error::from(e)),
+        }
+    }
+}
+
+fn nonblocking(fd: &impl std::os::fd::AsFd) -> io::Result<()> {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    let raw = fd.as_fd().as_raw_fd();
+    let flags = OFlag::from_bits_truncate(fcntl(raw, FcntlArg::F_GETFL).map_err(io::Error::from)?);
+    fcntl(raw, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK)).map_err(io::Error::from)?;
+    Ok(())
+}
+
+/// Frames from the host while a process runs: stdin data, parsed from what arrives.
+#[derive(Default)]
+struct Input {
+    buf: Vec<u8>,
+}
+
+enum InputEvent {
+    Stdin(Vec<u8>),
+    /// The connection ended or sent garbage.
+    Gone,
+}
+
+impl Input {
+    /// Takes what the socket has (without blocking) and returns the complete frames.
+    fn pump(&mut self, conn: &UnixStream) -> Vec<InputEvent> {
+        use nix::sys::socket::{recv, MsgFlags};
+        let mut chunk = [0u8; 64 * 1024];
+        let mut out = Vec::new();
+        loop {
+            match recv(conn.as_raw_fd(), &mut chunk, MsgFlags::MSG_DONTWAIT) {
+                Ok(0) => {
+                    out.push(InputEvent::Gone);
+                    return out;
+                }
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(Errno::EINTR) => continue,
+                Err(Errno::EAGAIN) => break,
+                Err(_) => {
+                    out.push(InputEvent::Gone);
+                    return out;
+                }
+            }
+        }
+        while self.buf.len() >= 5 {
+            let header: [u8; 5] = self.buf[..5].try_into().expect("5 bytes");
+            let Ok((kind, len)) = faas_agent::decode_header(header) else {
+                out.push(InputEvent::Gone);
+                return out;
+            };
+            if self.buf.len() < 5 + len {
+                break;
+            }
+            let payload = self.buf[5..5 + len].to_vec();
+            self.buf.drain(..5 + len);
+            if kind == FrameKind::Stdin {
+                out.push(InputEvent::Stdin(payload));
+            }
+        }
+        out
+    }
+}
+
+/// Feeds stdin frames to the process from a thread of its own (a process that does not read
+/// its stdin must not stall the exec's loop); only made for execs that take stdin.
+fn stdin_feeder(mut w: std::io::PipeWriter) -> io::Result<Sender<Vec<u8>>> {
+    let (tx, rx) = mpsc::channel::<Vec<u8>>();
+    thread("stdin", move || {
+        while let Ok(data) = rx.recv() {
+            if data.is_empty() || w.write_all(&data).is_err() {
+                return;
+            }
+        }
+    })?;
+    Ok(tx)
+}
+
+/// One exec: the process's output pipes, the host connection and the reaper's wake-up pipe
+/// are all watched by this one thread with `poll` (no reader threads, so no hand-offs between
+/// threads on the way from the process to the host).
 fn exec(mut conn: UnixStream, req: ExecRequest, reaper: &Reaper) -> io::Result<()> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+
     let mut cmd = match build_command(&req) {
         Ok(c) => c,
         Err(ev) => return write_json(&mut conn, &ev),
     };
-    // Every thread this exec needs exists before the command starts: a command that uses up
-    // the box's process limit (a fork bomb) cannot leave the agent unable to serve it.
-    let (tx, rx) = mpsc::channel();
-    let started = (|| -> io::Result<()> {
-        for (kind, name) in [(FrameKind::Stdout, "stdout"), (FrameKind::Stderr, "stderr")] {
-            let (mut r, w) = std::io::pipe()?;
-            if kind == FrameKind::Stdout {
-                cmd.stdout(w);
-            } else {
-                cmd.stderr(w);
-            }
-            let tx = tx.clone();
-            thread(name, move || {
-                let mut buf = vec![0u8; 64 * 1024];
-                loop {
-                    match r.read(&mut buf) {
-                        Ok(0) => break,
-                        Ok(n) => {
-                            if tx.send(Ev::Out(kind, buf[..n].to_vec())).is_err() {
-                                break;
-                            }
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(_) => break,
-                    }
-                }
-                let _ = tx.send(Ev::Eof);
-            })?;
-        }
-        // Reads stdin frames from the host, and notices when the host goes away.
-        let mut stdin = if req.stdin {
+    let prepared = (|| -> io::Result<_> {
+        let (out_r, out_w) = std::io::pipe()?;
+        let (err_r, err_w) = std::io::pipe()?;
+        nonblocking(&out_r)?;
+        nonblocking(&err_r)?;
+        cmd.stdout(out_w);
+        cmd.stderr(err_w);
+        let feeder = if req.stdin {
             let (r, w) = std::io::pipe()?;
             cmd.stdin(r);
-            Some(w)
+            Some(stdin_feeder(w)?)
         } else {
             cmd.stdin(Stdio::null());
             None
         };
-        let mut input = conn.try_clone()?;
-        let tx = tx.clone();
-        thread("input", move || loop {
-            match read_frame(&mut input) {
-                Ok(Some((FrameKind::Stdin, data))) => {
-                    if data.is_empty() {
-                        stdin = None;
-                    } else if let Some(s) = stdin.as_mut() {
-                        if s.write_all(&data).is_err() {
-                            stdin = None;
-                        }
-                    }
-                }
-                Ok(Some(_)) => {}
-                Ok(None) | Err(_) => {
-                    let _ = tx.send(Ev::HostGone);
-                    return;
-                }
-            }
-        })
+        let (wake_r, wake_w) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)?;
+        let slot = Arc::new(ExitSlot {
+            status: Mutex::new(None),
+            wake: wake_w,
+        });
+        Ok((out_r, err_r, feeder, wake_r, slot))
     })();
-    if let Err(e) = started {
-        let message = format!("cannot start the command's I/O threads: {e}");
-        return write_json(
-            &mut conn,
-            &Event::SpawnFailed {
-                message,
-                exit_code: 126,
-            },
-        );
-    }
+    let (out_r, err_r, mut feeder, wake_r, slot) = match prepared {
+        Ok(p) => p,
+        Err(e) => {
+            let message = format!("cannot set up the command's I/O: {e}");
+            return write_json(
+                &mut conn,
+                &Event::SpawnFailed {
+                    message,
+                    exit_code: 126,
+                },
+            );
+        }
+    };
 
     let oom_before = oom_kills();
     let start = Instant::now();
-    let spawned = reaper.spawn(&mut cmd, tx.clone());
-    // Our copies of the pipes' child ends go now, so the readers see EOF when the child exits.
+    let spawned = reaper.spawn(&mut cmd, slot.clone());
+    // Our copies of the pipes' child ends go now, so the reads see EOF when the child exits.
     drop(cmd);
     let child = match spawned {
         Ok(c) => c,
@@ -559,7 +618,6 @@ fn exec(mut conn: UnixStream, req: ExecRequest, reaper: &Reaper) -> io::Result<(
     let pid = child.id();
     let pgid = Pid::from_raw(pid as i32);
     write_json(&mut conn, &Event::Started { pid })?;
-    drop(tx);
 
     let limit = if req.output_limit == 0 {
         DEFAULT_OUTPUT_LIMIT
@@ -569,12 +627,17 @@ fn exec(mut conn: UnixStream, req: ExecRequest, reaper: &Reaper) -> io::Result<(
     let deadline = (req.timeout_ms > 0).then(|| start + Duration::from_millis(req.timeout_ms));
     let mut info = ExitInfo::default();
     let mut status: Option<WaitStatus> = None;
-    let mut open_pipes = 2;
+    let mut pipes: [Option<(FrameKind, std::io::PipeReader)>; 2] = [
+        Some((FrameKind::Stdout, out_r)),
+        Some((FrameKind::Stderr, err_r)),
+    ];
     let mut grace_until = None;
     let mut captured: u64 = 0;
     let mut host_gone = false;
+    let mut input = Input::default();
+    let mut buf = vec![0u8; 64 * 1024];
     loop {
-        if status.is_some() && open_pipes == 0 {
+        if status.is_some() && pipes.iter().all(Option::is_none) {
             break;
         }
         let wait_until = if status.is_some() {
@@ -584,61 +647,134 @@ fn exec(mut conn: UnixStream, req: ExecRequest, reaper: &Reaper) -> io::Result<(
         } else {
             deadline
         };
-        let ev = match wait_until {
-            Some(t) => match rx.recv_timeout(t.saturating_duration_since(Instant::now())) {
-                Ok(ev) => ev,
-                Err(RecvTimeoutError::Timeout) if status.is_some() => break,
-                Err(RecvTimeoutError::Timeout) => {
+        let timeout = match wait_until {
+            Some(t) => {
+                let left = t.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    if status.is_some() {
+                        break;
+                    }
                     info.timed_out = true;
                     let _ = killpg(pgid, Signal::SIGKILL);
                     continue;
                 }
-                Err(RecvTimeoutError::Disconnected) => break,
-            },
-            None => match rx.recv() {
-                Ok(ev) => ev,
-                Err(_) => break,
-            },
+                // Rounded up, so a wait never ends before its time.
+                let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+                PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
+            }
+            None => PollTimeout::NONE,
         };
-        match ev {
-            Ev::Out(kind, mut data) => {
-                let room = limit.saturating_sub(captured) as usize;
-                if data.len() > room {
-                    info.truncated = true;
-                    data.truncate(room);
+        // What is watched: the open pipes, the host (until it is gone), the exit wake-up
+        // (until the status came).
+        let mut fds: Vec<PollFd> = Vec::with_capacity(4);
+        let mut who: Vec<usize> = Vec::with_capacity(4);
+        for (i, p) in pipes.iter().enumerate() {
+            if let Some((_, r)) = p {
+                fds.push(PollFd::new(r.as_fd(), PollFlags::POLLIN));
+                who.push(i);
+            }
+        }
+        if !host_gone {
+            fds.push(PollFd::new(conn.as_fd(), PollFlags::POLLIN));
+            who.push(2);
+        }
+        if status.is_none() {
+            fds.push(PollFd::new(wake_r.as_fd(), PollFlags::POLLIN));
+            who.push(3);
+        }
+        match poll(&mut fds, timeout) {
+            Ok(_) => {}
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(io::Error::from(e)),
+        }
+        let ready: Vec<usize> = fds
+            .iter()
+            .zip(&who)
+            .filter(|(f, _)| f.revents().is_some_and(|r| !r.is_empty()))
+            .map(|(_, w)| *w)
+            .collect();
+        drop(fds);
+        for w in ready {
+            match w {
+                0 | 1 => {
+                    let Some((kind, r)) = pipes[w].as_ref() else {
+                        continue;
+                    };
+                    let kind = *kind;
+                    // Drain what is there; a pipe at EOF (or broken) is closed.
+                    let closed = loop {
+                        match read_ready(r, &mut buf) {
+                            Ok(0) => break true,
+                            Ok(n) => {
+                                let room = limit.saturating_sub(captured) as usize;
+                                let take = n.min(room);
+                                if take < n {
+                                    info.truncated = true;
+                                }
+                                if take > 0 && !host_gone {
+                                    captured += take as u64;
+                                    if write_frame(&mut conn, kind, &buf[..take]).is_err() {
+                                        host_gone = true;
+                                        let _ = killpg(pgid, Signal::SIGKILL);
+                                    }
+                                }
+                            }
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break false,
+                            Err(_) => break true,
+                        }
+                    };
+                    if closed {
+                        pipes[w] = None;
+                    }
                 }
-                if !data.is_empty() && !host_gone {
-                    captured += data.len() as u64;
-                    if write_frame(&mut conn, kind, &data).is_err() {
-                        host_gone = true;
-                        let _ = killpg(pgid, Signal::SIGKILL);
+                2 => {
+                    for ev in input.pump(&conn) {
+                        match ev {
+                            InputEvent::Stdin(data) => {
+                                let close = data.is_empty();
+                                if let Some(f) = feeder.as_ref() {
+                                    if f.send(data).is_err() {
+                                        feeder = None;
+                                    }
+                                }
+                                if close {
+                                    feeder = None;
+                                }
+                            }
+                            InputEvent::Gone => {
+                                if status.is_none() && !host_gone {
+                                    let _ = killpg(pgid, Signal::SIGKILL);
+                                }
+                                host_gone = true;
+                                feeder = None;
+                            }
+                        }
+                    }
+                }
+                _ => {
+                    let mut byte = [0u8; 8];
+                    let _ = read_ready(&wake_r, &mut byte);
+                    let got = slot.status.lock().unwrap_or_else(|e| e.into_inner()).take();
+                    if let Some(s) = got {
+                        info.duration_us = start.elapsed().as_micros() as u64;
+                        status = Some(s);
+                        // With nothing left in its process group, nobody in the group holds
+                        // the pipes: their end comes at once, unless this box is too busy,
+                        // so wait for it (bounded). With children left (`cmd &`), which may
+                        // hold the pipes for ever, only a short grace.
+                        let group_empty = killpg(pgid, None) == Err(Errno::ESRCH);
+                        let grace = if group_empty {
+                            EMPTY_GROUP_GRACE
+                        } else {
+                            EXIT_GRACE
+                        };
+                        grace_until = Some(Instant::now() + grace);
                     }
                 }
             }
-            Ev::Eof => open_pipes -= 1,
-            Ev::Exit(s) => {
-                info.duration_us = start.elapsed().as_micros() as u64;
-                status = Some(s);
-                // With nothing left in its process group, nobody in the group holds the pipes:
-                // their end comes at once, unless this box is too busy to schedule the
-                // readers, so wait for it (bounded). With children left (`cmd &`), which may
-                // hold the pipes for ever, only a short grace.
-                let group_empty = killpg(pgid, None) == Err(Errno::ESRCH);
-                let grace = if group_empty {
-                    EMPTY_GROUP_GRACE
-                } else {
-                    EXIT_GRACE
-                };
-                grace_until = Some(Instant::now() + grace);
-            }
-            Ev::HostGone => {
-                if status.is_none() && !host_gone {
-                    let _ = killpg(pgid, Signal::SIGKILL);
-                }
-                host_gone = true;
-            }
         }
     }
+    drop(feeder);
     if host_gone {
         return Ok(());
     }
