@@ -342,6 +342,25 @@ impl Executor {
                     .await?;
                 return Err(Error::Conflict(format!("instance {id} is lost: {why}")));
             }
+            // The box went away under the command because the instance was stopped, deleted
+            // or restored meanwhile: the state changed, not a fault.
+            Err(e @ Error::Agent { .. })
+                if !self
+                    .instances
+                    .live(id)
+                    .is_some_and(|now| Arc::ptr_eq(&now, &live)) =>
+            {
+                tracing::debug!(instance = id, error = %e, "instance left its box mid-exec");
+                // A stop records its status once the box is gone: it may still say running.
+                let state = match self.store()?.get_instance(id).await? {
+                    Some(r) if r.status == "running" => "stopped".to_string(),
+                    Some(r) => r.status,
+                    None => "deleted".into(),
+                };
+                return Err(Error::Conflict(format!(
+                    "instance {id} was {state} while the command ran"
+                )));
+            }
             Err(e) => return Err(e),
         };
         drop(busy);

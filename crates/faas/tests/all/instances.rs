@@ -662,3 +662,33 @@ async fn an_instance_whose_box_died_says_lost_and_starts_again() {
     assert_eq!(sh(&c, &id, "cat /root/f").await["stdout"], "kept\n");
     delete(&c, &id).await;
 }
+
+#[tokio::test]
+async fn stopping_an_instance_under_a_running_exec_is_a_conflict() {
+    require_docker!();
+    let c = shared().client();
+    let id = create(&c, json!({"image": IMAGE})).await;
+    let exec = {
+        let c = shared().client();
+        let id = id.clone();
+        tokio::spawn(async move {
+            c.post(
+                &format!("/api/v1/instances/{id}/exec"),
+                json!({"command": "sleep 20"}),
+            )
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (st, v) = c
+        .post(&format!("/api/v1/instances/{id}/stop"), json!(null))
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let (st, v) = exec.await.unwrap();
+    assert_error(st, &v, 409, "conflict");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("stopped"),
+        "{v}"
+    );
+    delete(&c, &id).await;
+}
