@@ -22,6 +22,10 @@ use crate::images::ImageStore;
 use crate::metrics::{inc, Metrics};
 use crate::pool::WarmPools;
 
+/// How long a cached execution's clean-up and refill wait, so they start after its answer is
+/// written rather than compete with it.
+const CLEANUP_DELAY: Duration = Duration::from_millis(3);
+
 /// How long past a command's own timeout the host waits for the agent before giving up on it.
 pub(crate) const AGENT_GRACE: Duration = Duration::from_secs(10);
 
@@ -475,10 +479,15 @@ impl Executor {
         // when the answer arrives); cached answers first and removes it in the background.
         match mode {
             Mode::Cached => {
-                self.pools.refill_pool(backend.name(), &spec);
-                let metrics = self.metrics.clone();
-                self.tasks
-                    .spawn(async move { destroy_counted(&metrics, sandbox).await });
+                let (metrics, pools) = (self.metrics.clone(), self.pools.clone());
+                let (pool_backend, pool_spec) = (backend.name(), spec.clone());
+                self.tasks.spawn(async move {
+                    // Once the answer is on its way: the refill (a box start) and the removal
+                    // would otherwise compete with it for the CPUs.
+                    tokio::time::sleep(CLEANUP_DELAY).await;
+                    pools.refill_pool(pool_backend, &pool_spec);
+                    destroy_counted(&metrics, sandbox).await
+                });
             }
             _ => {
                 let _ = destroy_counted(&self.metrics, sandbox).await;
