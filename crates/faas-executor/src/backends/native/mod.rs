@@ -398,18 +398,23 @@ impl NativeBackend {
 
     /// Starts the box of instance `id` over its files (`meta.json` says which snapshot layers
     /// lie under them).
+    /// Starts the box of instance `id`; `fresh` when the instance was made just now (no box
+    /// of it can exist, so none is looked for: a runtime call costs tens of ms with runsc).
     async fn start_instance_box(
         &self,
         id: &str,
         spec: &SandboxSpec,
         restore_from: Option<PathBuf>,
+        fresh: bool,
     ) -> Result<NativeSandbox> {
         let dir = self.instance_dir(id);
         let meta = InstanceMeta::read(&dir)?;
         let runtime = self.instance_runtime(spec.isolation)?.clone();
-        // A box of an earlier start that was not removed (a crash between the two).
-        runtime.delete_force(id).await?;
-        remove_bundle(&dir.join("bundle"))?;
+        if !fresh {
+            // A box of an earlier start that was not removed (a crash between the two).
+            runtime.delete_force(id).await?;
+            remove_bundle(&dir.join("bundle"))?;
+        }
         let plan = BoxPlan {
             id: id.to_string(),
             dir: dir.join("bundle"),
@@ -737,7 +742,7 @@ impl Backend for NativeBackend {
         };
         let started = async {
             meta.write(&dir)?;
-            self.start_instance_box(id, spec, checkpoint).await
+            self.start_instance_box(id, spec, checkpoint, true).await
         }
         .await;
         match started {
@@ -750,7 +755,9 @@ impl Backend for NativeBackend {
     }
 
     async fn instance_start(&self, id: &str, spec: &SandboxSpec) -> Result<Box<dyn Sandbox>> {
-        Ok(Box::new(self.start_instance_box(id, spec, None).await?))
+        Ok(Box::new(
+            self.start_instance_box(id, spec, None, false).await?,
+        ))
     }
 
     async fn instance_attach(&self, id: &str) -> Result<Option<Box<dyn Sandbox>>> {
