@@ -21,28 +21,20 @@ use faas_common::{
 use faas_store::{InvocationFilter, InvocationRecord, NewVersion, Store, VersionRecord};
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::{Backend, ReadOnlyMount, SandboxSpec};
+use crate::backend::ReadOnlyMount;
 use crate::error::{Error, Result};
 use crate::service::Executor;
 use code::CodeForm;
-use runner::{FnConfig, Outcome, Runners, VersionKey};
+use runner::{FnConfig, Outcome, Runners, Version, VersionKey};
 
 /// Invocations may ask for this many attempts at most.
 pub const MAX_ATTEMPTS: i64 = 10;
 pub const DEFAULT_ATTEMPTS: i64 = 3;
 
-/// A version ready to run: its settings, sandbox spec and backend.
-struct Loaded {
-    created_ms: i64,
-    cfg: FnConfig,
-    spec: SandboxSpec,
-    backend: Arc<dyn Backend>,
-}
-
 /// The functions part of the executor's state.
 pub struct FunctionState {
     runners: Runners,
-    loaded: Mutex<HashMap<VersionKey, Arc<Loaded>>>,
+    loaded: Mutex<HashMap<VersionKey, Arc<Version>>>,
     /// Wakes the queue's dispatcher when this server enqueues.
     pub(crate) enqueued: tokio::sync::Notify,
     pub(crate) cancel: CancellationToken,
@@ -66,7 +58,7 @@ impl FunctionState {
         }
     }
 
-    fn loaded(&self) -> std::sync::MutexGuard<'_, HashMap<VersionKey, Arc<Loaded>>> {
+    fn loaded(&self) -> std::sync::MutexGuard<'_, HashMap<VersionKey, Arc<Version>>> {
         self.loaded.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -287,13 +279,10 @@ impl Executor {
         let info = self.function_info(&name, &rec, created, now)?;
         if cfg.min_warm > 0 {
             let me = self.clone();
-            let key = (name.clone(), rec.version);
+            let rec = rec.clone();
             self.tasks.spawn(async move {
-                if let Ok(l) = me.load_version(&key.0, key.1).await {
-                    me.functions
-                        .runners
-                        .top_up(&key, &l.cfg, &l.spec, &l.backend)
-                        .await;
+                if let Ok(l) = me.load_version(&rec).await {
+                    me.functions.runners.top_up(&l).await;
                 }
             });
         }
@@ -521,15 +510,28 @@ impl Executor {
             .map_err(|e| Error::Internal(format!("unpacking code: {e}")))?
     }
 
-    /// A version ready to run (cached; versions never change, but a deleted and re-made
-    /// function reuses numbers, so the cache is checked against the version's time).
-    async fn load_version(&self, name: &str, version: i64) -> Result<Arc<Loaded>> {
+    /// A version's record (without its code): the latest, or the one asked for.
+    async fn version_meta(&self, name: &str, version: Option<i64>) -> Result<VersionRecord> {
         let store = self.fn_store()?;
+        match version {
+            None => Ok(store
+                .get_function(name)
+                .await?
+                .ok_or_else(|| Error::NotFound(format!("function {name} not found")))?
+                .latest),
+            Some(n) => store
+                .version_meta(name, n)
+                .await?
+                .ok_or_else(|| Error::NotFound(format!("function {name} has no version {n}"))),
+        }
+    }
+
+    /// The version `meta` names, ready to run. Cached: versions never change, but a deleted
+    /// and re-made function reuses numbers, so the cache is checked against `meta`'s time.
+    async fn load_version(&self, meta: &VersionRecord) -> Result<Arc<Version>> {
+        let store = self.fn_store()?;
+        let (name, version) = (meta.name.as_str(), meta.version);
         let key = (name.to_string(), version);
-        let meta = store
-            .version_meta(name, version)
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("function {name} has no version {version}")))?;
         if let Some(l) = self.functions.loaded().get(&key) {
             if l.created_ms == meta.created_ms {
                 return Ok(l.clone());
@@ -554,7 +556,8 @@ impl Executor {
             guest: code::GUEST_CODE_DIR.into(),
         }];
         let backend = self.resolve(cfg.backend)?;
-        let l = Arc::new(Loaded {
+        let l = Arc::new(Version {
+            key: key.clone(),
             created_ms: v.created_ms,
             cfg,
             spec,
@@ -572,10 +575,7 @@ impl Executor {
             .ok_or_else(|| Error::NotFound(format!("function {name} not found")))?;
         let v = match version {
             None => f.latest.clone(),
-            Some(n) => store
-                .version_meta(name, n)
-                .await?
-                .ok_or_else(|| Error::NotFound(format!("function {name} has no version {n}")))?,
+            Some(_) => self.version_meta(name, version).await?,
         };
         let mut info = self.function_info(name, &v, f.created_ms, f.updated_ms)?;
         info.versions = store
@@ -641,17 +641,8 @@ impl Executor {
                 .map_err(|e| Error::InvalidRequest(format!("the payload is not JSON: {e}")))?
         };
         let payload = serde_json::to_vec(&value).unwrap_or_default();
-        let version = match q.version {
-            Some(v) => v,
-            None => {
-                store
-                    .get_function(name)
-                    .await?
-                    .ok_or_else(|| Error::NotFound(format!("function {name} not found")))?
-                    .latest
-                    .version
-            }
-        };
+        let meta = self.version_meta(name, q.version).await?;
+        let version = meta.version;
         if let Some(k) = &idempotency_key {
             if k.is_empty() || k.len() > 256 {
                 return Err(Error::InvalidRequest(
@@ -659,7 +650,7 @@ impl Executor {
                 ));
             }
         }
-        let loaded = self.load_version(name, version).await?;
+        let loaded = self.load_version(&meta).await?;
         let id = uuid::Uuid::new_v4().to_string();
         let mut rec = InvocationRecord {
             id: id.clone(),
@@ -721,25 +712,12 @@ impl Executor {
         let me = self.clone();
         let wait = Duration::from_millis(loaded.cfg.timeout_ms);
         let run = self.tasks.spawn(async move {
-            let key = (rec.function_name.clone(), rec.version);
-            let lease = me
-                .functions
-                .runners
-                .lease(&key, &loaded.cfg, &loaded.backend, Some(wait))
-                .await?;
+            let lease = me.functions.runners.lease(&loaded, Some(wait)).await?;
             rec.started_ms = Some(ms_now());
             let outcome = me
                 .functions
                 .runners
-                .invoke(
-                    lease,
-                    &loaded.cfg,
-                    &loaded.spec,
-                    &loaded.backend,
-                    &rec.id,
-                    &value,
-                    &rec.payload,
-                )
+                .invoke(lease, &loaded, &rec.id, &value, &rec.payload)
                 .await;
             finish(&mut rec, &outcome);
             rec.attempts = 1;
@@ -840,13 +818,13 @@ impl Executor {
                     _ = me.functions.cancel.cancelled() => return,
                     _ = tokio::time::sleep(Duration::from_secs(2)) => {}
                 }
-                let latest: HashMap<String, (i64, u32)> = match me.fn_store() {
+                let latest: HashMap<String, (VersionRecord, u32)> = match me.fn_store() {
                     Ok(s) => match s.list_functions().await {
                         Ok(fs) => fs
-                            .iter()
+                            .into_iter()
                             .map(|f| {
                                 let w = f.latest.config["min_warm"].as_u64().unwrap_or(0) as u32;
-                                (f.name.clone(), (f.latest.version, w))
+                                (f.name, (f.latest, w))
                             })
                             .collect(),
                         Err(_) => continue,
@@ -857,18 +835,15 @@ impl Executor {
                 me.functions
                     .runners
                     .reap(idle, |k| match latest.get(&k.0) {
-                        Some((v, w)) if *v == k.1 => *w as usize,
+                        Some((v, w)) if v.version == k.1 => *w as usize,
                         _ => 0,
                     })
                     .await;
                 // Keep min_warm started for each latest version.
                 for (name, (v, w)) in latest {
-                    if w > 0 && me.functions.runners.warm(&(name.clone(), v)) < w as usize {
-                        if let Ok(l) = me.load_version(&name, v).await {
-                            me.functions
-                                .runners
-                                .top_up(&(name, v), &l.cfg, &l.spec, &l.backend)
-                                .await;
+                    if w > 0 && me.functions.runners.warm(&(name, v.version)) < w as usize {
+                        if let Ok(l) = me.load_version(&v).await {
+                            me.functions.runners.top_up(&l).await;
                         }
                     }
                 }
@@ -878,7 +853,7 @@ impl Executor {
         Ok(())
     }
 
-    /// Stops the functions' background work and destroys their sandboxes.
+    /// Stops the functions' background work (their sandboxes go in `destroy_function_sandboxes`).
     pub(crate) async fn stop_functions(&self) {
         self.functions.cancel.cancel();
     }

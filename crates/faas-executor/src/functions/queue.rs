@@ -115,7 +115,11 @@ async fn run_one(ex: &Arc<Executor>, mut job: InvocationRecord) {
         settle(ex, &owner, &job).await;
         return;
     }
-    let loaded = match ex.load_version(&job.function_name, job.version).await {
+    let loaded = match ex.version_meta(&job.function_name, Some(job.version)).await {
+        Ok(meta) => ex.load_version(&meta).await,
+        Err(e) => Err(e),
+    };
+    let loaded = match loaded {
         Ok(l) => l,
         Err(crate::Error::NotFound(_)) => {
             let e = InvocationError {
@@ -145,13 +149,7 @@ async fn run_one(ex: &Arc<Executor>, mut job: InvocationRecord) {
     };
     let value: serde_json::Value =
         serde_json::from_slice(&job.payload).unwrap_or(serde_json::Value::Null);
-    let key = (job.function_name.clone(), job.version);
-    let lease = match ex
-        .functions
-        .runners
-        .lease(&key, &loaded.cfg, &loaded.backend, None)
-        .await
-    {
+    let lease = match ex.functions.runners.lease(&loaded, None).await {
         Ok(l) => l,
         Err(e) => {
             let ie = InvocationError {
@@ -169,15 +167,7 @@ async fn run_one(ex: &Arc<Executor>, mut job: InvocationRecord) {
     let outcome = ex
         .functions
         .runners
-        .invoke(
-            lease,
-            &loaded.cfg,
-            &loaded.spec,
-            &loaded.backend,
-            &job.id,
-            &value,
-            &job.payload,
-        )
+        .invoke(lease, &loaded, &job.id, &value, &job.payload)
         .await;
     if outcome.status == "succeeded" {
         finish(&mut job, &outcome);

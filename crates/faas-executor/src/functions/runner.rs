@@ -49,6 +49,17 @@ pub struct FnConfig {
     pub code_size: u64,
 }
 
+/// A version ready to run: which one, its settings, the spec of its sandboxes and their
+/// backend.
+pub struct Version {
+    pub key: VersionKey,
+    /// When the version was made (a deleted and re-made function reuses version numbers).
+    pub created_ms: i64,
+    pub cfg: FnConfig,
+    pub spec: SandboxSpec,
+    pub backend: Arc<dyn Backend>,
+}
+
 /// What one invocation came to.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Outcome {
@@ -97,18 +108,16 @@ struct VersionPool {
     starting: usize,
     permits: Arc<Semaphore>,
     max_concurrency: u32,
-    backend: Arc<dyn Backend>,
 }
 
 impl VersionPool {
-    fn new(cfg: &FnConfig, backend: &Arc<dyn Backend>) -> VersionPool {
+    fn new(cfg: &FnConfig) -> VersionPool {
         VersionPool {
             idle: Vec::new(),
             total: 0,
             starting: 0,
             permits: Arc::new(Semaphore::new(cfg.max_concurrency as usize)),
             max_concurrency: cfg.max_concurrency,
-            backend: backend.clone(),
         }
     }
 }
@@ -199,18 +208,13 @@ impl Runners {
 
     /// Waits (up to `wait`) for one of the version's concurrency slots and takes an idle
     /// sandbox if there is one. `None` from the lease's worker means a cold start is needed.
-    pub async fn lease(
-        &self,
-        key: &VersionKey,
-        cfg: &FnConfig,
-        backend: &Arc<dyn Backend>,
-        wait: Option<Duration>,
-    ) -> Result<Lease> {
+    pub async fn lease(&self, v: &Version, wait: Option<Duration>) -> Result<Lease> {
+        let (key, cfg) = (&v.key, &v.cfg);
         let permits = {
             let mut pools = self.lock();
             let pool = pools
                 .entry(key.clone())
-                .or_insert_with(|| VersionPool::new(cfg, backend));
+                .or_insert_with(|| VersionPool::new(&v.cfg));
             pool.permits.clone()
         };
         let acquire = permits.acquire_owned();
@@ -238,19 +242,13 @@ impl Runners {
 
     /// Starts a sandbox for `cfg` (and its shim), counted in the version's pool. On a
     /// runtime that failed to load the handler, the outcome to report is returned instead.
-    async fn start(
-        &self,
-        key: &VersionKey,
-        cfg: &FnConfig,
-        spec: &SandboxSpec,
-        backend: &Arc<dyn Backend>,
-    ) -> Result<std::result::Result<Worker, Outcome>> {
-        if let Some(p) = self.lock().get_mut(key) {
+    async fn start(&self, v: &Version) -> Result<std::result::Result<Worker, Outcome>> {
+        if let Some(p) = self.lock().get_mut(&v.key) {
             p.total += 1;
             p.starting += 1;
         }
-        let started = self.start_inner(key, cfg, spec, backend).await;
-        if let Some(p) = self.lock().get_mut(key) {
+        let started = self.start_inner(v).await;
+        if let Some(p) = self.lock().get_mut(&v.key) {
             p.starting = p.starting.saturating_sub(1);
             if started.is_err() {
                 p.total = p.total.saturating_sub(1);
@@ -259,14 +257,9 @@ impl Runners {
         started
     }
 
-    async fn start_inner(
-        &self,
-        key: &VersionKey,
-        cfg: &FnConfig,
-        spec: &SandboxSpec,
-        backend: &Arc<dyn Backend>,
-    ) -> Result<std::result::Result<Worker, Outcome>> {
-        let sandbox = create_counted(&self.metrics, backend.as_ref(), spec).await?;
+    async fn start_inner(&self, v: &Version) -> Result<std::result::Result<Worker, Outcome>> {
+        let (key, cfg) = (&v.key, &v.cfg);
+        let sandbox = create_counted(&self.metrics, v.backend.as_ref(), &v.spec).await?;
         let argv: Vec<String> = match cfg.runtime {
             FunctionRuntime::Python => vec![
                 "python3".into(),
@@ -345,22 +338,20 @@ impl Runners {
 
     /// Runs one invocation on the lease's sandbox (starting one when the lease has none) and
     /// gives the sandbox back, or destroys it when it cannot serve again.
-    #[allow(clippy::too_many_arguments)]
     pub async fn invoke(
         &self,
         mut lease: Lease,
-        cfg: &FnConfig,
-        spec: &SandboxSpec,
-        backend: &Arc<dyn Backend>,
+        v: &Version,
         id: &str,
         payload: &serde_json::Value,
         payload_bytes: &[u8],
     ) -> Outcome {
+        let cfg = &v.cfg;
         let begin = Instant::now();
         let cold = lease.worker.is_none();
         let mut worker = match lease.worker.take() {
             Some(w) => w,
-            None => match self.start(&lease.key, cfg, spec, backend).await {
+            None => match self.start(v).await {
                 Ok(Ok(w)) => w,
                 Ok(Err(mut outcome)) => {
                     outcome.duration_ms = ms(begin.elapsed());
@@ -519,32 +510,26 @@ impl Runners {
     }
 
     /// Starts sandboxes of a version until `min` are started.
-    pub async fn top_up(
-        &self,
-        key: &VersionKey,
-        cfg: &FnConfig,
-        spec: &SandboxSpec,
-        backend: &Arc<dyn Backend>,
-    ) {
+    pub async fn top_up(&self, v: &Version) {
         loop {
             let need = {
                 let mut pools = self.lock();
                 let pool = pools
-                    .entry(key.clone())
-                    .or_insert_with(|| VersionPool::new(cfg, backend));
-                pool.total < cfg.min_warm as usize
+                    .entry(v.key.clone())
+                    .or_insert_with(|| VersionPool::new(&v.cfg));
+                pool.total < v.cfg.min_warm as usize
             };
             if !need {
                 return;
             }
-            match self.start(key, cfg, spec, backend).await {
-                Ok(Ok(w)) => self.give_back(key, w).await,
+            match self.start(v).await {
+                Ok(Ok(w)) => self.give_back(&v.key, w).await,
                 Ok(Err(o)) => {
-                    tracing::warn!(function = %key.0, version = key.1, error = ?o.error, "min_warm: the runtime did not start");
+                    tracing::warn!(function = %v.key.0, version = v.key.1, error = ?o.error, "min_warm: the runtime did not start");
                     return;
                 }
                 Err(e) => {
-                    tracing::warn!(function = %key.0, version = key.1, error = %e.chain(), "min_warm: no sandbox");
+                    tracing::warn!(function = %v.key.0, version = v.key.1, error = %e.chain(), "min_warm: no sandbox");
                     return;
                 }
             }
@@ -609,11 +594,6 @@ impl Runners {
         for name in all {
             self.remove(&name, |_| true).await;
         }
-    }
-
-    /// The backend a version's sandboxes run on, when any exist.
-    pub fn backend_of(&self, key: &VersionKey) -> Option<Arc<dyn Backend>> {
-        self.lock().get(key).map(|p| p.backend.clone())
     }
 }
 
