@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use crate::http::{print_json, Api};
+use crate::http::{print_json, Api, ApiArgs};
 use anyhow::Context;
 use base64::Engine;
 use clap::{Args, Subcommand};
@@ -14,17 +14,8 @@ use serde_json::Value;
 
 #[derive(Args, Debug)]
 pub struct FnArgs {
-    /// The server's base URL.
-    #[arg(
-        long,
-        env = "FAAS_SERVER",
-        default_value = "http://127.0.0.1:8080",
-        global = true
-    )]
-    pub server: String,
-    /// Print the JSON answers instead of tables.
-    #[arg(long, global = true)]
-    pub json: bool,
+    #[command(flatten)]
+    pub api: ApiArgs,
     #[command(subcommand)]
     pub cmd: FnCmd,
 }
@@ -95,15 +86,8 @@ pub struct DeployArgs {
 
 #[derive(Args, Debug)]
 pub struct InvocationsArgs {
-    #[arg(
-        long,
-        env = "FAAS_SERVER",
-        default_value = "http://127.0.0.1:8080",
-        global = true
-    )]
-    pub server: String,
-    #[arg(long, global = true)]
-    pub json: bool,
+    #[command(flatten)]
+    pub api: ApiArgs,
     #[command(subcommand)]
     pub cmd: InvocationsCmd,
 }
@@ -175,7 +159,7 @@ fn invocation_text(i: &InvocationInfo) {
 }
 
 pub async fn run(a: FnArgs) -> anyhow::Result<u8> {
-    let api = Api::new(&a.server);
+    let api = Api::new(&a.api.server);
     match a.cmd {
         FnCmd::Deploy(d) => {
             let mut req = DeployRequest {
@@ -217,7 +201,7 @@ pub async fn run(a: FnArgs) -> anyhow::Result<u8> {
             let (_, v) = api
                 .send(api.http.post(api.url("/api/v1/functions")).json(&req))
                 .await?;
-            if a.json {
+            if a.api.json {
                 print_json(&v)?;
             } else {
                 let f: FunctionInfo = serde_json::from_value(v)?;
@@ -226,7 +210,7 @@ pub async fn run(a: FnArgs) -> anyhow::Result<u8> {
         }
         FnCmd::List => {
             let (_, v) = api.send(api.http.get(api.url("/api/v1/functions"))).await?;
-            if a.json {
+            if a.api.json {
                 print_json(&v)?;
             } else {
                 let list: FunctionsResponse = serde_json::from_value(v)?;
@@ -240,7 +224,7 @@ pub async fn run(a: FnArgs) -> anyhow::Result<u8> {
                 path.push_str(&format!("?version={v}"));
             }
             let (_, v) = api.send(api.http.get(api.url(&path))).await?;
-            if a.json {
+            if a.api.json {
                 print_json(&v)?;
             } else {
                 let f: FunctionInfo = serde_json::from_value(v)?;
@@ -256,7 +240,7 @@ pub async fn run(a: FnArgs) -> anyhow::Result<u8> {
                         .delete(api.url(&format!("/api/v1/functions/{name}"))),
                 )
                 .await?;
-            if a.json {
+            if a.api.json {
                 print_json(&v)?;
             } else {
                 println!(
@@ -304,7 +288,7 @@ pub async fn run(a: FnArgs) -> anyhow::Result<u8> {
                 req = req.header("Idempotency-Key", k);
             }
             let (_, v) = api.send(req).await?;
-            if a.json {
+            if a.api.json {
                 print_json(&v)?;
                 return Ok(u8::from(!matches!(
                     v["status"].as_str(),
@@ -324,13 +308,13 @@ pub async fn run(a: FnArgs) -> anyhow::Result<u8> {
 }
 
 pub async fn run_invocations(a: InvocationsArgs) -> anyhow::Result<u8> {
-    let api = Api::new(&a.server);
+    let api = Api::new(&a.api.server);
     match a.cmd {
         InvocationsCmd::Get { id } => {
             let (_, v) = api
                 .send(api.http.get(api.url(&format!("/api/v1/invocations/{id}"))))
                 .await?;
-            if a.json {
+            if a.api.json {
                 print_json(&v)?;
             } else {
                 invocation_text(&serde_json::from_value(v)?);
@@ -351,7 +335,7 @@ pub async fn run_invocations(a: InvocationsArgs) -> anyhow::Result<u8> {
             let (_, v) = api
                 .send(api.http.get(api.url("/api/v1/invocations")).query(&q))
                 .await?;
-            if a.json {
+            if a.api.json {
                 print_json(&v)?;
             } else {
                 let list: InvocationsResponse = serde_json::from_value(v)?;

@@ -1,8 +1,25 @@
 //! The CLI's HTTP client of the API.
 
 use anyhow::{bail, Context};
+use clap::Args;
 use faas_common::ErrorBody;
 use serde_json::Value;
+
+/// The server and output flags every API command takes.
+#[derive(Args, Debug)]
+pub struct ApiArgs {
+    /// The server's base URL.
+    #[arg(
+        long,
+        env = "FAAS_SERVER",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
+    pub server: String,
+    /// Print the JSON answers instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
 
 /// A small JSON client: an error answer becomes `faas: STATUS (code): message`.
 pub(crate) struct Api {

@@ -8,22 +8,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
-use crate::http::{print_json, Api};
-
-#[derive(Args, Debug)]
-pub struct ApiArgs {
-    /// The server's base URL.
-    #[arg(
-        long,
-        env = "FAAS_SERVER",
-        default_value = "http://127.0.0.1:8080",
-        global = true
-    )]
-    pub server: String,
-    /// Print the JSON answers instead of tables.
-    #[arg(long, global = true)]
-    pub json: bool,
-}
+use crate::http::{print_json, Api, ApiArgs};
 
 #[derive(Args, Debug)]
 pub struct InstancesArgs {
