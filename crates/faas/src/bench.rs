@@ -81,6 +81,28 @@ impl Stats {
     }
 }
 
+/// `docker run --rm --network none ARGS...`, timed: its milliseconds and its stdout; an error
+/// when it fails.
+pub(crate) async fn docker_run(args: &[&str]) -> anyhow::Result<(f64, Vec<u8>)> {
+    let t = Instant::now();
+    let mut cmd = tokio::process::Command::new("docker");
+    cmd.args(["run", "--rm", "--network", "none"])
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    // Through the reaper's spawn: this process reaps orphans for the native backend.
+    let (child, _guard) = faas_executor::reaper::spawn(&mut cmd).context("run docker")?;
+    let out = child.wait_with_output().await.context("run docker")?;
+    let ms = t.elapsed().as_secs_f64() * 1000.0;
+    if !out.status.success() {
+        bail!(
+            "docker run failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok((ms, out.stdout))
+}
+
 /// Prints medians and percentiles of each case.
 pub(crate) fn print_table(results: &[Stats]) {
     println!(
@@ -216,28 +238,10 @@ async fn measure(a: &BenchArgs, crun: &Local, runc: &Local) -> anyhow::Result<()
         eprintln!("bench: docker run x{}", a.runs);
         let mut s = Stats::new("docker run --rm --network none");
         for _ in 0..a.runs {
-            let t = Instant::now();
-            let mut cmd = tokio::process::Command::new("docker");
-            cmd.args([
-                "run",
-                "--rm",
-                "--network",
-                "none",
-                &a.image,
-                "echo",
-                "hello",
-            ])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-            // Through the reaper's spawn: this process reaps orphans for the native backend.
-            let (child, _guard) = faas_executor::reaper::spawn(&mut cmd).context("run docker")?;
-            let out = child.wait_with_output().await.context("run docker")?;
-            s.samples.push(t.elapsed().as_secs_f64() * 1000.0);
-            if !out.status.success() || out.stdout != b"hello\n" {
-                bail!(
-                    "docker run failed: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
+            let (ms, out) = docker_run(&[&a.image, "echo", "hello"]).await?;
+            s.samples.push(ms);
+            if out != b"hello\n" {
+                bail!("docker run printed {:?}", String::from_utf8_lossy(&out));
             }
         }
         results.push(s);

@@ -12,7 +12,7 @@ use base64::Engine;
 use futures::StreamExt;
 use serde_json::{json, Value};
 
-use crate::bench::{print_table, Stats};
+use crate::bench::{docker_run, print_table, Stats};
 
 const HANDLER: &str = "def handler(event, context):\n    return event\n";
 const CONCURRENCY: usize = 16;
@@ -155,29 +155,9 @@ async fn measure(
         eprintln!("bench: docker run python3 -c x{cold_runs}");
         let mut s = Stats::new("docker run python3 -c (baseline)");
         for _ in 0..cold_runs {
-            let t = Instant::now();
-            let mut cmd = tokio::process::Command::new("docker");
-            cmd.args([
-                "run",
-                "--rm",
-                "--network",
-                "none",
-                image,
-                "python3",
-                "-c",
-                "import json; print(json.dumps({'x': 1}))",
-            ])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-            let (child, _guard) = faas_executor::reaper::spawn(&mut cmd).context("run docker")?;
-            let out = child.wait_with_output().await.context("run docker")?;
-            s.samples.push(t.elapsed().as_secs_f64() * 1000.0);
-            if !out.status.success() {
-                bail!(
-                    "docker run failed: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
+            let code = "import json; print(json.dumps({'x': 1}))";
+            let (ms, _) = docker_run(&[image, "python3", "-c", code]).await?;
+            s.samples.push(ms);
         }
         results.push(s);
     }
