@@ -88,6 +88,8 @@ leftovers() {
   local tests="${TMPDIR:-/tmp}/faas-tests"
   docker ps -aq --filter label=faas.managed=true
   grep -F " $tests/" /proc/self/mountinfo | awk '{print $5}'
+  # `faas doctor` probes the backends in a directory of its own.
+  grep -F " ${TMPDIR:-/tmp}/faas-doctor-" /proc/self/mountinfo | awk '{print $5}'
   find /sys/fs/cgroup/*/faas -mindepth 2 -maxdepth 2 -type d 2>/dev/null
   find "$tests" -path '*/native/sandboxes/*' -maxdepth 4 2>/dev/null
 }

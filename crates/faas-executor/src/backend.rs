@@ -139,6 +139,8 @@ pub trait Backend: Send + Sync {
 pub trait Sandbox: Send + Sync {
     fn id(&self) -> &str;
     fn backend(&self) -> &'static str;
+    /// The box itself, for its backend's own use.
+    fn as_any(&self) -> &dyn std::any::Any;
     fn agent(&self) -> &AgentClient;
     /// Kills everything in the box and removes it and all its host-side state.
     async fn destroy(&self) -> Result<()>;

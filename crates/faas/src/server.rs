@@ -230,6 +230,11 @@ async fn shutdown_signal(on_stdin_eof: bool) {
 pub async fn doctor(host: HostArgs) -> anyhow::Result<u8> {
     let tmp = std::env::temp_dir().join(format!("faas-doctor-{}", std::process::id()));
     let (entries, _) = backends(&tmp, &host, BackendChoice::Auto).await;
+    // What the backends set up to be probed (the native scratch tmpfs and its network
+    // namespaces) goes before the directory does.
+    for b in entries.iter().filter_map(|b| b.backend.as_ref()) {
+        b.shutdown().await;
+    }
     let _ = std::fs::remove_dir_all(&tmp);
     let row = |name: &str, state: &str, detail: &str| println!("{name:<12} {state:<12} {detail}");
     let mut ok = false;

@@ -467,6 +467,10 @@ impl Sandbox for DockerSandbox {
         "docker"
     }
 
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
     fn agent(&self) -> &AgentClient {
         &self.agent
     }

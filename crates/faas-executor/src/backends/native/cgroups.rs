@@ -6,24 +6,30 @@
 //! Instead crun runs with `--cgroup-manager=disabled`, started by the slot's *zygote*
 //! (`faas-agent --zygote`): a small process moved into the slot once, when the slot is made,
 //! whose children are born in the slot. A slot is `<controller>/faas/<deployment>/s<N>` in the
-//! memory, cpu, pids and devices hierarchies, with the limits written when it is taken; the box
+//! memory, cpu, pids, devices and freezer hierarchies (the freezer pauses a crun box, which
+//! crun cannot do without its cgroup manager), with the limits written when it is taken; the box
 //! and everything in it is limited from its first instruction, and its cgroup namespace is
 //! rooted at the slot. A slot without a live zygote falls back to moving the runtime process in
 //! between fork and exec, and gets a new zygote in the background.
 //!
 //! A slot goes back to the free list only when its tear-down is complete and nothing but its
 //! zygote is left in it; the server's shutdown kills the zygotes and removes every slot.
+//!
+//! An instance's box outlives the server, so its slot is not reused: it is *named* after the
+//! instance (renamed to `faas/<deployment>/<instance id>`, which v1 allows within a parent,
+//! zygote and limits included), and removed when that box is stopped. A later server finds a
+//! running instance's cgroup by that name.
 
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
-use super::runtime::{OciRuntime, Zygote};
+use super::runtime::{spawn_zygote, Zygote};
 use crate::backend::Limits;
 use crate::error::{Error, Result};
 
-const CONTROLLERS: [&str; 4] = ["memory", "cpu", "pids", "devices"];
+const CONTROLLERS: [&str; 5] = ["memory", "cpu", "pids", "devices", "freezer"];
 const ROOT: &str = "/sys/fs/cgroup";
 
 /// Devices a box may use, besides nothing: null, zero, full, random, urandom, tty, console,
@@ -59,6 +65,8 @@ pub struct Slot {
     rel: String,
     /// Its resident zygote, when it has a live one.
     pub zygote: Option<Zygote>,
+    /// Renamed after an instance ([`CgroupSlots::name`]): removed, not reused, when released.
+    named: bool,
     /// OOM kills and refused forks recorded before this box, to tell its own apart.
     oom_before: u64,
     pids_max_before: u64,
@@ -82,6 +90,40 @@ pub(crate) fn remove_empty(parent: &str) {
         }
         let _ = std::fs::remove_dir(&parent);
     }
+}
+
+/// The `cgroup.procs` files of cgroup `rel` (relative to each controller's root) in the
+/// hierarchies slots use, where they exist.
+pub(crate) fn procs_files_of(rel: &str) -> Vec<CString> {
+    let rel = rel.trim_start_matches('/');
+    CONTROLLERS
+        .iter()
+        .map(|c| Path::new(ROOT).join(c).join(rel).join("cgroup.procs"))
+        .filter(|p| p.is_file())
+        .filter_map(|p| CString::new(p.into_os_string().into_encoded_bytes()).ok())
+        .collect()
+}
+
+/// Freezes (or thaws) every process in cgroup `rel` through the v1 freezer, and waits until
+/// the kernel reports it done. Blocks: call it off the async workers.
+pub(crate) fn freeze(rel: &str, frozen: bool) -> Result<()> {
+    let state = Path::new(ROOT)
+        .join("freezer")
+        .join(rel.trim_start_matches('/'))
+        .join("freezer.state");
+    let want = if frozen { "FROZEN" } else { "THAWED" };
+    write(&state, want)?;
+    let t = std::time::Instant::now();
+    while std::fs::read_to_string(&state).unwrap_or_default().trim() != want {
+        if t.elapsed() > std::time::Duration::from_secs(5) {
+            return Err(Error::Internal(format!(
+                "{} did not become {want}",
+                state.display()
+            )));
+        }
+        std::thread::sleep(std::time::Duration::from_micros(200));
+    }
+    Ok(())
 }
 
 pub(crate) fn counter(path: &Path, key: &str) -> Option<u64> {
@@ -172,6 +214,7 @@ impl CgroupSlots {
         let slot = Slot {
             n,
             zygote,
+            named: false,
             oom_before: counter(&mem.join("memory.oom_control"), "oom_kill").unwrap_or(0),
             pids_max_before: counter(&pids.join("pids.events"), "max").unwrap_or(0),
             rel,
@@ -185,13 +228,7 @@ impl CgroupSlots {
     }
 
     fn procs_of(&self, rel: &str) -> Vec<CString> {
-        CONTROLLERS
-            .iter()
-            .filter_map(|c| {
-                let p = self.dir(c, rel).join("cgroup.procs");
-                CString::new(p.into_os_string().into_encoded_bytes()).ok()
-            })
-            .collect()
+        procs_files_of(rel)
     }
 
     /// Whether the box in `slot` was OOM-killed.
@@ -219,8 +256,67 @@ impl CgroupSlots {
         })
     }
 
+    /// Renames `slot` to `<parent>/<name>` in every hierarchy (an empty cgroup of that name,
+    /// left by an earlier box, is removed first). On failure the slot keeps its own name.
+    pub fn name(&self, slot: &mut Slot, name: &str) -> Result<()> {
+        let rel = format!("{}/{name}", self.parent);
+        for (i, c) in CONTROLLERS.iter().enumerate() {
+            let (from, to) = (self.dir(c, &slot.rel), self.dir(c, &rel));
+            let renamed = match std::fs::remove_dir(&to) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(Error::io(
+                    format!("remove the old cgroup {}", to.display()),
+                    e,
+                )),
+            }
+            .and_then(|()| {
+                std::fs::rename(&from, &to)
+                    .map_err(|e| Error::io(format!("rename cgroup {}", from.display()), e))
+            });
+            if let Err(e) = renamed {
+                for c in &CONTROLLERS[..i] {
+                    let _ = std::fs::rename(self.dir(c, &rel), self.dir(c, &slot.rel));
+                }
+                return Err(e);
+            }
+        }
+        slot.rel = rel;
+        slot.named = true;
+        Ok(())
+    }
+
+    /// Removes an instance's cgroup `<parent>/<name>` whose box is gone (and its zygote with
+    /// it); one that still holds a process stays. True when none is left.
+    pub fn remove_named(&self, name: &str) -> bool {
+        let rel = format!("{}/{name}", self.parent);
+        CONTROLLERS.iter().fold(true, |gone, c| {
+            let removed = match std::fs::remove_dir(self.dir(c, &rel)) {
+                Ok(()) => true,
+                Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+            };
+            gone && removed
+        })
+    }
+
     /// Returns a slot whose box is torn down; one that still holds a process is not reused.
+    /// A named slot is removed, its zygote killed (blocks for a moment: call it off the async
+    /// workers).
     pub fn release(&self, slot: Slot) {
+        if slot.named {
+            if let Some(z) = slot.zygote {
+                z.kill_and_reap();
+            }
+            for c in CONTROLLERS {
+                let d = self.dir(c, &slot.rel);
+                if let Err(e) = std::fs::remove_dir(&d) {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        tracing::warn!(cgroup = %d.display(), error = %e, "cannot remove an instance's cgroup");
+                    }
+                }
+            }
+            return;
+        }
         if !self.is_empty(&slot) {
             tracing::warn!(slot = %slot.rel, "cgroup slot still holds processes; not reused");
             return;
@@ -233,7 +329,7 @@ impl CgroupSlots {
     /// Puts a zygote into the free slots that lack one, and makes new slots until
     /// [`SPARE`] are free. Moving a process into a v1 cgroup is slow (it waits for an RCU grace
     /// period, about 10 ms here), so this runs off the hot path, one call at a time.
-    pub fn prepare(&self, runtime: &OciRuntime, agent: &Path) {
+    pub fn prepare(&self, agent: &Path) {
         if self.preparing.swap(true, Ordering::SeqCst) {
             return;
         }
@@ -256,7 +352,7 @@ impl CgroupSlots {
                     }
                 },
             };
-            match runtime.spawn_zygote(agent, self.procs_of(&self.rel(n))) {
+            match spawn_zygote(agent, self.procs_of(&self.rel(n))) {
                 Ok(h) => self.free().push((n, Some(h))),
                 Err(e) => {
                     tracing::warn!(error = %e.chain(), "cannot start a zygote");

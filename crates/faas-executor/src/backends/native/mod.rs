@@ -30,7 +30,7 @@ use faas_agent::SOCKET_NAME;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
 use self::cgroups::{CgroupSlots, Slot};
-use self::runtime::{OciRuntime, RuntimeKind};
+use self::runtime::{OciRuntime, RuntimeKind, Start};
 use crate::agent::AgentClient;
 use crate::backend::{Backend, DeathCause, Isolation, Sandbox, SandboxSpec};
 use crate::error::{Error, Result};
@@ -184,26 +184,37 @@ impl NativeBackend {
         let cgroup_parent = format!("/faas/{}", short_hash(&cfg.owner));
         let mut runtime = make(cfg.runtime, &cfg.runtime_path)?;
         runtime.version().await?;
-        let slots = match cfg.runtime {
-            RuntimeKind::Crun => CgroupSlots::new(&cgroup_parent),
-            _ => None,
-        };
-        if slots.is_some() {
-            runtime = runtime.with_caller_cgroups();
-        }
-        let gvisor = match cfg.runtime {
-            RuntimeKind::Runsc => Some(runtime.clone()),
+        let mut gvisor = match cfg.runtime {
+            RuntimeKind::Runsc => None,
             _ => make(RuntimeKind::Runsc, &cfg.runsc_path).ok(),
         };
+        // Slots serve crun and runsc boxes (runc manages its cgroups itself).
+        let slots = match cfg.runtime {
+            RuntimeKind::Runc if gvisor.is_none() => None,
+            _ => CgroupSlots::new(&cgroup_parent),
+        };
+        let caller_cgroups = |rt: OciRuntime| match slots {
+            Some(_) => rt.with_caller_cgroups(),
+            None => rt,
+        };
+        runtime = caller_cgroups(runtime);
+        if cfg.runtime == RuntimeKind::Runsc {
+            gvisor = Some(runtime.clone());
+        }
+        let gvisor = gvisor.map(caller_cgroups);
         let inst_state = cfg.persist_root.join("instances").join(".state");
-        let inst_runtime = OciRuntime::new(
+        let inst_runtime = caller_cgroups(OciRuntime::new(
             runtime.kind,
             runtime.binary.clone(),
             inst_state.join(runtime.kind.name()),
-        );
-        let inst_gvisor = gvisor
-            .as_ref()
-            .map(|g| OciRuntime::new(g.kind, g.binary.clone(), inst_state.join(g.kind.name())));
+        ));
+        let inst_gvisor = gvisor.as_ref().map(|g| {
+            caller_cgroups(OciRuntime::new(
+                g.kind,
+                g.binary.clone(),
+                inst_state.join(g.kind.name()),
+            ))
+        });
         mount_scratch(&cfg.root)?;
         for d in ["sandboxes", "state"] {
             std::fs::create_dir_all(cfg.root.join(d))
@@ -236,7 +247,7 @@ impl NativeBackend {
 
     /// Refills the spare cgroup slots (with their zygotes) in the background.
     fn prepare_slots(&self) {
-        prepare_slots(&self.shared, &self.runtime);
+        prepare_slots(&self.shared);
     }
 
     pub async fn describe(&self) -> String {
@@ -311,35 +322,35 @@ impl NativeBackend {
             .await
             .map_err(|e| Error::Internal(format!("bundle preparation: {e}")))??;
             let t = std::time::Instant::now();
-            match &self.shared.slots {
-                _ if restore_from.is_some() => {
-                    let image = restore_from.as_deref().expect("checked");
+            let how = match restore_from.as_deref() {
+                Some(image) => {
                     let _ = std::fs::remove_file(dir.join("sock").join(faas_agent::RESUME_FILE));
-                    sandbox.runtime.restore_detached(&id, &dir, image).await?;
-                    resume_agent(&dir)?;
+                    Start::Restore(image)
                 }
+                None => Start::Run,
+            };
+            match &self.shared.slots {
                 Some(slots) if sandbox.runtime.caller_cgroups() => {
                     let mut slot = slots.acquire(&spec.limits)?;
-                    // A zygote killed (with an earlier box, or from outside) is skipped: the
-                    // slow path moves the runtime into the slot now.
-                    let ran = match slot.zygote.take().and_then(|mut z| z.alive().then_some(z)) {
-                        Some(mut z) => {
-                            let r = sandbox.runtime.run_detached_via(&mut z, &id, &dir).await;
-                            if r.is_ok() {
-                                slot.zygote = Some(z);
-                            }
-                            r
-                        }
-                        None => {
-                            let join = slots.procs_files(&slot);
-                            sandbox.runtime.run_detached(&id, &dir, join).await
-                        }
+                    // An instance's box keeps its slot, under the instance's name.
+                    let named = match persistent {
+                        true => slots.name(&mut slot, &id),
+                        false => Ok(()),
                     };
                     *sandbox.slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(slot);
-                    ran?;
+                    named?;
+                    sandbox.start_in_slot(how).await?;
                     self.prepare_slots();
                 }
-                _ => sandbox.runtime.run_detached(&id, &dir, Vec::new()).await?,
+                _ => {
+                    sandbox
+                        .runtime
+                        .start_detached(&id, &dir, how, Vec::new())
+                        .await?
+                }
+            }
+            if restore_from.is_some() {
+                resume_agent(&dir)?;
             }
             let ran = t.elapsed();
             if let Some(p) = InitProcess::read(&dir.join("init.pid")) {
@@ -495,7 +506,10 @@ impl NativeBackend {
         let resumed = match &saved {
             Ok(()) => {
                 gvisor.delete_force(id).await?;
-                gvisor.restore_detached(id, &bundle, &image).await?;
+                match sandbox.as_any().downcast_ref::<NativeSandbox>() {
+                    Some(native) => native.start_in_slot(Start::Restore(&image)).await?,
+                    None => return Err(Error::Internal("not a native box".into())),
+                }
                 resume_agent(&bundle)
             }
             Err(_) => resume_agent(&bundle),
@@ -529,6 +543,21 @@ impl NativeBackend {
         ))
     }
 
+    /// Pauses (or resumes) the box of instance `id`: runsc pauses its own kernel; crun, which
+    /// manages no cgroups here, is frozen through the freezer cgroup of the instance's slot.
+    async fn pause(&self, rt: &OciRuntime, id: &str, paused: bool) -> Result<()> {
+        if rt.kind == RuntimeKind::Runsc || !rt.caller_cgroups() {
+            return match paused {
+                true => rt.pause(id).await,
+                false => rt.resume(id).await,
+            };
+        }
+        let rel = format!("{}/{id}", self.cgroup_parent);
+        tokio::task::spawn_blocking(move || cgroups::freeze(&rel, paused))
+            .await
+            .map_err(|e| Error::Internal(format!("freezer: {e}")))?
+    }
+
     fn runtime_for(&self, isolation: Isolation) -> Result<&OciRuntime> {
         match isolation {
             Isolation::Container => Ok(&self.runtime),
@@ -559,12 +588,12 @@ impl NativeBackend {
     }
 }
 
-fn prepare_slots(shared: &Arc<Shared>, runtime: &OciRuntime) {
-    if shared.slots.is_some() && runtime.caller_cgroups() {
-        let (shared, runtime) = (shared.clone(), runtime.clone());
+fn prepare_slots(shared: &Arc<Shared>) {
+    if shared.slots.is_some() {
+        let shared = shared.clone();
         tokio::task::spawn_blocking(move || {
             if let Some(slots) = &shared.slots {
-                slots.prepare(&runtime, &shared.cfg.agent_path);
+                slots.prepare(&shared.cfg.agent_path);
             }
         });
     }
@@ -791,6 +820,9 @@ impl Backend for NativeBackend {
         for rt in self.inst_runtimes() {
             rt.delete_force(id).await?;
         }
+        if let Some(slots) = &self.shared.slots {
+            slots.remove_named(id);
+        }
         let dir = self.instance_dir(id);
         tokio::task::spawn_blocking(move || {
             remove_bundle(&dir.join("bundle"))?;
@@ -821,14 +853,14 @@ impl Backend for NativeBackend {
             None => None,
         };
         if let Some(rt) = &runtime {
-            rt.pause(id).await?;
+            self.pause(rt, id, true).await?;
         }
         let (upper, layer) = (dir.join("upper"), out.join("layer"));
         let copied = tokio::task::spawn_blocking(move || layer::copy_tree(&upper, &layer))
             .await
             .map_err(|e| Error::Internal(format!("snapshot copy: {e}")));
         if let Some(rt) = &runtime {
-            rt.resume(id).await?;
+            self.pause(rt, id, false).await?;
         }
         let bytes = match copied.and_then(|r| r) {
             Ok(b) => b,
@@ -945,6 +977,44 @@ impl NativeSandbox {
     }
 }
 
+impl NativeSandbox {
+    /// Starts (or restores) the box in its cgroups: through its slot's zygote, or, when it has
+    /// none (killed, or the slot's box was started by an earlier server), by moving the runtime
+    /// into them on the way.
+    async fn start_in_slot(&self, how: Start<'_>) -> Result<()> {
+        let zygote = {
+            let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
+            slot.as_mut()
+                .and_then(|s| s.zygote.take())
+                .and_then(|mut z| z.alive().then_some(z))
+        };
+        let Some(mut z) = zygote else {
+            let join = {
+                let slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
+                match (slot.as_ref(), &self.shared.slots) {
+                    (Some(slot), Some(slots)) => slots.procs_files(slot),
+                    _ if self.runtime.caller_cgroups() => cgroups::procs_files_of(&self.cgroup),
+                    _ => Vec::new(),
+                }
+            };
+            return self
+                .runtime
+                .start_detached(&self.id, &self.dir, how, join)
+                .await;
+        };
+        let started = self
+            .runtime
+            .start_detached_via(&mut z, &self.id, &self.dir, how)
+            .await;
+        if started.is_ok() {
+            if let Some(slot) = self.slot.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+                slot.zygote = Some(z);
+            }
+        }
+        started
+    }
+}
+
 /// A host process, identified by pid and start time so that a recycled pid is never signalled.
 #[derive(Debug, Clone, Copy)]
 struct InitProcess {
@@ -997,6 +1067,10 @@ impl Sandbox for NativeSandbox {
 
     fn backend(&self) -> &'static str {
         "native"
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 
     fn agent(&self) -> &AgentClient {
@@ -1058,6 +1132,7 @@ impl Sandbox for NativeSandbox {
         let shared = self.shared.clone();
         let slot = self.slot.lock().unwrap_or_else(|e| e.into_inner()).take();
         let netns = self.netns.clone();
+        let persistent = self.persistent;
         let teardown = async move {
             let t = std::time::Instant::now();
             let deleted = if init_killed {
@@ -1085,8 +1160,24 @@ impl Sandbox for NativeSandbox {
                     }
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
-                slots.release(slot);
-                prepare_slots(&shared, &runtime);
+                let s = shared.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    if let Some(slots) = &s.slots {
+                        slots.release(slot);
+                    }
+                })
+                .await;
+                prepare_slots(&shared);
+            } else if let (Some(slots), true) = (&shared.slots, persistent) {
+                // An instance's box a former server started: its named cgroup goes with it.
+                if runtime.caller_cgroups() {
+                    for _ in 0..40 {
+                        if slots.remove_named(&id) {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }
             }
             tracing::debug!(sandbox = %id, took = ?t.elapsed(), "torn down");
         };

@@ -47,8 +47,18 @@ pub struct OciRuntime {
     /// Run the binary in a private mount namespace without `/sys/fs/cgroup/unified` (see
     /// [`hybrid_cgroups`]).
     hide_unified: bool,
-    /// Cgroups are the caller's (crun `--cgroup-manager=disabled`; see `cgroups.rs`).
+    /// Cgroups are the caller's (crun `--cgroup-manager=disabled`, runsc `--ignore-cgroups`;
+    /// see `cgroups.rs`).
     caller_cgroups: bool,
+}
+
+/// How [`OciRuntime::start_detached`] starts a box.
+#[derive(Debug, Clone, Copy)]
+pub enum Start<'a> {
+    /// `run`: a fresh box from its bundle.
+    Run,
+    /// `restore` (runsc only): the box saved by a checkpoint in this directory.
+    Restore(&'a Path),
 }
 
 /// True on a "hybrid" cgroup host: v1 controllers, plus a cgroup2 mount at
@@ -85,10 +95,11 @@ impl OciRuntime {
             .find(|p| p.is_file())
     }
 
-    /// Leaves cgroups to the caller, who hands [`OciRuntime::run_detached`] the cgroup files
-    /// to join. Only crun can run without managing cgroups.
+    /// Leaves cgroups to the caller, who starts the runtime in the box's cgroups (through a
+    /// zygote living there, or by handing [`OciRuntime::start_detached`] the cgroup files to
+    /// join). crun and runsc can run without managing cgroups; runc cannot.
     pub fn with_caller_cgroups(mut self) -> Self {
-        self.caller_cgroups = self.kind == RuntimeKind::Crun;
+        self.caller_cgroups = matches!(self.kind, RuntimeKind::Crun | RuntimeKind::Runsc);
         self
     }
 
@@ -119,8 +130,14 @@ impl OciRuntime {
     /// Options that come before every subcommand.
     fn global_args(&self) -> Vec<String> {
         let mut v = vec!["--root".to_string(), self.state_root.display().to_string()];
-        if self.caller_cgroups {
-            v.push("--cgroup-manager=disabled".into());
+        match self.kind {
+            RuntimeKind::Crun if self.caller_cgroups => {
+                v.push("--cgroup-manager=disabled".into());
+            }
+            // Neither made nor joined by runsc: its sandbox and gofer are born in the box's
+            // cgroups (each join or return of a v1 cgroup by runsc waited ~15 ms for RCU).
+            RuntimeKind::Runsc if self.caller_cgroups => v.push("--ignore-cgroups".into()),
+            _ => {}
         }
         if self.kind == RuntimeKind::Runsc {
             // Let the agent's unix socket in the bind-mounted directory be reachable from the
@@ -183,30 +200,20 @@ impl OciRuntime {
         Ok(text.lines().next().unwrap_or("").trim().to_string())
     }
 
-    /// Creates and starts container `id` from the bundle at `bundle`, detached, writing the host
-    /// pid of its first process to `bundle/init.pid`. The container
+    /// Creates and starts (or restores) container `id` from the bundle at `bundle`, detached,
+    /// writing the host pid of its first process to `bundle/init.pid`; the runtime process
+    /// first joins the cgroups whose `cgroup.procs` files are in `join`. The container
     /// inherits the runtime's stdout and stderr, so they go to `bundle/runtime.log` (a pipe would
     /// stay open as long as the container lives); a failure quotes that log.
-    pub async fn run_detached(&self, id: &str, bundle: &Path, join: Vec<CString>) -> Result<()> {
-        let args = self.run_args(id, bundle);
+    pub async fn start_detached(
+        &self,
+        id: &str,
+        bundle: &Path,
+        how: Start<'_>,
+        join: Vec<CString>,
+    ) -> Result<()> {
+        let args = self.start_args(id, bundle, how);
         self.detached(args, bundle, join).await
-    }
-
-    /// Restores container `id` from the checkpoint in `image` (runsc only), detached, with
-    /// the bundle at `bundle` (whose config must match the checkpointed one).
-    pub async fn restore_detached(&self, id: &str, bundle: &Path, image: &Path) -> Result<()> {
-        let args = vec![
-            "restore".to_string(),
-            "-image-path".into(),
-            image.display().to_string(),
-            "-detach".into(),
-            "-pid-file".into(),
-            bundle.join("init.pid").display().to_string(),
-            "-bundle".into(),
-            bundle.display().to_string(),
-            id.into(),
-        ];
-        self.detached(args, bundle, Vec::new()).await
     }
 
     /// Saves the state of container `id` (memory and processes) to `image`; the container
@@ -232,17 +239,18 @@ impl OciRuntime {
         self.finish_run(spawned, &args, &log_path).await
     }
 
-    /// Like [`OciRuntime::run_detached`], through a zygote (see [`OciRuntime::spawn_zygote`])
-    /// living in the box's cgroups: the runtime is born there, nothing is migrated.
-    pub async fn run_detached_via(
+    /// Like [`OciRuntime::start_detached`], through a zygote (see [`spawn_zygote`]) living in
+    /// the box's cgroups: the runtime is born there, nothing is migrated.
+    pub async fn start_detached_via(
         &self,
         zygote: &mut Zygote,
         id: &str,
         bundle: &Path,
+        how: Start<'_>,
     ) -> Result<()> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let log_path = bundle.join("runtime.log");
-        let args = self.run_args(id, bundle);
+        let args = self.start_args(id, bundle, how);
         // `LOG\nFLAGS\nBINARY\0ARG\0ARG...`, length first: see `faas-agent --zygote`.
         let mut msg = log_path.as_os_str().as_encoded_bytes().to_vec();
         msg.push(b'\n');
@@ -303,49 +311,30 @@ impl OciRuntime {
         Err(failed_run(what, status.to_string(), log_path))
     }
 
-    /// The arguments of `run --detach`, writing the host pid of the box's first process to
-    /// `bundle/init.pid`.
-    fn run_args(&self, id: &str, bundle: &Path) -> Vec<String> {
+    /// The arguments of `run --detach` (or runsc's `restore -detach`), writing the host pid of
+    /// the box's first process to `bundle/init.pid`.
+    fn start_args(&self, id: &str, bundle: &Path, how: Start<'_>) -> Vec<String> {
         let (detach, pid_file) = match self.kind {
             RuntimeKind::Runsc => ("-detach", "-pid-file"),
             _ => ("--detach", "--pid-file"),
         };
-        vec![
-            "run".into(),
+        let mut args = match how {
+            Start::Run => vec!["run".to_string()],
+            Start::Restore(image) => vec![
+                "restore".to_string(),
+                "-image-path".into(),
+                image.display().to_string(),
+            ],
+        };
+        args.extend([
             detach.into(),
             pid_file.into(),
             bundle.join("init.pid").display().to_string(),
             "--bundle".into(),
             bundle.display().to_string(),
             id.into(),
-        ]
-    }
-
-    /// Starts a zygote (`faas-agent --zygote`) that first joins the cgroups of `join`; the
-    /// runtime commands it starts later are born in them.
-    pub fn spawn_zygote(&self, agent: &Path, join: Vec<CString>) -> Result<Zygote> {
-        let mut cmd = tokio::process::Command::new(agent);
-        cmd.arg("--zygote")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .kill_on_drop(true);
-        // Only the cgroups here: the zygote makes each command's mount namespace itself.
-        prepare_child(&mut cmd, false, join);
-        let (mut child, guard) = crate::reaper::spawn(&mut cmd)
-            .map_err(|e| Error::io(format!("start {}", agent.display()), e))?;
-        let (Some(stdin), Some(stdout), Some(pid)) =
-            (child.stdin.take(), child.stdout.take(), child.id())
-        else {
-            return Err(Error::Internal("zygote without pipes".into()));
-        };
-        Ok(Zygote {
-            child,
-            guard,
-            stdin,
-            stdout,
-            pid,
-        })
+        ]);
+        args
     }
 
     /// Kills and deletes container `id`; one that does not exist is fine.
@@ -372,7 +361,7 @@ impl OciRuntime {
     /// with caller-managed cgroups that is only its state directory (`delete` would start a
     /// second crun to do just that), otherwise `delete --force`.
     pub async fn delete_dead(&self, id: &str) -> Result<()> {
-        if !self.caller_cgroups {
+        if !(self.caller_cgroups && self.kind == RuntimeKind::Crun) {
             return self.delete_force(id).await;
         }
         let dir = self.state_root.join(id);
@@ -523,6 +512,33 @@ fn failed_run(command: String, status: String, log_path: &Path) -> Error {
         stdout: String::new(),
         stderr: text[tail..].trim().to_string(),
     }
+}
+
+/// Starts a zygote (`faas-agent --zygote`) that first joins the cgroups of `join`; the
+/// runtime commands it starts later are born in them.
+pub fn spawn_zygote(agent: &Path, join: Vec<CString>) -> Result<Zygote> {
+    let mut cmd = tokio::process::Command::new(agent);
+    cmd.arg("--zygote")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    // Only the cgroups here: the zygote makes each command's mount namespace itself.
+    prepare_child(&mut cmd, false, join);
+    let (mut child, guard) = crate::reaper::spawn(&mut cmd)
+        .map_err(|e| Error::io(format!("start {}", agent.display()), e))?;
+    let (Some(stdin), Some(stdout), Some(pid)) =
+        (child.stdin.take(), child.stdout.take(), child.id())
+    else {
+        return Err(Error::Internal("zygote without pipes".into()));
+    };
+    Ok(Zygote {
+        child,
+        guard,
+        stdin,
+        stdout,
+        pid,
+    })
 }
 
 /// A process living in a cgroup slot that starts runtime commands as its children.
