@@ -450,22 +450,23 @@ impl NativeBackend {
         running: Option<&dyn Sandbox>,
         snapshot: &str,
     ) -> Result<(serde_json::Value, u64)> {
-        let gvisor =
-            match &self.inst_gvisor {
-                Some(g) if g.status(id).await?.as_deref() == Some("running") => g.clone(),
-                _ if running.is_none() => {
-                    return Err(Error::Conflict(format!(
-                        "instance {id} is not running: a memory snapshot needs its processes"
-                    )))
-                }
-                _ => return Err(Error::Unsupported(
-                    "memory snapshots need an instance with isolation gvisor (runsc checkpoint); \
-                     this one runs in a plain container"
-                        .into(),
-                )),
-            };
-        let sandbox =
-            running.ok_or_else(|| Error::Conflict(format!("instance {id} is not running")))?;
+        let sandbox = running.ok_or_else(|| {
+            Error::Conflict(format!(
+                "instance {id} is not running: a memory snapshot needs its processes"
+            ))
+        })?;
+        let native = sandbox
+            .as_any()
+            .downcast_ref::<NativeSandbox>()
+            .ok_or_else(|| Error::Internal("not a native box".into()))?;
+        if native.runtime.kind != RuntimeKind::Runsc {
+            return Err(Error::Unsupported(
+                "memory snapshots need an instance with isolation gvisor (runsc checkpoint); \
+                 this one runs in a plain container"
+                    .into(),
+            ));
+        }
+        let gvisor = native.runtime.clone();
         let dir = self.instance_dir(id);
         let bundle = dir.join("bundle");
         let meta = InstanceMeta::read(&dir)?;
@@ -506,10 +507,7 @@ impl NativeBackend {
         let resumed = match &saved {
             Ok(()) => {
                 gvisor.delete_force(id).await?;
-                match sandbox.as_any().downcast_ref::<NativeSandbox>() {
-                    Some(native) => native.start_in_slot(Start::Restore(&image)).await?,
-                    None => return Err(Error::Internal("not a native box".into())),
-                }
+                native.start_in_slot(Start::Restore(&image)).await?;
                 resume_agent(&bundle)
             }
             Err(_) => resume_agent(&bundle),
