@@ -37,11 +37,61 @@ async fn delete(c: &Client, id: &str) {
     assert_eq!(c.delete(&format!("/api/v1/instances/{id}")).await, 204);
 }
 
+/// The host cgroups (v1: one directory per hierarchy) named after instance `id`, with the
+/// processes each holds.
+fn instance_cgroups(id: &str) -> Vec<(std::path::PathBuf, usize)> {
+    let mut found = Vec::new();
+    for c in std::fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        for d in std::fs::read_dir(c.path().join("faas"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let dir = d.path().join(id);
+            if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+                found.push((dir, procs.lines().count()));
+            }
+        }
+    }
+    found
+}
+
+/// On native with v1 cgroups: a running instance's box lives in cgroups named after it, with
+/// its memory limit; a stopped one has none.
+fn check_instance_cgroups(id: &str, running: bool) {
+    if backend() != "native" || !std::path::Path::new("/sys/fs/cgroup/memory/faas").is_dir() {
+        return;
+    }
+    let found = instance_cgroups(id);
+    if !running {
+        assert!(
+            found.is_empty(),
+            "a stopped instance keeps cgroups: {found:?}"
+        );
+        return;
+    }
+    let memory = found
+        .iter()
+        .find(|(d, _)| d.starts_with("/sys/fs/cgroup/memory"))
+        .unwrap_or_else(|| panic!("no memory cgroup named {id}: {found:?}"));
+    assert!(
+        memory.1 > 0,
+        "its memory cgroup holds no process: {found:?}"
+    );
+    let limit = std::fs::read_to_string(memory.0.join("memory.limit_in_bytes")).unwrap();
+    assert_eq!(limit.trim(), (512u64 << 20).to_string());
+}
+
 #[tokio::test]
 async fn an_instance_keeps_its_files_across_stop_and_start() {
     require_docker!();
     let c = shared().client();
     let id = create(&c, json!({"name": "keeper"})).await;
+    check_instance_cgroups(&id, true);
     let v = sh(
         &c,
         &id,
@@ -59,6 +109,7 @@ async fn an_instance_keeps_its_files_across_stop_and_start() {
         .post(&format!("/api/v1/instances/{id}/stop"), json!({}))
         .await;
     assert_eq!((s, v["status"].as_str()), (200, Some("stopped")), "{v}");
+    check_instance_cgroups(&id, false);
     let (s, v) = c
         .post(
             &format!("/api/v1/instances/{id}/exec"),
@@ -71,6 +122,7 @@ async fn an_instance_keeps_its_files_across_stop_and_start() {
         .post(&format!("/api/v1/instances/{id}/start"), json!({}))
         .await;
     assert_eq!((s, v["status"].as_str()), (200, Some("running")), "{v}");
+    check_instance_cgroups(&id, true);
     assert_eq!(sh(&c, &id, "cat /data/x").await["stdout"], "kept\n");
 
     // Files in and out, binary-safe.
@@ -101,6 +153,7 @@ async fn an_instance_keeps_its_files_across_stop_and_start() {
         .iter()
         .any(|i| i["id"] == id && i["name"] == "keeper"));
     delete(&c, &id).await;
+    check_instance_cgroups(&id, false);
     let (s, v) = c.get(&format!("/api/v1/instances/{id}")).await;
     assert_error(s, &v, 404, "not_found");
 }
@@ -603,6 +656,8 @@ async fn a_memory_snapshot_keeps_a_running_process_counting() {
     .await;
     let out = v["stdout"].as_str().unwrap();
     assert!(out.ends_with("alive\n"), "{v}");
+    // Restored in place into the same cgroups, limits and all.
+    check_instance_cgroups(&id, true);
     // A restore continues the count from where the snapshot was taken: it does not restart.
     let (s, r) = c
         .post(&format!("/api/v1/snapshots/{sid}/restore"), json!({}))
@@ -633,8 +688,11 @@ async fn a_memory_snapshot_keeps_a_running_process_counting() {
     )
     .await;
     assert_eq!(alive["stdout"], "alive\n", "not the same process: {alive}");
+    check_instance_cgroups(&restored, true);
     delete(&c, &restored).await;
+    check_instance_cgroups(&restored, false);
     delete(&c, &id).await;
+    check_instance_cgroups(&id, false);
     assert_eq!(c.delete(&format!("/api/v1/snapshots/{sid}")).await, 204);
 }
 

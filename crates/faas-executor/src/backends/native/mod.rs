@@ -973,9 +973,7 @@ impl NativeSandbox {
             destroyed: std::sync::atomic::AtomicBool::new(false),
         }
     }
-}
 
-impl NativeSandbox {
     /// Starts (or restores) the box in its cgroups: through its slot's zygote, or, when it has
     /// none (killed, or the slot's box was started by an earlier server), by moving the runtime
     /// into them on the way.
