@@ -234,6 +234,12 @@ async fn measure(a: &BenchArgs, crun: &Local, runc: &Local) -> anyhow::Result<()
         results.push(s);
     }
 
+    // Before `docker run`, whose 200 `--rm` containers the daemon goes on removing in the
+    // background for a while.
+    if a.snapshots > 0 {
+        snapshots(&http, &crun.url, &a.image, a.snapshots).await?;
+    }
+
     if !a.no_baseline && a.runs > 0 {
         eprintln!("bench: docker run x{}", a.runs);
         let mut s = Stats::new("docker run --rm --network none");
@@ -259,9 +265,6 @@ async fn measure(a: &BenchArgs, crun: &Local, runc: &Local) -> anyhow::Result<()
         }
     }
 
-    if a.snapshots > 0 {
-        snapshots(&http, &crun.url, &a.image, a.snapshots).await?;
-    }
     if a.pool > 0 {
         pool_memory(&http, &crun.url, &a.image, a.pool).await?;
     }
