@@ -92,6 +92,18 @@ pub(crate) fn remove_empty(parent: &str) {
     }
 }
 
+/// Whether `name` can name a cgroup under the deployment's: one path component of ASCII
+/// letters, digits, `-` and `_` (instance ids are hex), so no `..`, `/` or control file (v1
+/// control files have a `.` in their name but these two).
+fn is_plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && !matches!(name, "tasks" | "notify_on_release")
+}
+
 /// The `cgroup.procs` files of cgroup `rel` (relative to each controller's root) in the
 /// hierarchies slots use, where they exist.
 pub(crate) fn procs_files_of(rel: &str) -> Vec<CString> {
@@ -259,6 +271,11 @@ impl CgroupSlots {
     /// Renames `slot` to `<parent>/<name>` in every hierarchy (an empty cgroup of that name,
     /// left by an earlier box, is removed first). On failure the slot keeps its own name.
     pub fn name(&self, slot: &mut Slot, name: &str) -> Result<()> {
+        if !is_plain_name(name) {
+            return Err(Error::Internal(format!(
+                "{name:?} cannot name a cgroup: one path component of letters, digits, - and _"
+            )));
+        }
         let rel = format!("{}/{name}", self.parent);
         for (i, c) in CONTROLLERS.iter().enumerate() {
             let (from, to) = (self.dir(c, &slot.rel), self.dir(c, &rel));
@@ -289,6 +306,9 @@ impl CgroupSlots {
     /// Removes an instance's cgroup `<parent>/<name>` whose box is gone (and its zygote with
     /// it); one that still holds a process stays. True when none is left.
     pub fn remove_named(&self, name: &str) -> bool {
+        if !is_plain_name(name) {
+            return true;
+        }
         let rel = format!("{}/{name}", self.parent);
         CONTROLLERS.iter().fold(true, |gone, c| {
             let removed = match std::fs::remove_dir(self.dir(c, &rel)) {
@@ -379,6 +399,34 @@ impl CgroupSlots {
             if let Some(z) = zygote {
                 z.kill_and_reap();
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_plain_name;
+
+    #[test]
+    fn only_plain_names_can_name_a_cgroup() {
+        for good in ["0f3a9c2b7d1e4f60", "s12", "inst-1_a"] {
+            assert!(is_plain_name(good), "{good}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "../x",
+            "a/b",
+            "/abs",
+            "x\0y",
+            "with space",
+            "tasks",
+            "cgroup.procs",
+            "notify_on_release",
+            &"a".repeat(65),
+        ] {
+            assert!(!is_plain_name(bad), "{bad:?}");
         }
     }
 }
