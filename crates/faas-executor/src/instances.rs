@@ -65,6 +65,8 @@ pub struct LiveBox {
     pub sandbox: Box<dyn Sandbox>,
     /// Execs running in it now: an instance is not idle while one runs, however long.
     busy: std::sync::atomic::AtomicUsize,
+    /// When an exec last started or ended (ms since the epoch), or the box started.
+    last_used_ms: std::sync::atomic::AtomicI64,
 }
 
 impl LiveBox {
@@ -72,11 +74,19 @@ impl LiveBox {
         Arc::new(LiveBox {
             sandbox,
             busy: Default::default(),
+            last_used_ms: now_ms().into(),
         })
     }
 
-    fn is_busy(&self) -> bool {
-        self.busy.load(std::sync::atomic::Ordering::SeqCst) > 0
+    /// How long it has gone without an exec at `now`: zero while one runs. An exec's end is
+    /// recorded before it stops counting as running, so the end of a long exec is never
+    /// mistaken for a long idleness.
+    fn idle_ms(&self, now: i64) -> i64 {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.busy.load(SeqCst) > 0 {
+            return 0;
+        }
+        now - self.last_used_ms.load(SeqCst)
     }
 }
 
@@ -85,16 +95,18 @@ struct Busy(Arc<LiveBox>);
 
 impl Busy {
     fn new(live: &Arc<LiveBox>) -> Busy {
-        live.busy.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        use std::sync::atomic::Ordering::SeqCst;
+        live.busy.fetch_add(1, SeqCst);
+        live.last_used_ms.store(now_ms(), SeqCst);
         Busy(live.clone())
     }
 }
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        self.0
-            .busy
-            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        use std::sync::atomic::Ordering::SeqCst;
+        self.0.last_used_ms.store(now_ms(), SeqCst);
+        self.0.busy.fetch_sub(1, SeqCst);
     }
 }
 
@@ -898,9 +910,13 @@ impl Executor {
                 let Some(limit) = i.idle_timeout_s else {
                     continue;
                 };
+                let limit_ms = (limit as i64) * 1000;
                 if i.status == InstanceStatus::Running
-                    && now - i.last_used_at_ms > (limit as i64) * 1000
-                    && self.instances.live(&i.id).is_some_and(|l| !l.is_busy())
+                    && now - i.last_used_at_ms > limit_ms
+                    && self
+                        .instances
+                        .live(&i.id)
+                        .is_some_and(|l| l.idle_ms(now_ms()) > limit_ms)
                 {
                     let why = format!("stopped after {limit} s without an exec");
                     tracing::info!(instance = %i.id, "{why}");
