@@ -177,6 +177,16 @@ fn instance_row(i: &Value) {
     );
 }
 
+/// The header and a row per instance of an answer's `instances` list.
+fn instance_table(v: &Value) {
+    instance_header();
+    v["instances"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .for_each(instance_row);
+}
+
 fn snapshot_header() {
     println!(
         "{:<18} {:<12} {:<11} {:<18} {:>12}",
@@ -243,12 +253,7 @@ pub async fn instances(a: InstancesArgs) -> anyhow::Result<u8> {
         InstancesCmd::List => {
             let (_, v) = api.send(api.http.get(api.url("/api/v1/instances"))).await?;
             show(j, &v, |v| {
-                instance_header();
-                v["instances"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .for_each(instance_row);
+                instance_table(v);
             })
         }
         InstancesCmd::Get { id } => {
@@ -326,12 +331,7 @@ pub async fn instances(a: InstancesArgs) -> anyhow::Result<u8> {
                 )
                 .await?;
             show(j, &v, |v| {
-                instance_header();
-                v["instances"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .for_each(instance_row);
+                instance_table(v);
             })
         }
         InstancesCmd::Snapshot { id, name, memory } => {
@@ -383,12 +383,7 @@ pub async fn snapshots(a: SnapshotsArgs) -> anyhow::Result<u8> {
         SnapshotsCmd::Rm { id } => println!("deleted {id}"),
         SnapshotsCmd::Restore { .. } => println!("{}", v["id"].as_str().unwrap_or_default()),
         SnapshotsCmd::Branch { .. } => {
-            instance_header();
-            v["instances"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .for_each(instance_row);
+            instance_table(v);
         }
     })
 }

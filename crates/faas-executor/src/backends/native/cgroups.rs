@@ -236,11 +236,7 @@ impl CgroupSlots {
 
     /// The `cgroup.procs` files a process writes itself into to join the slot.
     pub fn procs_files(&self, slot: &Slot) -> Vec<CString> {
-        self.procs_of(&slot.rel)
-    }
-
-    fn procs_of(&self, rel: &str) -> Vec<CString> {
-        procs_files_of(rel)
+        procs_files_of(&slot.rel)
     }
 
     /// Whether the box in `slot` was OOM-killed.
@@ -309,9 +305,14 @@ impl CgroupSlots {
         if !is_plain_name(name) {
             return true;
         }
-        let rel = format!("{}/{name}", self.parent);
+        self.remove_cgroup(&format!("{}/{name}", self.parent))
+    }
+
+    /// Removes cgroup `rel` in every hierarchy; one that still holds a process stays. True
+    /// when none is left.
+    fn remove_cgroup(&self, rel: &str) -> bool {
         CONTROLLERS.iter().fold(true, |gone, c| {
-            let removed = match std::fs::remove_dir(self.dir(c, &rel)) {
+            let removed = match std::fs::remove_dir(self.dir(c, rel)) {
                 Ok(()) => true,
                 Err(e) => e.kind() == std::io::ErrorKind::NotFound,
             };
@@ -327,13 +328,8 @@ impl CgroupSlots {
             if let Some(z) = slot.zygote {
                 z.kill_and_reap();
             }
-            for c in CONTROLLERS {
-                let d = self.dir(c, &slot.rel);
-                if let Err(e) = std::fs::remove_dir(&d) {
-                    if e.kind() != std::io::ErrorKind::NotFound {
-                        tracing::warn!(cgroup = %d.display(), error = %e, "cannot remove an instance's cgroup");
-                    }
-                }
+            if !self.remove_cgroup(&slot.rel) {
+                tracing::warn!(slot = %slot.rel, "an instance's cgroup still holds processes; not removed");
             }
             return;
         }
@@ -372,7 +368,7 @@ impl CgroupSlots {
                     }
                 },
             };
-            match spawn_zygote(agent, self.procs_of(&self.rel(n))) {
+            match spawn_zygote(agent, procs_files_of(&self.rel(n))) {
                 Ok(h) => self.free().push((n, Some(h))),
                 Err(e) => {
                     tracing::warn!(error = %e.chain(), "cannot start a zygote");

@@ -373,6 +373,11 @@ impl NativeBackend {
         Ok(sandbox)
     }
 
+    /// The cgroup path (under each v1 controller) of box or instance `id`.
+    fn cgroup_of(&self, id: &str) -> String {
+        format!("{}/{id}", self.cgroup_parent)
+    }
+
     fn instance_dir(&self, id: &str) -> PathBuf {
         self.shared.cfg.persist_root.join("instances").join(id)
     }
@@ -432,7 +437,7 @@ impl NativeBackend {
             rw: dir.clone(),
             layers: meta.layers,
             runtime,
-            cgroup: format!("{}/{id}", self.cgroup_parent),
+            cgroup: self.cgroup_of(id),
             netns: None,
             persistent: true,
             restore_from,
@@ -550,7 +555,7 @@ impl NativeBackend {
                 false => rt.resume(id).await,
             };
         }
-        let rel = format!("{}/{id}", self.cgroup_parent);
+        let rel = self.cgroup_of(id);
         tokio::task::spawn_blocking(move || cgroups::freeze(&rel, paused))
             .await
             .map_err(|e| Error::Internal(format!("freezer: {e}")))?
@@ -728,7 +733,7 @@ impl Backend for NativeBackend {
             _ => None,
         };
         let plan = BoxPlan {
-            cgroup: format!("{}/{id}", self.cgroup_parent),
+            cgroup: self.cgroup_of(&id),
             id,
             rw: dir.clone(),
             dir,
@@ -796,7 +801,7 @@ impl Backend for NativeBackend {
             id.to_string(),
             bundle.clone(),
             rt,
-            format!("{}/{id}", self.cgroup_parent),
+            self.cgroup_of(id),
             None,
             true,
             self.shared.clone(),
@@ -1164,15 +1169,17 @@ impl Sandbox for NativeSandbox {
                 })
                 .await;
                 prepare_slots(&shared);
-            } else if let (Some(slots), true) = (&shared.slots, persistent) {
+            } else if let Some(slots) = shared
+                .slots
+                .as_ref()
+                .filter(|_| persistent && runtime.caller_cgroups())
+            {
                 // An instance's box a former server started: its named cgroup goes with it.
-                if runtime.caller_cgroups() {
-                    for _ in 0..40 {
-                        if slots.remove_named(&id) {
-                            break;
-                        }
-                        tokio::time::sleep(Duration::from_millis(5)).await;
+                for _ in 0..40 {
+                    if slots.remove_named(&id) {
+                        break;
                     }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
                 }
             }
             tracing::debug!(sandbox = %id, took = ?t.elapsed(), "torn down");
