@@ -328,8 +328,14 @@ impl CgroupSlots {
             if let Some(z) = slot.zygote {
                 z.kill_and_reap();
             }
-            if !self.remove_cgroup(&slot.rel) {
-                tracing::warn!(slot = %slot.rel, "an instance's cgroup still holds processes; not removed");
+            // A killed process stays a member until it is reaped, a moment later.
+            let t = std::time::Instant::now();
+            while !self.remove_cgroup(&slot.rel) {
+                if t.elapsed() > std::time::Duration::from_secs(2) {
+                    tracing::warn!(slot = %slot.rel, "an instance's cgroup still holds processes; not removed");
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
             }
             return;
         }
