@@ -13,9 +13,24 @@
 //! - [`FrameKind::Json`] carries a [`Request`] (host → agent) or an [`Event`] (agent → host).
 //! - [`FrameKind::Stdout`] / [`FrameKind::Stderr`] carry raw output bytes (agent → host).
 //! - [`FrameKind::Stdin`] carries raw input bytes (host → agent); an empty one closes stdin.
+//! - [`FrameKind::Pty`] carries a terminal's output (agent → host), for processes with a PTY.
 //!
 //! Output is streamed as it is produced, so the same protocol serves one-shot execution,
-//! streaming logs and (later) long-running processes.
+//! streaming logs and long-running processes.
+//!
+//! **Processes.** Every process the agent starts is an entry of its process table, keyed by its
+//! pid in the box: an attached [`Request::Exec`] (the connection streams its output and its
+//! end kills the process: one-shot execution) and a detached one (answered with
+//! [`Event::Started`], then the connection ends; the process outlives it) alike. Each entry
+//! keeps its last [`REPLAY_BYTES`] of output; [`Request::Connect`] replays them and then
+//! streams the live output and the [`Event::Exited`] event, for any number of clients at any
+//! time. [`Request::SendInput`], [`Request::CloseStdin`], [`Request::Signal`],
+//! [`Request::Resize`] and [`Request::List`] are one-shot requests naming the pid.
+//!
+//! **Files.** [`Request::Stat`], [`Request::ListDir`], [`Request::MakeDir`], [`Request::Move`]
+//! and [`Request::Remove`] work on the box's own view of its files (the agent is inside it);
+//! [`Request::Watch`] streams [`Event::Fs`] events until the host closes the connection.
+//! Paths must be absolute; failures are [`Event::Error`] with an [`ErrorKind`].
 
 use std::io::{self, Read, Write};
 
@@ -35,7 +50,13 @@ pub const SOCKET_NAME: &str = "agent.sock";
 pub const GUEST_AGENT_PATH: &str = "/.faas/agent";
 
 /// The protocol version the agent speaks; reported by [`Event::Pong`].
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
+
+/// Output kept per process for clients that connect late (at least this much of the newest).
+pub const REPLAY_BYTES: usize = 1024 * 1024;
+
+/// Ended processes kept in the table (for `List` and late `Connect`); older ones are dropped.
+pub const ENDED_KEPT: usize = 256;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -44,6 +65,7 @@ pub enum FrameKind {
     Stdout = 1,
     Stderr = 2,
     Stdin = 3,
+    Pty = 4,
 }
 
 impl FrameKind {
@@ -53,6 +75,7 @@ impl FrameKind {
             1 => FrameKind::Stdout,
             2 => FrameKind::Stderr,
             3 => FrameKind::Stdin,
+            4 => FrameKind::Pty,
             _ => return None,
         })
     }
@@ -71,6 +94,41 @@ pub enum Request {
     /// [`RESUME_FILE`] appears next to the socket. Answered with [`Event::Quiesced`], or
     /// [`Event::Error`] while other connections are open.
     Quiesce,
+    /// Subscribe to a process: its kept output, then live output, then [`Event::Exited`]
+    /// (at once for a process that already ended). Unknown pid: [`Event::Error`] `not_found`.
+    Connect { pid: u32 },
+    /// Write to a process's stdin (or its terminal). Answered with [`Event::Done`].
+    SendInput {
+        pid: u32,
+        /// The bytes, base64 (standard alphabet, padded).
+        data_b64: String,
+    },
+    /// Close a process's stdin (for a PTY: sends end-of-file, `^D`). Answered with
+    /// [`Event::Done`].
+    CloseStdin { pid: u32 },
+    /// Send a signal (a number) to a process's group. Answered with [`Event::Done`].
+    Signal { pid: u32, signal: i32 },
+    /// Resize a PTY process's terminal. `invalid` for a process without one.
+    Resize { pid: u32, cols: u16, rows: u16 },
+    /// The process table: answered with [`Event::Processes`].
+    List,
+    /// Answered with [`Event::Entry`].
+    Stat { path: String },
+    /// The entries under `path`, `depth` levels down (1 = its children), sorted by path;
+    /// answered with [`Event::Entries`].
+    ListDir { path: String, depth: u32 },
+    /// Makes `path` and any missing parents. `exists` when `path` already exists. Answered with
+    /// [`Event::Done`].
+    MakeDir { path: String },
+    /// Renames (or, across file systems, copies then removes) `from` to `to`. Answered with
+    /// [`Event::Entry`] of `to`.
+    Move { from: String, to: String },
+    /// Removes a file, a link or a whole directory. Answered with [`Event::Done`].
+    Remove { path: String },
+    /// Streams [`Event::Fs`] for changes under directory `path` (and its subdirectories, with
+    /// `recursive`) after one [`Event::Done`] saying the watch is set, until the host closes
+    /// the connection.
+    Watch { path: String, recursive: bool },
 }
 
 /// Made by the host next to the agent's socket when a quiesced agent may listen again.
@@ -92,9 +150,111 @@ pub struct ExecRequest {
     /// Cap on captured stdout+stderr bytes; 0 means [`DEFAULT_OUTPUT_LIMIT`].
     #[serde(default)]
     pub output_limit: u64,
-    /// Whether the host will send stdin frames. When false, stdin is `/dev/null`.
+    /// Whether the process takes input (stdin frames on an attached exec's connection, or
+    /// [`Request::SendInput`]). When false, stdin is `/dev/null`. A PTY always takes input.
     #[serde(default)]
     pub stdin: bool,
+    /// Answer [`Event::Started`] and end the connection; the process outlives it and its
+    /// output is kept for [`Request::Connect`]. The output cap does not apply.
+    #[serde(default)]
+    pub detach: bool,
+    /// Run under a new terminal of this size (stdin, stdout and stderr are its slave side;
+    /// output comes as [`FrameKind::Pty`] frames).
+    #[serde(default)]
+    pub pty: Option<PtySize>,
+    /// A caller's label, shown by [`Request::List`].
+    #[serde(default)]
+    pub tag: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct PtySize {
+    pub cols: u16,
+    pub rows: u16,
+}
+
+/// One entry of the process table.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct ProcessInfo {
+    pub pid: u32,
+    pub tag: Option<String>,
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub cwd: Option<String>,
+    pub pty: bool,
+    pub running: bool,
+    /// Set once it ended.
+    pub exit: Option<ExitInfo>,
+    /// Unix time of its start, in milliseconds.
+    pub started_at_ms: u64,
+}
+
+/// Why a request failed; the host turns it into an HTTP status.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// No such process, file or directory.
+    NotFound,
+    /// The target already exists.
+    Exists,
+    /// A path component (or the target) is not a directory where one is needed.
+    NotDir,
+    /// A directory where a file is needed.
+    IsDir,
+    /// The request is malformed (a relative path, a resize of a process without a PTY...).
+    Invalid,
+    /// The box refused it (permissions).
+    Denied,
+    #[default]
+    Other,
+}
+
+/// What a file is.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum FileType {
+    #[default]
+    File,
+    Dir,
+    Symlink,
+    /// A device, fifo or socket.
+    Other,
+}
+
+/// A file as the box sees it (links are not followed: a symlink is described, with its
+/// target).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct FileEntry {
+    /// The last component of `path`.
+    pub name: String,
+    /// Absolute, as asked (not resolved).
+    pub path: String,
+    #[serde(rename = "type")]
+    pub file_type: FileType,
+    pub size: u64,
+    /// Permission bits (`0o7777` part of `st_mode`).
+    pub mode: u32,
+    /// Like `ls -l`: `-rw-r--r--`, `drwxr-xr-x`, `lrwxrwxrwx`.
+    pub permissions: String,
+    pub uid: u32,
+    pub gid: u32,
+    /// From the box's `/etc/passwd` and `/etc/group`; the number when not listed there.
+    pub owner: String,
+    pub group: String,
+    /// Modification time, Unix milliseconds.
+    pub mtime_ms: i64,
+    pub symlink_target: Option<String>,
+}
+
+/// A change seen by [`Request::Watch`].
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum FsOp {
+    Create,
+    Write,
+    Remove,
+    Rename,
+    Chmod,
 }
 
 /// Agent → host.
@@ -121,9 +281,33 @@ pub enum Event {
     /// The request could not be served.
     Error {
         message: String,
+        #[serde(default)]
+        kind: ErrorKind,
     },
     /// The agent stops listening when this connection closes (see [`Request::Quiesce`]).
     Quiesced,
+    /// A one-shot request was done.
+    Done,
+    /// The answer to [`Request::List`]: running processes first, then ended ones, newest last.
+    Processes { processes: Vec<ProcessInfo> },
+    /// The answer to [`Request::Stat`] and [`Request::Move`].
+    Entry { entry: FileEntry },
+    /// The answer to [`Request::ListDir`].
+    Entries { entries: Vec<FileEntry> },
+    /// A change under a watched directory: `path` is absolute; for a rename, `path` is the
+    /// old name (op `rename`), followed by a `create` of the new one when it is inside the
+    /// watch.
+    Fs { op: FsOp, path: String },
+}
+
+impl Event {
+    /// An [`Event::Error`].
+    pub fn error(kind: ErrorKind, message: impl Into<String>) -> Event {
+        Event::Error {
+            message: message.into(),
+            kind,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]

@@ -19,7 +19,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use faas_agent::{
-    read_frame, write_frame, write_json, Event, ExecRequest, ExitInfo, FrameKind, Request,
+    read_frame, write_frame, write_json, ErrorKind, Event, ExecRequest, ExitInfo, FrameKind, Request,
     DEFAULT_OUTPUT_LIMIT, GUEST_SOCKET_DIR, PROTOCOL_VERSION, SOCKET_NAME,
 };
 use nix::errno::Errno;
@@ -313,9 +313,7 @@ fn handle(mut conn: UnixStream, reaper: &Reaper) -> io::Result<()> {
     if kind != FrameKind::Json {
         return write_json(
             &mut conn,
-            &Event::Error {
-                message: "expected a request frame".into(),
-            },
+            &Event::error(ErrorKind::Invalid, "expected a request frame"),
         );
     }
     let req: Request = match serde_json::from_slice(&payload) {
@@ -323,9 +321,7 @@ fn handle(mut conn: UnixStream, reaper: &Reaper) -> io::Result<()> {
         Err(e) => {
             return write_json(
                 &mut conn,
-                &Event::Error {
-                    message: format!("bad request: {e}"),
-                },
+                &Event::error(ErrorKind::Invalid, format!("bad request: {e}")),
             )
         }
     };
@@ -343,14 +339,16 @@ fn handle(mut conn: UnixStream, reaper: &Reaper) -> io::Result<()> {
             if OPEN.load(Ordering::SeqCst) > 1 {
                 return write_json(
                     &mut conn,
-                    &Event::Error {
-                        message: "other requests are in progress".into(),
-                    },
+                    &Event::error(ErrorKind::Other, "other requests are in progress"),
                 );
             }
             QUIESCE.store(ASKED, Ordering::SeqCst);
             write_json(&mut conn, &Event::Quiesced)
         }
+        _ => write_json(
+            &mut conn,
+            &Event::error(ErrorKind::Invalid, "not implemented yet"),
+        ),
     }
 }
 
@@ -786,7 +784,7 @@ fn exec(mut conn: UnixStream, req: ExecRequest, reaper: &Reaper) -> io::Result<(
         }
         other => {
             let message = format!("process {pid} ended without an exit status ({other:?})");
-            return write_json(&mut conn, &Event::Error { message });
+            return write_json(&mut conn, &Event::error(ErrorKind::Other, message));
         }
     }
     // Any OOM kill in the box while the command ran: the victim may be the command itself or

@@ -101,7 +101,7 @@ impl AgentClient {
             .map_err(|e| self.err(e.to_string()))?;
         match self.read_event(&mut conn).await? {
             Some((FrameKind::Json, Some(Event::Quiesced), _)) => Ok(()),
-            Some((FrameKind::Json, Some(Event::Error { message }), _)) => Err(Error::Conflict(
+            Some((FrameKind::Json, Some(Event::Error { message, .. }), _)) => Err(Error::Conflict(
                 format!("cannot snapshot memory now: {message}"),
             )),
             other => Err(self.err(format!("unexpected answer to quiesce: {other:?}"))),
@@ -207,7 +207,7 @@ impl AgentClient {
                     out.spawn_error = Some(message);
                     break;
                 }
-                (_, Some(Event::Error { message })) => {
+                (_, Some(Event::Error { message, .. })) => {
                     feeder.abort();
                     return Err(self.err(message));
                 }
@@ -305,7 +305,7 @@ impl AgentProcess {
             Some((FrameKind::Stdout, _, data)) => Ok(ProcessEvent::Stdout(data)),
             Some((FrameKind::Stderr, _, data)) => Ok(ProcessEvent::Stderr(data)),
             Some((_, Some(Event::Exited(info)), _)) => Ok(ProcessEvent::Exited(info)),
-            Some((_, Some(Event::Error { message }), _)) => Err(self.client.err(message)),
+            Some((_, Some(Event::Error { message, .. }), _)) => Err(self.client.err(message)),
             None => Err(self
                 .client
                 .err("connection closed before the process exited")),
