@@ -289,15 +289,24 @@ pub enum Event {
     /// A one-shot request was done.
     Done,
     /// The answer to [`Request::List`]: running processes first, then ended ones, newest last.
-    Processes { processes: Vec<ProcessInfo> },
+    Processes {
+        processes: Vec<ProcessInfo>,
+    },
     /// The answer to [`Request::Stat`] and [`Request::Move`].
-    Entry { entry: FileEntry },
+    Entry {
+        entry: FileEntry,
+    },
     /// The answer to [`Request::ListDir`].
-    Entries { entries: Vec<FileEntry> },
+    Entries {
+        entries: Vec<FileEntry>,
+    },
     /// A change under a watched directory: `path` is absolute; for a rename, `path` is the
     /// old name (op `rename`), followed by a `create` of the new one when it is inside the
     /// watch.
-    Fs { op: FsOp, path: String },
+    Fs {
+        op: FsOp,
+        path: String,
+    },
 }
 
 impl Event {

@@ -19,8 +19,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use faas_agent::{
-    read_frame, write_frame, write_json, ErrorKind, Event, ExecRequest, ExitInfo, FrameKind, Request,
-    DEFAULT_OUTPUT_LIMIT, GUEST_SOCKET_DIR, PROTOCOL_VERSION, SOCKET_NAME,
+    read_frame, write_frame, write_json, ErrorKind, Event, ExecRequest, ExitInfo, FrameKind,
+    Request, DEFAULT_OUTPUT_LIMIT, GUEST_SOCKET_DIR, PROTOCOL_VERSION, SOCKET_NAME,
 };
 use nix::errno::Errno;
 use nix::sys::signal::{killpg, Signal};

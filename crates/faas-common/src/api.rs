@@ -314,6 +314,10 @@ pub struct InstanceCreateRequest {
     pub idle_timeout_s: Option<u64>,
     #[serde(default)]
     pub network: Option<String>,
+    /// The caller's labels: string keys and values, at most 4 KiB in all; list filters on
+    /// them with `?metadata.KEY=VALUE`.
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -343,6 +347,8 @@ pub struct InstanceInfo {
     /// Milliseconds since the Unix epoch.
     pub created_at_ms: i64,
     pub last_used_at_ms: i64,
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]

@@ -3,12 +3,15 @@
 //!
 //! - [`api`]: execute, prewarm, pools, health bodies.
 //! - [`functions`]: functions, invocations.
+//! - [`processes`]: processes, terminals and files inside an instance.
 //! - [`error`]: [`ErrorCode`], its stable string and HTTP status, and the error body.
 
 pub mod api;
 pub mod error;
 pub mod functions;
+pub mod processes;
 
 pub use api::*;
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};
 pub use functions::*;
+pub use processes::*;

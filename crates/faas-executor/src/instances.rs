@@ -2,7 +2,7 @@
 //! them, and restores and branches of those snapshots. The store records them, so a restarted
 //! server lists them all and re-attaches the boxes that still run.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,6 +27,9 @@ pub struct InstanceSpec {
     pub isolation: IsolationLevel,
     pub env: Vec<(String, String)>,
     pub idle_timeout_s: Option<u64>,
+    /// The caller's labels (not inherited by restores, branches and forks).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
 }
 
 impl InstanceSpec {
@@ -170,7 +173,25 @@ fn info(r: &InstanceRecord) -> Result<InstanceInfo> {
         source_snapshot: r.source_snapshot.clone(),
         created_at_ms: r.created_ms,
         last_used_at_ms: r.last_used_ms,
+        metadata: spec.metadata,
     })
+}
+
+/// Metadata is string keys and values, [`faas_common::MAX_METADATA_BYTES`] in all.
+fn check_metadata(m: &BTreeMap<String, String>) -> Result<()> {
+    let size: usize = m.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if size > faas_common::MAX_METADATA_BYTES {
+        return Err(Error::InvalidRequest(format!(
+            "metadata is {size} bytes; at most {} are kept",
+            faas_common::MAX_METADATA_BYTES
+        )));
+    }
+    if let Some(k) = m.keys().find(|k| k.is_empty()) {
+        return Err(Error::InvalidRequest(format!(
+            "metadata keys must not be empty, got {k:?}"
+        )));
+    }
+    Ok(())
 }
 
 fn snapshot_info(r: &SnapshotRecord, took_ms: Option<f64>) -> SnapshotInfo {
@@ -227,6 +248,7 @@ impl Executor {
 
     pub async fn instance_create(&self, req: InstanceCreateRequest) -> Result<InstanceInfo> {
         let store = self.store()?;
+        check_metadata(&req.metadata)?;
         if let Some(net) = req.network.as_deref() {
             if net != "none" {
                 return Err(Error::Unsupported(format!(
@@ -248,6 +270,7 @@ impl Executor {
             isolation: base.isolation,
             env: req.env_vars.0.clone(),
             idle_timeout_s: req.idle_timeout_s.filter(|s| *s > 0),
+            metadata: req.metadata.clone(),
         };
         let id = new_id();
         let sandbox = backend
@@ -276,13 +299,19 @@ impl Executor {
         info(&rec)
     }
 
-    pub async fn instance_list(&self) -> Result<Vec<InstanceInfo>> {
-        self.store()?
-            .list_instances()
-            .await?
-            .iter()
-            .map(info)
-            .collect()
+    /// Every instance, or those whose metadata has every `(key, value)` of `metadata`.
+    pub async fn instance_list(&self, metadata: &[(String, String)]) -> Result<Vec<InstanceInfo>> {
+        let mut all = Vec::new();
+        for r in self.store()?.list_instances().await? {
+            let i = info(&r)?;
+            if metadata
+                .iter()
+                .all(|(k, v)| i.metadata.get(k).is_some_and(|have| have == v))
+            {
+                all.push(i);
+            }
+        }
+        Ok(all)
     }
 
     pub async fn instance_get(&self, id: &str) -> Result<InstanceInfo> {
@@ -760,6 +789,7 @@ impl Executor {
             env_vars: EnvVars::default(),
             idle_timeout_s: None,
             network: req.network.clone(),
+            metadata: Default::default(),
         };
         let mut resp = match mode {
             Mode::Persistent => {
@@ -902,7 +932,7 @@ impl Executor {
             if self.tasks.is_closed() {
                 return;
             }
-            let Ok(list) = self.instance_list().await else {
+            let Ok(list) = self.instance_list(&[]).await else {
                 continue;
             };
             let now = now_ms();

@@ -522,7 +522,7 @@ impl Executor {
             cwd: cwd.clone(),
             timeout_ms,
             output_limit: self.cfg.output_limit,
-            stdin: false,
+            ..Default::default()
         }
     }
 

@@ -156,10 +156,18 @@ async fn instance_create(
     ))
 }
 
-#[utoipa::path(get, path = "/api/v1/instances", tag = "instances", summary = "List instances", responses((status = 200, body = faas_common::InstancesResponse), (status = "default", description = "an error: `{\"error\": {\"code\", \"message\"}}`", body = faas_common::ErrorBody)))]
-async fn instance_list(State(s): State<AppState>) -> ApiResult<Json<InstancesResponse>> {
+#[utoipa::path(get, path = "/api/v1/instances", tag = "instances", summary = "List instances", params(("metadata.KEY" = Option<String>, Query, description = "only instances whose metadata has KEY = this value (any number of them)")), responses((status = 200, body = faas_common::InstancesResponse), (status = "default", description = "an error: `{\"error\": {\"code\", \"message\"}}`", body = faas_common::ErrorBody)))]
+async fn instance_list(
+    State(s): State<AppState>,
+    axum::extract::RawQuery(q): axum::extract::RawQuery,
+) -> ApiResult<Json<InstancesResponse>> {
+    // `?metadata.KEY=VALUE`, any number of them: instances whose metadata has them all.
+    let filter: Vec<(String, String)> =
+        form_urlencoded::parse(q.as_deref().unwrap_or("").as_bytes())
+            .filter_map(|(k, v)| Some((k.strip_prefix("metadata.")?.to_string(), v.into_owned())))
+            .collect();
     Ok(Json(InstancesResponse {
-        instances: s.executor.instance_list().await?,
+        instances: s.executor.instance_list(&filter).await?,
     }))
 }
 
