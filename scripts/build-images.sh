@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Builds the platform's local images from Debian packages (no registry is needed or used):
 #   faas/busybox:latest                  BusyBox (Debian's busybox-static) and nothing else
-#   faas/bookworm-python3.11-node18:latest  Debian bookworm (debootstrap minbase) with python3 and nodejs
+#   faas/bookworm-python3.11-node18:latest  Debian bookworm (debootstrap minbase) with python3 (also as
+#                                           `python`) and nodejs
 # Root filesystems are cached as tarballs in $FAAS_CACHE/images, so a second run is quick;
-# an image already in the Docker daemon is left alone. FAAS_REBUILD_IMAGES=1 builds again.
+# an image already in the Docker daemon at the current revision is left alone.
+# FAAS_REBUILD_IMAGES=1 builds again.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
@@ -12,7 +14,13 @@ DEBIAN_IMAGE=faas/bookworm-python3.11-node18:latest
 CACHE="$FAAS_CACHE/images"
 mkdir -p "$CACHE"
 
-have_image() { [ -z "${FAAS_REBUILD_IMAGES:-}" ] && docker image inspect "$1" >/dev/null 2>&1; }
+# What an image built by this script is at now; an older one (or one without the label) is
+# imported again from its cached rootfs (2: `python` next to `python3` in the Debian image).
+IMAGE_REVISION=2
+have_image() {
+  [ -z "${FAAS_REBUILD_IMAGES:-}" ] &&
+    [ "$(docker image inspect -f '{{index .Config.Labels "faas.image-revision"}}' "$1" 2>/dev/null)" = "$IMAGE_REVISION" ]
+}
 
 build_busybox() {
   have_image "$BUSYBOX_IMAGE" && return 0
@@ -36,6 +44,7 @@ build_busybox() {
   fi
   log "importing $BUSYBOX_IMAGE"
   docker import -c 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+    -c "LABEL faas.image-revision=$IMAGE_REVISION" \
     -c 'CMD ["/bin/sh"]' -m "busybox-static from Debian" "$tar" "$BUSYBOX_IMAGE" >/dev/null
 }
 
@@ -52,9 +61,18 @@ build_debian() {
     rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
     tar -C "$root" --numeric-owner -cf "$tar.tmp" . && mv "$tar.tmp" "$tar"
   fi
+  # `python` as well as `python3`, as in the images people know (a rootfs cached before this
+  # gets the link appended).
+  if ! tar -tf "$tar" ./usr/bin/python >/dev/null 2>&1; then
+    local extra; extra=$(mktemp -d)
+    mkdir -p "$extra/usr/bin" && ln -s python3 "$extra/usr/bin/python"
+    tar -C "$extra" --numeric-owner --owner=0 --group=0 -rf "$tar" ./usr/bin/python
+    rm -rf "$extra"
+  fi
   log "importing $DEBIAN_IMAGE"
   docker import -c 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
-    -c 'ENV LANG=C.UTF-8' -c 'CMD ["/bin/sh"]' -m "Debian bookworm minbase + python3 + nodejs" \
+    -c 'ENV LANG=C.UTF-8' -c "LABEL faas.image-revision=$IMAGE_REVISION" -c 'CMD ["/bin/sh"]' \
+    -m "Debian bookworm minbase + python3 (also as python) + nodejs" \
     "$tar" "$DEBIAN_IMAGE" >/dev/null
 }
 
