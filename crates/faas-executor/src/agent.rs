@@ -3,7 +3,11 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use faas_agent::{decode_header, encode_header, Event, ExecRequest, ExitInfo, FrameKind, Request};
+use base64::Engine;
+use faas_agent::{
+    decode_header, encode_header, ErrorKind, Event, ExecRequest, ExitInfo, FileEntry, FrameKind,
+    ProcessInfo, Request,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
@@ -251,6 +255,167 @@ impl AgentClient {
         }
     }
 
+    /// Sends one request and reads its one answer; an agent error becomes the error of its
+    /// kind (`not_found`, `conflict`, `invalid_request`).
+    async fn call(&self, req: &Request) -> Result<Event> {
+        let mut conn = self.connect().await?;
+        send_json(&mut conn, req)
+            .await
+            .map_err(|e| self.unreachable(e.to_string()))?;
+        self.answer(&mut conn).await
+    }
+
+    async fn answer(&self, conn: &mut UnixStream) -> Result<Event> {
+        match self.read_event(conn).await? {
+            Some((FrameKind::Json, Some(Event::Error { message, kind }), _)) => {
+                Err(self.refused(kind, message))
+            }
+            Some((FrameKind::Json, Some(ev), _)) => Ok(ev),
+            None => Err(self.err("connection closed before an answer")),
+            Some(other) => Err(self.err(format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    fn refused(&self, kind: ErrorKind, message: String) -> Error {
+        match kind {
+            ErrorKind::NotFound => Error::NotFound(message),
+            ErrorKind::Exists | ErrorKind::NotDir | ErrorKind::IsDir | ErrorKind::Denied => {
+                Error::Conflict(message)
+            }
+            ErrorKind::Invalid => Error::InvalidRequest(message),
+            ErrorKind::Other => self.err(message),
+        }
+    }
+
+    fn unexpected(&self, what: &str, ev: Event) -> Error {
+        self.err(format!("unexpected answer to {what}: {ev:?}"))
+    }
+
+    /// Starts a process that outlives this call (its output is kept by the agent for
+    /// [`AgentClient::subscribe`]); its pid in the box.
+    pub async fn start(&self, req: ExecRequest) -> Result<u32> {
+        let req = ExecRequest {
+            detach: true,
+            ..req
+        };
+        match self.call(&Request::Exec(req)).await? {
+            Event::Started { pid } => Ok(pid),
+            Event::SpawnFailed { message, .. } => {
+                Err(Error::InvalidRequest(format!("cannot start: {message}")))
+            }
+            ev => Err(self.unexpected("start", ev)),
+        }
+    }
+
+    /// A process's kept output, then its live output, then its exit.
+    pub async fn subscribe(&self, pid: u32) -> Result<Subscription> {
+        let mut conn = self.connect().await?;
+        send_json(&mut conn, &Request::Connect { pid })
+            .await
+            .map_err(|e| self.unreachable(e.to_string()))?;
+        // The first frame says whether the process exists: an error, or its output/exit.
+        let first = match self.read_event(&mut conn).await? {
+            Some((FrameKind::Json, Some(Event::Error { message, kind }), _)) => {
+                return Err(self.refused(kind, message))
+            }
+            Some(frame) => Some(frame_event(frame).map_err(|e| self.err(e))?),
+            None => return Err(self.err("connection closed before an answer")),
+        };
+        Ok(Subscription {
+            client: self.clone(),
+            conn,
+            first,
+            done: false,
+        })
+    }
+
+    /// Writes to a process's stdin (or its terminal).
+    pub async fn send_input(&self, pid: u32, data: &[u8]) -> Result<()> {
+        let data_b64 = base64::engine::general_purpose::STANDARD.encode(data);
+        self.done("send input", &Request::SendInput { pid, data_b64 })
+            .await
+    }
+
+    pub async fn close_stdin(&self, pid: u32) -> Result<()> {
+        self.done("close stdin", &Request::CloseStdin { pid }).await
+    }
+
+    /// Sends `signal` to the process's group.
+    pub async fn signal(&self, pid: u32, signal: i32) -> Result<()> {
+        self.done("signal", &Request::Signal { pid, signal }).await
+    }
+
+    pub async fn resize(&self, pid: u32, cols: u16, rows: u16) -> Result<()> {
+        self.done("resize", &Request::Resize { pid, cols, rows })
+            .await
+    }
+
+    /// The box's process table: running processes, then recently ended ones.
+    pub async fn processes(&self) -> Result<Vec<ProcessInfo>> {
+        match self.call(&Request::List).await? {
+            Event::Processes { processes } => Ok(processes),
+            ev => Err(self.unexpected("list", ev)),
+        }
+    }
+
+    pub async fn stat(&self, path: &str) -> Result<FileEntry> {
+        let path = path.to_string();
+        match self.call(&Request::Stat { path }).await? {
+            Event::Entry { entry } => Ok(entry),
+            ev => Err(self.unexpected("stat", ev)),
+        }
+    }
+
+    pub async fn list_dir(&self, path: &str, depth: u32) -> Result<Vec<FileEntry>> {
+        let path = path.to_string();
+        match self.call(&Request::ListDir { path, depth }).await? {
+            Event::Entries { entries } => Ok(entries),
+            ev => Err(self.unexpected("list", ev)),
+        }
+    }
+
+    pub async fn make_dir(&self, path: &str) -> Result<()> {
+        let path = path.to_string();
+        self.done("make dir", &Request::MakeDir { path }).await
+    }
+
+    pub async fn rename(&self, from: &str, to: &str) -> Result<FileEntry> {
+        let (from, to) = (from.to_string(), to.to_string());
+        match self.call(&Request::Move { from, to }).await? {
+            Event::Entry { entry } => Ok(entry),
+            ev => Err(self.unexpected("move", ev)),
+        }
+    }
+
+    pub async fn remove(&self, path: &str) -> Result<()> {
+        let path = path.to_string();
+        self.done("remove", &Request::Remove { path }).await
+    }
+
+    /// Changes under directory `path`, from the moment this returns, until the
+    /// [`Watch`] is dropped.
+    pub async fn watch(&self, path: &str, recursive: bool) -> Result<Watch> {
+        let mut conn = self.connect().await?;
+        let path = path.to_string();
+        send_json(&mut conn, &Request::Watch { path, recursive })
+            .await
+            .map_err(|e| self.unreachable(e.to_string()))?;
+        match self.answer(&mut conn).await? {
+            Event::Done => Ok(Watch {
+                client: self.clone(),
+                conn,
+            }),
+            ev => Err(self.unexpected("watch", ev)),
+        }
+    }
+
+    async fn done(&self, what: &str, req: &Request) -> Result<()> {
+        match self.call(req).await? {
+            Event::Done => Ok(()),
+            ev => Err(self.unexpected(what, ev)),
+        }
+    }
+
     async fn read_event(
         &self,
         r: &mut (impl AsyncReadExt + Unpin),
@@ -283,12 +448,80 @@ pub struct AgentProcess {
     wr: tokio::net::unix::OwnedWriteHalf,
 }
 
-/// What a spawned process did next.
+/// What a process did next.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ProcessEvent {
     Stdout(Vec<u8>),
     Stderr(Vec<u8>),
+    /// Output of a process under a terminal.
+    Pty(Vec<u8>),
     Exited(ExitInfo),
+}
+
+/// A frame of a process's stream as an event.
+fn frame_event(
+    frame: (FrameKind, Option<Event>, Vec<u8>),
+) -> std::result::Result<ProcessEvent, String> {
+    match frame {
+        (FrameKind::Stdout, _, data) => Ok(ProcessEvent::Stdout(data)),
+        (FrameKind::Stderr, _, data) => Ok(ProcessEvent::Stderr(data)),
+        (FrameKind::Pty, _, data) => Ok(ProcessEvent::Pty(data)),
+        (_, Some(Event::Exited(info)), _) => Ok(ProcessEvent::Exited(info)),
+        (_, Some(Event::Error { message, .. }), _) => Err(message),
+        other => Err(format!("unexpected frame {other:?}")),
+    }
+}
+
+/// A subscription to a process ([`AgentClient::subscribe`]); dropping it leaves the process
+/// running.
+pub struct Subscription {
+    client: AgentClient,
+    conn: UnixStream,
+    first: Option<ProcessEvent>,
+    done: bool,
+}
+
+impl Subscription {
+    /// The next piece of output, or the exit; `None` after the exit.
+    pub async fn next(&mut self) -> Result<Option<ProcessEvent>> {
+        if self.done {
+            return Ok(None);
+        }
+        let ev = match self.first.take() {
+            Some(ev) => ev,
+            None => match self.client.read_event(&mut self.conn).await? {
+                Some(frame) => frame_event(frame).map_err(|e| self.client.err(e))?,
+                None => {
+                    return Err(self
+                        .client
+                        .err("connection closed before the process exited"))
+                }
+            },
+        };
+        self.done = matches!(ev, ProcessEvent::Exited(_));
+        Ok(Some(ev))
+    }
+}
+
+/// A watch of a directory ([`AgentClient::watch`]); dropping it ends the watch.
+pub struct Watch {
+    client: AgentClient,
+    conn: UnixStream,
+}
+
+impl Watch {
+    /// The next change: its operation and absolute path; `None` when the watch ended (its
+    /// directory was removed).
+    pub async fn next(&mut self) -> Result<Option<(faas_agent::FsOp, String)>> {
+        match self.client.read_event(&mut self.conn).await? {
+            Some((FrameKind::Json, Some(Event::Fs { op, path }), _)) => Ok(Some((op, path))),
+            None => Ok(None),
+            Some((FrameKind::Json, Some(Event::Error { message, kind }), _)) => {
+                Err(self.client.refused(kind, message))
+            }
+            Some(other) => Err(self.client.err(format!("unexpected frame {other:?}"))),
+        }
+    }
 }
 
 impl AgentProcess {

@@ -168,7 +168,7 @@ async fn read_answer(
     let mut line = Vec::new();
     loop {
         match shim.next().await {
-            Ok(ProcessEvent::Stdout(data)) => {
+            Ok(ProcessEvent::Stdout(data) | ProcessEvent::Pty(data)) => {
                 line.extend_from_slice(&data);
                 if let Some(nl) = line.iter().position(|&b| b == b'\n') {
                     return serde_json::from_slice(&line[..nl])
