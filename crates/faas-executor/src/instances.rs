@@ -18,6 +18,8 @@ use crate::backend::{Backend, Limits, Network, Sandbox, SandboxSpec};
 use crate::error::{Error, Result};
 use crate::service::{run_agent, Executor, RunInfo, AGENT_GRACE};
 
+pub mod processes;
+
 /// What an instance was made with (kept in the store as JSON).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct InstanceSpec {
@@ -79,6 +81,12 @@ impl LiveBox {
             busy: Default::default(),
             last_used_ms: now_ms().into(),
         })
+    }
+
+    /// Records a use now (a process started in it, input sent to one).
+    fn touch(&self) {
+        self.last_used_ms
+            .store(now_ms(), std::sync::atomic::Ordering::SeqCst);
     }
 
     /// How long it has gone without an exec at `now`: zero while one runs. An exec's end is

@@ -1,0 +1,298 @@
+//! Processes, terminals and files inside a running instance: each call is one request to the
+//! instance's agent (its process table and its view of the files), checked here first.
+
+use std::sync::Arc;
+
+use faas_agent::{ExecRequest, FsOp};
+use faas_common::{
+    FileEntry, FileType, ProcessExit, ProcessInfo, ProcessStartRequest, ProcessStarted, PtySize,
+};
+
+use super::LiveBox;
+use crate::agent::{Subscription, Watch};
+use crate::error::{Error, Result};
+use crate::service::Executor;
+
+/// Largest `depth` of a directory listing.
+const MAX_LIST_DEPTH: u32 = 32;
+/// Longest tag of a process.
+const MAX_TAG: usize = 256;
+
+/// A terminal's size must be something a terminal can be.
+fn check_size(size: PtySize) -> Result<PtySize> {
+    if size.cols == 0 || size.rows == 0 || size.cols > 1000 || size.rows > 1000 {
+        return Err(Error::InvalidRequest(format!(
+            "a terminal is 1 to 1000 columns and rows, got {}x{}",
+            size.cols, size.rows
+        )));
+    }
+    Ok(size)
+}
+
+/// Paths in an instance are absolute, as the instance sees them.
+fn check_path(what: &str, path: &str) -> Result<()> {
+    if !path.starts_with('/') {
+        return Err(Error::InvalidRequest(format!(
+            "{what} must be an absolute path, got {path:?}"
+        )));
+    }
+    if path.contains('\0') {
+        return Err(Error::InvalidRequest(format!("{what} contains a NUL byte")));
+    }
+    Ok(())
+}
+
+fn entry(e: faas_agent::FileEntry) -> FileEntry {
+    FileEntry {
+        name: e.name,
+        path: e.path,
+        file_type: match e.file_type {
+            faas_agent::FileType::File => FileType::File,
+            faas_agent::FileType::Dir => FileType::Dir,
+            faas_agent::FileType::Symlink => FileType::Symlink,
+            faas_agent::FileType::Other => FileType::Other,
+        },
+        size: e.size,
+        mode: e.mode,
+        permissions: e.permissions,
+        owner: e.owner,
+        group: e.group,
+        uid: e.uid,
+        gid: e.gid,
+        mtime_ms: e.mtime_ms,
+        symlink_target: e.symlink_target,
+    }
+}
+
+/// The `exit` event of a process's stream.
+pub fn process_exit(x: &faas_agent::ExitInfo) -> ProcessExit {
+    ProcessExit {
+        exit_code: x.exit_code,
+        signal: x.signal,
+        timed_out: x.timed_out,
+        oom_killed: x.oom_killed,
+        duration_ms: x.duration_us as f64 / 1000.0,
+    }
+}
+
+/// The name of a watch event's operation.
+pub fn fs_op_name(op: FsOp) -> &'static str {
+    match op {
+        FsOp::Create => "create",
+        FsOp::Write => "write",
+        FsOp::Remove => "remove",
+        FsOp::Rename => "rename",
+        FsOp::Chmod => "chmod",
+    }
+}
+
+impl Executor {
+    /// The running box of instance `id`: 404 for an unknown instance, 409 for one that is not
+    /// running.
+    async fn running_box(&self, id: &str) -> Result<Arc<LiveBox>> {
+        let rec = self.instance_record(id).await?;
+        self.instances.live(id).ok_or_else(|| {
+            Error::Conflict(format!("instance {id} is {}: start it first", rec.status))
+        })
+    }
+
+    /// A box whose agent cannot be reached is gone: the instance is not running.
+    fn box_gone(id: &str, e: Error) -> Error {
+        match e {
+            Error::AgentUnreachable { message, .. } => {
+                Error::Conflict(format!("instance {id} is not running ({message})"))
+            }
+            e => e,
+        }
+    }
+
+    /// Starts a process in instance `id` and returns at once; it runs until it ends, whoever
+    /// listens.
+    pub async fn process_start(
+        &self,
+        id: &str,
+        req: ProcessStartRequest,
+    ) -> Result<ProcessStarted> {
+        if req.command.is_empty() {
+            return Err(Error::InvalidRequest("command is empty".into()));
+        }
+        if let Some(dir) = &req.working_dir {
+            check_path("working_dir", dir)?;
+        }
+        if req.tag.as_ref().is_some_and(|t| t.len() > MAX_TAG) {
+            return Err(Error::InvalidRequest(format!(
+                "tag is longer than {MAX_TAG} bytes"
+            )));
+        }
+        let timeout_ms = match req.timeout_ms {
+            Some(t) => self.timeout(Some(t))?,
+            None => 0,
+        };
+        let pty = req.pty.map(check_size).transpose()?;
+        let live = self.running_box(id).await?;
+        let exec = ExecRequest {
+            argv: req.command.to_argv(),
+            env: req.env_vars.0,
+            cwd: req.working_dir,
+            timeout_ms,
+            stdin: req.stdin || pty.is_some(),
+            pty: pty.map(|p| faas_agent::PtySize {
+                cols: p.cols,
+                rows: p.rows,
+            }),
+            tag: req.tag.clone(),
+            ..Default::default()
+        };
+        let pid = live
+            .sandbox
+            .agent()
+            .start(exec)
+            .await
+            .map_err(|e| Self::box_gone(id, e))?;
+        live.touch();
+        Ok(ProcessStarted { pid, tag: req.tag })
+    }
+
+    /// The processes of instance `id`: running ones first, then recently ended ones.
+    pub async fn process_list(&self, id: &str) -> Result<Vec<ProcessInfo>> {
+        let live = self.running_box(id).await?;
+        let list = live
+            .sandbox
+            .agent()
+            .processes()
+            .await
+            .map_err(|e| Self::box_gone(id, e))?;
+        Ok(list
+            .into_iter()
+            .map(|p| ProcessInfo {
+                pid: p.pid,
+                tag: p.tag,
+                command: p.argv,
+                env_vars: p.env.into_iter().collect(),
+                working_dir: p.cwd,
+                pty: p.pty,
+                running: p.running,
+                exit_code: p.exit.as_ref().map(|x| x.exit_code),
+                signal: p.exit.as_ref().and_then(|x| x.signal),
+                started_at_ms: p.started_at_ms,
+            })
+            .collect())
+    }
+
+    /// Process `pid`'s kept output, then its live output, then its exit.
+    pub async fn process_subscribe(&self, id: &str, pid: u32) -> Result<Subscription> {
+        let live = self.running_box(id).await?;
+        live.sandbox
+            .agent()
+            .subscribe(pid)
+            .await
+            .map_err(|e| Self::box_gone(id, e))
+    }
+
+    pub async fn process_input(&self, id: &str, pid: u32, data: &[u8]) -> Result<()> {
+        let live = self.running_box(id).await?;
+        live.touch();
+        live.sandbox
+            .agent()
+            .send_input(pid, data)
+            .await
+            .map_err(|e| Self::box_gone(id, e))
+    }
+
+    pub async fn process_close_stdin(&self, id: &str, pid: u32) -> Result<()> {
+        let live = self.running_box(id).await?;
+        live.sandbox
+            .agent()
+            .close_stdin(pid)
+            .await
+            .map_err(|e| Self::box_gone(id, e))
+    }
+
+    pub async fn process_signal(&self, id: &str, pid: u32, signal: i32) -> Result<()> {
+        let live = self.running_box(id).await?;
+        live.sandbox
+            .agent()
+            .signal(pid, signal)
+            .await
+            .map_err(|e| Self::box_gone(id, e))
+    }
+
+    pub async fn process_resize(&self, id: &str, pid: u32, size: PtySize) -> Result<()> {
+        let size = check_size(size)?;
+        let live = self.running_box(id).await?;
+        live.sandbox
+            .agent()
+            .resize(pid, size.cols, size.rows)
+            .await
+            .map_err(|e| match Self::box_gone(id, e) {
+                // The agent says a process without a terminal cannot be resized.
+                Error::InvalidRequest(m) => Error::Conflict(m),
+                e => e,
+            })
+    }
+
+    pub async fn fs_stat(&self, id: &str, path: &str) -> Result<FileEntry> {
+        check_path("path", path)?;
+        let live = self.running_box(id).await?;
+        let e = live.sandbox.agent().stat(path).await;
+        e.map(entry).map_err(|e| Self::box_gone(id, e))
+    }
+
+    pub async fn fs_list(&self, id: &str, path: &str, depth: u32) -> Result<Vec<FileEntry>> {
+        check_path("path", path)?;
+        if depth == 0 || depth > MAX_LIST_DEPTH {
+            return Err(Error::InvalidRequest(format!(
+                "depth must be between 1 and {MAX_LIST_DEPTH}, got {depth}"
+            )));
+        }
+        let live = self.running_box(id).await?;
+        let list = live.sandbox.agent().list_dir(path, depth).await;
+        Ok(list
+            .map_err(|e| Self::box_gone(id, e))?
+            .into_iter()
+            .map(entry)
+            .collect())
+    }
+
+    /// Makes directory `path` (and its missing parents); its entry.
+    pub async fn fs_mkdir(&self, id: &str, path: &str) -> Result<FileEntry> {
+        check_path("path", path)?;
+        let live = self.running_box(id).await?;
+        let agent = live.sandbox.agent();
+        agent
+            .make_dir(path)
+            .await
+            .map_err(|e| Self::box_gone(id, e))?;
+        agent
+            .stat(path)
+            .await
+            .map(entry)
+            .map_err(|e| Self::box_gone(id, e))
+    }
+
+    pub async fn fs_move(&self, id: &str, from: &str, to: &str) -> Result<FileEntry> {
+        check_path("from", from)?;
+        check_path("to", to)?;
+        let live = self.running_box(id).await?;
+        let e = live.sandbox.agent().rename(from, to).await;
+        e.map(entry).map_err(|e| Self::box_gone(id, e))
+    }
+
+    pub async fn fs_remove(&self, id: &str, path: &str) -> Result<()> {
+        check_path("path", path)?;
+        if path.trim_end_matches('/').is_empty() {
+            return Err(Error::InvalidRequest("the root cannot be removed".into()));
+        }
+        let live = self.running_box(id).await?;
+        let r = live.sandbox.agent().remove(path).await;
+        r.map_err(|e| Self::box_gone(id, e))
+    }
+
+    /// Changes under directory `path` from when this returns.
+    pub async fn fs_watch(&self, id: &str, path: &str, recursive: bool) -> Result<Watch> {
+        check_path("path", path)?;
+        let live = self.running_box(id).await?;
+        let w = live.sandbox.agent().watch(path, recursive).await;
+        w.map_err(|e| Self::box_gone(id, e))
+    }
+}
