@@ -6,7 +6,9 @@
 
 pub mod error;
 pub mod extract;
+mod files;
 mod functions;
+mod processes;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -64,6 +66,8 @@ impl AppState {
     tags(
         (name = "execute", description = "One-shot executions in five modes, warm pools, output streams"),
         (name = "instances", description = "Long-lived sandboxes"),
+        (name = "processes", description = "Processes and terminals inside an instance"),
+        (name = "files", description = "Files inside an instance, as it sees them"),
         (name = "snapshots", description = "Snapshots, restores and branches"),
         (name = "functions", description = "Deployed functions and their invocations"),
         (name = "invocations", description = "Sync and async invocations"),
@@ -95,6 +99,8 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(snapshot_restore))
         .routes(routes!(snapshot_branch))
         .merge(functions::routes())
+        .merge(processes::routes())
+        .merge(files::routes())
         .routes(routes!(metrics_json))
         .routes(routes!(metrics_prometheus))
         .routes(routes!(openapi_json))
