@@ -6,7 +6,7 @@
         print(r.exit_code, r.stdout)
 """
 
-from .client import AsyncFaaSClient, FaaSClient
+from .client import AsyncFaaSClient, AsyncFsWatch, FaaSClient, FsWatch
 from .errors import (
     BackendUnavailableError,
     ConflictError,
@@ -23,17 +23,24 @@ from .errors import (
 from .models import (
     Branch,
     ExecutionResult,
+    FileEntry,
+    FsEvent,
     Function,
     Health,
     Instance,
     Invocation,
     LogEvent,
     PoolInfo,
+    ProcessEvent,
+    ProcessExit,
+    ProcessInfo,
+    ProcessStarted,
     Snapshot,
 )
 
 __all__ = [
     "AsyncFaaSClient",
+    "AsyncFsWatch",
     "BackendUnavailableError",
     "Branch",
     "ConflictError",
@@ -41,6 +48,9 @@ __all__ = [
     "ExecutionResult",
     "FaaSClient",
     "FaaSError",
+    "FileEntry",
+    "FsEvent",
+    "FsWatch",
     "Function",
     "Health",
     "Instance",
@@ -51,6 +61,10 @@ __all__ = [
     "NotFoundError",
     "PayloadTooLargeError",
     "PoolInfo",
+    "ProcessEvent",
+    "ProcessExit",
+    "ProcessInfo",
+    "ProcessStarted",
     "RateLimitedError",
     "Snapshot",
     "TimeoutError",

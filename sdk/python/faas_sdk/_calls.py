@@ -8,16 +8,19 @@ names, arguments and documentation.
 import base64
 import json
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from .models import (
     Branch,
     ExecutionResult,
+    FileEntry,
     Function,
     Health,
     Instance,
     Invocation,
     PoolInfo,
+    ProcessInfo,
+    ProcessStarted,
     Snapshot,
 )
 
@@ -25,6 +28,7 @@ PYTHON_IMAGE = "faas/bookworm-python3.11-node18:latest"
 """The image of the runtime helpers (python3 and node) when none is named."""
 
 Command = Union[str, Sequence[str]]
+PtySize = Union[Tuple[int, int], Dict[str, int]]
 
 
 @dataclass
@@ -185,8 +189,11 @@ def create_instance(
     idle_timeout_s: Optional[int] = None,
     runtime: Optional[str] = None,
     isolation: Optional[str] = None,
+    metadata: Optional[Dict[str, str]] = None,
 ) -> Instance:
-    """Starts a long-lived sandbox that keeps its files between execs."""
+    """Starts a long-lived sandbox that keeps its files between execs. ``metadata``: string
+    keys and values of the caller's (at most 4 KiB in all), kept with it and usable as a
+    filter of ``list_instances``."""
     body = _drop_none(
         {
             "image": image,
@@ -197,15 +204,20 @@ def create_instance(
             "idle_timeout_s": idle_timeout_s,
             "runtime": runtime,
             "isolation": isolation,
+            "metadata": _env(metadata),
         }
     )
     return Call("POST", "/api/v1/instances", json=body, parse=Instance.from_dict)
 
 
-def list_instances(self) -> List[Instance]:
+def list_instances(self, metadata: Optional[Dict[str, str]] = None) -> List[Instance]:
+    """Instances; with ``metadata``, only those whose metadata has all of its keys with these
+    values."""
+    params = {f"metadata.{k}": str(v) for k, v in (metadata or {}).items()}
     return Call(
         "GET",
         "/api/v1/instances",
+        params=params,
         parse=lambda b: [Instance.from_dict(i) for i in b["instances"]],
         idempotent=True,
     )
@@ -280,6 +292,167 @@ def fork_instance(self, instance_id: str, count: int = 1) -> Branch:
     """``count`` new instances with the instance's files, each independent."""
     return Call(
         "POST", f"/api/v1/instances/{instance_id}/fork", json={"count": count}, parse=Branch.from_dict
+    )
+
+
+# ---- processes of an instance ----
+
+
+def _pty(pty: Optional[PtySize]) -> Optional[Dict[str, int]]:
+    if pty is None:
+        return None
+    if isinstance(pty, dict):
+        return {"cols": int(pty["cols"]), "rows": int(pty["rows"])}
+    cols, rows = pty
+    return {"cols": int(cols), "rows": int(rows)}
+
+
+def start_process(
+    self,
+    instance_id: str,
+    command: Command,
+    *,
+    env_vars: Optional[Dict[str, Any]] = None,
+    working_dir: Optional[str] = None,
+    stdin: bool = False,
+    pty: Optional[PtySize] = None,
+    tag: Optional[str] = None,
+    timeout_ms: Optional[int] = None,
+) -> ProcessStarted:
+    """Starts ``command`` in an instance and returns at once (it runs in the background):
+    follow it with ``process_events``. ``stdin=True`` keeps its stdin open for ``send_stdin``
+    (otherwise it reads /dev/null); ``pty=(cols, rows)`` (or ``{"cols", "rows"}``) runs it
+    under a terminal, whose output comes as ``pty`` events and which always takes input;
+    ``tag`` is a label of yours shown by ``list_processes``; ``timeout_ms`` kills its process
+    group after that long. Never retried."""
+    body = _drop_none(
+        {
+            "command": _command(command),
+            "env_vars": _env(env_vars),
+            "working_dir": working_dir,
+            "stdin": stdin or None,
+            "pty": _pty(pty),
+            "tag": tag,
+            "timeout_ms": timeout_ms,
+        }
+    )
+    return Call(
+        "POST",
+        f"/api/v1/instances/{instance_id}/processes",
+        json=body,
+        parse=ProcessStarted.from_dict,
+    )
+
+
+def list_processes(self, instance_id: str) -> List[ProcessInfo]:
+    """The instance's running and recently ended processes (its running execs too)."""
+    return Call(
+        "GET",
+        f"/api/v1/instances/{instance_id}/processes",
+        parse=lambda b: [ProcessInfo.from_dict(p) for p in b["processes"]],
+        idempotent=True,
+    )
+
+
+def send_stdin(self, instance_id: str, pid: int, data: Union[bytes, str]) -> None:
+    """Writes ``data`` to the stdin of a process started with ``stdin=True`` or a ``pty``
+    (otherwise a ``ConflictError``)."""
+    content = data.encode() if isinstance(data, str) else data
+    return Call(
+        "POST",
+        f"/api/v1/instances/{instance_id}/processes/{pid}/stdin",
+        content=content,
+        headers={"content-type": "application/octet-stream"},
+        parse=lambda b: None,
+    )
+
+
+def close_stdin(self, instance_id: str, pid: int) -> None:
+    """Closes the stdin of a process (it then reads end-of-file)."""
+    return Call(
+        "POST",
+        f"/api/v1/instances/{instance_id}/processes/{pid}/stdin/close",
+        parse=lambda b: None,
+        idempotent=True,
+    )
+
+
+def signal_process(self, instance_id: str, pid: int, signal: Union[str, int] = "SIGTERM") -> None:
+    """Sends ``signal`` (a name such as ``SIGTERM``, ``TERM``, ``kill``, or a number) to the
+    process's group."""
+    return Call(
+        "POST",
+        f"/api/v1/instances/{instance_id}/processes/{pid}/signal",
+        json={"signal": signal},
+        parse=lambda b: None,
+    )
+
+
+def resize_pty(self, instance_id: str, pid: int, cols: int, rows: int) -> None:
+    """Resizes the terminal of a process started with a ``pty``."""
+    return Call(
+        "POST",
+        f"/api/v1/instances/{instance_id}/processes/{pid}/resize",
+        json={"cols": cols, "rows": rows},
+        parse=lambda b: None,
+        idempotent=True,
+    )
+
+
+# ---- files of an instance ----
+
+
+def stat(self, instance_id: str, path: str) -> FileEntry:
+    """A file, directory or link (not followed) of an instance, by absolute path."""
+    return Call(
+        "GET",
+        f"/api/v1/instances/{instance_id}/fs/stat",
+        params={"path": path},
+        parse=FileEntry.from_dict,
+        idempotent=True,
+    )
+
+
+def list_dir(self, instance_id: str, path: str, depth: int = 1) -> List[FileEntry]:
+    """The entries under directory ``path`` down to ``depth`` levels (1: its children), sorted
+    by path."""
+    return Call(
+        "GET",
+        f"/api/v1/instances/{instance_id}/fs/list",
+        params={"path": path, "depth": depth},
+        parse=lambda b: [FileEntry.from_dict(e) for e in b["entries"]],
+        idempotent=True,
+    )
+
+
+def make_dir(self, instance_id: str, path: str) -> FileEntry:
+    """Makes directory ``path`` (and its parents); one that exists is a ``ConflictError``."""
+    return Call(
+        "POST",
+        f"/api/v1/instances/{instance_id}/fs/mkdir",
+        json={"path": path},
+        parse=FileEntry.from_dict,
+    )
+
+
+def move(self, instance_id: str, from_: str, to: str) -> FileEntry:
+    """Renames ``from_`` to ``to`` and returns what is now at ``to``."""
+    return Call(
+        "POST",
+        f"/api/v1/instances/{instance_id}/fs/move",
+        json={"from": from_, "to": to},
+        parse=FileEntry.from_dict,
+    )
+
+
+def remove(self, instance_id: str, path: str) -> None:
+    """Removes a file, a link or a whole directory."""
+    return Call(
+        "DELETE",
+        f"/api/v1/instances/{instance_id}/fs",
+        params={"path": path},
+        parse=lambda b: None,
+        idempotent=True,
     )
 
 
@@ -495,6 +668,17 @@ CALLS = [
     download_file,
     upload_file,
     fork_instance,
+    start_process,
+    list_processes,
+    send_stdin,
+    close_stdin,
+    signal_process,
+    resize_pty,
+    stat,
+    list_dir,
+    make_dir,
+    move,
+    remove,
     create_snapshot,
     list_snapshots,
     get_snapshot,

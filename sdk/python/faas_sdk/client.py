@@ -1,22 +1,24 @@
 """``FaaSClient`` (sync) and ``AsyncFaaSClient`` (async), on httpx.
 
-Both have every method of ``_calls`` (made from it below) plus ``stream_logs`` and
+Both have every method of ``_calls`` (made from it below) plus the streams ``stream_logs``,
+``process_events`` and ``watch_dir`` (Server-Sent Events, read as they come), and
 ``wait_invocation``. Retries: only calls that are safe to repeat (reads, deletes, stop/start,
 uploads, prewarm, and invokes with an idempotency key) are retried, on transport failures and
-on 502/503/504 answers; an execute is never sent twice.
+on 502/503/504 answers; an execute or a process start is never sent twice. The instance
+terminal (a WebSocket) is not here: httpx has no WebSocket (the TypeScript SDK has it).
 """
 
 import asyncio
 import functools
 import json
 import time
-from typing import Any, AsyncIterator, Dict, Iterator, Optional
+from typing import Any, AsyncIterator, Dict, Iterator, List, Optional
 
 import httpx
 
 from . import _calls
-from .errors import ConnectionError, FaaSError, TimeoutError, error_from_response
-from .models import Invocation, LogEvent
+from .errors import ConnectionError, FaaSError, InternalError, TimeoutError, error_from_response
+from .models import FsEvent, Invocation, LogEvent, ProcessEvent
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 RETRY_STATUSES = (502, 503, 504)
@@ -51,17 +53,175 @@ def _transport_error(e: httpx.HTTPError) -> FaaSError:
     return ConnectionError(f"cannot reach the server: {e}", "connection", 0)
 
 
-def _sse_events(lines: Iterator[str]) -> Iterator[LogEvent]:
-    event, data = "message", []
-    for line in lines:
+class _SseParser:
+    """Server-Sent Events from lines: ``feed`` each line, it returns an event when one ends
+    (comment lines such as ``: keepalive`` are skipped)."""
+
+    def __init__(self) -> None:
+        self.event = "message"
+        self.data: List[str] = []
+
+    def feed(self, line: str) -> Optional[LogEvent]:
         if line == "":
-            if data:
-                yield LogEvent(event, json.loads("\n".join(data)))
-            event, data = "message", []
-        elif line.startswith("event:"):
-            event = line[6:].strip()
+            ev = LogEvent(self.event, json.loads("\n".join(self.data))) if self.data else None
+            self.event = "message"
+            self.data = []
+            return ev
+        if line.startswith("event:"):
+            self.event = line[6:].strip()
         elif line.startswith("data:"):
-            data.append(line[5:].lstrip())
+            self.data.append(line[5:].lstrip())
+        return None
+
+
+def _sse_events(lines: Iterator[str]) -> Iterator[LogEvent]:
+    parser = _SseParser()
+    for line in lines:
+        ev = parser.feed(line)
+        if ev is not None:
+            yield ev
+
+
+async def _async_sse_events(lines: AsyncIterator[str]) -> AsyncIterator[LogEvent]:
+    parser = _SseParser()
+    async for line in lines:
+        ev = parser.feed(line)
+        if ev is not None:
+            yield ev
+
+
+_PROCESS_EVENTS = ("stdout", "stderr", "pty", "exit")
+
+
+def _process_events_path(instance_id: str, pid: int) -> str:
+    return f"/api/v1/instances/{instance_id}/processes/{pid}/events"
+
+
+def _watch_args(instance_id: str, path: str, recursive: bool) -> Dict[str, Any]:
+    return {
+        "method": "GET",
+        "url": f"/api/v1/instances/{instance_id}/fs/watch",
+        "params": {"path": path, "recursive": "true" if recursive else "false"},
+        "timeout": None,
+    }
+
+
+def _fs_event(ev: LogEvent) -> FsEvent:
+    return FsEvent.from_dict({"op": ev.event, **ev.data})
+
+
+def _stream_error(ev: LogEvent) -> FaaSError:
+    """The exception of an ``error`` event: the server could not go on with the stream."""
+    return InternalError(str(ev.data.get("message") or ev.data), "internal", 0)
+
+
+def _no_exit() -> FaaSError:
+    return ConnectionError("the process's event stream ended before its exit", "connection", 0)
+
+
+class FsWatch:
+    """The changes under a watched directory (``FaaSClient.watch_dir``), an iterator of
+    ``FsEvent`` that lasts until ``close`` (or the end of a ``with`` block)."""
+
+    def __init__(self, resp: httpx.Response):
+        self._resp = resp
+        self._closed = False
+        try:
+            if resp.status_code >= 400:
+                resp.read()
+                _result(_calls.Call("GET", ""), resp)
+            self._events = _sse_events(resp.iter_lines())
+            for ev in self._events:
+                if ev.event == "error":
+                    raise _stream_error(ev)
+                if ev.event == "ready":
+                    break
+            else:
+                raise ConnectionError("the watch ended before it was ready", "connection", 0)
+        except httpx.HTTPError as e:
+            resp.close()
+            raise _transport_error(e) from e
+        except BaseException:
+            resp.close()
+            raise
+
+    def __iter__(self) -> "FsWatch":
+        return self
+
+    def __next__(self) -> FsEvent:
+        try:
+            for ev in self._events:
+                if ev.event == "error":
+                    raise _stream_error(ev)
+                if ev.event != "ready":
+                    return _fs_event(ev)
+        except httpx.HTTPError as e:
+            if not self._closed:
+                raise _transport_error(e) from e
+        raise StopIteration
+
+    def close(self) -> None:
+        self._closed = True
+        self._resp.close()
+
+    def __enter__(self) -> "FsWatch":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class AsyncFsWatch:
+    """Like ``FsWatch``, as an async iterator (``AsyncFaaSClient.watch_dir``); ``aclose`` (or
+    the end of an ``async with`` block) ends it."""
+
+    def __init__(self, resp: httpx.Response):
+        self._resp = resp
+        self._closed = False
+        self._events = _async_sse_events(resp.aiter_lines())
+
+    async def _wait_ready(self) -> None:
+        try:
+            if self._resp.status_code >= 400:
+                await self._resp.aread()
+                _result(_calls.Call("GET", ""), self._resp)
+            async for ev in self._events:
+                if ev.event == "error":
+                    raise _stream_error(ev)
+                if ev.event == "ready":
+                    return
+            raise ConnectionError("the watch ended before it was ready", "connection", 0)
+        except httpx.HTTPError as e:
+            await self._resp.aclose()
+            raise _transport_error(e) from e
+        except BaseException:
+            await self._resp.aclose()
+            raise
+
+    def __aiter__(self) -> "AsyncFsWatch":
+        return self
+
+    async def __anext__(self) -> FsEvent:
+        try:
+            async for ev in self._events:
+                if ev.event == "error":
+                    raise _stream_error(ev)
+                if ev.event != "ready":
+                    return _fs_event(ev)
+        except httpx.HTTPError as e:
+            if not self._closed:
+                raise _transport_error(e) from e
+        raise StopAsyncIteration
+
+    async def aclose(self) -> None:
+        self._closed = True
+        await self._resp.aclose()
+
+    async def __aenter__(self) -> "AsyncFsWatch":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.aclose()
 
 
 class FaaSClient:
@@ -101,14 +261,10 @@ class FaaSClient:
                     return _result(call, resp)
             time.sleep(0.2 * 2**attempt)
 
-    def stream_logs(self, request_id: str) -> Iterator[LogEvent]:
-        """The output of execution ``request_id`` as it is produced: ``stdout`` and ``stderr``
-        events, then one ``exit`` event. Start it before (or after) an ``execute`` given the
-        same ``request_id``."""
+    def _events(self, path: str) -> Iterator[LogEvent]:
+        """The Server-Sent Events of ``path``, up to its end (or to an ``exit`` event)."""
         try:
-            with self._http.stream(
-                "GET", f"/api/v1/logs/{request_id}/stream", timeout=None
-            ) as resp:
+            with self._http.stream("GET", path, timeout=None) as resp:
                 if resp.status_code >= 400:
                     resp.read()
                     _result(_calls.Call("GET", ""), resp)
@@ -118,6 +274,39 @@ class FaaSClient:
                         return
         except httpx.HTTPError as e:
             raise _transport_error(e) from e
+
+    def stream_logs(self, request_id: str) -> Iterator[LogEvent]:
+        """The output of execution ``request_id`` as it is produced: ``stdout`` and ``stderr``
+        events, then one ``exit`` event. Start it before (or after) an ``execute`` given the
+        same ``request_id``."""
+        return self._events(f"/api/v1/logs/{request_id}/stream")
+
+    def process_events(self, instance_id: str, pid: int) -> Iterator[ProcessEvent]:
+        """The output of a process of ``start_process``: its ``stdout``, ``stderr`` (or, under a
+        terminal, ``pty``) events with the bytes decoded, then one ``exit`` event with
+        ``exit`` set. Any number of callers, at any time: each gets the output kept so far (at
+        least its last MiB), then the live output; an ended process's ends at once."""
+        for ev in self._events(_process_events_path(instance_id, pid)):
+            if ev.event == "error":
+                raise _stream_error(ev)
+            if ev.event in _PROCESS_EVENTS:
+                yield ProcessEvent.from_sse(ev.event, ev.data)
+            if ev.event == "exit":
+                return
+        raise _no_exit()
+
+    def watch_dir(self, instance_id: str, path: str, recursive: bool = False) -> FsWatch:
+        """Watches directory ``path`` (with ``recursive``, its subdirectories too) and returns
+        once the watch is set, so what is changed after this call returns is seen: iterate it
+        for ``FsEvent``s, ``close`` it (or use it in a ``with``) to stop."""
+        try:
+            resp = self._http.send(
+                self._http.build_request(**_watch_args(instance_id, path, recursive)),
+                stream=True,
+            )
+        except httpx.HTTPError as e:
+            raise _transport_error(e) from e
+        return FsWatch(resp)
 
     def wait_invocation(
         self, invocation_id: str, timeout_s: float = 60.0, poll_s: float = 0.1
@@ -174,20 +363,52 @@ class AsyncFaaSClient:
                     return _result(call, resp)
             await asyncio.sleep(0.2 * 2**attempt)
 
-    async def stream_logs(self, request_id: str) -> AsyncIterator[LogEvent]:
-        """Like ``FaaSClient.stream_logs``, as an async iterator."""
+    async def _events(self, path: str) -> AsyncIterator[LogEvent]:
+        """The Server-Sent Events of ``path``, as they come, up to its end (or to an ``exit``
+        event)."""
         try:
-            async with self._http.stream(
-                "GET", f"/api/v1/logs/{request_id}/stream", timeout=None
-            ) as resp:
+            async with self._http.stream("GET", path, timeout=None) as resp:
                 if resp.status_code >= 400:
                     await resp.aread()
                     _result(_calls.Call("GET", ""), resp)
-                lines = [line async for line in _until_exit(resp.aiter_lines())]
-                for ev in _sse_events(iter(lines)):
+                async for ev in _async_sse_events(resp.aiter_lines()):
                     yield ev
+                    if ev.event == "exit":
+                        return
         except httpx.HTTPError as e:
             raise _transport_error(e) from e
+
+    async def stream_logs(self, request_id: str) -> AsyncIterator[LogEvent]:
+        """Like ``FaaSClient.stream_logs``, as an async iterator."""
+        async for ev in self._events(f"/api/v1/logs/{request_id}/stream"):
+            yield ev
+
+    async def process_events(self, instance_id: str, pid: int) -> AsyncIterator[ProcessEvent]:
+        """Like ``FaaSClient.process_events``, as an async iterator."""
+        async for ev in self._events(_process_events_path(instance_id, pid)):
+            if ev.event == "error":
+                raise _stream_error(ev)
+            if ev.event in _PROCESS_EVENTS:
+                yield ProcessEvent.from_sse(ev.event, ev.data)
+            if ev.event == "exit":
+                return
+        raise _no_exit()
+
+    async def watch_dir(
+        self, instance_id: str, path: str, recursive: bool = False
+    ) -> AsyncFsWatch:
+        """Like ``FaaSClient.watch_dir``: ``w = await c.watch_dir(...)`` returns once the watch
+        is set; ``async for ev in w``, then ``await w.aclose()`` (or ``async with w:``)."""
+        try:
+            resp = await self._http.send(
+                self._http.build_request(**_watch_args(instance_id, path, recursive)),
+                stream=True,
+            )
+        except httpx.HTTPError as e:
+            raise _transport_error(e) from e
+        watch = AsyncFsWatch(resp)
+        await watch._wait_ready()
+        return watch
 
     async def wait_invocation(
         self, invocation_id: str, timeout_s: float = 60.0, poll_s: float = 0.1
@@ -205,17 +426,6 @@ class AsyncFaaSClient:
                     0,
                 )
             await asyncio.sleep(poll_s)
-
-
-async def _until_exit(lines: AsyncIterator[str]) -> AsyncIterator[str]:
-    """Lines of an event stream up to the end of its `exit` event."""
-    in_exit = False
-    async for line in lines:
-        yield line
-        if line.startswith("event:") and line[6:].strip() == "exit":
-            in_exit = True
-        elif in_exit and line == "":
-            return
 
 
 def _sync_method(fn: Any) -> Any:

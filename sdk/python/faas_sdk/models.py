@@ -2,6 +2,7 @@
 ignores fields this version of the SDK does not know (newer servers add fields); the whole
 answer is kept in ``raw``."""
 
+import base64
 from dataclasses import dataclass, field, fields
 from typing import Any, Dict, List, Optional, Type, TypeVar
 
@@ -68,6 +69,7 @@ class Instance(_Model):
     source_snapshot: Optional[str] = None
     created_at_ms: int = 0
     last_used_at_ms: int = 0
+    metadata: Dict[str, str] = field(default_factory=dict)
     raw: Dict[str, Any] = field(default_factory=dict, repr=False)
 
 
@@ -197,3 +199,95 @@ class LogEvent:
     @property
     def text(self) -> str:
         return str(self.data.get("data", ""))
+
+
+@dataclass
+class ProcessStarted(_Model):
+    """A process started in an instance: it runs in the background, follow it by ``pid``."""
+
+    pid: int
+    tag: Optional[str] = None
+    raw: Dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+@dataclass
+class ProcessInfo(_Model):
+    """One process of an instance, running or recently ended (``exit_code`` is 128 + N when
+    signal N ended it)."""
+
+    pid: int
+    command: List[str] = field(default_factory=list)
+    tag: Optional[str] = None
+    env_vars: Dict[str, str] = field(default_factory=dict)
+    working_dir: Optional[str] = None
+    pty: bool = False
+    running: bool = False
+    exit_code: Optional[int] = None
+    signal: Optional[int] = None
+    started_at_ms: int = 0
+    raw: Dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+@dataclass
+class ProcessExit(_Model):
+    """How a process ended (the last event of its stream)."""
+
+    exit_code: int
+    signal: Optional[int] = None
+    timed_out: bool = False
+    oom_killed: bool = False
+    duration_ms: float = 0.0
+    raw: Dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+@dataclass
+class ProcessEvent:
+    """One event of a process's stream: ``stdout``, ``stderr`` or ``pty`` output (``data``, the
+    bytes), then one ``exit`` (``exit`` set, ``data`` empty)."""
+
+    kind: str
+    data: bytes = b""
+    exit: Optional[ProcessExit] = None
+
+    @classmethod
+    def from_sse(cls, event: str, data: Dict[str, Any]) -> "ProcessEvent":
+        if event == "exit":
+            return cls(event, b"", ProcessExit.from_dict(data))
+        return cls(event, base64.b64decode(data.get("data", "")))
+
+    @property
+    def text(self) -> str:
+        return self.data.decode(errors="replace")
+
+
+@dataclass
+class FileEntry(_Model):
+    """A file as the instance sees it (a symlink is described, not followed)."""
+
+    name: str
+    path: str
+    type: str  # file, dir, symlink or other
+    size: int = 0
+    mode: int = 0
+    permissions: str = ""
+    owner: str = ""
+    group: str = ""
+    uid: int = 0
+    gid: int = 0
+    mtime_ms: int = 0
+    symlink_target: Optional[str] = None
+    raw: Dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def is_dir(self) -> bool:
+        return self.type == "dir"
+
+
+@dataclass
+class FsEvent(_Model):
+    """A change under a watched directory: ``op`` is create, write, remove, rename or chmod (a
+    rename is the old path's ``rename`` then the new path's ``create``)."""
+
+    op: str
+    path: str
+    raw: Dict[str, Any] = field(default_factory=dict, repr=False)

@@ -3,16 +3,25 @@
  *
  * ```ts
  * import { FaaSClient } from "@faas-platform/sdk";
- * const c = new FaaSClient({ baseUrl: "http://127.0.0.1:8080" });
+ * const c = new FaaSClient("http://127.0.0.1:8080"); // or new FaaSClient({ baseUrl, ... })
  * const r = await c.execute({ command: "echo hello" });
  * console.log(r.exitCode, r.stdout);
  * ```
  *
  * Requests and results are camelCase; user data (function payloads and results, env var
- * names) is passed through untouched. Only calls that are safe to repeat are retried.
+ * names, instance metadata) is passed through untouched. Only calls that are safe to repeat
+ * are retried.
  */
 
-import { ConnectionError, FaaSError, TimeoutError, errorFromResponse } from "./errors.js";
+import {
+  ConflictError,
+  ConnectionError,
+  FaaSError,
+  InternalError,
+  TimeoutError,
+  UnsupportedError,
+  errorFromResponse,
+} from "./errors.js";
 
 export * from "./errors.js";
 
@@ -73,7 +82,140 @@ export interface Instance {
   sourceSnapshot: string | null;
   createdAtMs: number;
   lastUsedAtMs: number;
+  /** The caller's keys and values given at creation (`{}` when none). */
+  metadata: Record<string, string>;
 }
+
+export interface CreateInstanceOptions {
+  image?: string;
+  name?: string;
+  envVars?: Record<string, string>;
+  memoryMb?: number;
+  cpuCores?: number;
+  idleTimeoutS?: number;
+  runtime?: string;
+  isolation?: string;
+  /** String keys and values of yours (at most 4 KiB in all), a filter of `listInstances`. */
+  metadata?: Record<string, string>;
+}
+
+export interface PtySize {
+  cols: number;
+  rows: number;
+}
+
+export interface StartProcessOptions {
+  envVars?: Record<string, string>;
+  workingDir?: string;
+  /** Keep its stdin open for `sendStdin` (otherwise it reads /dev/null). */
+  stdin?: boolean;
+  /** Run it under a terminal of this size: its output comes as `pty` events, and it always
+   * takes input. */
+  pty?: PtySize;
+  /** A label of yours, shown by `listProcesses`. */
+  tag?: string;
+  /** Kill its process group after this long. */
+  timeoutMs?: number;
+}
+
+export interface ProcessStarted {
+  pid: number;
+  tag: string | null;
+}
+
+export interface ProcessInfo {
+  pid: number;
+  tag: string | null;
+  /** Its argv. */
+  command: string[];
+  envVars: Record<string, string>;
+  workingDir: string | null;
+  pty: boolean;
+  running: boolean;
+  /** Set once it ended (128 + N when signal N ended it). */
+  exitCode: number | null;
+  signal: number | null;
+  startedAtMs: number;
+}
+
+export interface ProcessExit {
+  exitCode: number;
+  signal: number | null;
+  timedOut: boolean;
+  oomKilled: boolean;
+  durationMs: number;
+}
+
+/** One event of a process's stream: output (`data`, the bytes), then one `exit`. */
+export interface ProcessEvent {
+  kind: "stdout" | "stderr" | "pty" | "exit";
+  /** The bytes of an output event (empty for `exit`). */
+  data: Uint8Array;
+  /** Set on the `exit` event only. */
+  exit: ProcessExit | null;
+}
+
+export interface FileEntry {
+  name: string;
+  path: string;
+  type: "file" | "dir" | "symlink" | "other";
+  size: number;
+  /** Permission bits, e.g. 420 (0o644). */
+  mode: number;
+  /** As `ls -l` shows them: `-rw-r--r--`. */
+  permissions: string;
+  owner: string;
+  group: string;
+  uid: number;
+  gid: number;
+  mtimeMs: number;
+  symlinkTarget: string | null;
+}
+
+/** A change under a watched directory; a rename is the old path's `rename` then the new
+ * path's `create`. */
+export interface FsEvent {
+  op: "create" | "write" | "remove" | "rename" | "chmod" | string;
+  path: string;
+}
+
+/** A watch of `watchDir`: iterate it (`for await`), `close()` it to stop. */
+export interface FsWatch extends AsyncIterableIterator<FsEvent> {
+  close(): Promise<void>;
+}
+
+export interface TerminalExit {
+  exitCode: number;
+  signal: number | null;
+}
+
+/** A shell under a terminal in an instance, over a WebSocket (`terminal`). */
+export interface Terminal {
+  /** Types `data` (keystrokes) into the terminal. */
+  write(data: string | Uint8Array): void;
+  resize(cols: number, rows: number): void;
+  /** Calls `cb` with each piece of the terminal's output (what came before the first
+   * callback was registered is given to it first); returns a function that unregisters it. */
+  onData(cb: (data: Uint8Array) => void): () => void;
+  /** Resolves when the shell ended; rejects if the socket closed before that. */
+  wait(): Promise<TerminalExit>;
+  /** Closes the socket, which ends the shell. */
+  close(): void;
+}
+
+/** The part of the WebSocket API the terminal uses (browsers', Node 22's global, `ws`). */
+export interface WebSocketLike {
+  binaryType: string;
+  readonly readyState: number;
+  send(data: string | ArrayBufferLike | ArrayBufferView): void;
+  close(code?: number, reason?: string): void;
+  onopen: ((ev: any) => any) | null;
+  onmessage: ((ev: any) => any) | null;
+  onerror: ((ev: any) => any) | null;
+  onclose: ((ev: any) => any) | null;
+}
+
+export type WebSocketConstructor = new (url: string, protocols?: any) => WebSocketLike;
 
 export interface Snapshot {
   id: string;
@@ -198,6 +340,7 @@ export interface LogEvent {
 }
 
 export interface ClientOptions {
+  /** An http(s) URL (default http://127.0.0.1:8080). */
   baseUrl?: string;
   /** Per HTTP call, in ms (default 120 000). */
   timeoutMs?: number;
@@ -205,10 +348,39 @@ export interface ClientOptions {
   maxRetries?: number;
   headers?: Record<string, string>;
   fetch?: typeof fetch;
+  /** The WebSocket class of `terminal` where there is no global one (Node < 22: the `ws`
+   * package's, say). */
+  WebSocket?: WebSocketConstructor;
+}
+
+const OPTION_KEYS = new Set(["baseUrl", "timeoutMs", "maxRetries", "headers", "fetch", "WebSocket"]);
+const DEFAULT_URL = "http://127.0.0.1:8080";
+
+/** The base URL of a client's argument, or a TypeError saying why it cannot be used. */
+function baseUrlOf(url: unknown, what: string): string {
+  if (typeof url !== "string") {
+    throw new TypeError(`${what} must be an http(s) URL string, got ${describe(url)}`);
+  }
+  let parsed: URL;
+  try {
+    parsed = new URL(url);
+  } catch {
+    throw new TypeError(`${what} is not a URL: ${JSON.stringify(url)} (say http://host:port)`);
+  }
+  if (parsed.protocol !== "http:" && parsed.protocol !== "https:") {
+    throw new TypeError(`${what} must be an http:// or https:// URL, got ${JSON.stringify(url)}`);
+  }
+  return url.replace(/\/+$/, "");
+}
+
+function describe(v: unknown): string {
+  if (v === null) return "null";
+  if (Array.isArray(v)) return "an array";
+  return typeof v === "string" ? JSON.stringify(v) : `a ${typeof v}${typeof v === "number" ? ` (${v})` : ""}`;
 }
 
 /** Keys whose values are user data, passed through as they are. */
-const OPAQUE = new Set(["result", "payload", "env_vars", "envVars", "raw"]);
+const OPAQUE = new Set(["result", "payload", "env_vars", "envVars", "metadata", "raw"]);
 
 const toCamel = (s: string) => s.replace(/_([a-z0-9])/g, (_, c: string) => c.toUpperCase());
 const toSnake = (s: string) => s.replace(/[A-Z]/g, (c) => "_" + c.toLowerCase());
@@ -236,6 +408,52 @@ function b64(data: string | Uint8Array): string {
   return btoa(bin);
 }
 
+function unb64(s: string): Uint8Array {
+  const bin = atob(s);
+  const out = new Uint8Array(bin.length);
+  for (let i = 0; i < bin.length; i++) out[i] = bin.charCodeAt(i);
+  return out;
+}
+
+const bytesOf = (data: string | Uint8Array) => (typeof data === "string" ? new TextEncoder().encode(data) : data);
+
+/** Server-Sent Events of a response body, as they come; ends with the body (or `cancel`). */
+async function* sseEvents(reader: ReadableStreamDefaultReader<Uint8Array>): AsyncGenerator<LogEvent> {
+  const decoder = new TextDecoder();
+  let buf = "";
+  let event = "message";
+  let data: string[] = [];
+  try {
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return;
+      buf += decoder.decode(value, { stream: true });
+      let nl: number;
+      while ((nl = buf.indexOf("\n")) >= 0) {
+        const line = buf.slice(0, nl).replace(/\r$/, "");
+        buf = buf.slice(nl + 1);
+        if (line === "") {
+          if (data.length) yield { event, data: JSON.parse(data.join("\n")) };
+          event = "message";
+          data = [];
+        } else if (line.startsWith("event:")) {
+          event = line.slice(6).trim();
+        } else if (line.startsWith("data:")) {
+          data.push(line.slice(5).trimStart());
+        }
+      }
+    }
+  } finally {
+    await reader.cancel().catch(() => undefined);
+  }
+}
+
+/** The error of an `error` event: the server could not go on with the stream. */
+const streamError = (data: Record<string, unknown>) =>
+  new InternalError(String(data.message ?? JSON.stringify(data)), "internal", 0);
+
+const PROCESS_EVENTS = new Set(["stdout", "stderr", "pty", "exit"]);
+
 interface Call {
   method: string;
   path: string;
@@ -256,12 +474,27 @@ export class FaaSClient {
   private readonly headers: Record<string, string>;
   private readonly fetchImpl: typeof fetch;
 
-  constructor(opts: ClientOptions = {}) {
-    this.baseUrl = (opts.baseUrl ?? "http://127.0.0.1:8080").replace(/\/+$/, "");
+  private readonly webSocketImpl?: WebSocketConstructor;
+
+  /**
+   * `new FaaSClient("http://host:port")`, `new FaaSClient("http://host:port", { maxRetries })`
+   * or `new FaaSClient({ baseUrl, timeoutMs, maxRetries, headers, fetch, WebSocket })`. An
+   * argument it cannot use (not an http(s) URL, an unknown option) is a `TypeError`.
+   */
+  constructor(baseUrlOrOptions: string | ClientOptions = {}, options: Omit<ClientOptions, "baseUrl"> = {}) {
+    let opts: ClientOptions;
+    if (typeof baseUrlOrOptions === "string") {
+      opts = { ...checkedOptions(options, "the options"), baseUrl: baseUrlOf(baseUrlOrOptions, "the base URL") };
+      if ((options as ClientOptions).baseUrl !== undefined) throw new TypeError("the base URL is given twice");
+    } else {
+      opts = checkedOptions(baseUrlOrOptions, "the FaaSClient argument");
+    }
+    this.baseUrl = opts.baseUrl === undefined ? DEFAULT_URL : baseUrlOf(opts.baseUrl, "baseUrl");
     this.timeoutMs = opts.timeoutMs ?? 120_000;
     this.maxRetries = opts.maxRetries ?? 2;
     this.headers = opts.headers ?? {};
     this.fetchImpl = opts.fetch ?? globalThis.fetch.bind(globalThis);
+    this.webSocketImpl = opts.WebSocket;
   }
 
   private url(call: Call): string {
@@ -370,61 +603,32 @@ export class FaaSClient {
     return (await this.send({ method: "GET", path: "/api/v1/openapi.json", idempotent: true })).json();
   }
 
+  /** The Server-Sent Events of `path` (a GET without a timeout), camelCased. */
+  private async *events(path: string, query?: Call["query"]): AsyncGenerator<LogEvent> {
+    const resp = await this.send({ method: "GET", path, query }, 0);
+    if (!resp.body) return;
+    for await (const ev of sseEvents(resp.body.getReader())) yield { event: ev.event, data: camel(ev.data) };
+  }
+
   /** The output of execution `requestId` as it happens: stdout/stderr events, then `exit`. */
   async *streamLogs(requestId: string): AsyncGenerator<LogEvent> {
-    const resp = await this.send({ method: "GET", path: `/api/v1/logs/${encodeURIComponent(requestId)}/stream` }, 0);
-    if (!resp.body) return;
-    const reader = resp.body.getReader();
-    const decoder = new TextDecoder();
-    let buf = "";
-    let event = "message";
-    let data: string[] = [];
-    try {
-      for (;;) {
-        const { value, done } = await reader.read();
-        if (done) return;
-        buf += decoder.decode(value, { stream: true });
-        let nl: number;
-        while ((nl = buf.indexOf("\n")) >= 0) {
-          const line = buf.slice(0, nl).replace(/\r$/, "");
-          buf = buf.slice(nl + 1);
-          if (line === "") {
-            if (data.length) {
-              const ev: LogEvent = { event, data: camel(JSON.parse(data.join("\n"))) };
-              yield ev;
-              if (event === "exit") return;
-            }
-            event = "message";
-            data = [];
-          } else if (line.startsWith("event:")) {
-            event = line.slice(6).trim();
-          } else if (line.startsWith("data:")) {
-            data.push(line.slice(5).trimStart());
-          }
-        }
-      }
-    } finally {
-      await reader.cancel().catch(() => undefined);
+    for await (const ev of this.events(`/api/v1/logs/${encodeURIComponent(requestId)}/stream`)) {
+      yield ev;
+      if (ev.event === "exit") return;
     }
   }
 
   // ---- instances ----
 
-  createInstance(opts: {
-    image?: string;
-    name?: string;
-    envVars?: Record<string, string>;
-    memoryMb?: number;
-    cpuCores?: number;
-    idleTimeoutS?: number;
-    runtime?: string;
-    isolation?: string;
-  } = {}): Promise<Instance> {
+  createInstance(opts: CreateInstanceOptions = {}): Promise<Instance> {
     return this.json({ method: "POST", path: "/api/v1/instances", json: snake(opts) });
   }
 
-  async listInstances(): Promise<Instance[]> {
-    return (await this.json<{ instances: Instance[] }>({ method: "GET", path: "/api/v1/instances", idempotent: true })).instances;
+  /** Instances; with `metadata`, only those whose metadata has all of these keys and values. */
+  async listInstances(opts: { metadata?: Record<string, string> } = {}): Promise<Instance[]> {
+    const query: Record<string, string> = {};
+    for (const [k, v] of Object.entries(opts.metadata ?? {})) query[`metadata.${k}`] = String(v);
+    return (await this.json<{ instances: Instance[] }>({ method: "GET", path: "/api/v1/instances", query, idempotent: true })).instances;
   }
 
   getInstance(id: string): Promise<Instance> {
@@ -463,6 +667,158 @@ export class FaaSClient {
 
   forkInstance(id: string, count = 1): Promise<Branch> {
     return this.json({ method: "POST", path: `/api/v1/instances/${id}/fork`, json: { count } });
+  }
+
+  // ---- processes of an instance ----
+
+  /** Starts `command` in an instance and resolves at once (it runs in the background): follow
+   * it with `processEvents`. Never retried. */
+  startProcess(id: string, command: Command, opts: StartProcessOptions = {}): Promise<ProcessStarted> {
+    return this.json({ method: "POST", path: `/api/v1/instances/${id}/processes`, json: snake({ command, ...opts }) });
+  }
+
+  /** The instance's running and recently ended processes (its running execs too). */
+  async listProcesses(id: string): Promise<ProcessInfo[]> {
+    return (await this.json<{ processes: ProcessInfo[] }>({ method: "GET", path: `/api/v1/instances/${id}/processes`, idempotent: true })).processes;
+  }
+
+  /**
+   * The output of a process: `stdout`, `stderr` (or, under a terminal, `pty`) events with the
+   * bytes, then one `exit`. Any number of callers, at any time: each gets the output kept so
+   * far (at least its last MiB), then the live output; an ended process's ends at once.
+   */
+  async *processEvents(id: string, pid: number): AsyncGenerator<ProcessEvent> {
+    for await (const ev of this.events(`/api/v1/instances/${id}/processes/${pid}/events`)) {
+      if (ev.event === "error") throw streamError(ev.data);
+      if (ev.event === "exit") {
+        yield { kind: "exit", data: new Uint8Array(0), exit: ev.data as unknown as ProcessExit };
+        return;
+      }
+      if (PROCESS_EVENTS.has(ev.event)) {
+        yield { kind: ev.event as ProcessEvent["kind"], data: unb64(String(ev.data.data ?? "")), exit: null };
+      }
+    }
+    throw new ConnectionError("the process's event stream ended before its exit", "connection", 0);
+  }
+
+  /** Writes `data` to the stdin of a process started with `stdin: true` or a `pty` (otherwise
+   * a `ConflictError`). */
+  async sendStdin(id: string, pid: number, data: string | Uint8Array): Promise<void> {
+    await this.send({
+      method: "POST",
+      path: `/api/v1/instances/${id}/processes/${pid}/stdin`,
+      headers: { "content-type": "application/octet-stream" },
+      body: bytesOf(data) as BodyInit,
+    });
+  }
+
+  /** Closes the stdin of a process (it then reads end-of-file). */
+  async closeStdin(id: string, pid: number): Promise<void> {
+    await this.send({ method: "POST", path: `/api/v1/instances/${id}/processes/${pid}/stdin/close`, idempotent: true });
+  }
+
+  /** Sends `signal` (a name such as `SIGTERM`, `TERM`, `kill`, or a number) to the process's group. */
+  async signalProcess(id: string, pid: number, signal: string | number = "SIGTERM"): Promise<void> {
+    await this.send({ method: "POST", path: `/api/v1/instances/${id}/processes/${pid}/signal`, json: { signal } });
+  }
+
+  /** Resizes the terminal of a process started with a `pty`. */
+  async resizePty(id: string, pid: number, cols: number, rows: number): Promise<void> {
+    await this.send({ method: "POST", path: `/api/v1/instances/${id}/processes/${pid}/resize`, json: { cols, rows }, idempotent: true });
+  }
+
+  /**
+   * A shell (`bash` when the image has it, else `sh`) under a terminal of `cols` x `rows` in
+   * an instance, over a WebSocket; resolves once connected. Uses the global `WebSocket`
+   * (browsers, Node 22+) or the client option `WebSocket`.
+   */
+  async terminal(id: string, opts: Partial<PtySize> = {}): Promise<Terminal> {
+    const WS = this.webSocketImpl ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
+    if (!WS) {
+      throw new UnsupportedError(
+        "terminal needs a WebSocket: there is no global one here (Node < 22); pass one as the " +
+          "client option WebSocket (the ws package's, say) or run node with --experimental-websocket",
+        "unsupported",
+        0,
+      );
+    }
+    const u = new URL(`${this.baseUrl}/api/v1/instances/${encodeURIComponent(id)}/terminal`);
+    u.protocol = u.protocol === "https:" ? "wss:" : "ws:";
+    u.searchParams.set("cols", String(opts.cols ?? 80));
+    u.searchParams.set("rows", String(opts.rows ?? 24));
+    // Headers (an API key) only where the WebSocket takes them (Node's and ws do, browsers not).
+    const ws = Object.keys(this.headers).length ? new WS(u.toString(), { headers: this.headers }) : new WS(u.toString());
+    ws.binaryType = "arraybuffer";
+    try {
+      await new Promise<void>((resolve, reject) => {
+        ws.onopen = () => resolve();
+        ws.onerror = () => reject(new Error("the terminal's WebSocket failed"));
+        ws.onclose = () => reject(new Error("the terminal's WebSocket closed"));
+      });
+    } catch (e) {
+      ws.onopen = ws.onerror = ws.onclose = null;
+      // A WebSocket does not say why it was refused: the instance's state does (404, ...).
+      const inst = await this.getInstance(id);
+      if (inst.status !== "running") {
+        throw new ConflictError(`instance ${id} is ${inst.status}, not running`, "conflict", 409);
+      }
+      throw new ConnectionError(`cannot open the terminal of instance ${id}: ${(e as Error).message}`, "connection", 0);
+    }
+    return new WebSocketTerminal(ws);
+  }
+
+  // ---- files of an instance ----
+
+  /** A file, directory or link (not followed) of an instance, by absolute path. */
+  stat(id: string, path: string): Promise<FileEntry> {
+    return this.json({ method: "GET", path: `/api/v1/instances/${id}/fs/stat`, query: { path }, idempotent: true });
+  }
+
+  /** The entries under directory `path`, `depth` levels down (default 1: its children), sorted by path. */
+  async listDir(id: string, path: string, opts: { depth?: number } = {}): Promise<FileEntry[]> {
+    return (await this.json<{ entries: FileEntry[] }>({ method: "GET", path: `/api/v1/instances/${id}/fs/list`, query: { path, depth: opts.depth }, idempotent: true })).entries;
+  }
+
+  /** Makes directory `path` (and its parents); one that exists is a `ConflictError`. */
+  makeDir(id: string, path: string): Promise<FileEntry> {
+    return this.json({ method: "POST", path: `/api/v1/instances/${id}/fs/mkdir`, json: { path } });
+  }
+
+  /** Renames `from` to `to` and returns what is now at `to`. */
+  move(id: string, from: string, to: string): Promise<FileEntry> {
+    return this.json({ method: "POST", path: `/api/v1/instances/${id}/fs/move`, json: { from, to } });
+  }
+
+  /** Removes a file, a link or a whole directory. */
+  async remove(id: string, path: string): Promise<void> {
+    await this.send({ method: "DELETE", path: `/api/v1/instances/${id}/fs`, query: { path }, idempotent: true });
+  }
+
+  /**
+   * Watches directory `path` (with `recursive`, its subdirectories too) and resolves once the
+   * watch is set, so what is changed after that is seen: `for await (const ev of watch)`, then
+   * `await watch.close()`.
+   */
+  async watchDir(id: string, path: string, opts: { recursive?: boolean } = {}): Promise<FsWatch> {
+    const resp = await this.send(
+      { method: "GET", path: `/api/v1/instances/${id}/fs/watch`, query: { path, recursive: opts.recursive ? "true" : "false" } },
+      0,
+    );
+    if (!resp.body) throw new ConnectionError("the watch answered without a body", "connection", 0);
+    const reader = resp.body.getReader();
+    const events = sseEvents(reader);
+    try {
+      for (;;) {
+        const { value, done } = await events.next();
+        if (done) throw new ConnectionError("the watch ended before it was ready", "connection", 0);
+        if (value.event === "error") throw streamError(value.data);
+        if (value.event === "ready") break;
+      }
+    } catch (e) {
+      await events.return(undefined);
+      throw e;
+    }
+    return new SseFsWatch(reader, events);
   }
 
   // ---- snapshots ----
@@ -558,6 +914,126 @@ export class FaaSClient {
       if (Date.now() > deadline) throw new TimeoutError(`invocation ${id} is still ${inv.status}`, "timeout", 0);
       await new Promise((r) => setTimeout(r, pollMs));
     }
+  }
+}
+
+/** The options of a client checked: an object of known keys only. */
+function checkedOptions(opts: unknown, what: string): ClientOptions {
+  if (opts === null || typeof opts !== "object" || Array.isArray(opts)) {
+    throw new TypeError(`${what} must be a base URL string or an options object, got ${describe(opts)}`);
+  }
+  const unknown = Object.keys(opts).filter((k) => !OPTION_KEYS.has(k));
+  if (unknown.length) {
+    throw new TypeError(`unknown FaaSClient option(s) ${unknown.join(", ")} (known: ${[...OPTION_KEYS].join(", ")})`);
+  }
+  return opts as ClientOptions;
+}
+
+class SseFsWatch implements FsWatch {
+  private closed = false;
+
+  constructor(
+    private readonly reader: ReadableStreamDefaultReader<Uint8Array>,
+    private readonly events: AsyncGenerator<LogEvent>,
+  ) {}
+
+  [Symbol.asyncIterator](): this {
+    return this;
+  }
+
+  async next(): Promise<IteratorResult<FsEvent>> {
+    for (;;) {
+      let r: IteratorResult<LogEvent>;
+      try {
+        r = await this.events.next();
+      } catch (e) {
+        if (this.closed) return { done: true, value: undefined };
+        throw new ConnectionError(`the watch failed: ${(e as Error).message}`, "connection", 0);
+      }
+      if (r.done) return { done: true, value: undefined };
+      if (r.value.event === "error") throw streamError(r.value.data);
+      if (r.value.event === "ready") continue;
+      const data = r.value.data as Partial<FsEvent>;
+      return { done: false, value: { op: data.op ?? r.value.event, path: String(data.path ?? "") } };
+    }
+  }
+
+  async return(): Promise<IteratorResult<FsEvent>> {
+    await this.close();
+    return { done: true, value: undefined };
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    // Cancelling the reader ends a read in progress (a `next` waiting for a change) too.
+    await this.reader.cancel().catch(() => undefined);
+  }
+}
+
+class WebSocketTerminal implements Terminal {
+  private readonly callbacks = new Set<(data: Uint8Array) => void>();
+  private pending: Uint8Array[] = [];
+  private readonly exited: Promise<TerminalExit>;
+
+  constructor(private readonly ws: WebSocketLike) {
+    let exit: TerminalExit | null = null;
+    this.exited = new Promise<TerminalExit>((resolve, reject) => {
+      ws.onmessage = (ev: { data: unknown }) => {
+        const d = ev.data;
+        if (typeof d === "string") {
+          try {
+            const msg = JSON.parse(d) as { exit?: { exit_code: number; signal: number | null } };
+            if (msg.exit) {
+              exit = { exitCode: msg.exit.exit_code, signal: msg.exit.signal ?? null };
+              resolve(exit);
+            }
+          } catch {
+            // not a message of the protocol: ignored
+          }
+        } else if (d instanceof ArrayBuffer) {
+          this.output(new Uint8Array(d));
+        } else if (ArrayBuffer.isView(d)) {
+          this.output(new Uint8Array(d.buffer, d.byteOffset, d.byteLength));
+        }
+      };
+      ws.onerror = () => undefined; // the close that follows says it
+      ws.onclose = () => {
+        if (!exit) reject(new ConnectionError("the terminal closed before its shell ended", "connection", 0));
+      };
+    });
+    this.exited.catch(() => undefined); // rejected only for those who wait
+  }
+
+  private output(data: Uint8Array): void {
+    if (this.callbacks.size === 0) this.pending.push(data);
+    for (const cb of this.callbacks) cb(data);
+  }
+
+  write(data: string | Uint8Array): void {
+    this.ws.send(bytesOf(data)); // binary: keystrokes (a text frame is a control message)
+  }
+
+  resize(cols: number, rows: number): void {
+    this.ws.send(JSON.stringify({ resize: { cols, rows } }));
+  }
+
+  onData(cb: (data: Uint8Array) => void): () => void {
+    this.callbacks.add(cb);
+    const earlier = this.pending;
+    this.pending = [];
+    for (const d of earlier) cb(d);
+    return () => {
+      this.callbacks.delete(cb);
+    };
+  }
+
+  wait(): Promise<TerminalExit> {
+    return this.exited;
+  }
+
+  close(): void {
+    this.ws.close();
   }
 }
 

@@ -1,4 +1,5 @@
 // The TypeScript SDK against a live server (FAAS_URL): every endpoint of its OpenAPI document.
+// The client's argument checks and the stream / terminal plumbing (against fakes) need none.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import {
@@ -40,6 +41,20 @@ const COVERED = {
   "put /api/v1/instances/{id}/files": "uploadFile",
   "post /api/v1/instances/{id}/snapshot": "createSnapshot",
   "post /api/v1/instances/{id}/fork": "forkInstance",
+  "post /api/v1/instances/{id}/processes": "startProcess",
+  "get /api/v1/instances/{id}/processes": "listProcesses",
+  "get /api/v1/instances/{id}/processes/{pid}/events": "processEvents",
+  "post /api/v1/instances/{id}/processes/{pid}/stdin": "sendStdin",
+  "post /api/v1/instances/{id}/processes/{pid}/stdin/close": "closeStdin",
+  "post /api/v1/instances/{id}/processes/{pid}/signal": "signalProcess",
+  "post /api/v1/instances/{id}/processes/{pid}/resize": "resizePty",
+  "get /api/v1/instances/{id}/terminal": "terminal",
+  "get /api/v1/instances/{id}/fs/stat": "stat",
+  "get /api/v1/instances/{id}/fs/list": "listDir",
+  "post /api/v1/instances/{id}/fs/mkdir": "makeDir",
+  "post /api/v1/instances/{id}/fs/move": "move",
+  "delete /api/v1/instances/{id}/fs": "remove",
+  "get /api/v1/instances/{id}/fs/watch": "watchDir",
   "post /api/v1/snapshots": "createSnapshot",
   "get /api/v1/snapshots": "listSnapshots",
   "get /api/v1/snapshots/{id}": "getSnapshot",
@@ -191,4 +206,411 @@ test("functions: sync, async, versions", { skip }, async () => {
     await c.deleteFunction(name);
   }
   await assert.rejects(c.getFunction(name), NotFoundError);
+});
+
+// ---- the client's argument (no server needed) ----
+
+const td = new TextDecoder();
+const HEALTH = { status: "ok", version: "0", uptime_s: 1, default_backend: "native", default_image: "", backends: [] };
+const jsonResponse = (body, status = 200) =>
+  new Response(JSON.stringify(body), { status, headers: { "content-type": "application/json" } });
+
+test("the client takes a base URL string or an options object", async () => {
+  const seen = [];
+  const fetch = async (u) => {
+    seen.push(String(u));
+    return jsonResponse(HEALTH);
+  };
+  const byString = new FaaSClient("http://10.9.8.7:1234/", { fetch });
+  assert.equal(byString.baseUrl, "http://10.9.8.7:1234");
+  assert.equal((await byString.healthCheck()).defaultBackend, "native");
+  assert.equal(seen[0], "http://10.9.8.7:1234/health", "a string is the base URL, not ignored");
+  const byOptions = new FaaSClient({ baseUrl: "https://faas.example/prefix", fetch });
+  await byOptions.healthCheck();
+  assert.equal(seen[1], "https://faas.example/prefix/health");
+  for (const c0 of [new FaaSClient(), new FaaSClient({}), new FaaSClient({ baseUrl: undefined })]) {
+    assert.equal(c0.baseUrl, "http://127.0.0.1:8080");
+  }
+  await assert.rejects(new FaaSClient("http://127.0.0.1:9", { maxRetries: 0 }).healthCheck(), ConnectionError);
+});
+
+test("an argument the client cannot use is a TypeError", () => {
+  const bad = [
+    8080,
+    null,
+    true,
+    ["http://127.0.0.1:8080"],
+    { baseUrl: 8080 },
+    { baseUrl: null },
+    { baseUrl: "" },
+    { baseUrl: "not a url" },
+    { baseUrl: "ws://127.0.0.1:8080" },
+    { url: "http://127.0.0.1:8080" },
+    { baseURL: "http://127.0.0.1:8080" },
+    "",
+    "not a url",
+    "localhost:8080",
+    "ftp://127.0.0.1/",
+  ];
+  for (const arg of bad) assert.throws(() => new FaaSClient(arg), TypeError, `accepted ${JSON.stringify(arg)}`);
+  assert.throws(() => new FaaSClient("http://a.example", { baseUrl: "http://b.example" }), TypeError);
+  assert.throws(() => new FaaSClient("http://a.example", { retries: 1 }), TypeError);
+  assert.throws(() => new FaaSClient("http://a.example", 5), TypeError);
+});
+
+// ---- streams and the terminal against fakes (no server needed) ----
+
+/** A fetch answering every call with `body` (a ReadableStream of SSE text) and recording URLs. */
+function sseFetch(seen, stream) {
+  return async (u) => {
+    seen.push(String(u));
+    return new Response(stream, { status: 200, headers: { "content-type": "text/event-stream" } });
+  };
+}
+
+const sseStream = () => {
+  let ctrl;
+  const stream = new ReadableStream({ start: (c0) => (ctrl = c0) });
+  const enc = new TextEncoder();
+  return { stream, push: (text) => ctrl.enqueue(enc.encode(text)), end: () => ctrl.close() };
+};
+
+test("processEvents decodes the output and the exit (fake server)", async () => {
+  const seen = [];
+  const s = sseStream();
+  const fc = new FaaSClient("http://h.example", { fetch: sseFetch(seen, s.stream) });
+  s.push(": keepalive\n\nevent: stdout\ndata: {\"data\": \"aGkK\"}\n\nevent: std");
+  s.push("err\r\ndata: {\"data\": \"AP8=\"}\r\n\r\nevent: exit\ndata: {\"exit_code\": 3, \"signal\": null, \"timed_out\": false, \"oom_killed\": false, \"duration_ms\": 1.5}\n\n");
+  const events = [];
+  for await (const ev of fc.processEvents("i1", 42)) events.push(ev);
+  assert.equal(seen[0], "http://h.example/api/v1/instances/i1/processes/42/events");
+  assert.deepEqual(events.map((e) => e.kind), ["stdout", "stderr", "exit"]);
+  assert.equal(td.decode(events[0].data), "hi\n");
+  assert.deepEqual([...events[1].data], [0, 255]);
+  assert.deepEqual(events[2].exit, { exitCode: 3, signal: null, timedOut: false, oomKilled: false, durationMs: 1.5 });
+  assert.equal(events[2].data.length, 0);
+
+  const cut = sseStream();
+  const fc2 = new FaaSClient("http://h.example", { fetch: sseFetch([], cut.stream) });
+  cut.push("event: stdout\ndata: {\"data\": \"aGkK\"}\n\n");
+  cut.end();
+  await assert.rejects(async () => {
+    for await (const _ of fc2.processEvents("i1", 1));
+  }, ConnectionError, "a stream without its exit is an error");
+});
+
+test("watchDir resolves only after ready, then gives the changes (fake server)", async () => {
+  const seen = [];
+  const s = sseStream();
+  const fc = new FaaSClient("http://h.example", { fetch: sseFetch(seen, s.stream) });
+  let resolved = false;
+  const pending = fc.watchDir("i1", "/w", { recursive: true }).then((w) => ((resolved = true), w));
+  await new Promise((r) => setTimeout(r, 50));
+  assert.equal(resolved, false, "not before the ready event");
+  s.push("event: ready\ndata: {}\n\n");
+  const w = await pending;
+  assert.equal(seen[0], "http://h.example/api/v1/instances/i1/fs/watch?path=%2Fw&recursive=true");
+  s.push("event: create\ndata: {\"op\": \"create\", \"path\": \"/w/a\"}\n\n");
+  assert.deepEqual((await w.next()).value, { op: "create", path: "/w/a" });
+  const waiting = w.next(); // no change comes: close ends it
+  await w.close();
+  assert.equal((await waiting).done, true);
+});
+
+class FakeWebSocket {
+  static last;
+  constructor(url, opts) {
+    FakeWebSocket.last = this;
+    this.url = url;
+    this.opts = opts;
+    this.sent = [];
+    this.closed = false;
+    setTimeout(() => this.onopen?.({}), 0);
+  }
+  send(d) {
+    this.sent.push(d);
+  }
+  close() {
+    this.closed = true;
+    setTimeout(() => this.onclose?.({ code: 1000 }), 0);
+  }
+}
+
+test("terminal speaks the protocol over the WebSocket it is given (fake socket)", async () => {
+  const fc = new FaaSClient("https://h.example:8443/", { WebSocket: FakeWebSocket });
+  const term = await fc.terminal("i1", { cols: 100, rows: 30 });
+  const ws = FakeWebSocket.last;
+  assert.equal(ws.url, "wss://h.example:8443/api/v1/instances/i1/terminal?cols=100&rows=30");
+  assert.equal(ws.binaryType, "arraybuffer");
+  ws.onmessage({ data: new TextEncoder().encode("$ ").buffer }); // before any onData: kept
+  let out = "";
+  const off = term.onData((d) => (out += td.decode(d)));
+  assert.equal(out, "$ ");
+  ws.onmessage({ data: new TextEncoder().encode("x") });
+  assert.equal(out, "$ x");
+  off();
+  term.write("ls\n");
+  assert.ok(ws.sent[0] instanceof Uint8Array, "keystrokes go as binary frames");
+  assert.equal(td.decode(ws.sent[0]), "ls\n");
+  term.resize(120, 40);
+  assert.deepEqual(JSON.parse(ws.sent[1]), { resize: { cols: 120, rows: 40 } });
+  ws.onmessage({ data: '{"exit": {"exit_code": 3, "signal": null}}' });
+  ws.onclose({ code: 1000 });
+  assert.deepEqual(await term.wait(), { exitCode: 3, signal: null });
+
+  const t2 = await fc.terminal("i2");
+  assert.match(FakeWebSocket.last.url, /cols=80&rows=24$/);
+  t2.close();
+  await assert.rejects(t2.wait(), ConnectionError, "closed before the shell ended");
+});
+
+test("terminal without any WebSocket says so", async () => {
+  const saved = Object.getOwnPropertyDescriptor(globalThis, "WebSocket");
+  if (saved && !saved.configurable) return;
+  delete globalThis.WebSocket;
+  try {
+    await assert.rejects(new FaaSClient("http://127.0.0.1:9").terminal("i1"), (e) => e instanceof UnsupportedError && /WebSocket/.test(e.message));
+  } finally {
+    if (saved) Object.defineProperty(globalThis, "WebSocket", saved);
+  }
+});
+
+// ---- processes, files, terminal and metadata of instances (live server) ----
+
+/** Reads an async iterator of events with a timeout on each. */
+class Events {
+  constructor(iterable) {
+    this.it = iterable[Symbol.asyncIterator]();
+  }
+  async next(ms = 30_000) {
+    let timer;
+    const late = new Promise((_, reject) => (timer = setTimeout(() => reject(new Error(`no event within ${ms} ms`)), ms)));
+    try {
+      return await Promise.race([this.it.next(), late]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+  /** The output up to and including `needle` (which must come before the exit). */
+  async outputUntil(needle) {
+    let buf = "";
+    while (!buf.includes(needle)) {
+      const r = await this.next();
+      assert.ok(!r.done && r.value.kind !== "exit", `ended before ${JSON.stringify(needle)}: ${JSON.stringify(buf)}`);
+      buf += td.decode(r.value.data);
+    }
+    return buf;
+  }
+  async rest() {
+    const out = [];
+    for (;;) {
+      const r = await this.next();
+      if (r.done) return out;
+      out.push(r.value);
+    }
+  }
+}
+
+const all = (iterable) => new Events(iterable).rest();
+const textOf = (events, kind = "stdout") => td.decode(Buffer.concat(events.filter((e) => e.kind === kind).map((e) => e.data)));
+function exitOf(events) {
+  assert.equal(events.at(-1)?.kind, "exit", events.map((e) => e.kind).join(","));
+  assert.ok(events.slice(0, -1).every((e) => e.kind !== "exit"));
+  return events.at(-1).exit;
+}
+
+async function withInstance(opts, fn) {
+  const inst = await c.createInstance(opts);
+  try {
+    await fn(inst);
+  } finally {
+    await c.deleteInstance(inst.id);
+  }
+}
+
+test("processes: background, late subscribers, stdin, signals, errors", { skip }, async () => {
+  await withInstance({}, async (inst) => {
+    const id = inst.id;
+    const t0 = Date.now();
+    const p = await c.startProcess(id, "sleep 1; echo done", { tag: "bg" });
+    assert.ok(Date.now() - t0 < 800, `startProcess took ${Date.now() - t0} ms: it must not wait`);
+    assert.ok(p.pid > 0);
+    assert.equal(p.tag, "bg");
+    const info = (await c.listProcesses(id)).find((x) => x.pid === p.pid);
+    assert.ok(info.running && info.tag === "bg" && info.exitCode === null && info.command.at(-1) === "sleep 1; echo done");
+    const events = await all(c.processEvents(id, p.pid));
+    assert.equal(exitOf(events).exitCode, 0);
+    assert.equal(textOf(events), "done\n");
+    assert.ok(Date.now() - t0 >= 1000);
+    const ended = (await c.listProcesses(id)).find((x) => x.pid === p.pid);
+    assert.ok(!ended.running && ended.exitCode === 0);
+
+    const env = await c.startProcess(id, ["sh", "-c", 'echo "$MY_VAR"; pwd; echo e >&2'], { envVars: { MY_VAR: "v" }, workingDir: "/tmp" });
+    const envEvents = await all(c.processEvents(id, env.pid));
+    assert.equal(textOf(envEvents), "v\n/tmp\n");
+    assert.equal(textOf(envEvents, "stderr"), "e\n");
+    assert.deepEqual((await c.listProcesses(id)).find((x) => x.pid === env.pid).envVars.MY_VAR, "v", "env names are not camelCased");
+
+    const ab = await c.startProcess(id, "echo a; sleep 1; echo b");
+    const first = new Events(c.processEvents(id, ab.pid));
+    const seen = await first.outputUntil("a\n");
+    const second = all(c.processEvents(id, ab.pid)); // mid-way: after a, before b
+    const [firstRest, secondAll] = await Promise.all([first.rest(), second]);
+    assert.equal(seen + textOf(firstRest), "a\nb\n");
+    assert.equal(textOf(secondAll), "a\nb\n", "a late subscriber gets the output kept so far");
+    assert.equal(exitOf(firstRest).exitCode, 0);
+    assert.equal(exitOf(secondAll).exitCode, 0);
+
+    const cat = await c.startProcess(id, "cat", { stdin: true });
+    await c.sendStdin(id, cat.pid, "hi");
+    await c.sendStdin(id, cat.pid, new Uint8Array([0, 255]));
+    await c.closeStdin(id, cat.pid);
+    const catEvents = await all(c.processEvents(id, cat.pid));
+    assert.deepEqual([...Buffer.concat(catEvents.filter((e) => e.kind === "stdout").map((e) => e.data))], [104, 105, 0, 255]);
+    assert.equal(exitOf(catEvents).exitCode, 0);
+
+    const sleeper = await c.startProcess(id, "sleep 100");
+    await assert.rejects(c.sendStdin(id, sleeper.pid, "x"), ConflictError, "started without stdin");
+    await assert.rejects(c.resizePty(id, sleeper.pid, 100, 30), ConflictError, "no terminal");
+    await assert.rejects(c.signalProcess(id, sleeper.pid, "SIGNOPE"), InvalidRequestError);
+    await c.signalProcess(id, sleeper.pid);
+    assert.equal(exitOf(await all(c.processEvents(id, sleeper.pid))).exitCode, 143);
+
+    const late = await c.startProcess(id, "sleep 10", { timeoutMs: 300 });
+    assert.equal(exitOf(await all(c.processEvents(id, late.pid))).timedOut, true);
+
+    await assert.rejects(c.signalProcess(id, 999999, "KILL"), (e) => e instanceof NotFoundError && e.status === 404);
+    await assert.rejects(all(c.processEvents(id, 999999)), NotFoundError);
+    await assert.rejects(c.listProcesses("no-such-instance"), NotFoundError);
+  });
+});
+
+test("a PTY process: stty size follows resizePty", { skip }, async () => {
+  await withInstance({}, async (inst) => {
+    const p = await c.startProcess(inst.id, "sh", { pty: { cols: 80, rows: 24 } });
+    const term = new Events(c.processEvents(inst.id, p.pid));
+    await c.sendStdin(inst.id, p.pid, "stty size\n");
+    await term.outputUntil("24 80");
+    await c.resizePty(inst.id, p.pid, 120, 50);
+    await c.sendStdin(inst.id, p.pid, "stty size\n");
+    await term.outputUntil("50 120");
+    await c.sendStdin(inst.id, p.pid, "exit\n");
+    const rest = await term.rest();
+    assert.equal(exitOf(rest).exitCode, 0);
+    assert.ok(rest.slice(0, -1).every((e) => e.kind === "pty"), "a terminal's output comes as pty events");
+  });
+});
+
+test("terminal: a shell over a WebSocket", { skip: skip || (typeof WebSocket === "undefined" && "no global WebSocket (Node < 22 without --experimental-websocket)") }, async () => {
+  await withInstance({}, async (inst) => {
+    const term = await c.terminal(inst.id, { cols: 80, rows: 24 });
+    let out = "";
+    const dec = new TextDecoder();
+    const waiters = [];
+    term.onData((d) => {
+      out += dec.decode(d, { stream: true });
+      for (const w of waiters) w();
+    });
+    const until = (needle, ms = 30_000) =>
+      new Promise((resolve, reject) => {
+        const start = out.length;
+        const timer = setTimeout(() => reject(new Error(`no ${JSON.stringify(needle)} in ${JSON.stringify(out)}`)), ms);
+        const check = () => {
+          if (out.slice(start).includes(needle)) {
+            clearTimeout(timer);
+            resolve();
+          }
+        };
+        waiters.push(check);
+        check();
+      });
+    const got42 = until("42");
+    term.write("echo $((6*7))\n");
+    await got42;
+    const resized = until("40 100");
+    term.resize(100, 40);
+    term.write("stty size\n");
+    await resized;
+    term.write("exit\n");
+    const exit = await Promise.race([term.wait(), new Promise((_, r) => setTimeout(() => r(new Error("no exit")), 30_000))]);
+    assert.deepEqual(exit, { exitCode: 0, signal: null });
+  });
+  await assert.rejects(c.terminal("no-such-instance"), NotFoundError);
+});
+
+test("files: stat, listDir, makeDir, move, remove, errors", { skip }, async () => {
+  await withInstance({}, async (inst) => {
+    const id = inst.id;
+    const d = `/tmp/ts-fs-${rnd()}`;
+    const sub = await c.makeDir(id, `${d}/sub`);
+    assert.deepEqual([sub.type, sub.name, sub.path], ["dir", "sub", `${d}/sub`]);
+    await assert.rejects(c.makeDir(id, `${d}/sub`), (e) => e instanceof ConflictError && e.status === 409);
+    await c.uploadFile(id, `${d}/a.txt`, "hello");
+    const st = await c.stat(id, `${d}/a.txt`);
+    assert.deepEqual([st.type, st.name, st.size, st.symlinkTarget], ["file", "a.txt", 5, null]);
+    assert.ok(st.permissions.startsWith("-") && st.mode > 0 && st.mtimeMs > 0 && typeof st.owner === "string");
+    assert.deepEqual((await c.listDir(id, d)).map((e) => e.path), [`${d}/a.txt`, `${d}/sub`]);
+    const moved = await c.move(id, `${d}/a.txt`, `${d}/sub/b.txt`);
+    assert.deepEqual([moved.path, moved.size], [`${d}/sub/b.txt`, 5]);
+    assert.equal(td.decode(await c.downloadFile(id, `${d}/sub/b.txt`)), "hello");
+    assert.deepEqual((await c.listDir(id, d, { depth: 2 })).map((e) => e.path), [`${d}/sub`, `${d}/sub/b.txt`]);
+    await assert.rejects(c.stat(id, `${d}/a.txt`), (e) => e instanceof NotFoundError && e.status === 404);
+    await c.remove(id, d);
+    await assert.rejects(c.stat(id, d), NotFoundError);
+    await assert.rejects(c.stat(id, "relative/path"), (e) => e instanceof InvalidRequestError && e.status === 400);
+  });
+});
+
+test("watchDir: create, rename, remove in order", { skip }, async () => {
+  await withInstance({}, async (inst) => {
+    const id = inst.id;
+    const d = `/tmp/ts-watch-${rnd()}`;
+    await c.makeDir(id, d);
+    const w = await c.watchDir(id, d);
+    try {
+      // watchDir resolved after the watch was set: these changes are all seen
+      const p = await c.startProcess(id, `echo x > ${d}/f; mv ${d}/f ${d}/g; rm ${d}/g`);
+      assert.equal(exitOf(await all(c.processEvents(id, p.pid))).exitCode, 0);
+      const events = new Events(w);
+      const seen = [];
+      while (!seen.some((e) => e.op === "remove" && e.path === `${d}/g`)) {
+        const r = await events.next();
+        assert.ok(!r.done, JSON.stringify(seen));
+        seen.push(r.value);
+      }
+      assert.deepEqual(
+        seen.filter((e) => ["create", "rename", "remove"].includes(e.op)),
+        [
+          { op: "create", path: `${d}/f` },
+          { op: "rename", path: `${d}/f` },
+          { op: "create", path: `${d}/g` },
+          { op: "remove", path: `${d}/g` },
+        ],
+        JSON.stringify(seen),
+      );
+    } finally {
+      await w.close();
+    }
+    await assert.rejects(c.watchDir(id, `${d}/none`), NotFoundError);
+  });
+});
+
+test("instance metadata: kept as given, filters the list", { skip }, async () => {
+  const run = rnd();
+  const meta = { suite: "sdk-ts", run, snake_key: "1", camelKey: "2" };
+  await withInstance({ metadata: meta }, async (a) => {
+    assert.deepEqual(a.metadata, meta, "metadata keys are not camelCased");
+    await withInstance({ metadata: { suite: "sdk-ts", run, role: "b" } }, async (b) => {
+      assert.deepEqual((await c.getInstance(b.id)).metadata, { suite: "sdk-ts", run, role: "b" });
+      const ids = async (metadata) => (await c.listInstances({ metadata })).map((i) => i.id).sort();
+      assert.deepEqual(await ids({ run }), [a.id, b.id].sort());
+      assert.deepEqual(await ids({ run, role: "b" }), [b.id]);
+      assert.deepEqual(await ids({ run, snake_key: "1" }), [a.id]);
+      assert.deepEqual(await ids({ run, role: "c" }), []);
+      assert.deepEqual((await c.listInstances()).find((i) => i.id === a.id).metadata, meta);
+    });
+    await assert.rejects(c.createInstance({ metadata: { big: "x".repeat(5000) } }), InvalidRequestError);
+    await c.stopInstance(a.id);
+    await assert.rejects(c.startProcess(a.id, "true"), ConflictError, "the instance is not running");
+  });
 });
