@@ -7,6 +7,9 @@
 //! Built as a static binary (`scripts/build-agent.sh`) so it runs in any image, with or
 //! without a libc.
 
+mod files;
+mod procs;
+
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
@@ -16,22 +19,15 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use faas_agent::{
-    read_frame, write_frame, write_json, ErrorKind, Event, ExecRequest, ExitInfo, FrameKind,
-    Request, DEFAULT_OUTPUT_LIMIT, GUEST_SOCKET_DIR, PROTOCOL_VERSION, SOCKET_NAME,
+    read_frame, write_json, ErrorKind, Event, FrameKind, Request, GUEST_SOCKET_DIR,
+    PROTOCOL_VERSION, SOCKET_NAME,
 };
 use nix::errno::Errno;
-use nix::sys::signal::{killpg, Signal};
 use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
-use nix::unistd::Pid;
 
-/// How long to keep reading output after the process exited, for data still in flight from
-/// children that hold the pipes open.
-const EXIT_GRACE: Duration = Duration::from_millis(100);
-/// The same when no process of its group is left (the readers only need to be scheduled).
-const EMPTY_GROUP_GRACE: Duration = Duration::from_secs(5);
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 fn main() {
@@ -296,10 +292,17 @@ impl Reaper {
     }
 
     /// Spawns `cmd` and registers `slot` for its exit, atomically with respect to reaping.
-    fn spawn(&self, cmd: &mut Command, slot: Arc<ExitSlot>) -> io::Result<std::process::Child> {
+    /// `register` is called with its pid under the same lock.
+    fn spawn(
+        &self,
+        cmd: &mut Command,
+        slot: Arc<ExitSlot>,
+        register: impl FnOnce(u32),
+    ) -> io::Result<std::process::Child> {
         let mut st = self.lock();
         let child = cmd.spawn()?;
         st.waiting.insert(child.id() as i32, slot);
+        register(child.id());
         st.generation += 1;
         self.spawned.notify_all();
         Ok(child)
@@ -333,7 +336,7 @@ fn handle(mut conn: UnixStream, reaper: &Reaper) -> io::Result<()> {
                 pid: std::process::id(),
             },
         ),
-        Request::Exec(req) => exec(conn, req, reaper),
+        Request::Exec(req) => procs::exec(conn, req, reaper),
         Request::Quiesce => {
             // This connection is one of the open ones.
             if OPEN.load(Ordering::SeqCst) > 1 {
@@ -345,40 +348,23 @@ fn handle(mut conn: UnixStream, reaper: &Reaper) -> io::Result<()> {
             QUIESCE.store(ASKED, Ordering::SeqCst);
             write_json(&mut conn, &Event::Quiesced)
         }
-        _ => write_json(
-            &mut conn,
-            &Event::error(ErrorKind::Invalid, "not implemented yet"),
-        ),
-    }
-}
-
-fn build_command(req: &ExecRequest) -> Result<Command, Event> {
-    let Some((prog, args)) = req.argv.split_first() else {
-        return Err(Event::SpawnFailed {
-            message: "empty command".into(),
-            exit_code: 127,
-        });
-    };
-    let mut cmd = Command::new(prog);
-    cmd.args(args);
-    if std::env::var_os("PATH").is_none() && !req.env.iter().any(|(k, _)| k == "PATH") {
-        cmd.env("PATH", DEFAULT_PATH);
-    }
-    if std::env::var_os("HOME").is_none() {
-        cmd.env("HOME", "/root");
-    }
-    cmd.envs(req.env.iter().map(|(k, v)| (k, v)));
-    if let Some(dir) = &req.cwd {
-        if let Err(e) = std::fs::create_dir_all(dir) {
-            return Err(Event::SpawnFailed {
-                message: format!("working directory {dir}: {e}"),
-                exit_code: 126,
-            });
+        Request::Connect { pid } => procs::connect(conn, pid),
+        Request::SendInput { pid, data_b64 } => {
+            write_json(&mut conn, &procs::send_input(pid, &data_b64))
         }
-        cmd.current_dir(dir);
+        Request::CloseStdin { pid } => write_json(&mut conn, &procs::close_stdin(pid)),
+        Request::Signal { pid, signal } => write_json(&mut conn, &procs::signal(pid, signal)),
+        Request::Resize { pid, cols, rows } => {
+            write_json(&mut conn, &procs::resize(pid, cols, rows))
+        }
+        Request::List => write_json(&mut conn, &procs::list()),
+        Request::Stat { path } => write_json(&mut conn, &files::stat(&path)),
+        Request::ListDir { path, depth } => write_json(&mut conn, &files::list_dir(&path, depth)),
+        Request::MakeDir { path } => write_json(&mut conn, &files::make_dir(&path)),
+        Request::Move { from, to } => write_json(&mut conn, &files::rename(&from, &to)),
+        Request::Remove { path } => write_json(&mut conn, &files::remove(&path)),
+        Request::Watch { path, recursive } => files::watch(conn, &path, recursive),
     }
-    cmd.process_group(0);
-    Ok(cmd)
 }
 
 /// Runs `f` on a thread of its own, or says why not (the box may be out of processes).
@@ -480,334 +466,4 @@ fn nonblocking(fd: &impl std::os::fd::AsFd) -> io::Result<()> {
     let flags = OFlag::from_bits_truncate(fcntl(raw, FcntlArg::F_GETFL).map_err(io::Error::from)?);
     fcntl(raw, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK)).map_err(io::Error::from)?;
     Ok(())
-}
-
-/// Frames from the host while a process runs: stdin data, parsed from what arrives.
-#[derive(Default)]
-struct Input {
-    buf: Vec<u8>,
-}
-
-enum InputEvent {
-    Stdin(Vec<u8>),
-    /// The connection ended or sent garbage.
-    Gone,
-}
-
-impl Input {
-    /// Takes what the socket has (without blocking) and returns the complete frames.
-    fn pump(&mut self, conn: &UnixStream) -> Vec<InputEvent> {
-        use nix::sys::socket::{recv, MsgFlags};
-        let mut chunk = [0u8; 64 * 1024];
-        let mut out = Vec::new();
-        loop {
-            match recv(conn.as_raw_fd(), &mut chunk, MsgFlags::MSG_DONTWAIT) {
-                Ok(0) => {
-                    out.push(InputEvent::Gone);
-                    return out;
-                }
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(Errno::EINTR) => continue,
-                Err(Errno::EAGAIN) => break,
-                Err(_) => {
-                    out.push(InputEvent::Gone);
-                    return out;
-                }
-            }
-        }
-        while self.buf.len() >= 5 {
-            let header: [u8; 5] = self.buf[..5].try_into().expect("5 bytes");
-            let Ok((kind, len)) = faas_agent::decode_header(header) else {
-                out.push(InputEvent::Gone);
-                return out;
-            };
-            if self.buf.len() < 5 + len {
-                break;
-            }
-            let payload = self.buf[5..5 + len].to_vec();
-            self.buf.drain(..5 + len);
-            if kind == FrameKind::Stdin {
-                out.push(InputEvent::Stdin(payload));
-            }
-        }
-        out
-    }
-}
-
-/// Feeds stdin frames to the process from a thread of its own (a process that does not read
-/// its stdin must not stall the exec's loop); only made for execs that take stdin.
-fn stdin_feeder(mut w: std::io::PipeWriter) -> io::Result<Sender<Vec<u8>>> {
-    let (tx, rx) = mpsc::channel::<Vec<u8>>();
-    thread("stdin", move || {
-        while let Ok(data) = rx.recv() {
-            if data.is_empty() || w.write_all(&data).is_err() {
-                return;
-            }
-        }
-    })?;
-    Ok(tx)
-}
-
-/// One exec: the process's output pipes, the host connection and the reaper's wake-up pipe
-/// are all watched by this one thread with `poll` (no reader threads, so no hand-offs between
-/// threads on the way from the process to the host).
-fn exec(mut conn: UnixStream, req: ExecRequest, reaper: &Reaper) -> io::Result<()> {
-    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    use std::os::fd::AsFd;
-
-    let mut cmd = match build_command(&req) {
-        Ok(c) => c,
-        Err(ev) => return write_json(&mut conn, &ev),
-    };
-    let prepared = (|| -> io::Result<_> {
-        let (out_r, out_w) = std::io::pipe()?;
-        let (err_r, err_w) = std::io::pipe()?;
-        nonblocking(&out_r)?;
-        nonblocking(&err_r)?;
-        cmd.stdout(out_w);
-        cmd.stderr(err_w);
-        let feeder = if req.stdin {
-            let (r, w) = std::io::pipe()?;
-            cmd.stdin(r);
-            Some(stdin_feeder(w)?)
-        } else {
-            cmd.stdin(Stdio::null());
-            None
-        };
-        let (wake_r, wake_w) =
-            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)?;
-        let slot = Arc::new(ExitSlot {
-            status: Mutex::new(None),
-            wake: wake_w,
-        });
-        Ok((out_r, err_r, feeder, wake_r, slot))
-    })();
-    let (out_r, err_r, mut feeder, wake_r, slot) = match prepared {
-        Ok(p) => p,
-        Err(e) => {
-            let message = format!("cannot set up the command's I/O: {e}");
-            return write_json(
-                &mut conn,
-                &Event::SpawnFailed {
-                    message,
-                    exit_code: 126,
-                },
-            );
-        }
-    };
-
-    let oom_before = oom_kills();
-    let start = Instant::now();
-    let spawned = reaper.spawn(&mut cmd, slot.clone());
-    // Our copies of the pipes' child ends go now, so the reads see EOF when the child exits.
-    drop(cmd);
-    let child = match spawned {
-        Ok(c) => c,
-        Err(e) => {
-            let exit_code = if e.kind() == io::ErrorKind::NotFound {
-                127
-            } else {
-                126
-            };
-            let message = format!("{}: {e}", req.argv[0]);
-            return write_json(&mut conn, &Event::SpawnFailed { message, exit_code });
-        }
-    };
-    let pid = child.id();
-    let pgid = Pid::from_raw(pid as i32);
-    write_json(&mut conn, &Event::Started { pid })?;
-
-    let limit = if req.output_limit == 0 {
-        DEFAULT_OUTPUT_LIMIT
-    } else {
-        req.output_limit
-    };
-    let deadline = (req.timeout_ms > 0).then(|| start + Duration::from_millis(req.timeout_ms));
-    let mut info = ExitInfo::default();
-    let mut status: Option<WaitStatus> = None;
-    let mut pipes: [Option<(FrameKind, std::io::PipeReader)>; 2] = [
-        Some((FrameKind::Stdout, out_r)),
-        Some((FrameKind::Stderr, err_r)),
-    ];
-    let mut grace_until = None;
-    let mut captured: u64 = 0;
-    let mut host_gone = false;
-    let mut input = Input::default();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        if status.is_some() && pipes.iter().all(Option::is_none) {
-            break;
-        }
-        let wait_until = if status.is_some() {
-            grace_until
-        } else if info.timed_out || host_gone {
-            None
-        } else {
-            deadline
-        };
-        let timeout = match wait_until {
-            Some(t) => {
-                let left = t.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    if status.is_some() {
-                        break;
-                    }
-                    info.timed_out = true;
-                    let _ = killpg(pgid, Signal::SIGKILL);
-                    continue;
-                }
-                // Rounded up, so a wait never ends before its time.
-                let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
-                PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
-            }
-            None => PollTimeout::NONE,
-        };
-        // What is watched: the open pipes, the host (until it is gone), the exit wake-up
-        // (until the status came).
-        let mut fds: Vec<PollFd> = Vec::with_capacity(4);
-        let mut who: Vec<usize> = Vec::with_capacity(4);
-        for (i, p) in pipes.iter().enumerate() {
-            if let Some((_, r)) = p {
-                fds.push(PollFd::new(r.as_fd(), PollFlags::POLLIN));
-                who.push(i);
-            }
-        }
-        if !host_gone {
-            fds.push(PollFd::new(conn.as_fd(), PollFlags::POLLIN));
-            who.push(2);
-        }
-        if status.is_none() {
-            fds.push(PollFd::new(wake_r.as_fd(), PollFlags::POLLIN));
-            who.push(3);
-        }
-        match poll(&mut fds, timeout) {
-            Ok(_) => {}
-            Err(Errno::EINTR) => continue,
-            Err(e) => return Err(io::Error::from(e)),
-        }
-        let ready: Vec<usize> = fds
-            .iter()
-            .zip(&who)
-            .filter(|(f, _)| f.revents().is_some_and(|r| !r.is_empty()))
-            .map(|(_, w)| *w)
-            .collect();
-        drop(fds);
-        for w in ready {
-            match w {
-                0 | 1 => {
-                    let Some((kind, r)) = pipes[w].as_ref() else {
-                        continue;
-                    };
-                    let kind = *kind;
-                    // Drain what is there; a pipe at EOF (or broken) is closed.
-                    let closed = loop {
-                        match read_ready(r, &mut buf) {
-                            Ok(0) => break true,
-                            Ok(n) => {
-                                let room = limit.saturating_sub(captured) as usize;
-                                let take = n.min(room);
-                                if take < n {
-                                    info.truncated = true;
-                                }
-                                if take > 0 && !host_gone {
-                                    captured += take as u64;
-                                    if write_frame(&mut conn, kind, &buf[..take]).is_err() {
-                                        host_gone = true;
-                                        let _ = killpg(pgid, Signal::SIGKILL);
-                                    }
-                                }
-                            }
-                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break false,
-                            Err(_) => break true,
-                        }
-                    };
-                    if closed {
-                        pipes[w] = None;
-                    }
-                }
-                2 => {
-                    for ev in input.pump(&conn) {
-                        match ev {
-                            InputEvent::Stdin(data) => {
-                                let close = data.is_empty();
-                                if let Some(f) = feeder.as_ref() {
-                                    if f.send(data).is_err() {
-                                        feeder = None;
-                                    }
-                                }
-                                if close {
-                                    feeder = None;
-                                }
-                            }
-                            InputEvent::Gone => {
-                                if status.is_none() && !host_gone {
-                                    let _ = killpg(pgid, Signal::SIGKILL);
-                                }
-                                host_gone = true;
-                                feeder = None;
-                            }
-                        }
-                    }
-                }
-                _ => {
-                    let mut byte = [0u8; 8];
-                    let _ = read_ready(&wake_r, &mut byte);
-                    let got = slot.status.lock().unwrap_or_else(|e| e.into_inner()).take();
-                    if let Some(s) = got {
-                        info.duration_us = start.elapsed().as_micros() as u64;
-                        status = Some(s);
-                        // With nothing left in its process group, nobody in the group holds
-                        // the pipes: their end comes at once, unless this box is too busy,
-                        // so wait for it (bounded). With children left (`cmd &`), which may
-                        // hold the pipes for ever, only a short grace.
-                        let group_empty = killpg(pgid, None) == Err(Errno::ESRCH);
-                        let grace = if group_empty {
-                            EMPTY_GROUP_GRACE
-                        } else {
-                            EXIT_GRACE
-                        };
-                        grace_until = Some(Instant::now() + grace);
-                    }
-                }
-            }
-        }
-    }
-    drop(feeder);
-    if host_gone {
-        return Ok(());
-    }
-    match status {
-        Some(WaitStatus::Exited(_, code)) => info.exit_code = code,
-        Some(WaitStatus::Signaled(_, sig, _)) => {
-            info.signal = Some(sig as i32);
-            info.exit_code = 128 + sig as i32;
-        }
-        other => {
-            let message = format!("process {pid} ended without an exit status ({other:?})");
-            return write_json(&mut conn, &Event::error(ErrorKind::Other, message));
-        }
-    }
-    // Any OOM kill in the box while the command ran: the victim may be the command itself or
-    // one of its children (a shell then reports 137 for it).
-    info.oom_killed = matches!((oom_before, oom_kills()), (Some(a), Some(b)) if b > a);
-    write_json(&mut conn, &Event::Exited(info))?;
-    conn.flush()
-}
-
-/// The sandbox's OOM-kill counter, from its memory cgroup (v2, then v1).
-fn oom_kills() -> Option<u64> {
-    for path in [
-        "/sys/fs/cgroup/memory.events",
-        "/sys/fs/cgroup/memory/memory.oom_control",
-    ] {
-        if let Ok(text) = std::fs::read_to_string(path) {
-            for line in text.lines() {
-                let mut it = line.split_whitespace();
-                if it.next() == Some("oom_kill") {
-                    return it.next().and_then(|v| v.parse().ok());
-                }
-            }
-        }
-    }
-    None
 }

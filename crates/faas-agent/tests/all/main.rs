@@ -1,5 +1,8 @@
 //! The real agent binary, run on the host on a temporary socket, driven through its protocol.
 
+mod files;
+mod procs;
+
 use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -128,7 +131,10 @@ fn ping_answers_with_the_protocol_version() {
     let (_, p) = read_frame(&mut conn).unwrap().unwrap();
     assert!(matches!(
         serde_json::from_slice(&p).unwrap(),
-        Event::Pong { version: 1, .. }
+        Event::Pong {
+            version: faas_agent::PROTOCOL_VERSION,
+            ..
+        }
     ));
 }
 

@@ -1,0 +1,1037 @@
+//! The process table: every process the agent starts, attached or detached, with its newest
+//! output (for late subscribers), its subscribers and its stdin.
+//!
+//! One pump ([`pump`]) per process moves its output (pipes, or a PTY's master) to the host
+//! connection of an attached exec (written directly, the hot path), to the entry's replay
+//! buffer and to its subscribers, each of which has a writer thread of its own fed by a
+//! channel (a slow subscriber stalls nobody but itself).
+
+// An error here is the request's answer, made once per request: its size does not matter.
+#![allow(clippy::result_large_err)]
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError, Sender};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use faas_agent::{
+    write_frame, write_json, ErrorKind, Event, ExecRequest, ExitInfo, FrameKind, ProcessInfo,
+    PtySize, DEFAULT_OUTPUT_LIMIT, ENDED_KEPT, REPLAY_BYTES,
+};
+use nix::errno::Errno;
+use nix::sys::signal::{killpg, Signal};
+use nix::sys::wait::WaitStatus;
+use nix::unistd::Pid;
+
+use crate::{nonblocking, read_ready, thread, ExitSlot, Reaper, DEFAULT_PATH};
+
+/// How long to keep reading output after the process exited, for data still in flight from
+/// children that hold the pipes open.
+const EXIT_GRACE: Duration = Duration::from_millis(100);
+/// The same when no process of its group is left (the readers only need to be scheduled).
+const EMPTY_GROUP_GRACE: Duration = Duration::from_secs(5);
+/// A subscriber with more than this queued (it does not read fast enough) is dropped.
+const SUBSCRIBER_QUEUE: usize = 16 * 1024 * 1024;
+/// How often an idle subscriber's writer checks whether its host went away.
+const SUBSCRIBER_CHECK: Duration = Duration::from_secs(1);
+
+type Chunk = (FrameKind, Arc<[u8]>);
+
+/// One process of the table.
+pub(crate) struct Entry {
+    /// Its description; `running` and `exit` are filled in from `state` when listed.
+    info: ProcessInfo,
+    state: Mutex<State>,
+    io: Mutex<Io>,
+}
+
+struct State {
+    exit: Option<ExitInfo>,
+    replay: VecDeque<Chunk>,
+    replay_len: usize,
+    subs: Vec<Sub>,
+}
+
+/// A subscriber: its writer's channel, what is queued for it, and its connection (a
+/// duplicate, to shut it down when it is dropped, which unblocks its writer).
+struct Sub {
+    id: u64,
+    tx: Sender<Msg>,
+    queued: Arc<AtomicUsize>,
+    conn: UnixStream,
+}
+
+enum Msg {
+    Frame(Chunk),
+    Exit(ExitInfo),
+}
+
+impl Sub {
+    /// Queues `msg`; false when the subscriber is to be dropped.
+    fn offer(&self, msg: Msg, len: usize) -> bool {
+        if self.queued.load(Ordering::Relaxed) + len > SUBSCRIBER_QUEUE {
+            let _ = self.conn.shutdown(std::net::Shutdown::Both);
+            return false;
+        }
+        self.queued.fetch_add(len, Ordering::Relaxed);
+        self.tx.send(msg).is_ok()
+    }
+}
+
+struct Io {
+    stdin: Stdin,
+    /// A PTY's master (for resizes; its feeder has its own reference).
+    master: Option<Arc<OwnedFd>>,
+}
+
+enum Stdin {
+    /// Started without stdin.
+    Absent,
+    /// The feeder's channel (a pipe's or the PTY master's).
+    Open(Sender<Vec<u8>>),
+    Closed,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Entry {
+    fn pid(&self) -> u32 {
+        self.info.pid
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        lock(&self.state)
+    }
+
+    fn running(&self) -> bool {
+        self.state().exit.is_none()
+    }
+
+    fn process_info(&self) -> ProcessInfo {
+        let exit = self.state().exit.clone();
+        ProcessInfo {
+            running: exit.is_none(),
+            exit,
+            ..self.info.clone()
+        }
+    }
+
+    /// Output read from the process: kept for replay and queued for the subscribers.
+    fn output(&self, kind: FrameKind, data: &[u8]) {
+        let chunk: Arc<[u8]> = Arc::from(data);
+        let len = data.len();
+        let mut st = self.state();
+        if !st.subs.is_empty() {
+            st.subs
+                .retain(|s| s.offer(Msg::Frame((kind, chunk.clone())), len));
+        }
+        st.replay.push_back((kind, chunk));
+        st.replay_len += len;
+        // Keep at least REPLAY_BYTES of the newest output.
+        while let Some((_, front)) = st.replay.front() {
+            let n = front.len();
+            if st.replay_len - n < REPLAY_BYTES {
+                break;
+            }
+            st.replay_len -= n;
+            st.replay.pop_front();
+        }
+    }
+
+    /// Registers a subscriber after queueing the kept output (and, for an ended process, the
+    /// exit), atomically with respect to new output.
+    fn subscribe(&self, sub: Sub) {
+        let mut st = self.state();
+        for (kind, data) in &st.replay {
+            let len = data.len();
+            if !sub.offer(Msg::Frame((*kind, data.clone())), len) {
+                return;
+            }
+        }
+        match &st.exit {
+            Some(info) => {
+                let _ = sub.offer(Msg::Exit(info.clone()), 0);
+            }
+            None => st.subs.push(sub),
+        }
+    }
+
+    fn unsubscribe(&self, id: u64) {
+        self.state().subs.retain(|s| s.id != id);
+    }
+
+    fn send_input(&self, data: Vec<u8>) -> Result<(), Event> {
+        let pid = self.pid();
+        let io = lock(&self.io);
+        match &io.stdin {
+            Stdin::Open(tx) => tx.send(data).map_err(|_| {
+                Event::error(
+                    ErrorKind::Invalid,
+                    format!("process {pid}: stdin is closed"),
+                )
+            }),
+            Stdin::Absent => Err(Event::error(
+                ErrorKind::Invalid,
+                format!("process {pid} was started without stdin"),
+            )),
+            Stdin::Closed if !self.running() => Err(Event::error(
+                ErrorKind::Invalid,
+                format!("process {pid} has ended"),
+            )),
+            Stdin::Closed => Err(Event::error(
+                ErrorKind::Invalid,
+                format!("process {pid}: stdin is closed"),
+            )),
+        }
+    }
+
+    /// Closes stdin (a PTY gets `^D` instead); a no-op when it is closed already.
+    fn close_stdin(&self) {
+        let mut io = lock(&self.io);
+        if self.info.pty {
+            if let Stdin::Open(tx) = &io.stdin {
+                let _ = tx.send(vec![4]);
+            }
+        } else if matches!(io.stdin, Stdin::Open(_)) {
+            io.stdin = Stdin::Closed;
+        }
+    }
+}
+
+/// The table: entries by pid, and the ended ones' pids, oldest first.
+#[derive(Default)]
+struct Table {
+    procs: HashMap<u32, Arc<Entry>>,
+    ended: VecDeque<u32>,
+}
+
+static TABLE: LazyLock<Mutex<Table>> = LazyLock::new(Default::default);
+
+fn table() -> MutexGuard<'static, Table> {
+    lock(&TABLE)
+}
+
+fn get(pid: u32) -> Option<Arc<Entry>> {
+    table().procs.get(&pid).cloned()
+}
+
+fn insert(entry: Arc<Entry>) {
+    let pid = entry.pid();
+    let mut t = table();
+    // A new process with the pid of an ended one replaces it.
+    if t.procs.insert(pid, entry).is_some() {
+        t.ended.retain(|p| *p != pid);
+    }
+}
+
+/// The process ended: recorded as such (in the table, atomically with respect to `list`),
+/// then its subscribers are told and its input is closed.
+fn finish(entry: &Arc<Entry>, info: ExitInfo) {
+    let pid = entry.pid();
+    let subs = {
+        let mut t = table();
+        let subs = {
+            let mut st = entry.state();
+            st.exit = Some(info.clone());
+            std::mem::take(&mut st.subs)
+        };
+        if t.procs.get(&pid).is_some_and(|e| Arc::ptr_eq(e, entry)) {
+            t.ended.push_back(pid);
+            while t.ended.len() > ENDED_KEPT {
+                if let Some(old) = t.ended.pop_front() {
+                    t.procs.remove(&old);
+                }
+            }
+        }
+        subs
+    };
+    for s in subs {
+        let _ = s.offer(Msg::Exit(info.clone()), 0);
+    }
+    let mut io = lock(&entry.io);
+    if matches!(io.stdin, Stdin::Open(_)) {
+        io.stdin = Stdin::Closed;
+    }
+    io.master = None;
+}
+
+/// [`Request::List`](faas_agent::Request::List): running processes (by start), then ended
+/// ones (newest last).
+pub(crate) fn list() -> Event {
+    let (mut running, ended): (Vec<Arc<Entry>>, Vec<Arc<Entry>>) = {
+        let t = table();
+        let ended = t
+            .ended
+            .iter()
+            .filter_map(|p| t.procs.get(p).cloned())
+            .collect();
+        let running = t.procs.values().filter(|e| e.running()).cloned().collect();
+        (running, ended)
+    };
+    running.sort_by_key(|e| (e.info.started_at_ms, e.pid()));
+    let processes = running
+        .iter()
+        .chain(&ended)
+        .map(|e| e.process_info())
+        .collect();
+    Event::Processes { processes }
+}
+
+fn not_found(pid: u32) -> Event {
+    Event::error(ErrorKind::NotFound, format!("no process {pid}"))
+}
+
+/// [`Request::Connect`](faas_agent::Request::Connect): this connection's thread is the
+/// subscriber's writer.
+pub(crate) fn connect(mut conn: UnixStream, pid: u32) -> io::Result<()> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let Some(entry) = get(pid) else {
+        return write_json(&mut conn, &not_found(pid));
+    };
+    let (tx, rx) = mpsc::channel();
+    let queued = Arc::new(AtomicUsize::new(0));
+    let id = NEXT.fetch_add(1, Ordering::Relaxed);
+    entry.subscribe(Sub {
+        id,
+        tx,
+        queued: queued.clone(),
+        conn: conn.try_clone()?,
+    });
+    let r = (|| loop {
+        match rx.recv_timeout(SUBSCRIBER_CHECK) {
+            Ok(Msg::Frame((kind, data))) => {
+                write_frame(&mut conn, kind, &data)?;
+                queued.fetch_sub(data.len(), Ordering::Relaxed);
+            }
+            Ok(Msg::Exit(info)) => {
+                write_json(&mut conn, &Event::Exited(info))?;
+                return conn.flush();
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                if !peer_alive(&conn) {
+                    return Ok(());
+                }
+            }
+            // Dropped (too slow).
+            Err(RecvTimeoutError::Disconnected) => return Ok(()),
+        }
+    })();
+    entry.unsubscribe(id);
+    drop(entry);
+    match r {
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        r => r,
+    }
+}
+
+/// Whether the host is still there (reads and drops whatever it sent).
+pub(crate) fn peer_alive(conn: &UnixStream) -> bool {
+    use nix::sys::socket::{recv, MsgFlags};
+    let mut scratch = [0u8; 4096];
+    loop {
+        match recv(conn.as_raw_fd(), &mut scratch, MsgFlags::MSG_DONTWAIT) {
+            Ok(0) => return false,
+            Ok(_) | Err(Errno::EINTR) => continue,
+            Err(Errno::EAGAIN) => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+pub(crate) fn send_input(pid: u32, data_b64: &str) -> Event {
+    let Some(entry) = get(pid) else {
+        return not_found(pid);
+    };
+    let Some(data) = base64_decode(data_b64) else {
+        return Event::error(ErrorKind::Invalid, "data_b64 is not valid base64");
+    };
+    if data.is_empty() {
+        return Event::Done;
+    }
+    match entry.send_input(data) {
+        Ok(()) => Event::Done,
+        Err(ev) => ev,
+    }
+}
+
+pub(crate) fn close_stdin(pid: u32) -> Event {
+    let Some(entry) = get(pid) else {
+        return not_found(pid);
+    };
+    entry.close_stdin();
+    Event::Done
+}
+
+pub(crate) fn signal(pid: u32, signal: i32) -> Event {
+    let Ok(sig) = Signal::try_from(signal) else {
+        return Event::error(ErrorKind::Invalid, format!("invalid signal {signal}"));
+    };
+    let Some(entry) = get(pid) else {
+        return not_found(pid);
+    };
+    if !entry.running() {
+        return Event::Done;
+    }
+    // Every process runs in a group of its own (a PTY's is a session leader): its pid.
+    match killpg(Pid::from_raw(pid as i32), sig) {
+        Ok(()) | Err(Errno::ESRCH) => Event::Done,
+        Err(e @ Errno::EPERM) => Event::error(ErrorKind::Denied, format!("process {pid}: {e}")),
+        Err(e) => Event::error(ErrorKind::Other, format!("process {pid}: {e}")),
+    }
+}
+
+pub(crate) fn resize(pid: u32, cols: u16, rows: u16) -> Event {
+    let Some(entry) = get(pid) else {
+        return not_found(pid);
+    };
+    if !entry.info.pty {
+        return Event::error(ErrorKind::Invalid, format!("process {pid} has no terminal"));
+    }
+    let Some(master) = lock(&entry.io).master.clone() else {
+        // Ended: nothing to resize.
+        return Event::Done;
+    };
+    match set_winsize(&master, PtySize { cols, rows }) {
+        Ok(()) => Event::Done,
+        Err(e) => Event::error(ErrorKind::Other, format!("process {pid}: resize: {e}")),
+    }
+}
+
+fn winsize(size: PtySize) -> nix::pty::Winsize {
+    nix::pty::Winsize {
+        ws_row: size.rows,
+        ws_col: size.cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    }
+}
+
+#[allow(unsafe_code)]
+fn set_winsize(master: &OwnedFd, size: PtySize) -> io::Result<()> {
+    let ws = winsize(size);
+    // SAFETY: TIOCSWINSZ reads one `struct winsize` from the pointer, which points to a live,
+    // initialized one; the fd is a PTY master we own.
+    let r = unsafe {
+        nix::libc::ioctl(
+            master.as_raw_fd(),
+            nix::libc::TIOCSWINSZ as _,
+            &ws as *const nix::pty::Winsize,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Standard alphabet; padding optional.
+fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    let s = s.trim_end();
+    let body = s
+        .strip_suffix("==")
+        .or_else(|| s.strip_suffix('='))
+        .unwrap_or(s);
+    let mut out = Vec::with_capacity(body.len() / 4 * 3 + 3);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for c in body.bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    // One character left over (length 1 mod 4) cannot be.
+    (bits < 6).then_some(out)
+}
+
+pub(crate) fn build_command(req: &ExecRequest) -> Result<Command, Event> {
+    let Some((prog, args)) = req.argv.split_first() else {
+        return Err(Event::SpawnFailed {
+            message: "empty command".into(),
+            exit_code: 127,
+        });
+    };
+    let mut cmd = Command::new(prog);
+    cmd.args(args);
+    if std::env::var_os("PATH").is_none() && !req.env.iter().any(|(k, _)| k == "PATH") {
+        cmd.env("PATH", DEFAULT_PATH);
+    }
+    if std::env::var_os("HOME").is_none() {
+        cmd.env("HOME", "/root");
+    }
+    if req.pty.is_some() && !req.env.iter().any(|(k, _)| k == "TERM") {
+        cmd.env("TERM", "xterm-256color");
+    }
+    cmd.envs(req.env.iter().map(|(k, v)| (k, v)));
+    if let Some(dir) = &req.cwd {
+        if let Err(e) = std::fs::create_dir_all(dir) {
+            return Err(Event::SpawnFailed {
+                message: format!("working directory {dir}: {e}"),
+                exit_code: 126,
+            });
+        }
+        cmd.current_dir(dir);
+    }
+    // A PTY process makes its own session (and so its group) in `pre_exec`; setsid fails
+    // for a group leader.
+    if req.pty.is_none() {
+        cmd.process_group(0);
+    }
+    Ok(cmd)
+}
+
+/// Frames from the host while a process runs: stdin data, parsed from what arrives.
+#[derive(Default)]
+struct Input {
+    buf: Vec<u8>,
+}
+
+enum InputEvent {
+    Stdin(Vec<u8>),
+    /// The connection ended or sent garbage.
+    Gone,
+}
+
+impl Input {
+    /// Takes what the socket has (without blocking) and returns the complete frames.
+    fn pump(&mut self, conn: &UnixStream) -> Vec<InputEvent> {
+        use nix::sys::socket::{recv, MsgFlags};
+        let mut chunk = [0u8; 64 * 1024];
+        let mut out = Vec::new();
+        loop {
+            match recv(conn.as_raw_fd(), &mut chunk, MsgFlags::MSG_DONTWAIT) {
+                Ok(0) => {
+                    out.push(InputEvent::Gone);
+                    return out;
+                }
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(Errno::EINTR) => continue,
+                Err(Errno::EAGAIN) => break,
+                Err(_) => {
+                    out.push(InputEvent::Gone);
+                    return out;
+                }
+            }
+        }
+        while self.buf.len() >= 5 {
+            let header: [u8; 5] = self.buf[..5].try_into().expect("5 bytes");
+            let Ok((kind, len)) = faas_agent::decode_header(header) else {
+                out.push(InputEvent::Gone);
+                return out;
+            };
+            if self.buf.len() < 5 + len {
+                break;
+            }
+            let payload = self.buf[5..5 + len].to_vec();
+            self.buf.drain(..5 + len);
+            if kind == FrameKind::Stdin {
+                out.push(InputEvent::Stdin(payload));
+            }
+        }
+        out
+    }
+}
+
+/// Feeds stdin to the process from a thread of its own (a process that does not read its
+/// stdin must not stall anything); only made for processes that take stdin.
+fn stdin_feeder(mut w: std::io::PipeWriter) -> io::Result<Sender<Vec<u8>>> {
+    let (tx, rx) = mpsc::channel::<Vec<u8>>();
+    thread("stdin", move || {
+        while let Ok(data) = rx.recv() {
+            if data.is_empty() || w.write_all(&data).is_err() {
+                return;
+            }
+        }
+    })?;
+    Ok(tx)
+}
+
+/// The same for a PTY's master, which is non-blocking (the pump polls it).
+fn pty_feeder(master: Arc<OwnedFd>) -> io::Result<Sender<Vec<u8>>> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let (tx, rx) = mpsc::channel::<Vec<u8>>();
+    thread("pty-in", move || {
+        while let Ok(data) = rx.recv() {
+            let mut rest = &data[..];
+            while !rest.is_empty() {
+                match nix::unistd::write(&master, rest) {
+                    Ok(n) => rest = &rest[n..],
+                    Err(Errno::EINTR) => {}
+                    Err(Errno::EAGAIN) => {
+                        let mut fds = [PollFd::new(master.as_fd(), PollFlags::POLLOUT)];
+                        let _ = poll(&mut fds, PollTimeout::from(1000u16));
+                    }
+                    // EIO: the terminal is gone.
+                    Err(_) => return,
+                }
+            }
+        }
+    })?;
+    Ok(tx)
+}
+
+/// What the pump reads: an output pipe, or a PTY's master.
+enum Out {
+    Pipe(std::io::PipeReader),
+    Pty(Arc<OwnedFd>),
+}
+
+impl AsFd for Out {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Out::Pipe(p) => p.as_fd(),
+            Out::Pty(m) => m.as_fd(),
+        }
+    }
+}
+
+/// A PTY (master, slave) pair, both close-on-exec. Opened under the reaper's lock, which
+/// every fork of the agent holds, so no child started meanwhile inherits them (a stray copy
+/// of the slave would keep the terminal open after its process ended).
+fn open_pty(reaper: &Reaper, size: PtySize) -> io::Result<(OwnedFd, OwnedFd)> {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    let _forks = reaper.lock();
+    let pty = nix::pty::openpty(Some(&winsize(size)), None).map_err(io::Error::from)?;
+    for fd in [&pty.master, &pty.slave] {
+        fcntl(fd.as_raw_fd(), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).map_err(io::Error::from)?;
+    }
+    Ok((pty.master, pty.slave))
+}
+
+#[allow(unsafe_code)]
+fn make_controlling_terminal(cmd: &mut Command) {
+    // SAFETY: runs in the forked child before exec, and only makes system calls (setsid, and
+    // ioctl on fd 0, the PTY's slave by then): no allocation, no lock.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid().map_err(io::Error::from)?;
+            if nix::libc::ioctl(0, nix::libc::TIOCSCTTY as _, 0) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Everything the pump of one process needs.
+struct Pump {
+    entry: Arc<Entry>,
+    outputs: [Option<(FrameKind, Out)>; 2],
+    wake_r: OwnedFd,
+    slot: Arc<ExitSlot>,
+    start: Instant,
+    deadline: Option<Instant>,
+    /// The output cap (attached execs only).
+    limit: Option<u64>,
+    oom_before: Option<u64>,
+}
+
+/// [`Request::Exec`](faas_agent::Request::Exec), attached or detached.
+pub(crate) fn exec(mut conn: UnixStream, req: ExecRequest, reaper: &Reaper) -> io::Result<()> {
+    let mut cmd = match build_command(&req) {
+        Ok(c) => c,
+        Err(ev) => return write_json(&mut conn, &ev),
+    };
+    let prepared = (|| -> io::Result<_> {
+        let (outputs, stdin, master) = match req.pty {
+            Some(size) => {
+                let (master, slave) = open_pty(reaper, size)?;
+                nonblocking(&master)?;
+                cmd.stdin(Stdio::from(slave.try_clone()?));
+                cmd.stdout(Stdio::from(slave.try_clone()?));
+                cmd.stderr(Stdio::from(slave));
+                make_controlling_terminal(&mut cmd);
+                let master = Arc::new(master);
+                let feeder = pty_feeder(master.clone())?;
+                (
+                    [Some((FrameKind::Pty, Out::Pty(master.clone()))), None],
+                    Stdin::Open(feeder),
+                    Some(master),
+                )
+            }
+            None => {
+                let (out_r, out_w) = std::io::pipe()?;
+                let (err_r, err_w) = std::io::pipe()?;
+                nonblocking(&out_r)?;
+                nonblocking(&err_r)?;
+                cmd.stdout(out_w);
+                cmd.stderr(err_w);
+                let stdin = if req.stdin {
+                    let (r, w) = std::io::pipe()?;
+                    cmd.stdin(r);
+                    Stdin::Open(stdin_feeder(w)?)
+                } else {
+                    cmd.stdin(Stdio::null());
+                    Stdin::Absent
+                };
+                (
+                    [
+                        Some((FrameKind::Stdout, Out::Pipe(out_r))),
+                        Some((FrameKind::Stderr, Out::Pipe(err_r))),
+                    ],
+                    stdin,
+                    None,
+                )
+            }
+        };
+        let (wake_r, wake_w) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)?;
+        let slot = Arc::new(ExitSlot {
+            status: Mutex::new(None),
+            wake: wake_w,
+        });
+        Ok((outputs, Io { stdin, master }, wake_r, slot))
+    })();
+    let (outputs, entry_io, wake_r, slot) = match prepared {
+        Ok(p) => p,
+        Err(e) => {
+            let message = format!("cannot set up the command's I/O: {e}");
+            return write_json(
+                &mut conn,
+                &Event::SpawnFailed {
+                    message,
+                    exit_code: 126,
+                },
+            );
+        }
+    };
+
+    let oom_before = oom_kills();
+    let start = Instant::now();
+    let started_at_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let mut entry_io = Some(entry_io);
+    let mut entry = None;
+    let spawned = reaper.spawn(&mut cmd, slot.clone(), |pid| {
+        // Registered before the process can be reaped (so before its pid can be reused).
+        let e = Arc::new(Entry {
+            info: ProcessInfo {
+                pid,
+                tag: req.tag.clone(),
+                argv: req.argv.clone(),
+                env: req.env.clone(),
+                cwd: req.cwd.clone(),
+                pty: req.pty.is_some(),
+                running: true,
+                exit: None,
+                started_at_ms,
+            },
+            state: Mutex::new(State {
+                exit: None,
+                replay: VecDeque::new(),
+                replay_len: 0,
+                subs: Vec::new(),
+            }),
+            io: Mutex::new(entry_io.take().expect("registered once")),
+        });
+        insert(e.clone());
+        entry = Some(e);
+    });
+    // Our copies of the child's ends go now, so the reads see EOF when the child exits.
+    drop(cmd);
+    if let Err(e) = spawned {
+        let exit_code = if e.kind() == io::ErrorKind::NotFound {
+            127
+        } else {
+            126
+        };
+        let message = format!("{}: {e}", req.argv[0]);
+        return write_json(&mut conn, &Event::SpawnFailed { message, exit_code });
+    }
+    let entry = entry.expect("registered at the spawn");
+    let pid = entry.pid();
+    let p = Pump {
+        entry: entry.clone(),
+        outputs,
+        wake_r,
+        slot,
+        start,
+        deadline: (req.timeout_ms > 0).then(|| start + Duration::from_millis(req.timeout_ms)),
+        limit: (!req.detach).then_some(if req.output_limit == 0 {
+            DEFAULT_OUTPUT_LIMIT
+        } else {
+            req.output_limit
+        }),
+        oom_before,
+    };
+    if req.detach {
+        if let Err(e) = thread("pump", move || {
+            if let Err(e) = pump(p, None) {
+                eprintln!("faas-agent: process {pid}: {e}");
+            }
+        }) {
+            // Nobody could watch it: it does not run.
+            let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            finish(
+                &entry,
+                ExitInfo {
+                    exit_code: 137,
+                    signal: Some(9),
+                    ..Default::default()
+                },
+            );
+            let message = format!("process {pid} killed: no thread to watch it: {e}");
+            return write_json(&mut conn, &Event::error(ErrorKind::Other, message));
+        }
+        return write_json(&mut conn, &Event::Started { pid });
+    }
+    write_json(&mut conn, &Event::Started { pid })?;
+    pump(p, Some(conn))
+}
+
+/// One process's I/O until it ended: its outputs, the host connection (attached execs) and
+/// the reaper's wake-up pipe are all watched by this one thread with `poll` (no reader
+/// threads, so no hand-offs between threads on the way from the process to the host).
+fn pump(p: Pump, mut conn: Option<UnixStream>) -> io::Result<()> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+
+    let Pump {
+        entry,
+        mut outputs,
+        wake_r,
+        slot,
+        start,
+        deadline,
+        limit,
+        oom_before,
+    } = p;
+    let pid = entry.pid();
+    let pgid = Pid::from_raw(pid as i32);
+    let mut info = ExitInfo::default();
+    let mut status: Option<WaitStatus> = None;
+    let mut grace_until = None;
+    let mut captured: u64 = 0;
+    let mut input = Input::default();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut failure = None;
+    loop {
+        if status.is_some() && outputs.iter().all(Option::is_none) {
+            break;
+        }
+        let wait_until = if status.is_some() {
+            grace_until
+        } else if info.timed_out || (limit.is_some() && conn.is_none()) {
+            // Killed already (timed out, or its host went away).
+            None
+        } else {
+            deadline
+        };
+        let timeout = match wait_until {
+            Some(t) => {
+                let left = t.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    if status.is_some() {
+                        break;
+                    }
+                    info.timed_out = true;
+                    let _ = killpg(pgid, Signal::SIGKILL);
+                    continue;
+                }
+                // Rounded up, so a wait never ends before its time.
+                let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+                PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
+            }
+            None => PollTimeout::NONE,
+        };
+        // What is watched: the open outputs, the host (until it is gone), the exit wake-up
+        // (until the status came).
+        let mut fds: Vec<PollFd> = Vec::with_capacity(4);
+        let mut who: Vec<usize> = Vec::with_capacity(4);
+        for (i, o) in outputs.iter().enumerate() {
+            if let Some((_, r)) = o {
+                fds.push(PollFd::new(r.as_fd(), PollFlags::POLLIN));
+                who.push(i);
+            }
+        }
+        if let Some(c) = &conn {
+            fds.push(PollFd::new(c.as_fd(), PollFlags::POLLIN));
+            who.push(2);
+        }
+        if status.is_none() {
+            fds.push(PollFd::new(wake_r.as_fd(), PollFlags::POLLIN));
+            who.push(3);
+        }
+        match poll(&mut fds, timeout) {
+            Ok(_) => {}
+            Err(Errno::EINTR) => continue,
+            Err(e) => {
+                let _ = killpg(pgid, Signal::SIGKILL);
+                failure = Some(format!("process {pid}: poll: {e}"));
+                break;
+            }
+        }
+        let ready: Vec<usize> = fds
+            .iter()
+            .zip(&who)
+            .filter(|(f, _)| f.revents().is_some_and(|r| !r.is_empty()))
+            .map(|(_, w)| *w)
+            .collect();
+        drop(fds);
+        for w in ready {
+            match w {
+                0 | 1 => {
+                    let Some((kind, r)) = outputs[w].as_ref() else {
+                        continue;
+                    };
+                    let kind = *kind;
+                    // Drain what is there; an output at EOF (or broken: EIO on a PTY's master
+                    // once its slave side is closed) is closed.
+                    let closed = loop {
+                        match read_ready(r, &mut buf) {
+                            Ok(0) => break true,
+                            Ok(n) => {
+                                let take = match limit {
+                                    Some(limit) => {
+                                        let room = limit.saturating_sub(captured) as usize;
+                                        n.min(room)
+                                    }
+                                    None => n,
+                                };
+                                if take < n {
+                                    info.truncated = true;
+                                }
+                                if take == 0 {
+                                    continue;
+                                }
+                                captured += take as u64;
+                                let data = &buf[..take];
+                                if let Some(c) = conn.as_mut() {
+                                    if write_frame(c, kind, data).is_err() {
+                                        conn = None;
+                                        let _ = killpg(pgid, Signal::SIGKILL);
+                                    }
+                                }
+                                entry.output(kind, data);
+                            }
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break false,
+                            Err(_) => break true,
+                        }
+                    };
+                    if closed {
+                        outputs[w] = None;
+                    }
+                }
+                2 => {
+                    let Some(c) = conn.as_ref() else { continue };
+                    for ev in input.pump(c) {
+                        match ev {
+                            InputEvent::Stdin(data) if data.is_empty() => entry.close_stdin(),
+                            InputEvent::Stdin(data) => {
+                                let _ = entry.send_input(data);
+                            }
+                            InputEvent::Gone => {
+                                if status.is_none() && conn.is_some() {
+                                    let _ = killpg(pgid, Signal::SIGKILL);
+                                }
+                                conn = None;
+                                entry.close_stdin();
+                            }
+                        }
+                    }
+                }
+                _ => {
+                    let mut byte = [0u8; 8];
+                    let _ = read_ready(&wake_r, &mut byte);
+                    let got = lock(&slot.status).take();
+                    if let Some(s) = got {
+                        info.duration_us = start.elapsed().as_micros() as u64;
+                        status = Some(s);
+                        // With nothing left in its process group, nobody in the group holds
+                        // the outputs: their end comes at once, unless this box is too busy,
+                        // so wait for it (bounded). With children left (`cmd &`), which may
+                        // hold them for ever, only a short grace.
+                        let group_empty = killpg(pgid, None) == Err(Errno::ESRCH);
+                        let grace = if group_empty {
+                            EMPTY_GROUP_GRACE
+                        } else {
+                            EXIT_GRACE
+                        };
+                        grace_until = Some(Instant::now() + grace);
+                    }
+                }
+            }
+        }
+    }
+    drop(outputs);
+    drop(wake_r);
+    match status {
+        Some(WaitStatus::Exited(_, code)) => info.exit_code = code,
+        Some(WaitStatus::Signaled(_, sig, _)) => {
+            info.signal = Some(sig as i32);
+            info.exit_code = 128 + sig as i32;
+        }
+        other => {
+            let message = failure.unwrap_or_else(|| {
+                format!("process {pid} ended without an exit status ({other:?})")
+            });
+            info.exit_code = -1;
+            finish(&entry, info);
+            return match conn {
+                Some(mut c) => write_json(&mut c, &Event::error(ErrorKind::Other, message)),
+                None => Err(io::Error::other(message)),
+            };
+        }
+    }
+    // Any OOM kill in the box while the command ran: the victim may be the command itself or
+    // one of its children (a shell then reports 137 for it).
+    info.oom_killed = matches!((oom_before, oom_kills()), (Some(a), Some(b)) if b > a);
+    finish(&entry, info.clone());
+    let Some(mut conn) = conn else {
+        return Ok(());
+    };
+    write_json(&mut conn, &Event::Exited(info))?;
+    conn.flush()
+}
+
+/// The sandbox's OOM-kill counter, from its memory cgroup (v2, then v1).
+fn oom_kills() -> Option<u64> {
+    for path in [
+        "/sys/fs/cgroup/memory.events",
+        "/sys/fs/cgroup/memory/memory.oom_control",
+    ] {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            for line in text.lines() {
+                let mut it = line.split_whitespace();
+                if it.next() == Some("oom_kill") {
+                    return it.next().and_then(|v| v.parse().ok());
+                }
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::base64_decode;
+
+    #[test]
+    fn base64() {
+        assert_eq!(base64_decode("aGVsbG8=").unwrap(), b"hello");
+        assert_eq!(base64_decode("aGVsbG8").unwrap(), b"hello");
+        assert_eq!(base64_decode("").unwrap(), b"");
+        assert_eq!(base64_decode("AAEC/w==").unwrap(), [0, 1, 2, 255]);
+        assert!(base64_decode("a").is_none());
+        assert!(base64_decode("a$==").is_none());
+    }
+}
