@@ -14,6 +14,7 @@ mod functions;
 mod http;
 mod images;
 mod manage;
+mod procs;
 mod server;
 
 use std::net::SocketAddr;

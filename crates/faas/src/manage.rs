@@ -9,6 +9,7 @@ use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
 use crate::http::{print_json, Api, ApiArgs};
+use crate::procs;
 
 #[derive(Args, Debug)]
 pub struct InstancesArgs {
@@ -33,8 +34,15 @@ pub enum InstancesCmd {
         /// `gvisor` for memory snapshots.
         #[arg(long)]
         isolation: Option<String>,
+        /// A label, KEY=VALUE (repeatable).
+        #[arg(long, value_name = "KEY=VALUE", value_parser = procs::parse_kv)]
+        metadata: Vec<(String, String)>,
     },
-    List,
+    List {
+        /// Only instances with this label, KEY=VALUE (repeatable: all of them).
+        #[arg(long, value_name = "KEY=VALUE", value_parser = procs::parse_kv)]
+        metadata: Vec<(String, String)>,
+    },
     Get {
         id: String,
     },
@@ -81,6 +89,49 @@ pub enum InstancesCmd {
         name: Option<String>,
         #[arg(long)]
         memory: bool,
+    },
+    /// The processes of an instance (running and recently ended).
+    Ps {
+        id: String,
+    },
+    /// Start a process in the background; prints its pid.
+    Spawn(procs::SpawnArgs),
+    /// Follow a process's output; exits with its exit code.
+    Attach {
+        id: String,
+        pid: u32,
+    },
+    /// Write TEXT (or this command's stdin) to a process's stdin.
+    Send {
+        id: String,
+        pid: u32,
+        text: Option<String>,
+        /// Close the process's stdin after.
+        #[arg(long)]
+        close: bool,
+    },
+    /// Send a signal to a process (its group).
+    Kill {
+        id: String,
+        pid: u32,
+        #[arg(long, short = 's', default_value = "SIGTERM")]
+        signal: String,
+    },
+    /// An interactive shell in an instance (like `docker exec -it`); exits with its code.
+    Shell {
+        id: String,
+        /// Columns [default: the local terminal's, else 80].
+        #[arg(long)]
+        cols: Option<u16>,
+        /// Rows [default: the local terminal's, else 24].
+        #[arg(long)]
+        rows: Option<u16>,
+    },
+    /// Files of an instance: ls, stat, mkdir, mv, rm, watch.
+    Fs {
+        id: String,
+        #[command(subcommand)]
+        cmd: procs::FsCmd,
     },
 }
 
@@ -233,16 +284,18 @@ pub async fn instances(a: InstancesArgs) -> anyhow::Result<u8> {
             memory_mb,
             idle_timeout_s,
             isolation,
+            metadata,
         } => {
             let body = json!({"image": image, "name": name, "memory_mb": memory_mb,
                               "idle_timeout_s": idle_timeout_s, "isolation": isolation});
-            let body: serde_json::Map<String, Value> = body
+            let mut body: serde_json::Map<String, Value> = body
                 .as_object()
                 .into_iter()
                 .flatten()
                 .filter(|(_, v)| !v.is_null())
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect();
+            procs::metadata_body(&mut body, &metadata);
             let (_, v) = api
                 .send(api.http.post(api.url("/api/v1/instances")).json(&body))
                 .await?;
@@ -250,8 +303,14 @@ pub async fn instances(a: InstancesArgs) -> anyhow::Result<u8> {
                 println!("{}", v["id"].as_str().unwrap_or_default())
             })
         }
-        InstancesCmd::List => {
-            let (_, v) = api.send(api.http.get(api.url("/api/v1/instances"))).await?;
+        InstancesCmd::List { metadata } => {
+            let (_, v) = api
+                .send(
+                    api.http
+                        .get(api.url("/api/v1/instances"))
+                        .query(&procs::metadata_query(&metadata)),
+                )
+                .await?;
             show(j, &v, |v| {
                 instance_table(v);
             })
@@ -261,6 +320,7 @@ pub async fn instances(a: InstancesArgs) -> anyhow::Result<u8> {
             show(j, &v, |v| {
                 instance_header();
                 instance_row(v);
+                procs::print_metadata(v);
             })
         }
         InstancesCmd::Exec {
@@ -346,6 +406,18 @@ pub async fn instances(a: InstancesArgs) -> anyhow::Result<u8> {
                 println!("{}", v["id"].as_str().unwrap_or_default())
             })
         }
+        InstancesCmd::Ps { id } => procs::ps(&api, j, &id).await,
+        InstancesCmd::Spawn(a) => procs::spawn(&api, j, a).await,
+        InstancesCmd::Attach { id, pid } => procs::attach(&api, j, &id, pid).await,
+        InstancesCmd::Send {
+            id,
+            pid,
+            text,
+            close,
+        } => procs::send(&api, &id, pid, text, close).await,
+        InstancesCmd::Kill { id, pid, signal } => procs::kill(&api, &id, pid, &signal).await,
+        InstancesCmd::Shell { id, cols, rows } => procs::shell(&api, &id, cols, rows).await,
+        InstancesCmd::Fs { id, cmd } => procs::fs(&api, j, &id, cmd).await,
     }
 }
 

@@ -2,6 +2,7 @@
 //! Docker daemon. One binary with a module per area.
 
 mod cli;
+mod cli_procs;
 mod errors;
 mod execute;
 mod functions;
