@@ -9,4 +9,5 @@ mod functions;
 mod instances;
 mod lifecycle;
 mod native;
+mod processes;
 mod support;
