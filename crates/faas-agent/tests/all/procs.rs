@@ -598,3 +598,37 @@ fn terminals_leak_nothing() {
     settle(|| counts(agent).0 == fds, "fds");
     assert!(counts(agent).1 <= threads + 2);
 }
+
+#[test]
+fn a_subscriber_that_does_not_read_stalls_nobody() {
+    let a = start();
+    let pid = detach(&a.socket, sh("sleep 0.3; head -c 64000000 /dev/zero"));
+    // Never reads.
+    let mut stuck = UnixStream::connect(&a.socket).unwrap();
+    write_json(&mut stuck, &Request::Connect { pid }).unwrap();
+    let reader = subscribe(&a.socket, pid);
+    let t = Instant::now();
+    let mut n = 0;
+    loop {
+        match reader.recv_timeout(Duration::from_secs(20)).unwrap() {
+            Got::Out(_, p) => n += p.len(),
+            Got::Ev(Event::Exited(x)) => {
+                assert_eq!(x.exit_code, 0);
+                break;
+            }
+            Got::Ev(ev) => panic!("{ev:?}"),
+        }
+    }
+    assert_eq!(n, 64_000_000);
+    assert!(t.elapsed() < Duration::from_secs(20));
+    // The stuck one was dropped: what it gets ends (maybe mid-frame) before the exit.
+    stuck
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut got = 0;
+    while let Ok(Some((kind, p))) = read_frame(&mut stuck) {
+        assert_ne!(kind, FrameKind::Json, "the dropped subscriber saw the exit");
+        got += p.len();
+    }
+    assert!(got < 64_000_000);
+}
