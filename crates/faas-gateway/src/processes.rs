@@ -168,8 +168,19 @@ async fn terminal(
     State(s): State<AppState>,
     Path(id): Path<String>,
     ApiQuery(q): ApiQuery<TerminalQuery>,
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> ApiResult<Response> {
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rej) => {
+            // An unknown instance is a 404 whatever the request; otherwise say what is missing.
+            s.executor.instance_get(&id).await?;
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                format!("this route is a WebSocket: {}", rej.body_text()),
+            ));
+        }
+    };
     // The shell starts before the upgrade, so a bad request gets its JSON error.
     let started = s
         .executor

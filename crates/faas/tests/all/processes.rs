@@ -14,7 +14,7 @@ async fn create(c: &Client) -> String {
     if gvisor() {
         body["isolation"] = json!("gvisor");
     }
-    let (s, v) = c.post("/api/v1/instances", body).await;
+    let (s, v) = post(&c, "/api/v1/instances", body).await;
     assert_eq!(s, 201, "{v}");
     v["id"].as_str().unwrap().to_string()
 }
@@ -24,20 +24,46 @@ async fn delete(c: &Client, id: &str) {
 }
 
 async fn start(c: &Client, id: &str, body: Value) -> u32 {
-    let (s, v) = c
-        .post(&format!("/api/v1/instances/{id}/processes"), body)
-        .await;
+    let (s, v) = post(&c, &format!("/api/v1/instances/{id}/processes"), body).await;
     assert_eq!(s, 201, "{v}");
     v["pid"].as_u64().unwrap() as u32
 }
 
+/// POSTs a JSON or raw body; the status and the JSON answer (`null` when there is none).
+async fn send(
+    c: &Client,
+    path: &str,
+    json_body: Option<Value>,
+    raw: Option<&[u8]>,
+) -> (u16, Value) {
+    let mut req = c.http.post(format!("{}{path}", c.base));
+    if let Some(b) = json_body {
+        req = req.json(&b);
+    }
+    if let Some(b) = raw {
+        req = req.body(b.to_vec());
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    let body = r.bytes().await.unwrap();
+    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
+async fn post(c: &Client, path: &str, body: Value) -> (u16, Value) {
+    send(c, path, Some(body), None).await
+}
+
+async fn raw(c: &Client, path: &str, body: Vec<u8>) -> (u16, Value) {
+    send(c, path, None, Some(&body)).await
+}
+
 async fn sh(c: &Client, id: &str, cmd: &str) -> Value {
-    let (s, v) = c
-        .post(
-            &format!("/api/v1/instances/{id}/exec"),
-            json!({"command": cmd}),
-        )
-        .await;
+    let (s, v) = post(
+        &c,
+        &format!("/api/v1/instances/{id}/exec"),
+        json!({"command": cmd}),
+    )
+    .await;
     assert_eq!(s, 200, "{v}");
     v
 }
@@ -189,11 +215,11 @@ async fn stdin_signals_and_bad_requests() {
     // cat gets what is sent and ends at close.
     let pid = start(&c, &id, json!({"command": ["cat"], "stdin": true})).await;
     let p = format!("/api/v1/instances/{id}/processes/{pid}");
-    let (s, v) = c.post_raw(&format!("{p}/stdin"), b"hello ".to_vec()).await;
+    let (s, v) = raw(&c, &format!("{p}/stdin"), b"hello ".to_vec()).await;
     assert_eq!(s, 204, "{v}");
-    let (s, _) = c.post_raw(&format!("{p}/stdin"), b"there".to_vec()).await;
+    let (s, _) = raw(&c, &format!("{p}/stdin"), b"there".to_vec()).await;
     assert_eq!(s, 204);
-    let (s, _) = c.post_raw(&format!("{p}/stdin/close"), vec![]).await;
+    let (s, _) = raw(&c, &format!("{p}/stdin/close"), vec![]).await;
     assert_eq!(s, 204);
     let mut ev = Events::open(&c, &events_path(&id, pid)).await;
     let mut out = String::new();
@@ -206,12 +232,12 @@ async fn stdin_signals_and_bad_requests() {
     // SIGTERM ends a sleep.
     let pid = start(&c, &id, json!({"command": ["sleep", "100"]})).await;
     let t0 = Instant::now();
-    let (s, v) = c
-        .post(
-            &format!("/api/v1/instances/{id}/processes/{pid}/signal"),
-            json!({"signal": "SIGTERM"}),
-        )
-        .await;
+    let (s, v) = post(
+        &c,
+        &format!("/api/v1/instances/{id}/processes/{pid}/signal"),
+        json!({"signal": "SIGTERM"}),
+    )
+    .await;
     assert_eq!(s, 204, "{v}");
     let exit = Events::open(&c, &events_path(&id, pid))
         .await
@@ -244,47 +270,47 @@ async fn stdin_signals_and_bad_requests() {
         .get(&format!("/api/v1/instances/{id}/processes/nope/events"))
         .await;
     assert_error(s, &v, 404, "not_found");
-    let (s, v) = c
-        .post_raw(
-            &format!("/api/v1/instances/{id}/processes/999999/stdin"),
-            b"x".to_vec(),
-        )
-        .await;
+    let (s, v) = raw(
+        &c,
+        &format!("/api/v1/instances/{id}/processes/999999/stdin"),
+        b"x".to_vec(),
+    )
+    .await;
     assert_error(s, &v, 404, "not_found");
-    let (s, v) = c
-        .post(
-            &format!("/api/v1/instances/{id}/processes/999999/signal"),
-            json!({"signal": "TERM"}),
-        )
-        .await;
+    let (s, v) = post(
+        &c,
+        &format!("/api/v1/instances/{id}/processes/999999/signal"),
+        json!({"signal": "TERM"}),
+    )
+    .await;
     assert_error(s, &v, 404, "not_found");
-    let (s, v) = c
-        .post(
-            &format!("/api/v1/instances/{id}/processes/{pid}/signal"),
-            json!({"signal": "SIGNOPE"}),
-        )
-        .await;
+    let (s, v) = post(
+        &c,
+        &format!("/api/v1/instances/{id}/processes/{pid}/signal"),
+        json!({"signal": "SIGNOPE"}),
+    )
+    .await;
     assert_error(s, &v, 400, "invalid_request");
-    let (s, v) = c
-        .post(
-            &format!("/api/v1/instances/{id}/processes/{pid}/resize"),
-            json!({"cols": 10, "rows": 10}),
-        )
-        .await;
+    let (s, v) = post(
+        &c,
+        &format!("/api/v1/instances/{id}/processes/{pid}/resize"),
+        json!({"cols": 10, "rows": 10}),
+    )
+    .await;
     assert_error(s, &v, 409, "conflict");
-    let (s, v) = c
-        .post(
-            &format!("/api/v1/instances/{id}/processes"),
-            json!({"command": ""}),
-        )
-        .await;
+    let (s, v) = post(
+        &c,
+        &format!("/api/v1/instances/{id}/processes"),
+        json!({"command": ""}),
+    )
+    .await;
     assert_error(s, &v, 400, "invalid_request");
-    let (s, v) = c
-        .post(
-            "/api/v1/instances/nosuchinstance/processes",
-            json!({"command": "true"}),
-        )
-        .await;
+    let (s, v) = post(
+        &c,
+        "/api/v1/instances/nosuchinstance/processes",
+        json!({"command": "true"}),
+    )
+    .await;
     assert_error(s, &v, 404, "not_found");
     delete(&c, &id).await;
 }
@@ -303,18 +329,13 @@ async fn a_pty_process_sees_its_terminal_resized() {
     let p = format!("/api/v1/instances/{id}/processes/{pid}");
     let mut ev = Events::open(&c, &events_path(&id, pid)).await;
     let mut out = String::new();
-    c.post_raw(&format!("{p}/stdin"), b"stty size\n".to_vec())
-        .await;
+    raw(&c, &format!("{p}/stdin"), b"stty size\n".to_vec()).await;
     ev.until(&mut out, "24 80").await;
-    let (s, v) = c
-        .post(&format!("{p}/resize"), json!({"cols": 120, "rows": 50}))
-        .await;
+    let (s, v) = post(&c, &format!("{p}/resize"), json!({"cols": 120, "rows": 50})).await;
     assert_eq!(s, 204, "{v}");
-    c.post_raw(&format!("{p}/stdin"), b"stty size\n".to_vec())
-        .await;
+    raw(&c, &format!("{p}/stdin"), b"stty size\n".to_vec()).await;
     ev.until(&mut out, "50 120").await;
-    c.post_raw(&format!("{p}/stdin"), b"exit 5\n".to_vec())
-        .await;
+    raw(&c, &format!("{p}/stdin"), b"exit 5\n".to_vec()).await;
     let exit = ev.read_to_exit(&mut out).await;
     assert_eq!(exit["exit_code"], 5, "{exit}; output {out:?}");
     delete(&c, &id).await;
@@ -375,7 +396,9 @@ async fn the_terminal_websocket_runs_a_shell() {
     assert_eq!(exit.unwrap()["exit_code"], 0);
     // A terminal for an unknown instance is a JSON 404 before any upgrade.
     let (s, v) = c.get("/api/v1/instances/nosuchinstance/terminal").await;
-    assert!(s == 404 || s == 400, "{s} {v}");
+    assert_error(s, &v, 404, "not_found");
+    let (s, v) = c.get(&format!("/api/v1/instances/{id}/terminal")).await;
+    assert_error(s, &v, 400, "invalid_request");
     delete(&c, &id).await;
 }
 
@@ -385,17 +408,13 @@ async fn files_inside_an_instance() {
     let c = shared().client();
     let id = create(&c).await;
     let fs = format!("/api/v1/instances/{id}/fs");
-    let (s, v) = c
-        .post(&format!("{fs}/mkdir"), json!({"path": "/work/a/b"}))
-        .await;
+    let (s, v) = post(&c, &format!("{fs}/mkdir"), json!({"path": "/work/a/b"})).await;
     assert_eq!(s, 201, "{v}");
     assert_eq!(
         (v["type"].clone(), v["path"].clone()),
         (json!("dir"), json!("/work/a/b"))
     );
-    let (s, v) = c
-        .post(&format!("{fs}/mkdir"), json!({"path": "/work/a/b"}))
-        .await;
+    let (s, v) = post(&c, &format!("{fs}/mkdir"), json!({"path": "/work/a/b"})).await;
     assert_error(s, &v, 409, "conflict");
     assert_eq!(
         c.put_raw(
@@ -442,12 +461,12 @@ async fn files_inside_an_instance() {
         ["/work/a", "/work/a/b", "/work/a/f.txt", "/work/a/link"]
     );
 
-    let (s, v) = c
-        .post(
-            &format!("{fs}/move"),
-            json!({"from": "/work/a/f.txt", "to": "/work/g.txt"}),
-        )
-        .await;
+    let (s, v) = post(
+        &c,
+        &format!("{fs}/move"),
+        json!({"from": "/work/a/f.txt", "to": "/work/g.txt"}),
+    )
+    .await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(
         (v["path"].clone(), v["size"].clone()),
@@ -468,9 +487,7 @@ async fn files_inside_an_instance() {
     assert_error(s, &v, 400, "invalid_request");
     let (s, v) = c.get(&format!("{fs}/list?path=/work/g.txt/x")).await;
     assert_error(s, &v, 409, "conflict");
-    let (s, v) = c
-        .post(&format!("{fs}/mkdir"), json!({"path": "/work/g.txt/x"}))
-        .await;
+    let (s, v) = post(&c, &format!("{fs}/mkdir"), json!({"path": "/work/g.txt/x"})).await;
     assert_error(s, &v, 409, "conflict");
     let (s, v) = c.get(&format!("{fs}/list?path=/work&depth=0")).await;
     assert_error(s, &v, 400, "invalid_request");
@@ -498,9 +515,12 @@ async fn paths_through_symlinks_stay_inside_the_box() {
         let (s, v) = c.get(&format!("{fs}/stat?path={via}/etc/box-marker")).await;
         assert_eq!(s, 200, "{via}: {v}");
         assert_eq!(v["size"], 4, "{via}: {v}");
-        let (s, v) = c
-            .post(&format!("{fs}/move"), json!({"from": format!("{via}/etc/box-marker"), "to": format!("{via}/etc/box-marker")}))
-            .await;
+        let (s, v) = post(
+            &c,
+            &format!("{fs}/move"),
+            json!({"from": format!("{via}/etc/box-marker"), "to": format!("{via}/etc/box-marker")}),
+        )
+        .await;
         assert_eq!(s, 200, "{via}: {v}");
     }
     // Removing through a link removes the box's file, never the host's.
@@ -515,12 +535,12 @@ async fn watching_a_directory_yields_its_changes_in_order() {
     require_docker!();
     let c = shared().client();
     let id = create(&c).await;
-    let (s, v) = c
-        .post(
-            &format!("/api/v1/instances/{id}/fs/mkdir"),
-            json!({"path": "/w/sub"}),
-        )
-        .await;
+    let (s, v) = post(
+        &c,
+        &format!("/api/v1/instances/{id}/fs/mkdir"),
+        json!({"path": "/w/sub"}),
+    )
+    .await;
     assert_eq!(s, 201, "{v}");
     let mut ev = Events::open(
         &c,
@@ -593,13 +613,23 @@ async fn a_thousand_background_processes_leave_nothing_behind() {
             .await;
         assert_eq!(exit["exit_code"], 0);
     }
-    let after = agent_counts(&c, &id).await;
+    // The last subscriber's writer may still be closing its connection: give it a moment.
+    let mut after = agent_counts(&c, &id).await;
+    for _ in 0..20 {
+        if after.0 == before.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        after = agent_counts(&c, &id).await;
+    }
     assert_eq!(
         after.0, before.0,
         "descriptors before {before:?}, after {after:?}"
     );
+    // Idle threads are kept for reuse: the pool may grow by the few one process uses at once
+    // (under load a thread can be busy a moment longer), never with the number of processes.
     assert!(
-        after.1 <= before.1,
+        after.1 <= before.1 + 4,
         "threads before {before:?}, after {after:?}"
     );
     let (_, v) = c.get(&format!("/api/v1/instances/{id}/processes")).await;
@@ -617,7 +647,7 @@ async fn instances_carry_metadata() {
     if gvisor() {
         body["isolation"] = json!("gvisor");
     }
-    let (s, v) = c.post("/api/v1/instances", body).await;
+    let (s, v) = post(&c, "/api/v1/instances", body).await;
     assert_eq!(s, 201, "{v}");
     let id = v["id"].as_str().unwrap().to_string();
     assert_eq!(v["metadata"]["team"], tag.as_str());
@@ -641,19 +671,19 @@ async fn instances_carry_metadata() {
         ))
         .await;
     assert!(ids(&v).is_empty(), "{v}");
-    let (s, v) = c
-        .post(
-            "/api/v1/instances",
-            json!({"image": IMAGE, "metadata": {"k": "v".repeat(5000)}}),
-        )
-        .await;
+    let (s, v) = post(
+        &c,
+        "/api/v1/instances",
+        json!({"image": IMAGE, "metadata": {"k": "v".repeat(5000)}}),
+    )
+    .await;
     assert_error(s, &v, 400, "invalid_request");
-    let (s, v) = c
-        .post(
-            "/api/v1/instances",
-            json!({"image": IMAGE, "metadata": {"k": 1}}),
-        )
-        .await;
+    let (s, v) = post(
+        &c,
+        "/api/v1/instances",
+        json!({"image": IMAGE, "metadata": {"k": 1}}),
+    )
+    .await;
     assert!(s == 400 || s == 422, "{s} {v}");
     delete(&c, &id).await;
 }
