@@ -23,7 +23,7 @@ use faas_common::{
     MetricsResponse, PoolInfo, PoolsResponse, PrewarmRequest, SnapshotCreateRequest, SnapshotInfo,
     SnapshotsResponse,
 };
-use faas_executor::Executor;
+use faas_executor::Platform;
 use tokio::net::TcpListener;
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
@@ -38,15 +38,15 @@ pub const DEFAULT_BODY_LIMIT: usize = 8 * 1024 * 1024;
 
 #[derive(Clone)]
 pub struct AppState {
-    pub executor: Arc<Executor>,
+    pub platform: Arc<Platform>,
     pub started: Instant,
     pub body_limit: usize,
 }
 
 impl AppState {
-    pub fn new(executor: Arc<Executor>) -> Self {
+    pub fn new(platform: Arc<Platform>) -> Self {
         AppState {
-            executor,
+            platform,
             started: Instant::now(),
             body_limit: DEFAULT_BODY_LIMIT,
         }
@@ -152,7 +152,7 @@ async fn instance_create(
     let req = body.unwrap_or_default();
     Ok((
         StatusCode::CREATED,
-        Json(s.executor.instance_create(req).await?),
+        Json(s.platform.instances.instance_create(req).await?),
     ))
 }
 
@@ -167,7 +167,7 @@ async fn instance_list(
             .filter_map(|(k, v)| Some((k.strip_prefix("metadata.")?.to_string(), v.into_owned())))
             .collect();
     Ok(Json(InstancesResponse {
-        instances: s.executor.instance_list(&filter).await?,
+        instances: s.platform.instances.instance_list(&filter).await?,
     }))
 }
 
@@ -176,7 +176,7 @@ async fn instance_get(
     State(s): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<InstanceInfo>> {
-    Ok(Json(s.executor.instance_get(&id).await?))
+    Ok(Json(s.platform.instances.instance_get(&id).await?))
 }
 
 #[utoipa::path(delete, path = "/api/v1/instances/{id}", tag = "instances", summary = "Delete an instance and its files", params(("id" = String, Path, description = "instance id")), responses((status = 204), (status = "default", description = "an error: `{\"error\": {\"code\", \"message\"}}`", body = faas_common::ErrorBody)))]
@@ -184,7 +184,7 @@ async fn instance_delete(
     State(s): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    s.executor.instance_delete(&id).await?;
+    s.platform.instances.instance_delete(&id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -204,14 +204,14 @@ async fn instance_exec(
     ApiJson(req): ApiJson<InstanceExecRequest>,
 ) -> ApiResult<axum::response::Response> {
     if q.stream {
-        let (rid, rx) = s.executor.instance_exec_stream(&id, req).await?;
+        let (rid, rx) = s.platform.instances.instance_exec_stream(&id, req).await?;
         let mut resp = sse(rx).into_response();
         if let Ok(v) = header::HeaderValue::from_str(&rid) {
             resp.headers_mut().insert("x-request-id", v);
         }
         return Ok(resp);
     }
-    Ok(Json(s.executor.instance_exec(&id, req).await?).into_response())
+    Ok(Json(s.platform.instances.instance_exec(&id, req).await?).into_response())
 }
 
 #[utoipa::path(get, path = "/api/v1/logs/{id}/stream", tag = "execute", summary = "Server-Sent Events of an execution's output (`stdout`, `stderr`, then `exit`)", params(("id" = String, Path, description = "execution (request) id")), responses((status = 200, content_type = "text/event-stream", body = String), (status = "default", description = "an error: `{\"error\": {\"code\", \"message\"}}`", body = faas_common::ErrorBody)))]
@@ -219,11 +219,11 @@ async fn logs_stream(
     State(s): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
-    Ok(sse(s.executor.stream_logs(&id).await?))
+    Ok(sse(s.platform.streams.stream_logs(&id).await?))
 }
 
 fn sse(
-    rx: tokio::sync::mpsc::UnboundedReceiver<faas_executor::streams::OutputEvent>,
+    rx: tokio::sync::mpsc::UnboundedReceiver<faas_executor::services::streams::OutputEvent>,
 ) -> Sse<impl futures::Stream<Item = Result<SseEvent, std::convert::Infallible>>> {
     let events = futures::stream::unfold(rx, |mut rx| async move {
         let ev = rx.recv().await?;
@@ -238,7 +238,7 @@ async fn instance_stop(
     State(s): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<InstanceInfo>> {
-    Ok(Json(s.executor.instance_stop(&id).await?))
+    Ok(Json(s.platform.instances.instance_stop(&id).await?))
 }
 
 #[utoipa::path(post, path = "/api/v1/instances/{id}/start", tag = "instances", summary = "Start a stopped instance", params(("id" = String, Path, description = "instance id")), responses((status = 200, body = faas_common::InstanceInfo), (status = "default", description = "an error: `{\"error\": {\"code\", \"message\"}}`", body = faas_common::ErrorBody)))]
@@ -246,7 +246,7 @@ async fn instance_start(
     State(s): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<InstanceInfo>> {
-    Ok(Json(s.executor.instance_start(&id).await?))
+    Ok(Json(s.platform.instances.instance_start(&id).await?))
 }
 
 #[derive(serde::Deserialize)]
@@ -270,7 +270,7 @@ async fn instance_file_get(
     Query(q): Query<FileQuery>,
 ) -> ApiResult<impl IntoResponse> {
     let path = file_path(q)?;
-    let data = s.executor.instance_read_file(&id, &path).await?;
+    let data = s.platform.instances.instance_read_file(&id, &path).await?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], data))
 }
 
@@ -282,7 +282,8 @@ async fn instance_file_put(
     body: axum::body::Bytes,
 ) -> ApiResult<StatusCode> {
     let path = file_path(q)?;
-    s.executor
+    s.platform
+        .instances
         .instance_write_file(&id, &path, body.to_vec())
         .await?;
     Ok(StatusCode::NO_CONTENT)
@@ -298,7 +299,7 @@ async fn instance_snapshot(
     req.instance_id = Some(id);
     Ok((
         StatusCode::CREATED,
-        Json(s.executor.snapshot_create(req).await?),
+        Json(s.platform.instances.snapshot_create(req).await?),
     ))
 }
 
@@ -311,7 +312,7 @@ async fn instance_fork(
     let count = body.map_or(1, |b| b.count);
     Ok((
         StatusCode::CREATED,
-        Json(s.executor.instance_fork(&id, count).await?),
+        Json(s.platform.instances.instance_fork(&id, count).await?),
     ))
 }
 
@@ -322,14 +323,14 @@ async fn snapshot_create(
 ) -> ApiResult<(StatusCode, Json<SnapshotInfo>)> {
     Ok((
         StatusCode::CREATED,
-        Json(s.executor.snapshot_create(req).await?),
+        Json(s.platform.instances.snapshot_create(req).await?),
     ))
 }
 
 #[utoipa::path(get, path = "/api/v1/snapshots", tag = "snapshots", summary = "List snapshots", responses((status = 200, body = faas_common::SnapshotsResponse), (status = "default", description = "an error: `{\"error\": {\"code\", \"message\"}}`", body = faas_common::ErrorBody)))]
 async fn snapshot_list(State(s): State<AppState>) -> ApiResult<Json<SnapshotsResponse>> {
     Ok(Json(SnapshotsResponse {
-        snapshots: s.executor.snapshot_list().await?,
+        snapshots: s.platform.instances.snapshot_list().await?,
     }))
 }
 
@@ -338,7 +339,7 @@ async fn snapshot_get(
     State(s): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<SnapshotInfo>> {
-    Ok(Json(s.executor.snapshot_get(&id).await?))
+    Ok(Json(s.platform.instances.snapshot_get(&id).await?))
 }
 
 #[utoipa::path(delete, path = "/api/v1/snapshots/{id}", tag = "snapshots", summary = "Delete a snapshot (409 while something depends on it)", params(("id" = String, Path, description = "snapshot id")), responses((status = 204), (status = "default", description = "an error: `{\"error\": {\"code\", \"message\"}}`", body = faas_common::ErrorBody)))]
@@ -346,7 +347,7 @@ async fn snapshot_delete(
     State(s): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    s.executor.snapshot_delete(&id).await?;
+    s.platform.instances.snapshot_delete(&id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -357,7 +358,7 @@ async fn snapshot_restore(
 ) -> ApiResult<(StatusCode, Json<InstanceInfo>)> {
     Ok((
         StatusCode::CREATED,
-        Json(s.executor.snapshot_restore(&id).await?),
+        Json(s.platform.instances.snapshot_restore(&id).await?),
     ))
 }
 
@@ -370,13 +371,13 @@ async fn snapshot_branch(
     let count = body.map_or(1, |b| b.count);
     Ok((
         StatusCode::CREATED,
-        Json(s.executor.snapshot_branch(&id, count).await?),
+        Json(s.platform.instances.snapshot_branch(&id, count).await?),
     ))
 }
 
 #[utoipa::path(get, path = "/health", tag = "system", summary = "Status, version, uptime and each backend's availability", responses((status = 200, body = faas_common::HealthResponse)))]
 async fn health(State(s): State<AppState>) -> Json<HealthResponse> {
-    let default_backend = s.executor.default_backend().map(str::to_string);
+    let default_backend = s.platform.sandboxes.default_backend().map(str::to_string);
     Json(HealthResponse {
         status: if default_backend.is_some() {
             "ok"
@@ -387,8 +388,8 @@ async fn health(State(s): State<AppState>) -> Json<HealthResponse> {
         version: env!("CARGO_PKG_VERSION").into(),
         uptime_s: s.started.elapsed().as_secs_f64(),
         default_backend,
-        default_image: s.executor.config().default_image.clone(),
-        backends: s.executor.backend_statuses(),
+        default_image: s.platform.config().default_image.clone(),
+        backends: s.platform.sandboxes.backend_statuses(),
     })
 }
 
@@ -397,7 +398,7 @@ async fn execute(
     State(s): State<AppState>,
     ApiJson(req): ApiJson<ExecuteRequest>,
 ) -> Result<Json<ExecuteResponse>, ApiError> {
-    Ok(Json(s.executor.execute(req).await?))
+    Ok(Json(s.platform.execute.execute(req).await?))
 }
 
 #[utoipa::path(post, path = "/api/v1/execute/advanced", tag = "execute", summary = "Run a command; `mode` is required", request_body = faas_common::ExecuteRequest, responses((status = 200, body = faas_common::ExecuteResponse), (status = "default", description = "an error: `{\"error\": {\"code\", \"message\"}}`", body = faas_common::ErrorBody)))]
@@ -411,7 +412,7 @@ async fn execute_advanced(
             "mode is required here: one of ephemeral, cached, checkpointed, branched, persistent",
         ));
     }
-    Ok(Json(s.executor.execute(req).await?))
+    Ok(Json(s.platform.execute.execute(req).await?))
 }
 
 #[utoipa::path(post, path = "/api/v1/prewarm", tag = "execute", summary = "Set a warm pool's size and fill it", request_body = faas_common::PrewarmRequest, responses((status = 200, body = faas_common::PoolInfo), (status = "default", description = "an error: `{\"error\": {\"code\", \"message\"}}`", body = faas_common::ErrorBody)))]
@@ -419,33 +420,33 @@ async fn prewarm(
     State(s): State<AppState>,
     ApiJson(req): ApiJson<PrewarmRequest>,
 ) -> Result<Json<PoolInfo>, ApiError> {
-    Ok(Json(s.executor.prewarm(req).await?))
+    Ok(Json(s.platform.execute.prewarm(req).await?))
 }
 
 #[utoipa::path(get, path = "/api/v1/pools", tag = "execute", summary = "Warm pools", responses((status = 200, body = faas_common::PoolsResponse)))]
 async fn pools(State(s): State<AppState>) -> Json<PoolsResponse> {
     Json(PoolsResponse {
-        pools: s.executor.pools(),
+        pools: s.platform.sandboxes.pools(),
     })
 }
 
 #[utoipa::path(get, path = "/api/v1/images", tag = "system", summary = "Images of the native backend's store", responses((status = 200, body = faas_common::ImagesResponse), (status = "default", description = "an error: `{\"error\": {\"code\", \"message\"}}`", body = faas_common::ErrorBody)))]
 async fn images(State(s): State<AppState>) -> Result<Json<ImagesResponse>, ApiError> {
     Ok(Json(ImagesResponse {
-        images: s.executor.images()?,
+        images: s.platform.sandboxes.images()?,
     }))
 }
 
 #[utoipa::path(get, path = "/api/v1/metrics", tag = "system", summary = "Counters as JSON", responses((status = 200, body = faas_common::MetricsResponse)))]
 async fn metrics_json(State(s): State<AppState>) -> Json<MetricsResponse> {
-    Json(s.executor.metrics())
+    Json(s.platform.metrics())
 }
 
 #[utoipa::path(get, path = "/metrics", tag = "system", summary = "Counters in the Prometheus text format", responses((status = 200, content_type = "text/plain", body = String)))]
 async fn metrics_prometheus(State(s): State<AppState>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        prometheus_text(&s.executor.metrics(), &s.executor.pools()),
+        prometheus_text(&s.platform.metrics(), &s.platform.sandboxes.pools()),
     )
 }
 
@@ -550,13 +551,13 @@ mod tests {
     use tower::ServiceExt;
 
     fn app() -> Router {
-        let executor = Executor::new(
-            faas_executor::ExecutorConfig::default(),
+        let platform = Platform::new(
+            faas_executor::PlatformConfig::default(),
             Vec::new(),
             None,
             None,
         );
-        router(AppState::new(executor))
+        router(AppState::new(platform))
     }
 
     /// Every operation of the document is served by its handler: none falls through to the

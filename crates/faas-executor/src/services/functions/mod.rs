@@ -21,9 +21,11 @@ use faas_common::{
 use faas_store::{InvocationFilter, InvocationRecord, NewVersion, Store, VersionRecord};
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::ReadOnlyMount;
+use crate::config::PlatformConfig;
 use crate::error::{Error, Result};
-use crate::service::Executor;
+use crate::sandbox::sandboxes::Sandboxes;
+use crate::sandbox::ReadOnlyMount;
+use crate::services::run;
 use code::CodeForm;
 use runner::{FnConfig, Outcome, Runners, Version, VersionKey};
 
@@ -31,8 +33,12 @@ use runner::{FnConfig, Outcome, Runners, Version, VersionKey};
 pub const MAX_ATTEMPTS: i64 = 10;
 pub const DEFAULT_ATTEMPTS: i64 = 3;
 
-/// The functions part of the executor's state.
-pub struct FunctionState {
+/// The functions service: deploys, invokes, the queue's state and the warm sandboxes.
+pub struct Functions {
+    cfg: PlatformConfig,
+    sandboxes: Arc<Sandboxes>,
+    /// Functions, versions and invocations; `None`: functions are off.
+    store: Option<Store>,
     runners: Runners,
     loaded: Mutex<HashMap<VersionKey, Arc<Version>>>,
     /// Wakes the queue's dispatcher when this server enqueues.
@@ -44,18 +50,21 @@ pub struct FunctionState {
     records_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<InvocationRecord>>>,
 }
 
-impl FunctionState {
-    pub fn new(metrics: Arc<crate::metrics::Metrics>) -> Self {
+impl Functions {
+    pub fn new(cfg: PlatformConfig, sandboxes: Arc<Sandboxes>, store: Option<Store>) -> Arc<Self> {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        FunctionState {
-            runners: Runners::new(metrics),
+        Arc::new(Functions {
+            runners: Runners::new(sandboxes.metrics.clone()),
+            cfg,
+            sandboxes,
+            store,
             loaded: Mutex::new(HashMap::new()),
             enqueued: tokio::sync::Notify::new(),
             cancel: CancellationToken::new(),
             owner: format!("server-{}", uuid::Uuid::new_v4()),
             records: tx,
             records_rx: Mutex::new(Some(rx)),
-        }
+        })
     }
 
     fn loaded(&self) -> std::sync::MutexGuard<'_, HashMap<VersionKey, Arc<Version>>> {
@@ -179,7 +188,7 @@ fn error_value(e: &InvocationError) -> serde_json::Value {
     serde_json::to_value(e).unwrap_or(serde_json::Value::Null)
 }
 
-impl Executor {
+impl Functions {
     fn fn_store(&self) -> Result<&Store> {
         self.store.as_ref().ok_or_else(|| {
             Error::Unsupported("functions need the store, and this server runs without one".into())
@@ -215,7 +224,7 @@ impl Executor {
             code_sha256: v.code_sha256.clone(),
             code_size: cfg.code_size,
             versions: Vec::new(),
-            warm: self.functions.runners.warm(&(name.to_string(), v.version)),
+            warm: self.runners.warm(&(name.to_string(), v.version)),
             created_ms,
             updated_ms,
         })
@@ -280,9 +289,9 @@ impl Executor {
         if cfg.min_warm > 0 {
             let me = self.clone();
             let rec = rec.clone();
-            self.tasks.spawn(async move {
+            self.sandboxes.tasks.spawn(async move {
                 if let Ok(l) = me.load_version(&rec).await {
-                    me.functions.runners.top_up(&l).await;
+                    me.runners.top_up(&l).await;
                 }
             });
         }
@@ -430,7 +439,7 @@ impl Executor {
         let memory = pick(req.memory_mb, base_cfg.as_ref().map(|c| c.memory_mb));
         let cpu = req.cpu_cores.or(base_cfg.as_ref().map(|c| c.cpu_cores));
         let isolation = req.isolation.or(base_cfg.as_ref().map(|c| c.isolation));
-        let spec = self.spec(Some(&image), memory, cpu, isolation)?;
+        let spec = run::spec(&self.cfg, Some(&image), memory, cpu, isolation)?;
         let timeout_ms = pick(req.timeout_ms, base_cfg.as_ref().map(|c| c.timeout_ms))
             .unwrap_or(self.cfg.default_timeout_ms);
         if timeout_ms == 0 || timeout_ms > self.cfg.max_timeout_ms {
@@ -466,7 +475,7 @@ impl Executor {
             .backend
             .or(base_cfg.as_ref().map(|c| c.backend))
             .unwrap_or_default();
-        let b = self.resolve(backend)?;
+        let b = self.sandboxes.resolve(backend)?;
         b.check_image(&spec.image).await?;
         let cfg = FnConfig {
             runtime,
@@ -532,7 +541,7 @@ impl Executor {
         let store = self.fn_store()?;
         let (name, version) = (meta.name.as_str(), meta.version);
         let key = (name.to_string(), version);
-        if let Some(l) = self.functions.loaded().get(&key) {
+        if let Some(l) = self.loaded().get(&key) {
             if l.created_ms == meta.created_ms {
                 return Ok(l.clone());
             }
@@ -544,7 +553,8 @@ impl Executor {
         let cfg: FnConfig = serde_json::from_value(v.config.clone())
             .map_err(|e| Error::Internal(format!("stored config of {name} v{version}: {e}")))?;
         let dir = self.code_dir(&cfg, v.code).await?;
-        let mut spec = self.spec(
+        let mut spec = run::spec(
+            &self.cfg,
             Some(&cfg.image),
             Some(cfg.memory_mb),
             Some(cfg.cpu_cores),
@@ -555,7 +565,7 @@ impl Executor {
             host: dir,
             guest: code::GUEST_CODE_DIR.into(),
         }];
-        let backend = self.resolve(cfg.backend)?;
+        let backend = self.sandboxes.resolve(cfg.backend)?;
         let l = Arc::new(Version {
             key: key.clone(),
             created_ms: v.created_ms,
@@ -563,7 +573,7 @@ impl Executor {
             spec,
             backend,
         });
-        self.functions.loaded().insert(key, l.clone());
+        self.loaded().insert(key, l.clone());
         Ok(l)
     }
 
@@ -610,8 +620,8 @@ impl Executor {
             .delete_function(name, &err)
             .await?
             .ok_or_else(|| Error::NotFound(format!("function {name} not found")))?;
-        self.functions.loaded().retain(|k, _| k.0 != name);
-        self.functions.runners.remove(name, |_| true).await;
+        self.loaded().retain(|k, _| k.0 != name);
+        self.runners.remove(name, |_| true).await;
         Ok(FunctionDeleted {
             name: name.to_string(),
             failed_invocations: failed,
@@ -694,7 +704,7 @@ impl Executor {
             rec.max_attempts = attempts;
             rec.callback_url = q.callback_url;
             let stored = store.insert_invocation(&rec).await?;
-            self.functions.enqueued.notify_one();
+            self.enqueued.notify_one();
             return Ok(Invoked::Queued(InvocationAccepted {
                 invocation_id: stored.id,
                 status: stored.status,
@@ -711,17 +721,16 @@ impl Executor {
         // sandbox is always given back or destroyed.
         let me = self.clone();
         let wait = Duration::from_millis(loaded.cfg.timeout_ms);
-        let run = self.tasks.spawn(async move {
-            let lease = me.functions.runners.lease(&loaded, Some(wait)).await?;
+        let run = self.sandboxes.tasks.spawn(async move {
+            let lease = me.runners.lease(&loaded, Some(wait)).await?;
             rec.started_ms = Some(ms_now());
             let outcome = me
-                .functions
                 .runners
                 .invoke(lease, &loaded, &rec.id, &value, &rec.payload)
                 .await;
             finish(&mut rec, &outcome);
             rec.attempts = 1;
-            let _ = me.functions.records.send(rec.clone());
+            let _ = me.records.send(rec.clone());
             Ok::<_, Error>(info_of(&rec))
         });
         let info = run
@@ -782,9 +791,10 @@ impl Executor {
             .collect())
     }
 
-    /// Starts the functions' background work: the record writer, the idle reaper and the
-    /// async queue's workers. Called once the backends' leftovers are gone.
-    pub(crate) async fn start_functions(self: &Arc<Self>) -> Result<()> {
+    /// Starts the record writer of sync invocations and, on SQLite, makes the leases of the
+    /// last run claimable. Called once the backends' leftovers are gone, before the idle
+    /// reaper ([`Functions::reap_idle`]) and the queue's dispatcher ([`queue::run`]) start.
+    pub(crate) async fn start(&self) -> Result<()> {
         let Some(store) = self.store.clone() else {
             return Ok(());
         };
@@ -799,67 +809,65 @@ impl Executor {
             }
         }
         let rx = self
-            .functions
             .records_rx
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();
         if let Some(rx) = rx {
-            self.tasks.spawn(write_records(
-                store.clone(),
-                rx,
-                self.functions.cancel.clone(),
-            ));
+            self.sandboxes
+                .tasks
+                .spawn(write_records(store.clone(), rx, self.cancel.clone()));
         }
-        let me = self.clone();
-        self.tasks.spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = me.functions.cancel.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-                }
-                let latest: HashMap<String, (VersionRecord, u32)> = match me.fn_store() {
-                    Ok(s) => match s.list_functions().await {
-                        Ok(fs) => fs
-                            .into_iter()
-                            .map(|f| {
-                                let w = f.latest.config["min_warm"].as_u64().unwrap_or(0) as u32;
-                                (f.name, (f.latest, w))
-                            })
-                            .collect(),
-                        Err(_) => continue,
-                    },
-                    Err(_) => return,
-                };
-                let idle = Duration::from_millis(me.cfg.function_idle_ms);
-                me.functions
-                    .runners
-                    .reap(idle, |k| match latest.get(&k.0) {
-                        Some((v, w)) if v.version == k.1 => *w as usize,
-                        _ => 0,
-                    })
-                    .await;
-                // Keep min_warm started for each latest version.
-                for (name, (v, w)) in latest {
-                    if w > 0 && me.functions.runners.warm(&(name, v.version)) < w as usize {
-                        if let Ok(l) = me.load_version(&v).await {
-                            me.functions.runners.top_up(&l).await;
-                        }
-                    }
-                }
-            }
-        });
-        self.tasks.spawn(queue::run(self.clone()));
         Ok(())
     }
 
-    /// Stops the functions' background work (their sandboxes go in `destroy_function_sandboxes`).
-    pub(crate) async fn stop_functions(&self) {
-        self.functions.cancel.cancel();
+    /// Every 2 s: destroys sandboxes idle past `function_idle_ms` beyond `min_warm`, and
+    /// tops `min_warm` up for each latest version; runs until the functions are stopped.
+    pub(crate) async fn reap_idle(self: Arc<Self>) {
+        let me = self;
+        loop {
+            tokio::select! {
+                _ = me.cancel.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            }
+            let latest: HashMap<String, (VersionRecord, u32)> = match me.fn_store() {
+                Ok(s) => match s.list_functions().await {
+                    Ok(fs) => fs
+                        .into_iter()
+                        .map(|f| {
+                            let w = f.latest.config["min_warm"].as_u64().unwrap_or(0) as u32;
+                            (f.name, (f.latest, w))
+                        })
+                        .collect(),
+                    Err(_) => continue,
+                },
+                Err(_) => return,
+            };
+            let idle = Duration::from_millis(me.cfg.function_idle_ms);
+            me.runners
+                .reap(idle, |k| match latest.get(&k.0) {
+                    Some((v, w)) if v.version == k.1 => *w as usize,
+                    _ => 0,
+                })
+                .await;
+            // Keep min_warm started for each latest version.
+            for (name, (v, w)) in latest {
+                if w > 0 && me.runners.warm(&(name, v.version)) < w as usize {
+                    if let Ok(l) = me.load_version(&v).await {
+                        me.runners.top_up(&l).await;
+                    }
+                }
+            }
+        }
     }
 
-    pub(crate) async fn destroy_function_sandboxes(&self) {
-        self.functions.runners.shutdown().await;
+    /// Stops the functions' background work (their sandboxes go in `destroy_sandboxes`).
+    pub(crate) async fn stop(&self) {
+        self.cancel.cancel();
+    }
+
+    pub(crate) async fn destroy_sandboxes(&self) {
+        self.runners.shutdown().await;
     }
 }
 

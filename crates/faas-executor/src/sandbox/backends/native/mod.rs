@@ -31,10 +31,10 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
 use self::cgroups::{CgroupSlots, Slot};
 use self::runtime::{OciRuntime, RuntimeKind, Start};
-use crate::agent::AgentClient;
-use crate::backend::{Backend, DeathCause, Isolation, Sandbox, SandboxSpec};
 use crate::error::{Error, Result};
-use crate::images::{ImageRecord, ImageStore};
+use crate::sandbox::agent::AgentClient;
+use crate::sandbox::images::{ImageRecord, ImageStore};
+use crate::sandbox::{Backend, DeathCause, Isolation, Sandbox, SandboxSpec};
 
 #[derive(Debug, Clone)]
 pub struct NativeConfig {
@@ -157,7 +157,7 @@ impl NativeBackend {
                 "the native backend needs root".into(),
             ));
         }
-        crate::reaper::start();
+        crate::sandbox::reaper::start();
         let overlay = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
         if !overlay.lines().any(|l| l.trim_end().ends_with("overlay")) {
             return Err(Error::BackendUnavailable(
