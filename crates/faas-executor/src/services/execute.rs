@@ -239,10 +239,6 @@ impl Executor {
         self.sandboxes.pools.set_target(&backend, &spec, req.count)
     }
 
-    /// Removes the sandboxes an earlier, killed run left behind.
-
-    // ---- execute modes made of instances and snapshots ----
-
     /// `persistent`, `checkpointed` and `branched`: compositions of instances and snapshots.
     async fn execute_stateful(
         &self,
