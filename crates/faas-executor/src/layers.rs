@@ -72,27 +72,18 @@ fn code_only(src: &str) -> String {
             }
             out.push_str("\"\"");
             i = j;
-        } else if c[i] == '"' {
+        } else if c[i] == '"' || (c[i] == '\'' && (at(i + 1) == '\\' || at(i + 2) == '\'')) {
+            // A string, or a char literal ('x', '\n', '\u{..}'); a lifetime ('a) is left alone.
+            let quote = c[i];
             i += 1;
-            while i < c.len() && c[i] != '"' {
+            while i < c.len() && c[i] != quote {
                 if c[i] == '\\' {
                     i += 1;
                 }
                 i += 1;
             }
             i += 1;
-            out.push_str("\"\"");
-        } else if c[i] == '\'' && (at(i + 1) == '\\' || at(i + 2) == '\'') {
-            // A char literal ('x', '\n', '\u{..}'); a lifetime ('a) is left alone.
-            i += 1;
-            while i < c.len() && c[i] != '\'' {
-                if c[i] == '\\' {
-                    i += 1;
-                }
-                i += 1;
-            }
-            i += 1;
-            out.push_str("' '");
+            out.extend([quote, quote]);
         } else {
             out.push(c[i]);
             i += 1;
