@@ -8,7 +8,7 @@ use faas_common::{
     DeployRequest, FunctionDeleted, FunctionInfo, FunctionsResponse, InvocationInfo,
     InvocationsQuery, InvocationsResponse, InvokeQuery,
 };
-use faas_executor::functions::Invoked;
+use faas_executor::services::functions::Invoked;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -29,7 +29,7 @@ async fn deploy(
     State(s): State<AppState>,
     ApiJson(req): ApiJson<DeployRequest>,
 ) -> ApiResult<(StatusCode, Json<FunctionInfo>)> {
-    let (created, info) = s.executor.function_deploy(None, req).await?;
+    let (created, info) = s.platform.functions.function_deploy(None, req).await?;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -44,13 +44,19 @@ async fn update(
     Path(name): Path<String>,
     ApiJson(req): ApiJson<DeployRequest>,
 ) -> ApiResult<Json<FunctionInfo>> {
-    Ok(Json(s.executor.function_deploy(Some(&name), req).await?.1))
+    Ok(Json(
+        s.platform
+            .functions
+            .function_deploy(Some(&name), req)
+            .await?
+            .1,
+    ))
 }
 
 #[utoipa::path(get, path = "/api/v1/functions", tag = "functions", summary = "List functions", responses((status = 200, body = faas_common::FunctionsResponse), (status = "default", description = "an error: `{\"error\": {\"code\", \"message\"}}`", body = faas_common::ErrorBody)))]
 async fn list(State(s): State<AppState>) -> ApiResult<Json<FunctionsResponse>> {
     Ok(Json(FunctionsResponse {
-        functions: s.executor.function_list().await?,
+        functions: s.platform.functions.function_list().await?,
     }))
 }
 
@@ -65,7 +71,9 @@ async fn get_one(
     Path(name): Path<String>,
     ApiQuery(q): ApiQuery<VersionQuery>,
 ) -> ApiResult<Json<FunctionInfo>> {
-    Ok(Json(s.executor.function_get(&name, q.version).await?))
+    Ok(Json(
+        s.platform.functions.function_get(&name, q.version).await?,
+    ))
 }
 
 #[utoipa::path(delete, path = "/api/v1/functions/{name}", tag = "functions", summary = "Delete a function; its queued invocations fail with `function_deleted`", params(("name" = String, Path, description = "function name")), responses((status = 200, body = faas_common::FunctionDeleted), (status = "default", description = "an error: `{\"error\": {\"code\", \"message\"}}`", body = faas_common::ErrorBody)))]
@@ -73,7 +81,7 @@ async fn delete(
     State(s): State<AppState>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<FunctionDeleted>> {
-    Ok(Json(s.executor.function_delete(&name).await?))
+    Ok(Json(s.platform.functions.function_delete(&name).await?))
 }
 
 /// The body is the payload itself. `?async=true` answers `202 {invocation_id}`; an
@@ -91,7 +99,12 @@ async fn invoke(
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     Ok(
-        match s.executor.function_invoke(&name, q, &body, key).await? {
+        match s
+            .platform
+            .functions
+            .function_invoke(&name, q, &body, key)
+            .await?
+        {
             Invoked::Done(info) => Json(info).into_response(),
             Invoked::Queued(acc) => (StatusCode::ACCEPTED, Json(acc)).into_response(),
         },
@@ -103,7 +116,7 @@ async fn invocation(
     State(s): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<InvocationInfo>> {
-    Ok(Json(s.executor.invocation_get(&id).await?))
+    Ok(Json(s.platform.functions.invocation_get(&id).await?))
 }
 
 #[utoipa::path(get, path = "/api/v1/invocations", tag = "invocations", summary = "List invocations, newest first", params(faas_common::InvocationsQuery), responses((status = 200, body = faas_common::InvocationsResponse), (status = "default", description = "an error: `{\"error\": {\"code\", \"message\"}}`", body = faas_common::ErrorBody)))]
@@ -112,6 +125,6 @@ async fn invocations(
     ApiQuery(q): ApiQuery<InvocationsQuery>,
 ) -> ApiResult<Json<InvocationsResponse>> {
     Ok(Json(InvocationsResponse {
-        invocations: s.executor.invocation_list(q).await?,
+        invocations: s.platform.functions.invocation_list(q).await?,
     }))
 }

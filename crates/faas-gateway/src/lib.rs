@@ -25,7 +25,7 @@ use faas_common::{
     MetricsResponse, PoolInfo, PoolsResponse, PrewarmRequest, SnapshotCreateRequest, SnapshotInfo,
     SnapshotsResponse,
 };
-use faas_executor::Executor;
+use faas_executor::Platform;
 use tokio::net::TcpListener;
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
@@ -40,15 +40,15 @@ pub const DEFAULT_BODY_LIMIT: usize = 8 * 1024 * 1024;
 
 #[derive(Clone)]
 pub struct AppState {
-    pub executor: Arc<Executor>,
+    pub platform: Arc<Platform>,
     pub started: Instant,
     pub body_limit: usize,
 }
 
 impl AppState {
-    pub fn new(executor: Arc<Executor>) -> Self {
+    pub fn new(platform: Arc<Platform>) -> Self {
         AppState {
-            executor,
+            platform,
             started: Instant::now(),
             body_limit: DEFAULT_BODY_LIMIT,
         }
@@ -158,7 +158,7 @@ async fn instance_create(
     let req = body.unwrap_or_default();
     Ok((
         StatusCode::CREATED,
-        Json(s.executor.instance_create(req).await?),
+        Json(s.platform.instances.instance_create(req).await?),
     ))
 }
 
@@ -173,7 +173,7 @@ async fn instance_list(
             .filter_map(|(k, v)| Some((k.strip_prefix("metadata.")?.to_string(), v.into_owned())))
             .collect();
     Ok(Json(InstancesResponse {
-        instances: s.executor.instance_list(&filter).await?,
+        instances: s.platform.instances.instance_list(&filter).await?,
     }))
 }
 
@@ -182,7 +182,7 @@ async fn instance_get(
     State(s): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<InstanceInfo>> {
-    Ok(Json(s.executor.instance_get(&id).await?))
+    Ok(Json(s.platform.instances.instance_get(&id).await?))
 }
 
 #[utoipa::path(delete, path = "/api/v1/instances/{id}", tag = "instances", summary = "Delete an instance and its files", params(("id" = String, Path, description = "instance id")), responses((status = 204), (status = "default", description = "an error: `{\"error\": {\"code\", \"message\"}}`", body = faas_common::ErrorBody)))]
@@ -190,7 +190,7 @@ async fn instance_delete(
     State(s): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    s.executor.instance_delete(&id).await?;
+    s.platform.instances.instance_delete(&id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -210,14 +210,14 @@ async fn instance_exec(
     ApiJson(req): ApiJson<InstanceExecRequest>,
 ) -> ApiResult<axum::response::Response> {
     if q.stream {
-        let (rid, rx) = s.executor.instance_exec_stream(&id, req).await?;
+        let (rid, rx) = s.platform.instances.instance_exec_stream(&id, req).await?;
         let mut resp = sse(rx).into_response();
         if let Ok(v) = header::HeaderValue::from_str(&rid) {
             resp.headers_mut().insert("x-request-id", v);
         }
         return Ok(resp);
     }
-    Ok(Json(s.executor.instance_exec(&id, req).await?).into_response())
+    Ok(Json(s.platform.instances.instance_exec(&id, req).await?).into_response())
 }
 
 #[utoipa::path(get, path = "/api/v1/logs/{id}/stream", tag = "execute", summary = "Server-Sent Events of an execution's output (`stdout`, `stderr`, then `exit`)", params(("id" = String, Path, description = "execution (request) id")), responses((status = 200, content_type = "text/event-stream", body = String), (status = "default", description = "an error: `{\"error\": {\"code\", \"message\"}}`", body = faas_common::ErrorBody)))]
@@ -225,11 +225,11 @@ async fn logs_stream(
     State(s): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
-    Ok(sse(s.executor.stream_logs(&id).await?))
+    Ok(sse(s.platform.streams.stream_logs(&id).await?))
 }
 
 fn sse(
-    rx: tokio::sync::mpsc::UnboundedReceiver<faas_executor::streams::OutputEvent>,
+    rx: tokio::sync::mpsc::UnboundedReceiver<faas_executor::services::streams::OutputEvent>,
 ) -> Sse<impl futures::Stream<Item = Result<SseEvent, std::convert::Infallible>>> {
     let events = futures::stream::unfold(rx, |mut rx| async move {
         let ev = rx.recv().await?;
@@ -244,7 +244,7 @@ async fn instance_stop(
     State(s): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<InstanceInfo>> {
-    Ok(Json(s.executor.instance_stop(&id).await?))
+    Ok(Json(s.platform.instances.instance_stop(&id).await?))
 }
 
 #[utoipa::path(post, path = "/api/v1/instances/{id}/start", tag = "instances", summary = "Start a stopped instance", params(("id" = String, Path, description = "instance id")), responses((status = 200, body = faas_common::InstanceInfo), (status = "default", description = "an error: `{\"error\": {\"code\", \"message\"}}`", body = faas_common::ErrorBody)))]
@@ -252,7 +252,7 @@ async fn instance_start(
     State(s): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<InstanceInfo>> {
-    Ok(Json(s.executor.instance_start(&id).await?))
+    Ok(Json(s.platform.instances.instance_start(&id).await?))
 }
 
 #[derive(serde::Deserialize)]
@@ -276,7 +276,7 @@ async fn instance_file_get(
     Query(q): Query<FileQuery>,
 ) -> ApiResult<impl IntoResponse> {
     let path = file_path(q)?;
-    let data = s.executor.instance_read_file(&id, &path).await?;
+    let data = s.platform.instances.instance_read_file(&id, &path).await?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], data))
 }
 
@@ -288,7 +288,8 @@ async fn instance_file_put(
     body: axum::body::Bytes,
 ) -> ApiResult<StatusCode> {
     let path = file_path(q)?;
-    s.executor
+    s.platform
+        .instances
         .instance_write_file(&id, &path, body.to_vec())
         .await?;
     Ok(StatusCode::NO_CONTENT)
@@ -304,7 +305,7 @@ async fn instance_snapshot(
     req.instance_id = Some(id);
     Ok((
         StatusCode::CREATED,
-        Json(s.executor.snapshot_create(req).await?),
+        Json(s.platform.instances.snapshot_create(req).await?),
     ))
 }
 
@@ -317,7 +318,7 @@ async fn instance_fork(
     let count = body.map_or(1, |b| b.count);
     Ok((
         StatusCode::CREATED,
-        Json(s.executor.instance_fork(&id, count).await?),
+        Json(s.platform.instances.instance_fork(&id, count).await?),
     ))
 }
 
@@ -328,14 +329,14 @@ async fn snapshot_create(
 ) -> ApiResult<(StatusCode, Json<SnapshotInfo>)> {
     Ok((
         StatusCode::CREATED,
-        Json(s.executor.snapshot_create(req).await?),
+        Json(s.platform.instances.snapshot_create(req).await?),
     ))
 }
 
 #[utoipa::path(get, path = "/api/v1/snapshots", tag = "snapshots", summary = "List snapshots", responses((status = 200, body = faas_common::SnapshotsResponse), (status = "default", description = "an error: `{\"error\": {\"code\", \"message\"}}`", body = faas_common::ErrorBody)))]
 async fn snapshot_list(State(s): State<AppState>) -> ApiResult<Json<SnapshotsResponse>> {
     Ok(Json(SnapshotsResponse {
-        snapshots: s.executor.snapshot_list().await?,
+        snapshots: s.platform.instances.snapshot_list().await?,
     }))
 }
 
@@ -344,7 +345,7 @@ async fn snapshot_get(
     State(s): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<SnapshotInfo>> {
-    Ok(Json(s.executor.snapshot_get(&id).await?))
+    Ok(Json(s.platform.instances.snapshot_get(&id).await?))
 }
 
 #[utoipa::path(delete, path = "/api/v1/snapshots/{id}", tag = "snapshots", summary = "Delete a snapshot (409 while something depends on it)", params(("id" = String, Path, description = "snapshot id")), responses((status = 204), (status = "default", description = "an error: `{\"error\": {\"code\", \"message\"}}`", body = faas_common::ErrorBody)))]
@@ -352,7 +353,7 @@ async fn snapshot_delete(
     State(s): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    s.executor.snapshot_delete(&id).await?;
+    s.platform.instances.snapshot_delete(&id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -363,7 +364,7 @@ async fn snapshot_restore(
 ) -> ApiResult<(StatusCode, Json<InstanceInfo>)> {
     Ok((
         StatusCode::CREATED,
-        Json(s.executor.snapshot_restore(&id).await?),
+        Json(s.platform.instances.snapshot_restore(&id).await?),
     ))
 }
 
@@ -376,13 +377,13 @@ async fn snapshot_branch(
     let count = body.map_or(1, |b| b.count);
     Ok((
         StatusCode::CREATED,
-        Json(s.executor.snapshot_branch(&id, count).await?),
+        Json(s.platform.instances.snapshot_branch(&id, count).await?),
     ))
 }
 
 #[utoipa::path(get, path = "/health", tag = "system", summary = "Status, version, uptime and each backend's availability", responses((status = 200, body = faas_common::HealthResponse)))]
 async fn health(State(s): State<AppState>) -> Json<HealthResponse> {
-    let default_backend = s.executor.default_backend().map(str::to_string);
+    let default_backend = s.platform.sandboxes.default_backend().map(str::to_string);
     Json(HealthResponse {
         status: if default_backend.is_some() {
             "ok"
@@ -393,8 +394,8 @@ async fn health(State(s): State<AppState>) -> Json<HealthResponse> {
         version: env!("CARGO_PKG_VERSION").into(),
         uptime_s: s.started.elapsed().as_secs_f64(),
         default_backend,
-        default_image: s.executor.config().default_image.clone(),
-        backends: s.executor.backend_statuses(),
+        default_image: s.platform.config().default_image.clone(),
+        backends: s.platform.sandboxes.backend_statuses(),
     })
 }
 
@@ -403,7 +404,7 @@ async fn execute(
     State(s): State<AppState>,
     ApiJson(req): ApiJson<ExecuteRequest>,
 ) -> Result<Json<ExecuteResponse>, ApiError> {
-    Ok(Json(s.executor.execute(req).await?))
+    Ok(Json(s.platform.execute.execute(req).await?))
 }
 
 #[utoipa::path(post, path = "/api/v1/execute/advanced", tag = "execute", summary = "Run a command; `mode` is required", request_body = faas_common::ExecuteRequest, responses((status = 200, body = faas_common::ExecuteResponse), (status = "default", description = "an error: `{\"error\": {\"code\", \"message\"}}`", body = faas_common::ErrorBody)))]
@@ -417,7 +418,7 @@ async fn execute_advanced(
             "mode is required here: one of ephemeral, cached, checkpointed, branched, persistent",
         ));
     }
-    Ok(Json(s.executor.execute(req).await?))
+    Ok(Json(s.platform.execute.execute(req).await?))
 }
 
 #[utoipa::path(post, path = "/api/v1/prewarm", tag = "execute", summary = "Set a warm pool's size and fill it", request_body = faas_common::PrewarmRequest, responses((status = 200, body = faas_common::PoolInfo), (status = "default", description = "an error: `{\"error\": {\"code\", \"message\"}}`", body = faas_common::ErrorBody)))]
@@ -425,33 +426,33 @@ async fn prewarm(
     State(s): State<AppState>,
     ApiJson(req): ApiJson<PrewarmRequest>,
 ) -> Result<Json<PoolInfo>, ApiError> {
-    Ok(Json(s.executor.prewarm(req).await?))
+    Ok(Json(s.platform.execute.prewarm(req).await?))
 }
 
 #[utoipa::path(get, path = "/api/v1/pools", tag = "execute", summary = "Warm pools", responses((status = 200, body = faas_common::PoolsResponse)))]
 async fn pools(State(s): State<AppState>) -> Json<PoolsResponse> {
     Json(PoolsResponse {
-        pools: s.executor.pools(),
+        pools: s.platform.sandboxes.pools(),
     })
 }
 
 #[utoipa::path(get, path = "/api/v1/images", tag = "system", summary = "Images of the native backend's store", responses((status = 200, body = faas_common::ImagesResponse), (status = "default", description = "an error: `{\"error\": {\"code\", \"message\"}}`", body = faas_common::ErrorBody)))]
 async fn images(State(s): State<AppState>) -> Result<Json<ImagesResponse>, ApiError> {
     Ok(Json(ImagesResponse {
-        images: s.executor.images()?,
+        images: s.platform.sandboxes.images()?,
     }))
 }
 
 #[utoipa::path(get, path = "/api/v1/metrics", tag = "system", summary = "Counters as JSON", responses((status = 200, body = faas_common::MetricsResponse)))]
 async fn metrics_json(State(s): State<AppState>) -> Json<MetricsResponse> {
-    Json(s.executor.metrics())
+    Json(s.platform.metrics())
 }
 
 #[utoipa::path(get, path = "/metrics", tag = "system", summary = "Counters in the Prometheus text format", responses((status = 200, content_type = "text/plain", body = String)))]
 async fn metrics_prometheus(State(s): State<AppState>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        prometheus_text(&s.executor.metrics(), &s.executor.pools()),
+        prometheus_text(&s.platform.metrics(), &s.platform.sandboxes.pools()),
     )
 }
 
@@ -556,13 +557,13 @@ mod tests {
     use tower::ServiceExt;
 
     fn app() -> Router {
-        let executor = Executor::new(
-            faas_executor::ExecutorConfig::default(),
+        let platform = Platform::new(
+            faas_executor::PlatformConfig::default(),
             Vec::new(),
             None,
             None,
         );
-        router(AppState::new(executor))
+        router(AppState::new(platform))
     }
 
     /// Every operation of the document is served by its handler: none falls through to the

@@ -20,6 +20,7 @@ use clap::Args;
 use faas_common::{ExecuteResponse, PoolsResponse};
 use serde_json::{json, Value};
 
+use crate::benchkit::{docker_run, print_table, Stats};
 use crate::{BackendChoice, HostArgs, NativeRuntime, ServeArgs};
 
 #[derive(Args, Debug)]
@@ -53,75 +54,6 @@ pub struct BenchArgs {
     pub functions: usize,
     #[command(flatten)]
     pub host: HostArgs,
-}
-
-pub(crate) struct Stats {
-    pub name: String,
-    pub samples: Vec<f64>,
-    pub note: String,
-}
-
-impl Stats {
-    pub fn new(name: impl Into<String>) -> Stats {
-        Stats {
-            name: name.into(),
-            samples: vec![],
-            note: String::new(),
-        }
-    }
-
-    pub fn pct(&self, p: f64) -> f64 {
-        let mut s = self.samples.clone();
-        s.sort_by(f64::total_cmp);
-        let i = ((p / 100.0) * (s.len() as f64 - 1.0)).round() as usize;
-        s[i.min(s.len() - 1)]
-    }
-    fn mean(&self) -> f64 {
-        self.samples.iter().sum::<f64>() / self.samples.len() as f64
-    }
-}
-
-/// `docker run --rm --network none ARGS...`, timed: its milliseconds and its stdout; an error
-/// when it fails.
-pub(crate) async fn docker_run(args: &[&str]) -> anyhow::Result<(f64, Vec<u8>)> {
-    let t = Instant::now();
-    let mut cmd = tokio::process::Command::new("docker");
-    cmd.args(["run", "--rm", "--network", "none"])
-        .args(args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    // Through the reaper's spawn: this process reaps orphans for the native backend.
-    let (child, _guard) = faas_executor::reaper::spawn(&mut cmd).context("run docker")?;
-    let out = child.wait_with_output().await.context("run docker")?;
-    let ms = t.elapsed().as_secs_f64() * 1000.0;
-    if !out.status.success() {
-        bail!(
-            "docker run failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok((ms, out.stdout))
-}
-
-/// Prints medians and percentiles of each case.
-pub(crate) fn print_table(results: &[Stats]) {
-    println!(
-        "\n{:<36} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9}",
-        "case", "runs", "p50 ms", "p95 ms", "p99 ms", "mean ms", "min ms"
-    );
-    for s in results.iter().filter(|s| !s.samples.is_empty()) {
-        println!(
-            "{:<36} {:>6} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2}  {}",
-            s.name,
-            s.samples.len(),
-            s.pct(50.0),
-            s.pct(95.0),
-            s.pct(99.0),
-            s.mean(),
-            s.pct(0.0),
-            s.note
-        );
-    }
 }
 
 struct Local {
@@ -718,18 +650,18 @@ async fn start_local(a: &BenchArgs, runtime: NativeRuntime) -> anyhow::Result<Lo
         shutdown_on_stdin_eof: false,
         host,
     };
-    let executor = crate::server::build_executor(&args).await?;
+    let platform = crate::server::build_platform(&args).await?;
     let data_dir_kept = data_dir.canonicalize()?;
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let url = format!("http://{}", listener.local_addr()?);
     let (stop, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
-        let state = faas_gateway::AppState::new(executor.clone());
+        let state = faas_gateway::AppState::new(platform.clone());
         faas_gateway::serve(listener, state, async {
             let _ = rx.await;
         })
         .await?;
-        executor.shutdown().await;
+        platform.shutdown().await;
         let _ = std::fs::remove_dir_all(&data_dir);
         Ok(())
     });

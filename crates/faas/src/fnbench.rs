@@ -12,7 +12,7 @@ use base64::Engine;
 use futures::StreamExt;
 use serde_json::{json, Value};
 
-use crate::bench::{docker_run, print_table, Stats};
+use crate::benchkit::{docker_run, print_table, Stats};
 
 const HANDLER: &str = "def handler(event, context):\n    return event\n";
 const CONCURRENCY: usize = 16;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use faas_executor::images::{ImageStore, Trust};
+use faas_executor::sandbox::images::{ImageStore, Trust};
 
 #[derive(Args, Debug)]
 pub struct ImagesArgs {
@@ -50,7 +50,7 @@ pub async fn run(a: ImagesArgs) -> anyhow::Result<u8> {
                     .await?;
                 let mut rec = store.import_docker(&docker, image).await?;
                 if let Some(n) = name {
-                    rec.name = faas_executor::images::store::normalize_name(&n);
+                    rec.name = faas_executor::sandbox::images::store::normalize_name(&n);
                     store.save(&rec)?;
                 }
                 rec

@@ -1,6 +1,6 @@
 //! `faas`: the one binary of the platform.
 //!
-//! - `faas serve`: the HTTP API with its executor (see [`server`]).
+//! - `faas serve`: the HTTP API with its platform (see [`server`]).
 //! - `faas doctor`: which backends work on this host, and what is missing for the others.
 //! - `faas run`: run a command through the HTTP API; exits with the command's code.
 //! - `faas fn`, `faas invocations`: deploy and invoke functions, read invocations.
@@ -8,6 +8,7 @@
 //! - `faas bench`: latency benchmark against `docker run` (see [`bench`]).
 
 mod bench;
+mod benchkit;
 mod client;
 mod fnbench;
 mod functions;
@@ -82,8 +83,8 @@ pub enum NativeRuntime {
 }
 
 impl NativeRuntime {
-    pub fn kind(self) -> faas_executor::backends::native::runtime::RuntimeKind {
-        use faas_executor::backends::native::runtime::RuntimeKind;
+    pub fn kind(self) -> faas_executor::sandbox::backends::native::runtime::RuntimeKind {
+        use faas_executor::sandbox::backends::native::runtime::RuntimeKind;
         match self {
             NativeRuntime::Crun => RuntimeKind::Crun,
             NativeRuntime::Runc => RuntimeKind::Runc,

@@ -1,16 +1,16 @@
-//! Wiring: config → backends → executor → gateway; and `faas doctor`.
+//! Wiring: config → backends → platform → gateway; and `faas doctor`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use faas_executor::agent::check_static_agent;
-use faas_executor::backends::docker::{DockerBackend, DockerConfig};
-use faas_executor::backends::native::{NativeBackend, NativeConfig};
-use faas_executor::images::ImageStore;
-use faas_executor::service::BackendEntry;
-use faas_executor::{Executor, ExecutorConfig};
+use faas_executor::sandbox::agent::check_static_agent;
+use faas_executor::sandbox::backends::docker::{DockerBackend, DockerConfig};
+use faas_executor::sandbox::backends::native::{NativeBackend, NativeConfig};
+use faas_executor::sandbox::images::ImageStore;
+use faas_executor::sandbox::sandboxes::BackendEntry;
+use faas_executor::{Platform, PlatformConfig};
 use faas_gateway::AppState;
 use tokio::net::TcpListener;
 
@@ -122,7 +122,7 @@ pub async fn backends(
     (entries, store)
 }
 
-pub async fn build_executor(a: &ServeArgs) -> anyhow::Result<Arc<Executor>> {
+pub async fn build_platform(a: &ServeArgs) -> anyhow::Result<Arc<Platform>> {
     std::fs::create_dir_all(&a.data_dir)
         .with_context(|| format!("create data dir {}", a.data_dir.display()))?;
     let data_dir = a.data_dir.canonicalize()?;
@@ -150,7 +150,7 @@ pub async fn build_executor(a: &ServeArgs) -> anyhow::Result<Arc<Executor>> {
         }
         _ => {}
     }
-    let cfg = ExecutorConfig {
+    let cfg = PlatformConfig {
         default_image: a.default_image.clone(),
         max_timeout_ms: a.max_timeout_ms,
         functions_dir: data_dir.join("functions"),
@@ -159,7 +159,7 @@ pub async fn build_executor(a: &ServeArgs) -> anyhow::Result<Arc<Executor>> {
         queue_lease_ms: a.queue_lease_ms.max(1_000),
         retry_base_ms: a.retry_base_ms,
         function_idle_ms: a.function_idle_ms,
-        ..ExecutorConfig::default()
+        ..PlatformConfig::default()
     };
     let records = match &a.database_url {
         Some(url) => faas_store::Store::open(url)
@@ -172,31 +172,31 @@ pub async fn build_executor(a: &ServeArgs) -> anyhow::Result<Arc<Executor>> {
                 .with_context(|| format!("open the store {}", db.display()))?
         }
     };
-    let executor = Executor::new(cfg, entries, store, Some(records));
-    let removed = executor
+    let platform = Platform::new(cfg, entries, store, Some(records));
+    let removed = platform
         .recover()
         .await
         .context("remove sandboxes left by an earlier run")?;
     if removed > 0 {
         tracing::info!(removed, "removed sandboxes left by an earlier run");
     }
-    Ok(executor)
+    Ok(platform)
 }
 
 pub async fn serve(a: ServeArgs) -> anyhow::Result<()> {
-    let executor = build_executor(&a).await?;
+    let platform = build_platform(&a).await?;
     let listener = TcpListener::bind(a.listen)
         .await
         .with_context(|| format!("listen on {}", a.listen))?;
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, backend = ?executor.default_backend(), "listening");
+    tracing::info!(%addr, backend = ?platform.sandboxes.default_backend(), "listening");
     // The one line on stdout: tests and scripts read the address from it.
     println!("faas listening on http://{addr}");
-    let mut state = AppState::new(executor.clone());
+    let mut state = AppState::new(platform.clone());
     state.body_limit = a.body_limit;
     faas_gateway::serve(listener, state, shutdown_signal(a.shutdown_on_stdin_eof)).await?;
     tracing::info!("shutting down: destroying warm pools");
-    executor.shutdown().await;
+    platform.shutdown().await;
     Ok(())
 }
 
@@ -253,7 +253,7 @@ pub async fn doctor(host: HostArgs) -> anyhow::Result<u8> {
     row(
         "firecracker",
         "unsupported",
-        faas_executor::service::FIRECRACKER_UNSUPPORTED,
+        faas_executor::sandbox::sandboxes::FIRECRACKER_UNSUPPORTED,
     );
     row(
         "kvm",

@@ -167,7 +167,7 @@ impl OciRuntime {
         cmd.args(args);
         let what = format!("{} {}", self.kind.name(), args.join(" "));
         let out = tokio::time::timeout(COMMAND_TIMEOUT, async {
-            let (child, _guard) = crate::reaper::spawn(&mut cmd)?;
+            let (child, _guard) = crate::sandbox::reaper::spawn(&mut cmd)?;
             child.wait_with_output().await
         })
         .await
@@ -191,7 +191,7 @@ impl OciRuntime {
             .stdout(Stdio::piped())
             .stderr(Stdio::null());
         let out = async {
-            let (child, _guard) = crate::reaper::spawn(&mut cmd)?;
+            let (child, _guard) = crate::sandbox::reaper::spawn(&mut cmd)?;
             child.wait_with_output().await
         }
         .await
@@ -234,7 +234,7 @@ impl OciRuntime {
             .map_err(|e| Error::io("clone a file handle", e))?;
         let mut cmd = self.command_joining(join);
         cmd.args(&args).stdout(log).stderr(log2);
-        let spawned = crate::reaper::spawn(&mut cmd)
+        let spawned = crate::sandbox::reaper::spawn(&mut cmd)
             .map_err(|e| Error::io(format!("run {}", self.binary.display()), e))?;
         self.finish_run(spawned, &args, &log_path).await
     }
@@ -295,7 +295,7 @@ impl OciRuntime {
     /// Waits for a `run --detach` and turns a failure into an error quoting its log.
     async fn finish_run(
         &self,
-        spawned: (tokio::process::Child, crate::reaper::PidGuard),
+        spawned: (tokio::process::Child, crate::sandbox::reaper::PidGuard),
         args: &[String],
         log_path: &Path,
     ) -> Result<()> {
@@ -525,7 +525,7 @@ pub fn spawn_zygote(agent: &Path, join: Vec<CString>) -> Result<Zygote> {
         .kill_on_drop(true);
     // Only the cgroups here: the zygote makes each command's mount namespace itself.
     prepare_child(&mut cmd, false, join);
-    let (mut child, guard) = crate::reaper::spawn(&mut cmd)
+    let (mut child, guard) = crate::sandbox::reaper::spawn(&mut cmd)
         .map_err(|e| Error::io(format!("start {}", agent.display()), e))?;
     let (Some(stdin), Some(stdout), Some(pid)) =
         (child.stdin.take(), child.stdout.take(), child.id())
@@ -545,7 +545,7 @@ pub fn spawn_zygote(agent: &Path, join: Vec<CString>) -> Result<Zygote> {
 pub struct Zygote {
     child: tokio::process::Child,
     #[allow(dead_code)]
-    guard: crate::reaper::PidGuard,
+    guard: crate::sandbox::reaper::PidGuard,
     stdin: tokio::process::ChildStdin,
     stdout: tokio::process::ChildStdout,
     pub pid: u32,

@@ -13,22 +13,21 @@ use std::time::Duration;
 use faas_store::{now_ms, InvocationRecord};
 use tokio::sync::Semaphore;
 
-use super::{finish, info_of, InvocationError};
-use crate::service::Executor;
+use super::{finish, info_of, Functions, InvocationError};
 
 /// The dispatcher: claims as many due invocations as it has free workers, runs each in a task.
-pub(crate) async fn run(ex: Arc<Executor>) {
-    let Some(store) = ex.store.clone() else {
+pub(crate) async fn run(f: Arc<Functions>) {
+    let Some(store) = f.store.clone() else {
         return;
     };
-    let lease = Duration::from_millis(ex.cfg.queue_lease_ms);
-    let slots = Arc::new(Semaphore::new(ex.cfg.queue_workers.max(1)));
-    let cancel = ex.functions.cancel.clone();
-    let owner = ex.functions.owner.clone();
+    let lease = Duration::from_millis(f.cfg.queue_lease_ms);
+    let slots = Arc::new(Semaphore::new(f.cfg.queue_workers.max(1)));
+    let cancel = f.cancel.clone();
+    let owner = f.owner.clone();
     {
         // Renews this server's leases while it runs.
         let (store, owner, cancel) = (store.clone(), owner.clone(), cancel.clone());
-        ex.tasks.spawn(async move {
+        f.sandboxes.tasks.spawn(async move {
             loop {
                 tokio::select! {
                     _ = cancel.cancelled() => return,
@@ -65,7 +64,7 @@ pub(crate) async fn run(ex: Arc<Executor>) {
         if claimed.is_empty() {
             tokio::select! {
                 _ = cancel.cancelled() => return,
-                _ = ex.functions.enqueued.notified() => {}
+                _ = f.enqueued.notified() => {}
                 _ = tokio::time::sleep(Duration::from_millis(200)) => {}
             }
             continue;
@@ -74,9 +73,9 @@ pub(crate) async fn run(ex: Arc<Executor>) {
             let Ok(permit) = slots.clone().acquire_owned().await else {
                 return;
             };
-            let ex2 = ex.clone();
-            ex.tasks.spawn(async move {
-                run_one(&ex2, job).await;
+            let f2 = f.clone();
+            f.sandboxes.tasks.spawn(async move {
+                run_one(&f2, job).await;
                 drop(permit);
             });
         }
@@ -94,8 +93,8 @@ fn log_entry(attempt: i64, e: &InvocationError) -> serde_json::Value {
 }
 
 /// Runs one claimed attempt and records how it ended.
-async fn run_one(ex: &Arc<Executor>, mut job: InvocationRecord) {
-    let owner = ex.functions.owner.clone();
+async fn run_one(f: &Arc<Functions>, mut job: InvocationRecord) {
+    let owner = f.owner.clone();
     // Attempts that were claimed but never reported: their worker was lost.
     for a in (job.attempt_log.len() as i64 + 1)..job.attempts {
         job.attempt_log.push(log_entry(
@@ -112,16 +111,16 @@ async fn run_one(ex: &Arc<Executor>, mut job: InvocationRecord) {
     if job.attempts > job.max_attempts {
         job.status = "dead_letter".into();
         job.finished_ms = Some(now_ms());
-        settle(ex, &owner, &job).await;
+        settle(f, &owner, &job).await;
         return;
     }
-    let loaded = match ex.version_meta(&job.function_name, Some(job.version)).await {
-        Ok(meta) => ex.load_version(&meta).await,
+    let loaded = match f.version_meta(&job.function_name, Some(job.version)).await {
+        Ok(meta) => f.load_version(&meta).await,
         Err(e) => Err(e),
     };
     let loaded = match loaded {
         Ok(l) => l,
-        Err(crate::Error::NotFound(_)) => {
+        Err(crate::error::Error::NotFound(_)) => {
             let e = InvocationError {
                 kind: "function_deleted".into(),
                 message: format!(
@@ -133,7 +132,7 @@ async fn run_one(ex: &Arc<Executor>, mut job: InvocationRecord) {
             job.status = "error".into();
             job.error = Some(super::error_value(&e));
             job.finished_ms = Some(now_ms());
-            settle(ex, &owner, &job).await;
+            settle(f, &owner, &job).await;
             return;
         }
         Err(e) => {
@@ -143,13 +142,13 @@ async fn run_one(ex: &Arc<Executor>, mut job: InvocationRecord) {
                 message: e.to_string(),
                 traceback: None,
             };
-            retry_or_dead_letter(ex, &owner, job, ie).await;
+            retry_or_dead_letter(f, &owner, job, ie).await;
             return;
         }
     };
     let value: serde_json::Value =
         serde_json::from_slice(&job.payload).unwrap_or(serde_json::Value::Null);
-    let lease = match ex.functions.runners.lease(&loaded, None).await {
+    let lease = match f.runners.lease(&loaded, None).await {
         Ok(l) => l,
         Err(e) => {
             let ie = InvocationError {
@@ -160,18 +159,17 @@ async fn run_one(ex: &Arc<Executor>, mut job: InvocationRecord) {
             job.status = "error".into();
             job.error = Some(super::error_value(&ie));
             job.finished_ms = Some(now_ms());
-            settle(ex, &owner, &job).await;
+            settle(f, &owner, &job).await;
             return;
         }
     };
-    let outcome = ex
-        .functions
+    let outcome = f
         .runners
         .invoke(lease, &loaded, &job.id, &value, &job.payload)
         .await;
     if outcome.status == "succeeded" {
         finish(&mut job, &outcome);
-        settle(ex, &owner, &job).await;
+        settle(f, &owner, &job).await;
         return;
     }
     let error = outcome.error.clone().unwrap_or(InvocationError {
@@ -180,11 +178,11 @@ async fn run_one(ex: &Arc<Executor>, mut job: InvocationRecord) {
         traceback: None,
     });
     finish(&mut job, &outcome);
-    retry_or_dead_letter(ex, &owner, job, error).await;
+    retry_or_dead_letter(f, &owner, job, error).await;
 }
 
 async fn retry_or_dead_letter(
-    ex: &Arc<Executor>,
+    f: &Arc<Functions>,
     owner: &str,
     mut job: InvocationRecord,
     error: InvocationError,
@@ -193,7 +191,7 @@ async fn retry_or_dead_letter(
     job.error = Some(super::error_value(&error));
     if job.attempts < job.max_attempts {
         let shift = (job.attempts - 1).clamp(0, 16) as u32;
-        let delay = ex.cfg.retry_base_ms.saturating_mul(1u64 << shift);
+        let delay = f.cfg.retry_base_ms.saturating_mul(1u64 << shift);
         job.status = "queued".into();
         job.next_run_ms = now_ms() + delay as i64;
         job.finished_ms = None;
@@ -201,12 +199,12 @@ async fn retry_or_dead_letter(
         job.status = "dead_letter".into();
         job.finished_ms = Some(now_ms());
     }
-    settle(ex, owner, &job).await;
+    settle(f, owner, &job).await;
 }
 
 /// Records the attempt's outcome (fenced) and, when it is final, calls the callback.
-async fn settle(ex: &Arc<Executor>, owner: &str, job: &InvocationRecord) {
-    let Some(store) = ex.store.clone() else {
+async fn settle(f: &Arc<Functions>, owner: &str, job: &InvocationRecord) {
+    let Some(store) = f.store.clone() else {
         return;
     };
     match store.settle_invocation(owner, job).await {
@@ -224,7 +222,7 @@ async fn settle(ex: &Arc<Executor>, owner: &str, job: &InvocationRecord) {
     let is_final = job.status != "queued";
     if let (true, Some(url)) = (is_final, job.callback_url.clone()) {
         let body = info_of(job);
-        ex.tasks.spawn(async move {
+        f.sandboxes.tasks.spawn(async move {
             let client = reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
                 .build();

@@ -3,13 +3,19 @@
 //! While an execution runs, its output chunks are kept here (they are capped by the output
 //! limit) and sent to every subscriber; a subscriber that comes late first gets what was
 //! produced so far. When it ends, subscribers get the exit event and the entry goes; the
-//! finished execution is then read from the store.
+//! finished execution is then read from the store, where [`Streams::finish_execution`] writes
+//! it (in the background).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use faas_common::{ExecuteResponse, Mode};
+use faas_store::Store;
 use serde::Serialize;
 use tokio::sync::mpsc;
+use tokio_util::task::TaskTracker;
+
+use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
@@ -36,7 +42,7 @@ pub struct ExitEvent {
 }
 
 /// A client-chosen execution id: 1 to 64 of `A-Z a-z 0-9 _ -`.
-pub fn check_id(id: &str) -> crate::error::Result<()> {
+pub fn check_id(id: &str) -> Result<()> {
     let ok = !id.is_empty()
         && id.len() <= 64
         && id
@@ -45,7 +51,7 @@ pub fn check_id(id: &str) -> crate::error::Result<()> {
     if ok {
         Ok(())
     } else {
-        Err(crate::error::Error::InvalidRequest(format!(
+        Err(Error::InvalidRequest(format!(
             "request_id must be 1 to 64 characters of A-Z, a-z, 0-9, _ and -, got {id:?}"
         )))
     }
@@ -60,9 +66,21 @@ struct Entry {
 #[derive(Default)]
 pub struct Streams {
     running: Mutex<HashMap<String, Entry>>,
+    /// Where finished executions are recorded; `None` runs without them.
+    store: Option<Store>,
+    /// Runs the records' writes.
+    tasks: TaskTracker,
 }
 
 impl Streams {
+    pub fn new(store: Option<Store>, tasks: TaskTracker) -> Self {
+        Streams {
+            running: Default::default(),
+            store,
+            tasks,
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
         self.running.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -118,18 +136,15 @@ impl OutputEvent {
     }
 }
 
-impl crate::service::Executor {
+impl Streams {
     /// The output of execution `id`: live while it runs (what it produced so far first), or
     /// as recorded once it finished; ends with the exit event. An execution that has not
     /// started yet is waited for a few seconds (a client may open the stream first).
-    pub async fn stream_logs(
-        &self,
-        id: &str,
-    ) -> crate::error::Result<mpsc::UnboundedReceiver<OutputEvent>> {
+    pub async fn stream_logs(&self, id: &str) -> Result<mpsc::UnboundedReceiver<OutputEvent>> {
         check_id(id)?;
         let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
         loop {
-            if let Some(rx) = self.streams.subscribe(id) {
+            if let Some(rx) = self.subscribe(id) {
                 return Ok(rx);
             }
             if let Some(store) = &self.store {
@@ -159,29 +174,80 @@ impl crate::service::Executor {
                 }
             }
             if std::time::Instant::now() >= until {
-                return Err(crate::error::Error::NotFound(format!("no execution {id}")));
+                return Err(Error::NotFound(format!("no execution {id}")));
             }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
     }
 
-    /// Runs a command in an instance and returns its output as a stream at once.
-    pub async fn instance_exec_stream(
-        self: &std::sync::Arc<Self>,
-        id: &str,
-        req: faas_common::InstanceExecRequest,
-    ) -> crate::error::Result<(String, mpsc::UnboundedReceiver<OutputEvent>)> {
-        // Errors that need no run (unknown, stopped, bad input) are answered as errors.
-        self.runnable(id, &req).await?;
-        let rid = uuid::Uuid::new_v4().to_string();
-        self.streams.open(&rid);
-        let rx = self.streams.subscribe(&rid).expect("just opened");
-        let (this, id, r2) = (self.clone(), id.to_string(), rid.clone());
-        self.tasks.spawn(async move {
-            let r = this.instance_exec_as(&id, req, Some(&r2)).await;
-            this.finish_execution(&r2, faas_common::Mode::Persistent, &r);
-        });
-        Ok((rid, rx))
+    /// Ends an execution's stream and records it (in the background: not on the hot path).
+    pub(crate) fn finish_execution(
+        &self,
+        request_id: &str,
+        mode: Mode,
+        r: &Result<ExecuteResponse>,
+    ) {
+        let exit = match r {
+            Ok(resp) => ExitEvent {
+                exit_code: Some(resp.exit_code),
+                timed_out: resp.timed_out,
+                signal: resp.signal,
+                oom_killed: resp.oom_killed,
+                truncated: resp.truncated,
+                duration_ms: Some(resp.duration_ms),
+                error: resp.error.clone(),
+            },
+            Err(e) => ExitEvent {
+                exit_code: None,
+                timed_out: false,
+                signal: None,
+                oom_killed: false,
+                truncated: false,
+                duration_ms: None,
+                error: Some(e.to_string()),
+            },
+        };
+        self.finish(request_id, exit);
+        if let Some(store) = self.store.clone() {
+            let now = faas_store::now_ms();
+            let rec = match r {
+                Ok(resp) => faas_store::ExecutionRecord {
+                    id: request_id.to_string(),
+                    mode: mode.to_string(),
+                    backend: Some(resp.backend.clone()),
+                    instance_id: resp.instance_id.clone(),
+                    snapshot_id: resp.snapshot_id.clone(),
+                    status: "finished".into(),
+                    exit_code: Some(resp.exit_code),
+                    stdout: resp.stdout.clone().into_bytes(),
+                    stderr: resp.stderr.clone().into_bytes(),
+                    error: resp.error.clone(),
+                    duration_ms: Some(resp.duration_ms),
+                    created_ms: now - resp.total_ms as i64,
+                    finished_ms: Some(now),
+                },
+                Err(e) => faas_store::ExecutionRecord {
+                    id: request_id.to_string(),
+                    mode: mode.to_string(),
+                    backend: None,
+                    instance_id: None,
+                    snapshot_id: None,
+                    status: "failed".into(),
+                    exit_code: None,
+                    stdout: Vec::new(),
+                    stderr: Vec::new(),
+                    error: Some(e.to_string()),
+                    duration_ms: None,
+                    created_ms: now,
+                    finished_ms: Some(now),
+                },
+            };
+            self.tasks.spawn(async move {
+                if let Err(e) = store.finish_execution(&rec).await {
+                    tracing::warn!(execution = %rec.id, error = %e, "could not record the execution");
+                }
+            });
+        }
     }
 }
 

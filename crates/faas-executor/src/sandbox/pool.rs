@@ -11,9 +11,9 @@ use faas_common::PoolInfo;
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
-use crate::backend::{create_counted, destroy_counted, Backend, Sandbox, SandboxSpec};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
+use crate::sandbox::{create_counted, destroy_counted, Backend, Sandbox, SandboxSpec};
 
 /// How many pool creations run at once, across all pools.
 const CREATE_CONCURRENCY: usize = 4;
@@ -28,7 +28,7 @@ pub struct PoolKey {
     pub memory_mb: u64,
     pub cpu_millis: u64,
     pub pids: u64,
-    pub isolation: crate::backend::Isolation,
+    pub isolation: crate::sandbox::Isolation,
 }
 
 impl PoolKey {

@@ -11,8 +11,8 @@ use oci_spec::runtime::{
     UserBuilder,
 };
 
-use crate::backend::SandboxSpec;
 use crate::error::{Error, Result};
+use crate::sandbox::SandboxSpec;
 
 /// The capabilities a normal process needs; the same set as the docker backend keeps.
 pub const KEPT: [Capability; 8] = [
@@ -178,7 +178,7 @@ pub fn build(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::{Limits, Network};
+    use crate::sandbox::{Limits, Network};
 
     #[test]
     fn limits_and_lockdown_are_in_the_spec() {
@@ -192,7 +192,7 @@ mod tests {
             },
             network: Network::None,
             isolation: Default::default(),
-            mounts: vec![crate::backend::ReadOnlyMount {
+            mounts: vec![crate::sandbox::ReadOnlyMount {
                 host: "/code".into(),
                 guest: "/var/task".into(),
             }],

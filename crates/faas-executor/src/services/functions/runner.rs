@@ -17,10 +17,11 @@ use faas_common::{FunctionRuntime, InvocationError};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
-use crate::agent::{AgentProcess, ProcessEvent};
-use crate::backend::{create_counted, destroy_counted, Backend, Sandbox, SandboxSpec};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
+use crate::sandbox::agent::{AgentProcess, ProcessEvent};
+use crate::sandbox::exec::{run_agent, AGENT_GRACE};
+use crate::sandbox::{create_counted, destroy_counted, Backend, Sandbox, SandboxSpec};
 
 const PY_SHIM: &str = include_str!("shim.py");
 const NODE_SHIM: &str = include_str!("shim.js");
@@ -419,13 +420,13 @@ impl Runners {
                     timeout_ms: cfg.timeout_ms,
                     ..Default::default()
                 };
-                let guard = timeout + crate::service::AGENT_GRACE;
-                match crate::service::run_agent(
+                let guard = timeout + AGENT_GRACE;
+                match run_agent(
                     worker.sandbox.as_ref(),
                     exec,
                     Some(payload_bytes.to_vec()),
                     guard,
-                    None,
+                    |_, _| {},
                 )
                 .await
                 {

@@ -26,8 +26,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use super::runtime::{spawn_zygote, Zygote};
-use crate::backend::Limits;
 use crate::error::{Error, Result};
+use crate::sandbox::Limits;
 
 const CONTROLLERS: [&str; 5] = ["memory", "cpu", "pids", "devices", "freezer"];
 const ROOT: &str = "/sys/fs/cgroup";

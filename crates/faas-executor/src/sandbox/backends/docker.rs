@@ -17,9 +17,9 @@ use bollard::models::HostConfig;
 use bollard::Docker;
 use faas_agent::{GUEST_AGENT_PATH, GUEST_SOCKET_DIR, SOCKET_NAME};
 
-use crate::agent::AgentClient;
-use crate::backend::{Backend, DeathCause, Isolation, Network, Sandbox, SandboxSpec};
 use crate::error::{Error, Result};
+use crate::sandbox::agent::AgentClient;
+use crate::sandbox::{Backend, DeathCause, Isolation, Network, Sandbox, SandboxSpec};
 
 pub const LABEL_MANAGED: &str = "faas.managed";
 pub const LABEL_OWNER: &str = "faas.owner";

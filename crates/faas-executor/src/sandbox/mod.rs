@@ -1,10 +1,28 @@
-//! The two levels of the executor: a [`Backend`] makes isolated boxes; a [`Sandbox`] is one box,
-//! running the agent as PID 1, that the host execs into through its [`AgentClient`].
+//! The sandbox layer. Its two levels: a [`Backend`] makes isolated boxes; a [`Sandbox`] is one
+//! box, running the agent as PID 1, that the host execs into through its [`AgentClient`].
+//! It knows nothing of instances as records, functions or the store.
+//!
+//! - [`backends`]: the implementations (`docker` on the Docker Engine API, `native` on OCI
+//!   runtimes), and [`images`], the native backend's image store.
+//! - [`agent`]: the host side of the in-sandbox agent protocol ([`AgentClient`]);
+//!   [`exec::run_agent`] runs one exec through it with a host-side guard.
+//! - [`pool`]: warm pools of started, clean sandboxes per image.
+//! - [`reaper`]: the child subreaper that reaps the native backend's orphans.
+//! - [`sandboxes::Sandboxes`]: the handle the services hold: the backends, their image store,
+//!   the warm pools, the metrics and the tracker of background clean-ups.
+
+pub mod agent;
+pub mod backends;
+pub mod exec;
+pub mod images;
+pub mod pool;
+pub mod reaper;
+pub mod sandboxes;
 
 use async_trait::async_trait;
 
-use crate::agent::AgentClient;
 use crate::error::{Error, Result};
+use crate::sandbox::agent::AgentClient;
 
 /// Resource limits of one sandbox; every backend enforces all of them.
 #[derive(Debug, Clone, Copy, PartialEq)]

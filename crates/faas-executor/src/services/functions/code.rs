@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
-use crate::images::unpack::{maybe_gunzip, unpack, Trust, UnpackPolicy};
+use crate::sandbox::images::unpack::{maybe_gunzip, unpack, Trust, UnpackPolicy};
 
 /// Where code is bound inside a function's sandbox.
 pub const GUEST_CODE_DIR: &str = "/var/task";

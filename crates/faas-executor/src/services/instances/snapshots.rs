@@ -1,0 +1,225 @@
+//! Snapshots of instances, restores of them into new instances, branches (several restores)
+//! and forks (a snapshot, then its branches).
+
+use std::time::Instant;
+
+use faas_common::{
+    BranchResponse, InstanceInfo, SnapshotCreateRequest, SnapshotInfo, SnapshotKind,
+};
+use faas_store::{now_ms, InstanceRecord, SnapshotRecord};
+
+use super::{new_id, InstanceSpec, Instances, LiveBox};
+use crate::error::{Error, Result};
+
+fn snapshot_info(r: &SnapshotRecord, took_ms: Option<f64>) -> SnapshotInfo {
+    SnapshotInfo {
+        id: r.id.clone(),
+        name: r.name.clone(),
+        instance_id: r.instance_id.clone(),
+        parent_id: r.parent_id.clone(),
+        backend: r.backend.clone(),
+        image: r.image.clone(),
+        kind: if r.kind == "memory" {
+            SnapshotKind::Memory
+        } else {
+            SnapshotKind::Filesystem
+        },
+        size_bytes: r.size_bytes.max(0) as u64,
+        tags: r.tags.clone(),
+        created_at_ms: r.created_ms,
+        took_ms,
+        checkpoint_ms: r.artifact["checkpoint_ms"].as_f64(),
+    }
+}
+
+impl Instances {
+    pub(crate) async fn snapshot_record(&self, id: &str) -> Result<SnapshotRecord> {
+        self.store()?
+            .get_snapshot(id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("no snapshot {id}")))
+    }
+
+    pub async fn snapshot_create(&self, req: SnapshotCreateRequest) -> Result<SnapshotInfo> {
+        let id = req
+            .instance_id
+            .clone()
+            .ok_or_else(|| Error::InvalidRequest("instance_id is required".into()))?;
+        let t0 = Instant::now();
+        let lock = self.lock(&id);
+        let _held = lock.lock().await;
+        let rec = self.instance_record(&id).await?;
+        let backend = self.sandboxes.backend_named(&rec.backend)?;
+        let sid = new_id();
+        let live = self.live(&id);
+        let (artifact, size) = backend
+            .snapshot(
+                &id,
+                live.as_ref().map(|l| l.sandbox.as_ref()),
+                &sid,
+                req.memory,
+            )
+            .await?;
+        let snap = SnapshotRecord {
+            id: sid.clone(),
+            name: req.name.clone(),
+            instance_id: Some(id.clone()),
+            parent_id: rec.source_snapshot.clone(),
+            backend: rec.backend.clone(),
+            image: rec.image.clone(),
+            kind: if req.memory { "memory" } else { "filesystem" }.into(),
+            size_bytes: size as i64,
+            tags: req.tags.clone(),
+            artifact: artifact.clone(),
+            spec: rec.spec.clone(),
+            created_ms: now_ms(),
+        };
+        if let Err(e) = self.store()?.insert_snapshot(&snap).await {
+            let _ = backend.snapshot_remove(&sid, &artifact).await;
+            return Err(e.into());
+        }
+        Ok(snapshot_info(
+            &snap,
+            Some(t0.elapsed().as_secs_f64() * 1000.0),
+        ))
+    }
+
+    pub async fn snapshot_list(&self) -> Result<Vec<SnapshotInfo>> {
+        Ok(self
+            .store()?
+            .list_snapshots()
+            .await?
+            .iter()
+            .map(|r| snapshot_info(r, None))
+            .collect())
+    }
+
+    pub async fn snapshot_get(&self, id: &str) -> Result<SnapshotInfo> {
+        Ok(snapshot_info(&self.snapshot_record(id).await?, None))
+    }
+
+    /// Deletes a snapshot nothing depends on (409 while an instance restored or branched from
+    /// it, or a snapshot taken on top of it, exists).
+    pub async fn snapshot_delete(&self, id: &str) -> Result<()> {
+        let rec = self.snapshot_record(id).await?;
+        let (instances, snapshots) = self.store()?.snapshot_dependents(id).await?;
+        if instances + snapshots > 0 {
+            return Err(Error::Conflict(format!(
+                "snapshot {id} is in use: {instances} instance(s) and {snapshots} snapshot(s) depend on it; delete them first"
+            )));
+        }
+        self.sandboxes
+            .backend_named(&rec.backend)?
+            .snapshot_remove(id, &rec.artifact)
+            .await?;
+        self.store()?.delete_snapshot(id).await?;
+        Ok(())
+    }
+
+    /// A new running instance with the snapshot's files.
+    pub async fn snapshot_restore(&self, id: &str) -> Result<InstanceInfo> {
+        let snap = self.snapshot_record(id).await?;
+        self.restore_record(&snap).await
+    }
+
+    pub(crate) async fn restore_record(&self, snap: &SnapshotRecord) -> Result<InstanceInfo> {
+        let backend = self.sandboxes.backend_named(&snap.backend)?;
+        let spec = InstanceSpec::parse(&snap.spec, &format!("snapshot {}", snap.id))?;
+        let id = new_id();
+        let now = now_ms();
+        // Recorded first: the snapshot cannot be deleted while its restore is being made.
+        let rec = InstanceRecord {
+            id: id.clone(),
+            name: None,
+            backend: snap.backend.clone(),
+            image: snap.image.clone(),
+            status: "stopped".into(),
+            status_reason: Some("being restored".into()),
+            spec: snap.spec.clone(),
+            source_snapshot: Some(snap.id.clone()),
+            created_ms: now,
+            updated_ms: now,
+            last_used_ms: now,
+        };
+        let store = self.store()?;
+        store.insert_instance(&rec).await?;
+        let made = backend
+            .instance_create(&id, &spec.sandbox(&snap.image), Some(&snap.artifact))
+            .await;
+        match made {
+            Ok(sandbox) => {
+                self.set_live(&id, Some(LiveBox::new(sandbox)));
+                store.set_instance_status(&id, "running", None).await?;
+                self.instance_get(&id).await
+            }
+            Err(e) => {
+                let _ = store.delete_instance(&id).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// `count` new instances, each with the snapshot's files, independent of each other.
+    pub async fn snapshot_branch(&self, id: &str, count: u32) -> Result<BranchResponse> {
+        let t0 = Instant::now();
+        self.check_branch_count(count)?;
+        let snap = self.snapshot_record(id).await?;
+        let instances = self.branch_record(&snap, count).await?;
+        Ok(BranchResponse {
+            instances,
+            snapshot_id: snap.id,
+            took_ms: t0.elapsed().as_secs_f64() * 1000.0,
+        })
+    }
+
+    fn check_branch_count(&self, count: u32) -> Result<()> {
+        if count == 0 || count as usize > self.cfg.max_branch {
+            return Err(Error::InvalidRequest(format!(
+                "count must be between 1 and {}, got {count}",
+                self.cfg.max_branch
+            )));
+        }
+        Ok(())
+    }
+
+    async fn branch_record(&self, snap: &SnapshotRecord, count: u32) -> Result<Vec<InstanceInfo>> {
+        let made = futures::future::join_all((0..count).map(|_| self.restore_record(snap))).await;
+        let mut ok = Vec::new();
+        let mut failed = None;
+        for r in made {
+            match r {
+                Ok(i) => ok.push(i),
+                Err(e) => failed = Some(e),
+            }
+        }
+        if let Some(e) = failed {
+            // All or nothing.
+            for i in &ok {
+                let _ = self.instance_delete(&i.id).await;
+            }
+            return Err(e);
+        }
+        Ok(ok)
+    }
+
+    /// Snapshots instance `id`, then branches the snapshot `count` times.
+    pub async fn instance_fork(&self, id: &str, count: u32) -> Result<BranchResponse> {
+        let t0 = Instant::now();
+        self.check_branch_count(count)?;
+        let snap = self
+            .snapshot_create(SnapshotCreateRequest {
+                instance_id: Some(id.to_string()),
+                name: Some(format!("fork of {id}")),
+                tags: vec!["fork".into()],
+                memory: false,
+            })
+            .await?;
+        let rec = self.snapshot_record(&snap.id).await?;
+        let instances = self.branch_record(&rec, count).await?;
+        Ok(BranchResponse {
+            instances,
+            snapshot_id: snap.id,
+            took_ms: t0.elapsed().as_secs_f64() * 1000.0,
+        })
+    }
+}
