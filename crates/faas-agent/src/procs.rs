@@ -53,8 +53,11 @@ pub(crate) struct Entry {
 
 struct State {
     exit: Option<ExitInfo>,
-    replay: VecDeque<Chunk>,
-    replay_len: usize,
+    /// The newest output, and where its frames start and end (kind, length), oldest first.
+    /// One buffer rather than a chunk per read: on the hot path of an attached exec (no
+    /// subscribers) keeping output is a copy into warm memory, no allocation.
+    replay: VecDeque<u8>,
+    chunks: VecDeque<(FrameKind, usize)>,
     subs: Vec<Sub>,
 }
 
@@ -126,23 +129,22 @@ impl Entry {
 
     /// Output read from the process: kept for replay and queued for the subscribers.
     fn output(&self, kind: FrameKind, data: &[u8]) {
-        let chunk: Arc<[u8]> = Arc::from(data);
         let len = data.len();
         let mut st = self.state();
         if !st.subs.is_empty() {
+            let chunk: Arc<[u8]> = Arc::from(data);
             st.subs
                 .retain(|s| s.offer(Msg::Frame((kind, chunk.clone())), len));
         }
-        st.replay.push_back((kind, chunk));
-        st.replay_len += len;
+        st.replay.extend(data);
+        st.chunks.push_back((kind, len));
         // Keep at least REPLAY_BYTES of the newest output.
-        while let Some((_, front)) = st.replay.front() {
-            let n = front.len();
-            if st.replay_len - n < REPLAY_BYTES {
+        while let Some(&(_, n)) = st.chunks.front() {
+            if st.replay.len() - n < REPLAY_BYTES {
                 break;
             }
-            st.replay_len -= n;
-            st.replay.pop_front();
+            st.replay.drain(..n);
+            st.chunks.pop_front();
         }
     }
 
@@ -150,9 +152,11 @@ impl Entry {
     /// exit), atomically with respect to new output.
     fn subscribe(&self, sub: Sub) {
         let mut st = self.state();
-        for (kind, data) in &st.replay {
-            let len = data.len();
-            if !sub.offer(Msg::Frame((*kind, data.clone())), len) {
+        let mut at = 0;
+        for &(kind, n) in &st.chunks {
+            let data: Arc<[u8]> = st.replay.range(at..at + n).copied().collect();
+            at += n;
+            if !sub.offer(Msg::Frame((kind, data)), n) {
                 return;
             }
         }
@@ -162,6 +166,16 @@ impl Entry {
             }
             None => st.subs.push(sub),
         }
+    }
+
+    /// An ended process is kept a while (up to ENDED_KEPT of them): its output takes no more
+    /// memory than its size. Done after the exit was reported (it may copy a megabyte).
+    fn shrink(&self) {
+        let mut st = self.state();
+        if st.replay.capacity() > st.replay.len() + st.replay.len() / 4 {
+            st.replay.shrink_to_fit();
+        }
+        st.chunks.shrink_to_fit();
     }
 
     fn unsubscribe(&self, id: u64) {
@@ -739,7 +753,7 @@ pub(crate) fn exec(mut conn: UnixStream, req: ExecRequest, reaper: &Reaper) -> i
             state: Mutex::new(State {
                 exit: None,
                 replay: VecDeque::new(),
-                replay_len: 0,
+                chunks: VecDeque::new(),
                 subs: Vec::new(),
             }),
             io: Mutex::new(entry_io.take().expect("registered once")),
@@ -996,11 +1010,12 @@ fn pump(p: Pump, mut conn: Option<UnixStream>) -> io::Result<()> {
     // one of its children (a shell then reports 137 for it).
     info.oom_killed = matches!((oom_before, oom_kills()), (Some(a), Some(b)) if b > a);
     finish(&entry, info.clone());
-    let Some(mut conn) = conn else {
-        return Ok(());
+    let r = match conn {
+        Some(mut conn) => write_json(&mut conn, &Event::Exited(info)).and_then(|()| conn.flush()),
+        None => Ok(()),
     };
-    write_json(&mut conn, &Event::Exited(info))?;
-    conn.flush()
+    entry.shrink();
+    r
 }
 
 /// The sandbox's OOM-kill counter, from its memory cgroup (v2, then v1).
