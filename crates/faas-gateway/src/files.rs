@@ -6,7 +6,7 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::IntoResponse;
 use axum::Json;
 use faas_common::{ErrorCode, FileEntry, FsEvent, FsListResponse, MkdirRequest, MoveRequest};
-use faas_executor::instances::processes::fs_op_name;
+use faas_executor::services::instances::processes::fs_op_name;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -48,7 +48,7 @@ async fn stat(
     Path(id): Path<String>,
     ApiQuery(q): ApiQuery<PathQuery>,
 ) -> ApiResult<Json<FileEntry>> {
-    Ok(Json(s.executor.fs_stat(&id, q.path()?).await?))
+    Ok(Json(s.platform.instances.fs_stat(&id, q.path()?).await?))
 }
 
 #[utoipa::path(get, path = "/api/v1/instances/{id}/fs/list", tag = "files", summary = "List a directory of an instance, `depth` levels down (1: its children)", params(("id" = String, Path, description = "instance id"), ("path" = String, Query, description = "absolute path in the instance"), ("depth" = Option<u32>, Query, description = "levels (1)")), responses((status = 200, body = faas_common::FsListResponse), (status = "default", description = "an error: `{\"error\": {\"code\", \"message\"}}`", body = faas_common::ErrorBody)))]
@@ -58,7 +58,8 @@ async fn list(
     ApiQuery(q): ApiQuery<PathQuery>,
 ) -> ApiResult<Json<FsListResponse>> {
     let entries = s
-        .executor
+        .platform
+        .instances
         .fs_list(&id, q.path()?, q.depth.unwrap_or(1))
         .await?;
     Ok(Json(FsListResponse { entries }))
@@ -72,7 +73,7 @@ async fn mkdir(
 ) -> ApiResult<(StatusCode, Json<FileEntry>)> {
     Ok((
         StatusCode::CREATED,
-        Json(s.executor.fs_mkdir(&id, &req.path).await?),
+        Json(s.platform.instances.fs_mkdir(&id, &req.path).await?),
     ))
 }
 
@@ -82,7 +83,12 @@ async fn rename(
     Path(id): Path<String>,
     ApiJson(req): ApiJson<MoveRequest>,
 ) -> ApiResult<Json<FileEntry>> {
-    Ok(Json(s.executor.fs_move(&id, &req.from, &req.to).await?))
+    Ok(Json(
+        s.platform
+            .instances
+            .fs_move(&id, &req.from, &req.to)
+            .await?,
+    ))
 }
 
 #[utoipa::path(delete, path = "/api/v1/instances/{id}/fs", tag = "files", summary = "Remove a file, a link or a whole directory", params(("id" = String, Path, description = "instance id"), ("path" = String, Query, description = "absolute path in the instance")), responses((status = 204), (status = "default", description = "an error: `{\"error\": {\"code\", \"message\"}}`", body = faas_common::ErrorBody)))]
@@ -91,7 +97,7 @@ async fn remove(
     Path(id): Path<String>,
     ApiQuery(q): ApiQuery<PathQuery>,
 ) -> ApiResult<StatusCode> {
-    s.executor.fs_remove(&id, q.path()?).await?;
+    s.platform.instances.fs_remove(&id, q.path()?).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -101,7 +107,11 @@ async fn watch(
     Path(id): Path<String>,
     ApiQuery(q): ApiQuery<PathQuery>,
 ) -> ApiResult<impl IntoResponse> {
-    let watch = s.executor.fs_watch(&id, q.path()?, q.recursive).await?;
+    let watch = s
+        .platform
+        .instances
+        .fs_watch(&id, q.path()?, q.recursive)
+        .await?;
     let ready = SseEvent::default().event("ready").data("{}");
     let changes = futures::stream::unfold(Some(watch), |w| async move {
         let mut w = w?;

@@ -15,8 +15,8 @@ use faas_common::{
     CommandSpec, ErrorCode, ProcessData, ProcessStartRequest, ProcessStarted, ProcessesResponse,
     PtySize, SignalRequest,
 };
-use faas_executor::agent::{ProcessEvent, Subscription};
-use faas_executor::instances::processes::process_exit;
+use faas_executor::sandbox::agent::{ProcessEvent, Subscription};
+use faas_executor::services::instances::processes::process_exit;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -48,7 +48,7 @@ async fn start(
 ) -> ApiResult<(StatusCode, Json<ProcessStarted>)> {
     Ok((
         StatusCode::CREATED,
-        Json(s.executor.process_start(&id, req).await?),
+        Json(s.platform.instances.process_start(&id, req).await?),
     ))
 }
 
@@ -58,7 +58,7 @@ async fn list(
     Path(id): Path<String>,
 ) -> ApiResult<Json<ProcessesResponse>> {
     Ok(Json(ProcessesResponse {
-        processes: s.executor.process_list(&id).await?,
+        processes: s.platform.instances.process_list(&id).await?,
     }))
 }
 
@@ -85,7 +85,11 @@ async fn events(
     State(s): State<AppState>,
     Path((id, pid)): Path<(String, String)>,
 ) -> ApiResult<impl IntoResponse> {
-    let sub = s.executor.process_subscribe(&id, pid_of(&pid)?).await?;
+    let sub = s
+        .platform
+        .instances
+        .process_subscribe(&id, pid_of(&pid)?)
+        .await?;
     let events = futures::stream::unfold(Some(sub), |sub| async move {
         let mut sub = sub?;
         match sub.next().await {
@@ -107,7 +111,10 @@ async fn stdin(
     Path((id, pid)): Path<(String, String)>,
     RawBody(body): RawBody,
 ) -> ApiResult<StatusCode> {
-    s.executor.process_input(&id, pid_of(&pid)?, &body).await?;
+    s.platform
+        .instances
+        .process_input(&id, pid_of(&pid)?, &body)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -116,7 +123,10 @@ async fn stdin_close(
     State(s): State<AppState>,
     Path((id, pid)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
-    s.executor.process_close_stdin(&id, pid_of(&pid)?).await?;
+    s.platform
+        .instances
+        .process_close_stdin(&id, pid_of(&pid)?)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -130,7 +140,7 @@ async fn signal(
     let sig = req
         .number()
         .map_err(|m| ApiError::new(ErrorCode::InvalidRequest, m))?;
-    s.executor.process_signal(&id, pid, sig).await?;
+    s.platform.instances.process_signal(&id, pid, sig).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -140,7 +150,10 @@ async fn resize(
     Path((id, pid)): Path<(String, String)>,
     ApiJson(size): ApiJson<PtySize>,
 ) -> ApiResult<StatusCode> {
-    s.executor.process_resize(&id, pid_of(&pid)?, size).await?;
+    s.platform
+        .instances
+        .process_resize(&id, pid_of(&pid)?, size)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -174,7 +187,7 @@ async fn terminal(
         Ok(ws) => ws,
         Err(rej) => {
             // An unknown instance is a 404 whatever the request; otherwise say what is missing.
-            s.executor.instance_get(&id).await?;
+            s.platform.instances.instance_get(&id).await?;
             return Err(ApiError::new(
                 ErrorCode::InvalidRequest,
                 format!("this route is a WebSocket: {}", rej.body_text()),
@@ -183,7 +196,8 @@ async fn terminal(
     };
     // The shell starts before the upgrade, so a bad request gets its JSON error.
     let started = s
-        .executor
+        .platform
+        .instances
         .process_start(
             &id,
             ProcessStartRequest {
@@ -201,10 +215,10 @@ async fn terminal(
         )
         .await?;
     let pid = started.pid;
-    let sub = match s.executor.process_subscribe(&id, pid).await {
+    let sub = match s.platform.instances.process_subscribe(&id, pid).await {
         Ok(sub) => sub,
         Err(e) => {
-            let _ = s.executor.process_signal(&id, pid, 9).await;
+            let _ = s.platform.instances.process_signal(&id, pid, 9).await;
             return Err(e.into());
         }
     };
@@ -241,11 +255,16 @@ async fn run_terminal(s: AppState, id: String, pid: u32, mut sub: Subscription, 
     let input = async {
         while let Some(Ok(msg)) = rx.next().await {
             let r = match msg {
-                Message::Binary(d) => s.executor.process_input(&id, pid, &d).await,
+                Message::Binary(d) => s.platform.instances.process_input(&id, pid, &d).await,
                 Message::Text(t) => match resize_of(&t) {
-                    Some(size) => s.executor.process_resize(&id, pid, size).await,
+                    Some(size) => s.platform.instances.process_resize(&id, pid, size).await,
                     // Text that is not a resize is typed, as terminals attach addons send it.
-                    None => s.executor.process_input(&id, pid, t.as_bytes()).await,
+                    None => {
+                        s.platform
+                            .instances
+                            .process_input(&id, pid, t.as_bytes())
+                            .await
+                    }
                 },
                 Message::Close(_) => break,
                 _ => Ok(()),
@@ -261,9 +280,9 @@ async fn run_terminal(s: AppState, id: String, pid: u32, mut sub: Subscription, 
     };
     if !ended {
         // The client went first: hang up on the shell, then make sure it is gone.
-        let _ = s.executor.process_signal(&id, pid, 1).await;
+        let _ = s.platform.instances.process_signal(&id, pid, 1).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let _ = s.executor.process_signal(&id, pid, 9).await;
+        let _ = s.platform.instances.process_signal(&id, pid, 9).await;
     }
 }
 

@@ -8,7 +8,9 @@
 //! - cached on native-crun and docker: each request timed once the pool is full again and the
 //!   previous box is torn down (the refill in between is not timed): the latency of a warm hit
 //!   on a quiet server;
-//! - `docker run --rm --network none IMAGE echo hello`.
+//! - `docker run --rm --network none IMAGE echo hello`;
+//! - processes (`--processes`, see `procbench.rs`) in one instance on native-crun,
+//!   native-runsc and docker: an exec into it, and a background start to its first output.
 //!
 //! Then `--pool` idle warm sandboxes (native-crun) are started at once and the host memory they
 //! take is measured (`MemAvailable` before and after), next to the agents' own memory.
@@ -52,6 +54,11 @@ pub struct BenchArgs {
     /// concurrency 16, cold invoke against `docker run ... python3 -c`, async throughput.
     #[arg(long, default_value_t = 1000)]
     pub functions: usize,
+    /// Requests per processes case (0 skips them), in one instance on native-crun,
+    /// native-runsc and docker: an exec into it, and a background start until its first
+    /// output event.
+    #[arg(long, default_value_t = 200)]
+    pub processes: usize,
     #[command(flatten)]
     pub host: HostArgs,
 }
@@ -164,6 +171,22 @@ async fn measure(a: &BenchArgs, crun: &Local, runc: &Local) -> anyhow::Result<()
             check(&r)?;
         }
         results.push(s);
+    }
+
+    if a.processes > 0 {
+        for (label, extra) in [
+            ("native-crun", json!({"runtime": "native"})),
+            (
+                "native-runsc",
+                json!({"runtime": "native", "isolation": "gvisor"}),
+            ),
+            ("docker", json!({"runtime": "docker"})),
+        ] {
+            let mut create = extra;
+            create["image"] = json!(a.image);
+            let cases = crate::procbench::run(&http, &crun.url, label, create, a.processes);
+            results.extend(cases.await?);
+        }
     }
 
     // Before `docker run`, whose 200 `--rm` containers the daemon goes on removing in the

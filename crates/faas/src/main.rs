@@ -15,6 +15,7 @@ mod functions;
 mod http;
 mod images;
 mod manage;
+mod procbench;
 mod procs;
 mod server;
 

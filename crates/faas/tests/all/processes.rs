@@ -14,7 +14,7 @@ async fn create(c: &Client) -> String {
     if gvisor() {
         body["isolation"] = json!("gvisor");
     }
-    let (s, v) = post(&c, "/api/v1/instances", body).await;
+    let (s, v) = post(c, "/api/v1/instances", body).await;
     assert_eq!(s, 201, "{v}");
     v["id"].as_str().unwrap().to_string()
 }
@@ -24,7 +24,7 @@ async fn delete(c: &Client, id: &str) {
 }
 
 async fn start(c: &Client, id: &str, body: Value) -> u32 {
-    let (s, v) = post(&c, &format!("/api/v1/instances/{id}/processes"), body).await;
+    let (s, v) = post(c, &format!("/api/v1/instances/{id}/processes"), body).await;
     assert_eq!(s, 201, "{v}");
     v["pid"].as_u64().unwrap() as u32
 }
@@ -59,7 +59,7 @@ async fn raw(c: &Client, path: &str, body: Vec<u8>) -> (u16, Value) {
 
 async fn sh(c: &Client, id: &str, cmd: &str) -> Value {
     let (s, v) = post(
-        &c,
+        c,
         &format!("/api/v1/instances/{id}/exec"),
         json!({"command": cmd}),
     )

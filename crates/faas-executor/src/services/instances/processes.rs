@@ -8,10 +8,10 @@ use faas_common::{
     FileEntry, FileType, ProcessExit, ProcessInfo, ProcessStartRequest, ProcessStarted, PtySize,
 };
 
-use super::LiveBox;
-use crate::agent::{Subscription, Watch};
+use super::{Instances, LiveBox};
 use crate::error::{Error, Result};
-use crate::service::Executor;
+use crate::sandbox::agent::{Subscription, Watch};
+use crate::services::run;
 
 /// Largest `depth` of a directory listing.
 const MAX_LIST_DEPTH: u32 = 32;
@@ -86,12 +86,12 @@ pub fn fs_op_name(op: FsOp) -> &'static str {
     }
 }
 
-impl Executor {
+impl Instances {
     /// The running box of instance `id`: 404 for an unknown instance, 409 for one that is not
     /// running.
     async fn running_box(&self, id: &str) -> Result<Arc<LiveBox>> {
         let rec = self.instance_record(id).await?;
-        self.instances.live(id).ok_or_else(|| {
+        self.live(id).ok_or_else(|| {
             Error::Conflict(format!("instance {id} is {}: start it first", rec.status))
         })
     }
@@ -125,7 +125,7 @@ impl Executor {
             )));
         }
         let timeout_ms = match req.timeout_ms {
-            Some(t) => self.timeout(Some(t))?,
+            Some(t) => run::timeout(&self.cfg, Some(t))?,
             None => 0,
         };
         let pty = req.pty.map(check_size).transpose()?;
