@@ -96,26 +96,34 @@ pub enum Request {
     Quiesce,
     /// Subscribe to a process: its kept output, then live output, then [`Event::Exited`]
     /// (at once for a process that already ended). Unknown pid: [`Event::Error`] `not_found`.
+    /// A subscriber that falls more than 16 MiB behind is disconnected (without the exit
+    /// event, possibly mid-frame).
     Connect { pid: u32 },
-    /// Write to a process's stdin (or its terminal). Answered with [`Event::Done`].
+    /// Write to a process's stdin (or its terminal). Answered with [`Event::Done`] once the
+    /// bytes are queued (not when the process read them); `invalid` for a process started
+    /// without stdin, whose stdin was closed, or that ended.
     SendInput {
         pid: u32,
         /// The bytes, base64 (standard alphabet, padded).
         data_b64: String,
     },
     /// Close a process's stdin (for a PTY: sends end-of-file, `^D`). Answered with
-    /// [`Event::Done`].
+    /// [`Event::Done`], also when stdin is closed already or the process ended.
     CloseStdin { pid: u32 },
-    /// Send a signal (a number) to a process's group. Answered with [`Event::Done`].
+    /// Send a signal (a number) to a process's group. Answered with [`Event::Done`] (a no-op
+    /// for a process that ended); `invalid` for a number that is not a standard signal.
     Signal { pid: u32, signal: i32 },
-    /// Resize a PTY process's terminal. `invalid` for a process without one.
+    /// Resize a PTY process's terminal. `invalid` for a process without one; a no-op for one
+    /// that ended.
     Resize { pid: u32, cols: u16, rows: u16 },
     /// The process table: answered with [`Event::Processes`].
     List,
     /// Answered with [`Event::Entry`].
     Stat { path: String },
     /// The entries under `path`, `depth` levels down (1 = its children), sorted by path;
-    /// answered with [`Event::Entries`].
+    /// answered with [`Event::Entries`]. Symlinked directories are listed, not entered;
+    /// unreadable subdirectories are skipped. More than 100,000 entries (or an answer over
+    /// [`MAX_FRAME`]): `invalid`.
     ListDir { path: String, depth: u32 },
     /// Makes `path` and any missing parents. `exists` when `path` already exists. Answered with
     /// [`Event::Done`].

@@ -341,7 +341,15 @@ pub(crate) fn connect(mut conn: UnixStream, pid: u32) -> io::Result<()> {
     entry.unsubscribe(id);
     drop(entry);
     match r {
-        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        // The host went away.
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+            ) =>
+        {
+            Ok(())
+        }
         r => r,
     }
 }

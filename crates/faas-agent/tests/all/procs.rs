@@ -602,7 +602,12 @@ fn terminals_leak_nothing() {
 #[test]
 fn a_subscriber_that_does_not_read_stalls_nobody() {
     let a = start();
-    let pid = detach(&a.socket, sh("sleep 0.3; head -c 64000000 /dev/zero"));
+    // 40 MB, paced so that a subscriber that reads keeps up even on a loaded host (one that
+    // reads slower than the process writes is dropped too, once 16 MiB behind).
+    let pid = detach(
+        &a.socket,
+        sh("sleep 0.3; for i in $(seq 40); do head -c 1000000 /dev/zero; sleep 0.02; done"),
+    );
     // Never reads.
     let mut stuck = UnixStream::connect(&a.socket).unwrap();
     write_json(&mut stuck, &Request::Connect { pid }).unwrap();
@@ -619,7 +624,7 @@ fn a_subscriber_that_does_not_read_stalls_nobody() {
             Got::Ev(ev) => panic!("{ev:?}"),
         }
     }
-    assert_eq!(n, 64_000_000);
+    assert_eq!(n, 40_000_000);
     assert!(t.elapsed() < Duration::from_secs(20));
     // The stuck one was dropped: what it gets ends (maybe mid-frame) before the exit.
     stuck
@@ -630,5 +635,5 @@ fn a_subscriber_that_does_not_read_stalls_nobody() {
         assert_ne!(kind, FrameKind::Json, "the dropped subscriber saw the exit");
         got += p.len();
     }
-    assert!(got < 64_000_000);
+    assert!(got < 40_000_000);
 }
