@@ -56,6 +56,8 @@ pub const PROTOCOL_VERSION: u32 = 2;
 pub const REPLAY_BYTES: usize = 1024 * 1024;
 
 /// Ended processes kept in the table (for `List` and late `Connect`); older ones are dropped.
+/// Their output is kept up to 16 MiB in all: past that the oldest ones' output goes first
+/// (their entries and exits stay).
 pub const ENDED_KEPT: usize = 256;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -220,12 +220,20 @@ impl Entry {
     }
 }
 
-/// The table: entries by pid, and the ended ones' pids, oldest first.
+/// The table: entries by pid, and the ended ones' pids (with the output each keeps), oldest
+/// first.
 #[derive(Default)]
 struct Table {
     procs: HashMap<u32, Arc<Entry>>,
-    ended: VecDeque<u32>,
+    ended: VecDeque<(u32, usize)>,
+    /// Output kept by ended processes, at most [`ENDED_OUTPUT_BYTES`]: beyond it the oldest
+    /// ones' output goes (their entries and exit stay), so ended processes cannot fill a small
+    /// box's memory.
+    ended_bytes: usize,
 }
+
+/// Output kept by all ended processes together.
+const ENDED_OUTPUT_BYTES: usize = 16 * 1024 * 1024;
 
 static TABLE: LazyLock<Mutex<Table>> = LazyLock::new(Default::default);
 
@@ -242,7 +250,14 @@ fn insert(entry: Arc<Entry>) {
     let mut t = table();
     // A new process with the pid of an ended one replaces it.
     if t.procs.insert(pid, entry).is_some() {
-        t.ended.retain(|p| *p != pid);
+        let mut freed = 0;
+        t.ended.retain(|&(p, n)| {
+            if p == pid {
+                freed += n;
+            }
+            p != pid
+        });
+        t.ended_bytes -= freed;
     }
 }
 
@@ -252,17 +267,36 @@ fn finish(entry: &Arc<Entry>, info: ExitInfo) {
     let pid = entry.pid();
     let subs = {
         let mut t = table();
-        let subs = {
+        let (subs, kept) = {
             let mut st = entry.state();
             st.exit = Some(info.clone());
-            std::mem::take(&mut st.subs)
+            (std::mem::take(&mut st.subs), st.replay.len())
         };
         if t.procs.get(&pid).is_some_and(|e| Arc::ptr_eq(e, entry)) {
-            t.ended.push_back(pid);
+            t.ended.push_back((pid, kept));
+            t.ended_bytes += kept;
             while t.ended.len() > ENDED_KEPT {
-                if let Some(old) = t.ended.pop_front() {
+                if let Some((old, n)) = t.ended.pop_front() {
                     t.procs.remove(&old);
+                    t.ended_bytes -= n;
                 }
+            }
+            // Over the cap: the oldest ended ones' output goes first.
+            let mut i = 0;
+            while t.ended_bytes > ENDED_OUTPUT_BYTES && i < t.ended.len() {
+                let (old, n) = t.ended[i];
+                if n > 0 {
+                    if let Some(e) = t.procs.get(&old) {
+                        let mut st = e.state();
+                        st.replay.clear();
+                        st.replay.shrink_to_fit();
+                        st.chunks.clear();
+                        st.chunks.shrink_to_fit();
+                    }
+                    t.ended[i].1 = 0;
+                    t.ended_bytes -= n;
+                }
+                i += 1;
             }
         }
         subs
@@ -285,7 +319,7 @@ pub(crate) fn list() -> Event {
         let ended = t
             .ended
             .iter()
-            .filter_map(|p| t.procs.get(p).cloned())
+            .filter_map(|(p, _)| t.procs.get(p).cloned())
             .collect();
         let running = t.procs.values().filter(|e| e.running()).cloned().collect();
         (running, ended)

@@ -205,6 +205,30 @@ fn replay_keeps_the_newest_output() {
 }
 
 #[test]
+fn ended_processes_keep_16_mib_of_output_in_all() {
+    let a = start();
+    // 20 processes of about 1.3 MiB each: the oldest ones' output goes, their exits stay.
+    let pids: Vec<u32> = (0..20)
+        .map(|_| {
+            let pid = detach(&a.socket, sh("seq 1 200000"));
+            let (_, x) = to_exit(&subscribe(&a.socket, pid));
+            assert_eq!(x.exit_code, 0);
+            pid
+        })
+        .collect();
+    let (first, x) = to_exit(&subscribe(&a.socket, pids[0]));
+    assert_eq!((first.len(), x.exit_code), (0, 0));
+    let (last, _) = to_exit(&subscribe(&a.socket, pids[19]));
+    assert!(last.ends_with(b"199999\n200000\n"), "{}", last.len());
+    let kept: usize = pids
+        .iter()
+        .map(|&p| to_exit(&subscribe(&a.socket, p)).0.len())
+        .sum();
+    assert!(kept <= 16 * 1024 * 1024, "{kept} bytes kept");
+    assert!(kept >= 8 * 1024 * 1024, "{kept} bytes kept");
+}
+
+#[test]
 fn input_is_sent_then_closed() {
     let a = start();
     let pid = detach(
