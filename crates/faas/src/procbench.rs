@@ -78,10 +78,7 @@ async fn cases(
         let pid = v["pid"]
             .as_u64()
             .with_context(|| format!("start a process: {v}"))?;
-        let mut events = http
-            .get(format!("{procs_url}/{pid}/events"))
-            .send()
-            .await?;
+        let mut events = http.get(format!("{procs_url}/{pid}/events")).send().await?;
         let mut text = String::new();
         let mut first = None;
         while let Some(chunk) = events.chunk().await? {

@@ -160,18 +160,23 @@ impl AgentClient {
             .await
             .map_err(|e| self.unreachable(e.to_string()))?;
         let (mut rd, mut wr) = conn.into_split();
-        // Stdin goes in its own task so a process that does not read it cannot stall us.
-        let feeder = tokio::spawn(async move {
-            if let Some(data) = stdin {
-                for chunk in data.chunks(256 * 1024) {
-                    if send_frame(&mut wr, FrameKind::Stdin, chunk).await.is_err() {
-                        return wr;
+        // Stdin goes in its own task so a process that does not read it cannot stall us. The
+        // write half lives until the end either way: its shutdown would end the process.
+        let (feeder, _kept) = match stdin {
+            Some(data) => (
+                Feeder(Some(tokio::spawn(async move {
+                    for chunk in data.chunks(256 * 1024) {
+                        if send_frame(&mut wr, FrameKind::Stdin, chunk).await.is_err() {
+                            return wr;
+                        }
                     }
-                }
-                let _ = send_frame(&mut wr, FrameKind::Stdin, &[]).await;
-            }
-            wr
-        });
+                    let _ = send_frame(&mut wr, FrameKind::Stdin, &[]).await;
+                    wr
+                }))),
+                None,
+            ),
+            None => (Feeder(None), Some(wr)),
+        };
         let mut out = ExecOutcome::default();
         let mut started = false;
         loop {
@@ -446,6 +451,17 @@ pub struct AgentProcess {
     client: AgentClient,
     rd: tokio::net::unix::OwnedReadHalf,
     wr: tokio::net::unix::OwnedWriteHalf,
+}
+
+/// The task writing an exec's stdin, when it has one.
+struct Feeder(Option<tokio::task::JoinHandle<tokio::net::unix::OwnedWriteHalf>>);
+
+impl Feeder {
+    fn abort(&self) {
+        if let Some(t) = &self.0 {
+            t.abort();
+        }
+    }
 }
 
 /// What a process did next.

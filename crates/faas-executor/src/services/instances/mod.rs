@@ -71,7 +71,6 @@ impl InstanceSpec {
 /// An exec in an instance, checked and ready to run.
 pub(crate) struct RunnableExec {
     live: Arc<LiveBox>,
-    spec: InstanceSpec,
     timeout_ms: u64,
     stdin: Option<Vec<u8>>,
 }
@@ -79,6 +78,8 @@ pub(crate) struct RunnableExec {
 /// A running instance's box.
 pub struct LiveBox {
     pub sandbox: Box<dyn Sandbox>,
+    /// Its memory limit (an exec's answer reports it; no store read per exec).
+    memory_mb: u64,
     /// Execs running in it now: an instance is not idle while one runs, however long.
     busy: std::sync::atomic::AtomicUsize,
     /// When an exec last started or ended (ms since the epoch), or the box started.
@@ -86,9 +87,10 @@ pub struct LiveBox {
 }
 
 impl LiveBox {
-    fn new(sandbox: Box<dyn Sandbox>) -> Arc<LiveBox> {
+    fn new(sandbox: Box<dyn Sandbox>, spec: &InstanceSpec) -> Arc<LiveBox> {
         Arc::new(LiveBox {
             sandbox,
+            memory_mb: spec.memory_mb,
             busy: Default::default(),
             last_used_ms: now_ms().into(),
         })
@@ -244,7 +246,7 @@ impl Instances {
             let _ = backend.instance_remove(&id).await;
             return Err(e.into());
         }
-        self.set_live(&id, Some(LiveBox::new(sandbox)));
+        self.set_live(&id, Some(LiveBox::new(sandbox, &spec)));
         info(&rec)
     }
 
@@ -286,7 +288,7 @@ impl Instances {
     ) -> Result<ExecuteResponse> {
         let t0 = Instant::now();
         let (out, run) = self.instance_run(id, req, request_id).await?;
-        let (live, spec, timeout_ms) = (run.live, run.spec, run.timeout_ms);
+        let (live, timeout_ms) = (run.live, run.timeout_ms);
         let mut resp = run::response(
             &self.sandboxes.metrics,
             out,
@@ -299,7 +301,7 @@ impl Instances {
                 mode: Mode::Persistent,
                 warm: true,
                 timeout_ms,
-                memory_mb: spec.memory_mb,
+                memory_mb: live.memory_mb,
                 started: t0,
             },
         );
@@ -366,7 +368,14 @@ impl Instances {
             Err(e) => return Err(e),
         };
         drop(busy);
-        let _ = self.store()?.touch_instance(id, now_ms()).await;
+        // The last use is for display (the idle reaper reads the box's own): recorded off the
+        // answer's path.
+        if let Ok(store) = self.store() {
+            let (store, id) = (store.clone(), id.to_string());
+            self.sandboxes.tasks.spawn(async move {
+                let _ = store.touch_instance(&id, now_ms()).await;
+            });
+        }
         Ok((out, run))
     }
 
@@ -377,10 +386,17 @@ impl Instances {
         id: &str,
         req: &InstanceExecRequest,
     ) -> Result<RunnableExec> {
-        let rec = self.instance_record(id).await?;
-        let live = self.live(id).ok_or_else(|| {
-            Error::Conflict(format!("instance {id} is {}: start it first", rec.status))
-        })?;
+        // A live box is a running instance: the store is read only to say why one is not.
+        let live = match self.live(id) {
+            Some(live) => live,
+            None => {
+                let rec = self.instance_record(id).await?;
+                return Err(Error::Conflict(format!(
+                    "instance {id} is {}: start it first",
+                    rec.status
+                )));
+            }
+        };
         let timeout_ms = run::timeout(&self.cfg, req.timeout_ms)?;
         let stdin = req.stdin_bytes().map_err(Error::InvalidRequest)?;
         if req.command.is_empty() {
@@ -388,7 +404,6 @@ impl Instances {
         }
         Ok(RunnableExec {
             live,
-            spec: InstanceSpec::parse(&rec.spec, &format!("instance {id}"))?,
             timeout_ms,
             stdin,
         })
@@ -425,7 +440,7 @@ impl Instances {
         let sandbox = backend
             .instance_start(id, &spec.sandbox(&rec.image))
             .await?;
-        self.set_live(id, Some(LiveBox::new(sandbox)));
+        self.set_live(id, Some(LiveBox::new(sandbox, &spec)));
         let store = self.store()?;
         store.set_instance_status(id, "running", None).await?;
         store.touch_instance(id, now_ms()).await?;
@@ -557,14 +572,20 @@ impl Instances {
             if rec.status != "running" {
                 continue;
             }
-            let attached = match self.sandboxes.backend_named(&rec.backend) {
-                Ok(b) => b.instance_attach(&rec.id).await,
-                Err(e) => Err(e),
+            let attached = match (
+                InstanceSpec::parse(&rec.spec, &format!("instance {}", rec.id)),
+                self.sandboxes.backend_named(&rec.backend),
+            ) {
+                (Ok(spec), Ok(b)) => b
+                    .instance_attach(&rec.id)
+                    .await
+                    .map(|found| found.map(|sandbox| (sandbox, spec))),
+                (Err(e), _) | (_, Err(e)) => Err(e),
             };
             match attached {
-                Ok(Some(sandbox)) => {
+                Ok(Some((sandbox, spec))) => {
                     tracing::info!(instance = %rec.id, "re-attached");
-                    self.set_live(&rec.id, Some(LiveBox::new(sandbox)));
+                    self.set_live(&rec.id, Some(LiveBox::new(sandbox, &spec)));
                 }
                 Ok(None) => {
                     store
@@ -602,12 +623,18 @@ impl Instances {
                     continue;
                 };
                 let limit_ms = (limit as i64) * 1000;
+                let Some(live) = self.live(&i.id) else {
+                    continue;
+                };
                 if i.status == InstanceStatus::Running
                     && now - i.last_used_at_ms > limit_ms
-                    && self
-                        .live(&i.id)
-                        .is_some_and(|l| l.idle_ms(now_ms()) > limit_ms)
+                    && live.idle_ms(now_ms()) > limit_ms
                 {
+                    // A background process that still runs is activity too.
+                    if self.runs_processes(&live).await {
+                        live.touch();
+                        continue;
+                    }
                     let why = format!("stopped after {limit} s without an exec");
                     tracing::info!(instance = %i.id, "{why}");
                     let _ = self.instance_stop_because(&i.id, Some(&why)).await;

@@ -90,10 +90,21 @@ impl Instances {
     /// The running box of instance `id`: 404 for an unknown instance, 409 for one that is not
     /// running.
     async fn running_box(&self, id: &str) -> Result<Arc<LiveBox>> {
+        if let Some(live) = self.live(id) {
+            return Ok(live);
+        }
         let rec = self.instance_record(id).await?;
-        self.live(id).ok_or_else(|| {
-            Error::Conflict(format!("instance {id} is {}: start it first", rec.status))
-        })
+        Err(Error::Conflict(format!(
+            "instance {id} is {}: start it first",
+            rec.status
+        )))
+    }
+
+    /// Whether a process started in the box (not an exec, which counts as activity itself)
+    /// still runs.
+    pub(super) async fn runs_processes(&self, live: &LiveBox) -> bool {
+        let list = live.sandbox.agent().processes().await;
+        list.is_ok_and(|l| l.iter().any(|p| p.running))
     }
 
     /// A box whose agent cannot be reached is gone: the instance is not running.

@@ -148,7 +148,7 @@ impl Instances {
             .await;
         match made {
             Ok(sandbox) => {
-                self.set_live(&id, Some(LiveBox::new(sandbox)));
+                self.set_live(&id, Some(LiveBox::new(sandbox, &spec)));
                 store.set_instance_status(&id, "running", None).await?;
                 self.instance_get(&id).await
             }
