@@ -229,8 +229,15 @@ async fn stdin_signals_and_bad_requests() {
         ("hello there", json!(0))
     );
 
-    // SIGTERM ends a sleep.
+    // SIGTERM ends a sleep (which takes no input).
     let pid = start(&c, &id, json!({"command": ["sleep", "100"]})).await;
+    let (s, v) = raw(
+        &c,
+        &format!("/api/v1/instances/{id}/processes/{pid}/stdin"),
+        b"x".to_vec(),
+    )
+    .await;
+    assert_error(s, &v, 409, "conflict");
     let t0 = Instant::now();
     let (s, v) = post(
         &c,

@@ -117,6 +117,15 @@ impl Instances {
         }
     }
 
+    /// What the agent refuses for the process's state (input to one without stdin, a resize
+    /// of one without a terminal) is a conflict, not bad input.
+    fn state_conflict(id: &str, e: Error) -> Error {
+        match Self::box_gone(id, e) {
+            Error::InvalidRequest(m) => Error::Conflict(m),
+            e => e,
+        }
+    }
+
     /// Starts a process in instance `id` and returns at once; it runs until it ends, whoever
     /// listens.
     pub async fn process_start(
@@ -207,7 +216,7 @@ impl Instances {
             .agent()
             .send_input(pid, data)
             .await
-            .map_err(|e| Self::box_gone(id, e))
+            .map_err(|e| Self::state_conflict(id, e))
     }
 
     pub async fn process_close_stdin(&self, id: &str, pid: u32) -> Result<()> {
@@ -235,11 +244,7 @@ impl Instances {
             .agent()
             .resize(pid, size.cols, size.rows)
             .await
-            .map_err(|e| match Self::box_gone(id, e) {
-                // The agent says a process without a terminal cannot be resized.
-                Error::InvalidRequest(m) => Error::Conflict(m),
-                e => e,
-            })
+            .map_err(|e| Self::state_conflict(id, e))
     }
 
     pub async fn fs_stat(&self, id: &str, path: &str) -> Result<FileEntry> {
