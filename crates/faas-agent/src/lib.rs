@@ -22,7 +22,8 @@
 //! pid in the box: an attached [`Request::Exec`] (the connection streams its output and its
 //! end kills the process: one-shot execution) and a detached one (answered with
 //! [`Event::Started`], then the connection ends; the process outlives it) alike. Each entry
-//! keeps its last [`REPLAY_BYTES`] of output; [`Request::Connect`] replays them and then
+//! keeps its last [`REPLAY_BYTES`] of output; [`Request::Connect`] answers [`Event::Started`]
+//! at once, replays them and then
 //! streams the live output and the [`Event::Exited`] event, for any number of clients at any
 //! time. [`Request::SendInput`], [`Request::CloseStdin`], [`Request::Signal`],
 //! [`Request::Resize`] and [`Request::List`] are one-shot requests naming the pid.
@@ -96,8 +97,9 @@ pub enum Request {
     /// [`RESUME_FILE`] appears next to the socket. Answered with [`Event::Quiesced`], or
     /// [`Event::Error`] while other connections are open.
     Quiesce,
-    /// Subscribe to a process: its kept output, then live output, then [`Event::Exited`]
-    /// (at once for a process that already ended). Unknown pid: [`Event::Error`] `not_found`.
+    /// Subscribe to a process: answered first with [`Event::Started`] `{pid}` (at once, before
+    /// any output), then its kept output, then live output, then [`Event::Exited`] (at once
+    /// for a process that already ended). Unknown pid: [`Event::Error`] `not_found`.
     /// A subscriber that falls more than 16 MiB behind is disconnected (without the exit
     /// event, possibly mid-frame).
     Connect { pid: u32 },

@@ -343,6 +343,13 @@ pub(crate) fn connect(mut conn: UnixStream, pid: u32) -> io::Result<()> {
     let Some(entry) = get(pid) else {
         return write_json(&mut conn, &not_found(pid));
     };
+    // The acknowledgement comes first, before any replayed or live frame (this thread is the
+    // subscriber's only writer).
+    match write_json(&mut conn, &Event::Started { pid }) {
+        Ok(()) => {}
+        Err(e) if gone(&e) => return Ok(()),
+        Err(e) => return Err(e),
+    }
     let (tx, rx) = mpsc::channel();
     let queued = Arc::new(AtomicUsize::new(0));
     let id = NEXT.fetch_add(1, Ordering::Relaxed);
@@ -375,16 +382,17 @@ pub(crate) fn connect(mut conn: UnixStream, pid: u32) -> io::Result<()> {
     drop(entry);
     match r {
         // The host went away.
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
-            ) =>
-        {
-            Ok(())
-        }
+        Err(e) if gone(&e) => Ok(()),
         r => r,
     }
+}
+
+/// A write failed because the host went away (not an error of the agent's).
+fn gone(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+    )
 }
 
 /// Whether the host is still there (reads and drops whatever it sent).

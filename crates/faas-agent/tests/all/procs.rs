@@ -66,10 +66,23 @@ enum Got {
     Ev(Event),
 }
 
-/// Subscribes to `pid`; what arrives goes to the channel, until the connection ends.
-fn subscribe(socket: &Path, pid: u32) -> mpsc::Receiver<Got> {
+/// Connects to `pid` and reads the acknowledgement, which comes first: `started {pid}`.
+fn connect(socket: &Path, pid: u32) -> UnixStream {
     let mut conn = UnixStream::connect(socket).unwrap();
     write_json(&mut conn, &Request::Connect { pid }).unwrap();
+    let (kind, p) = read_frame(&mut conn).unwrap().expect("an acknowledgement");
+    assert_eq!(kind, FrameKind::Json);
+    assert_eq!(
+        serde_json::from_slice::<Event>(&p).unwrap(),
+        Event::Started { pid }
+    );
+    conn
+}
+
+/// Subscribes to `pid` (after its acknowledgement); what arrives goes to the channel, until
+/// the connection ends.
+fn subscribe(socket: &Path, pid: u32) -> mpsc::Receiver<Got> {
+    let mut conn = connect(socket, pid);
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         while let Ok(Some((kind, p))) = read_frame(&mut conn) {
@@ -517,8 +530,7 @@ fn a_subscriber_that_goes_away_is_dropped() {
     // Its pipes: stdout, stderr, the exit wake-up (both ends).
     let pid = detach(&a.socket, sh("while :; do echo tick; sleep 0.05; done"));
     for _ in 0..5 {
-        let mut conn = UnixStream::connect(&a.socket).unwrap();
-        write_json(&mut conn, &Request::Connect { pid }).unwrap();
+        let mut conn = connect(&a.socket, pid);
         read_frame(&mut conn).unwrap().unwrap();
         drop(conn);
     }
@@ -632,9 +644,8 @@ fn a_subscriber_that_does_not_read_stalls_nobody() {
         &a.socket,
         sh("sleep 0.3; for i in $(seq 40); do head -c 1000000 /dev/zero; sleep 0.02; done"),
     );
-    // Never reads.
-    let mut stuck = UnixStream::connect(&a.socket).unwrap();
-    write_json(&mut stuck, &Request::Connect { pid }).unwrap();
+    // Never reads (past its acknowledgement).
+    let mut stuck = connect(&a.socket, pid);
     let reader = subscribe(&a.socket, pid);
     let t = Instant::now();
     let mut n = 0;
