@@ -61,22 +61,9 @@ struct Names {
 
 impl Names {
     fn load() -> Names {
-        fn read(file: &str) -> HashMap<u32, String> {
-            let Ok(text) = std::fs::read_to_string(file) else {
-                return HashMap::new();
-            };
-            text.lines()
-                .filter_map(|l| {
-                    let mut f = l.split(':');
-                    let name = f.next()?;
-                    let id = f.nth(1)?.parse().ok()?;
-                    Some((id, name.to_string()))
-                })
-                .collect()
-        }
         Names {
-            users: read("/etc/passwd"),
-            groups: read("/etc/group"),
+            users: read_names(Path::new("/etc/passwd")),
+            groups: read_names(Path::new("/etc/group")),
         }
     }
 
@@ -93,6 +80,45 @@ impl Names {
             .cloned()
             .unwrap_or_else(|| gid.to_string())
     }
+}
+
+/// Largest `/etc/passwd` or `/etc/group` read; a bigger one means no names.
+const NAMES_FILE_MAX: u64 = 1024 * 1024;
+
+/// The ids and names of a `/etc/passwd`-like file (name, then the id in the third field).
+/// The box's contents are hostile: a link, a fifo, a device or a file over
+/// [`NAMES_FILE_MAX`] means no names (numbers are shown), never a hang or a big read.
+fn read_names(file: &Path) -> HashMap<u32, String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let flags = nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC;
+    let Ok(f) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags)
+        .open(file)
+    else {
+        return HashMap::new();
+    };
+    match f.metadata() {
+        Ok(m) if m.file_type().is_file() && m.len() <= NAMES_FILE_MAX => {}
+        _ => return HashMap::new(),
+    }
+    let mut bytes = Vec::new();
+    // The size may change meanwhile: the read is bounded all the same.
+    if f.take(NAMES_FILE_MAX + 1).read_to_end(&mut bytes).is_err()
+        || bytes.len() as u64 > NAMES_FILE_MAX
+    {
+        return HashMap::new();
+    }
+    String::from_utf8_lossy(&bytes)
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split(':');
+            let name = f.next()?;
+            let id = f.nth(1)?.parse().ok()?;
+            Some((id, name.to_string()))
+        })
+        .collect()
 }
 
 /// `ls -l`'s mode column.
@@ -596,5 +622,49 @@ pub(crate) fn watch(mut conn: UnixStream, path: &str, recursive: bool) -> io::Re
                 return Ok(());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_come_only_from_a_small_regular_file() {
+        let d = tempfile::tempdir().unwrap();
+        let ok = d.path().join("passwd");
+        std::fs::write(
+            &ok,
+            "root:x:0:0:root:/root:/bin/sh\nbob:x:1000:1000::/home/bob:\n",
+        )
+        .unwrap();
+        let names = read_names(&ok);
+        assert_eq!(names.get(&0).map(String::as_str), Some("root"));
+        assert_eq!(names.get(&1000).map(String::as_str), Some("bob"));
+
+        // A fifo nobody writes to: no hang.
+        let fifo = d.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        assert!(read_names(&fifo).is_empty());
+        // A link (here to an endless device): not followed.
+        let zero = d.path().join("zero");
+        std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+        assert!(read_names(&zero).is_empty());
+        // A link to a good file is not followed either.
+        let link = d.path().join("link");
+        std::os::unix::fs::symlink(&ok, &link).unwrap();
+        assert!(read_names(&link).is_empty());
+        // The device itself.
+        assert!(read_names(Path::new("/dev/zero")).is_empty());
+        // Over 1 MiB.
+        let big = d.path().join("big");
+        let mut text = String::from("root:x:0:0::/:\n");
+        while text.len() as u64 <= NAMES_FILE_MAX {
+            text.push_str("padding:x:1:1::/:\n");
+        }
+        std::fs::write(&big, text).unwrap();
+        assert!(read_names(&big).is_empty());
+        // Missing.
+        assert!(read_names(&d.path().join("none")).is_empty());
     }
 }
