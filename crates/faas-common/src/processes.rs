@@ -69,7 +69,7 @@ pub struct ProcessesResponse {
 /// `POST .../processes/{pid}/signal`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SignalRequest {
-    /// A name (`SIGTERM`, `TERM`, `sigkill`...) or a number.
+    /// A name (`SIGTERM`, `TERM`, `sigkill`...) or a number from 1 to 31.
     #[schema(value_type = String, example = "SIGTERM")]
     pub signal: serde_json::Value,
 }
@@ -105,21 +105,21 @@ impl SignalRequest {
     pub fn number(&self) -> Result<i32, String> {
         let bad = || {
             format!(
-                "signal must be a signal name such as SIGTERM or a number from 1 to 64, got {}",
+                "signal must be a signal name such as SIGTERM or a number from 1 to 31, got {}",
                 self.signal
             )
         };
         match &self.signal {
             serde_json::Value::Number(n) => n
                 .as_i64()
-                .filter(|n| (1..=64).contains(n))
+                .filter(|n| (1..=31).contains(n))
                 .map(|n| n as i32)
                 .ok_or_else(bad),
             serde_json::Value::String(s) => {
                 let up = s.trim().to_ascii_uppercase();
                 let name = up.strip_prefix("SIG").unwrap_or(&up);
                 if let Ok(n) = name.parse::<i32>() {
-                    return (1..=64).contains(&n).then_some(n).ok_or_else(bad);
+                    return (1..=31).contains(&n).then_some(n).ok_or_else(bad);
                 }
                 SIGNALS
                     .iter()
@@ -213,3 +213,36 @@ pub struct FsEvent {
 
 /// Largest total size of an instance's `metadata` (keys and values).
 pub const MAX_METADATA_BYTES: usize = 4096;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn number(v: serde_json::Value) -> Result<i32, String> {
+        SignalRequest { signal: v }.number()
+    }
+
+    #[test]
+    fn signals_by_name_or_number() {
+        for (v, want) in [
+            (serde_json::json!("SIGTERM"), 15),
+            (serde_json::json!("term"), 15),
+            (serde_json::json!(" sigkill "), 9),
+            (serde_json::json!(2), 2),
+            (serde_json::json!("SIG28"), 28),
+        ] {
+            assert_eq!(number(v), Ok(want));
+        }
+        for bad in [
+            serde_json::json!("SIGNOPE"),
+            serde_json::json!(0),
+            serde_json::json!(32),
+            serde_json::json!(-9),
+            serde_json::json!("99"),
+            serde_json::json!(null),
+            serde_json::json!([15]),
+        ] {
+            assert!(number(bad.clone()).is_err(), "{bad}");
+        }
+    }
+}

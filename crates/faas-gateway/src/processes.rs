@@ -214,25 +214,75 @@ async fn terminal(
             },
         )
         .await?;
-    let pid = started.pid;
-    let sub = match s.platform.instances.process_subscribe(&id, pid).await {
-        Ok(sub) => sub,
-        Err(e) => {
-            let _ = s.platform.instances.process_signal(&id, pid, 9).await;
-            return Err(e.into());
-        }
+    // From here on the shell is hung up on whatever happens (a failed subscription, an upgrade
+    // that never completes, a dropped handler), unless it ended by itself.
+    let shell = Shell {
+        s: s.clone(),
+        id: id.clone(),
+        pid: started.pid,
+        ended: false,
     };
-    Ok(ws.on_upgrade(move |socket| run_terminal(s, id, pid, sub, socket)))
+    let sub = s
+        .platform
+        .instances
+        .process_subscribe(&id, shell.pid)
+        .await?;
+    Ok(ws.on_upgrade(move |socket| run_terminal(shell, sub, socket)))
 }
 
-/// Carries one terminal until its shell ends or the client goes; a shell whose client went is
-/// hung up on, then killed.
-async fn run_terminal(s: AppState, id: String, pid: u32, mut sub: Subscription, ws: WebSocket) {
+/// How often a terminal's client is pinged, and how long it may stay silent (no message, no
+/// pong) before it counts as gone.
+const TERMINAL_PING: Duration = Duration::from_secs(20);
+const TERMINAL_SILENCE: Duration = Duration::from_secs(60);
+
+/// A terminal's shell: hung up on (SIGHUP, then SIGKILL) when dropped, unless it ended.
+struct Shell {
+    s: AppState,
+    id: String,
+    pid: u32,
+    ended: bool,
+}
+
+impl Drop for Shell {
+    fn drop(&mut self) {
+        if self.ended {
+            return;
+        }
+        let (s, id, pid) = (self.s.clone(), std::mem::take(&mut self.id), self.pid);
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        rt.spawn(async move {
+            let _ = s.platform.instances.process_signal(&id, pid, 1).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let _ = s.platform.instances.process_signal(&id, pid, 9).await;
+        });
+    }
+}
+
+/// Carries one terminal until its shell ends or the client goes (closes, or stays silent past
+/// [`TERMINAL_SILENCE`] while pinged); a shell whose client went is hung up on.
+async fn run_terminal(mut shell: Shell, mut sub: Subscription, ws: WebSocket) {
     use futures::{SinkExt, StreamExt};
     let (mut tx, mut rx) = ws.split();
+    let heard = std::sync::Mutex::new(std::time::Instant::now());
     let output = async {
+        let mut ping = tokio::time::interval(TERMINAL_PING);
+        ping.tick().await;
         loop {
-            match sub.next().await {
+            let ev = tokio::select! {
+                ev = sub.next() => ev,
+                _ = ping.tick() => {
+                    let silent = heard.lock().map(|t| t.elapsed()).unwrap_or_default();
+                    if silent > TERMINAL_SILENCE
+                        || tx.send(Message::Ping(Default::default())).await.is_err()
+                    {
+                        return false;
+                    }
+                    continue;
+                }
+            };
+            match ev {
                 Ok(Some(ProcessEvent::Exited(x))) => {
                     let exit = serde_json::json!({
                         "exit": { "exit_code": x.exit_code, "signal": x.signal }
@@ -252,8 +302,12 @@ async fn run_terminal(s: AppState, id: String, pid: u32, mut sub: Subscription, 
             }
         }
     };
+    let (s, id, pid) = (shell.s.clone(), shell.id.clone(), shell.pid);
     let input = async {
         while let Some(Ok(msg)) = rx.next().await {
+            if let Ok(mut t) = heard.lock() {
+                *t = std::time::Instant::now();
+            }
             let r = match msg {
                 Message::Binary(d) => s.platform.instances.process_input(&id, pid, &d).await,
                 Message::Text(t) => match resize_of(&t) {
@@ -274,16 +328,10 @@ async fn run_terminal(s: AppState, id: String, pid: u32, mut sub: Subscription, 
             }
         }
     };
-    let ended = tokio::select! {
+    shell.ended = tokio::select! {
         ended = output => ended,
         () = input => false,
     };
-    if !ended {
-        // The client went first: hang up on the shell, then make sure it is gone.
-        let _ = s.platform.instances.process_signal(&id, pid, 1).await;
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let _ = s.platform.instances.process_signal(&id, pid, 9).await;
-    }
 }
 
 fn resize_of(text: &str) -> Option<PtySize> {

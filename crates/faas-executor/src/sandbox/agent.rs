@@ -13,6 +13,10 @@ use tokio::net::UnixStream;
 
 use crate::error::{Error, Result};
 
+/// How long a request's first answer may take (one-shot requests, the acknowledgement of a
+/// subscription or a watch). A listing or a move of a big tree is the slowest of them.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Talks to the agent of one sandbox through the unix socket its backend exposed on the host.
 #[derive(Debug, Clone)]
 pub struct AgentClient {
@@ -263,11 +267,25 @@ impl AgentClient {
     /// Sends one request and reads its one answer; an agent error becomes the error of its
     /// kind (`not_found`, `conflict`, `invalid_request`).
     async fn call(&self, req: &Request) -> Result<Event> {
-        let mut conn = self.connect().await?;
-        send_json(&mut conn, req)
-            .await
-            .map_err(|e| self.unreachable(e.to_string()))?;
-        self.answer(&mut conn).await
+        self.request(req).await.map(|(_, ev)| ev)
+    }
+
+    /// Sends one request and reads its first answer, within [`ANSWER_TIMEOUT`] (the box is
+    /// untrusted: an agent that accepts and never answers must not hold a caller for ever);
+    /// the connection stays open for what follows (a subscription's frames, a watch's events).
+    async fn request(&self, req: &Request) -> Result<(UnixStream, Event)> {
+        let exchange = async {
+            let mut conn = self.connect().await?;
+            send_json(&mut conn, req)
+                .await
+                .map_err(|e| self.unreachable(e.to_string()))?;
+            let ev = self.answer(&mut conn).await?;
+            Ok((conn, ev))
+        };
+        match tokio::time::timeout(ANSWER_TIMEOUT, exchange).await {
+            Ok(r) => r,
+            Err(_) => Err(self.err(format!("did not answer within {ANSWER_TIMEOUT:?}"))),
+        }
     }
 
     async fn answer(&self, conn: &mut UnixStream) -> Result<Event> {
@@ -314,24 +332,16 @@ impl AgentClient {
 
     /// A process's kept output, then its live output, then its exit.
     pub async fn subscribe(&self, pid: u32) -> Result<Subscription> {
-        let mut conn = self.connect().await?;
-        send_json(&mut conn, &Request::Connect { pid })
-            .await
-            .map_err(|e| self.unreachable(e.to_string()))?;
-        // The first frame says whether the process exists: an error, or its output/exit.
-        let first = match self.read_event(&mut conn).await? {
-            Some((FrameKind::Json, Some(Event::Error { message, kind }), _)) => {
-                return Err(self.refused(kind, message))
-            }
-            Some(frame) => Some(frame_event(frame).map_err(|e| self.err(e))?),
-            None => return Err(self.err("connection closed before an answer")),
-        };
-        Ok(Subscription {
-            client: self.clone(),
-            conn,
-            first,
-            done: false,
-        })
+        // The agent says at once whether the process exists (`started{pid}`, or an error),
+        // before its output, which may be a long time coming.
+        match self.request(&Request::Connect { pid }).await? {
+            (conn, Event::Started { .. }) => Ok(Subscription {
+                client: self.clone(),
+                conn,
+                done: false,
+            }),
+            (_, ev) => Err(self.unexpected("connect", ev)),
+        }
     }
 
     /// Writes to a process's stdin (or its terminal).
@@ -400,17 +410,13 @@ impl AgentClient {
     /// Changes under directory `path`, from the moment this returns, until the
     /// [`Watch`] is dropped.
     pub async fn watch(&self, path: &str, recursive: bool) -> Result<Watch> {
-        let mut conn = self.connect().await?;
         let path = path.to_string();
-        send_json(&mut conn, &Request::Watch { path, recursive })
-            .await
-            .map_err(|e| self.unreachable(e.to_string()))?;
-        match self.answer(&mut conn).await? {
-            Event::Done => Ok(Watch {
+        match self.request(&Request::Watch { path, recursive }).await? {
+            (conn, Event::Done) => Ok(Watch {
                 client: self.clone(),
                 conn,
             }),
-            ev => Err(self.unexpected("watch", ev)),
+            (_, ev) => Err(self.unexpected("watch", ev)),
         }
     }
 
@@ -493,7 +499,6 @@ fn frame_event(
 pub struct Subscription {
     client: AgentClient,
     conn: UnixStream,
-    first: Option<ProcessEvent>,
     done: bool,
 }
 
@@ -503,16 +508,13 @@ impl Subscription {
         if self.done {
             return Ok(None);
         }
-        let ev = match self.first.take() {
-            Some(ev) => ev,
-            None => match self.client.read_event(&mut self.conn).await? {
-                Some(frame) => frame_event(frame).map_err(|e| self.client.err(e))?,
-                None => {
-                    return Err(self
-                        .client
-                        .err("connection closed before the process exited"))
-                }
-            },
+        let ev = match self.client.read_event(&mut self.conn).await? {
+            Some(frame) => frame_event(frame).map_err(|e| self.client.err(e))?,
+            None => {
+                return Err(self
+                    .client
+                    .err("connection closed before the process exited"))
+            }
         };
         self.done = matches!(ev, ProcessEvent::Exited(_));
         Ok(Some(ev))

@@ -208,6 +208,29 @@ async fn a_background_process_streams_to_every_subscriber_late_ones_included() {
 }
 
 #[tokio::test]
+async fn an_event_stream_answers_before_the_first_output() {
+    require_docker!();
+    let c = shared().client();
+    let id = create(&c).await;
+    let pid = start(&c, &id, json!({"command": "sleep 3; echo late"})).await;
+    // The stream's headers come at once, not when the process first prints.
+    let t0 = Instant::now();
+    let mut ev = Events::open(&c, &events_path(&id, pid)).await;
+    assert!(
+        t0.elapsed() < Duration::from_millis(2000),
+        "the stream opened after {:?}",
+        t0.elapsed()
+    );
+    let mut out = String::new();
+    let exit = ev.read_to_exit(&mut out).await;
+    assert_eq!(
+        (out.as_str(), exit["exit_code"].clone()),
+        ("late\n", json!(0))
+    );
+    delete(&c, &id).await;
+}
+
+#[tokio::test]
 async fn stdin_signals_and_bad_requests() {
     require_docker!();
     let c = shared().client();
@@ -401,6 +424,31 @@ async fn the_terminal_websocket_runs_a_shell() {
         "the resize did not reach the shell: {out:?}"
     );
     assert_eq!(exit.unwrap()["exit_code"], 0);
+    // A client that goes without ending its shell: the shell is hung up on.
+    let url = format!(
+        "{}/api/v1/instances/{id}/terminal",
+        c.base.replacen("http://", "ws://", 1)
+    );
+    let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    drop(ws);
+    let t0 = Instant::now();
+    loop {
+        let (_, v) = c.get(&format!("/api/v1/instances/{id}/processes")).await;
+        let shells = v["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["tag"] == "terminal" && p["running"] == true)
+            .count();
+        if shells == 0 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the shell outlived its client: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // A terminal for an unknown instance is a JSON 404 before any upgrade.
     let (s, v) = c.get("/api/v1/instances/nosuchinstance/terminal").await;
     assert_error(s, &v, 404, "not_found");

@@ -13,6 +13,11 @@ use crate::error::{Error, Result};
 use crate::sandbox::agent::{Subscription, Watch};
 use crate::services::run;
 
+/// How long the idle reaper waits for a box's process table.
+const IDLE_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
+/// Most bytes of argv and environment a process may be started with.
+const MAX_COMMAND_BYTES: usize = 1024 * 1024;
+
 /// Largest `depth` of a directory listing.
 const MAX_LIST_DEPTH: u32 = 32;
 /// Longest tag of a process.
@@ -103,8 +108,10 @@ impl Instances {
     /// Whether a process started in the box (not an exec, which counts as activity itself)
     /// still runs.
     pub(super) async fn runs_processes(&self, live: &LiveBox) -> bool {
-        let list = live.sandbox.agent().processes().await;
-        list.is_ok_and(|l| l.iter().any(|p| p.running))
+        // Bounded: one box that does not answer must not hold up the reaper of all the others
+        // (it is stopped as idle, which it is: nothing can be done with it).
+        let list = tokio::time::timeout(IDLE_CHECK, live.sandbox.agent().processes()).await;
+        list.is_ok_and(|l| l.is_ok_and(|l| l.iter().any(|p| p.running)))
     }
 
     /// A box whose agent cannot be reached is gone: the instance is not running.
@@ -136,6 +143,19 @@ impl Instances {
         if req.command.is_empty() {
             return Err(Error::InvalidRequest("command is empty".into()));
         }
+        let argv = req.command.to_argv();
+        let size: usize = argv.iter().map(String::len).sum::<usize>()
+            + req
+                .env_vars
+                .0
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>();
+        if size > MAX_COMMAND_BYTES {
+            return Err(Error::InvalidRequest(format!(
+                "command and env_vars are {size} bytes; at most {MAX_COMMAND_BYTES} are taken"
+            )));
+        }
         if let Some(dir) = &req.working_dir {
             check_path("working_dir", dir)?;
         }
@@ -151,7 +171,7 @@ impl Instances {
         let pty = req.pty.map(check_size).transpose()?;
         let live = self.running_box(id).await?;
         let exec = ExecRequest {
-            argv: req.command.to_argv(),
+            argv,
             env: req.env_vars.0,
             cwd: req.working_dir,
             timeout_ms,
@@ -296,8 +316,12 @@ impl Instances {
 
     pub async fn fs_remove(&self, id: &str, path: &str) -> Result<()> {
         check_path("path", path)?;
-        if path.trim_end_matches('/').is_empty() {
-            return Err(Error::InvalidRequest("the root cannot be removed".into()));
+        // As `rm` does: not the root, not `.` or `..` (`/.` and `/tmp/..` are the root too).
+        let last = path.trim_end_matches('/').rsplit('/').next().unwrap_or("");
+        if matches!(last, "" | "." | "..") {
+            return Err(Error::InvalidRequest(format!(
+                "{path:?} cannot be removed: the root, `.` and `..` are refused"
+            )));
         }
         let live = self.running_box(id).await?;
         let r = live.sandbox.agent().remove(path).await;
