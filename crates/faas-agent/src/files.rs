@@ -239,6 +239,8 @@ pub(crate) fn list_dir(path: &str, depth: u32) -> Event {
     }
 }
 
+/// Walks `dir` down `depth` levels into `out`, with a stack of its own (no recursion: the
+/// box's trees may be deep, and the agent's threads have small stacks).
 fn list_into(
     dir: &str,
     depth: u32,
@@ -246,26 +248,29 @@ fn list_into(
     out: &mut Vec<FileEntry>,
     top: bool,
 ) -> Result<(), Event> {
-    let rd = match std::fs::read_dir(dir) {
-        Ok(rd) => rd,
-        Err(e) if top => return Err(io_error(dir, &e)),
-        Err(_) => return Ok(()),
-    };
-    for de in rd {
-        let Ok(de) = de else { continue };
-        let path = join(dir, &de.file_name().to_string_lossy());
-        // Not followed: a symlink is listed as one.
-        let Ok(meta) = de.metadata() else { continue };
-        if out.len() >= MAX_ENTRIES {
-            return Err(invalid(format!(
-                "{}: too many entries (over {MAX_ENTRIES}); ask for a smaller depth",
-                if top { dir } else { &path }
-            )));
-        }
-        let is_dir = meta.file_type().is_dir();
-        out.push(entry(&path, &meta, names));
-        if is_dir && depth > 1 {
-            list_into(&path, depth - 1, names, out, false)?;
+    let mut stack = vec![(dir.to_string(), depth, top)];
+    while let Some((dir, depth, top)) = stack.pop() {
+        let rd = match std::fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if top => return Err(io_error(&dir, &e)),
+            Err(_) => continue,
+        };
+        for de in rd {
+            let Ok(de) = de else { continue };
+            let path = join(&dir, &de.file_name().to_string_lossy());
+            // Not followed: a symlink is listed as one.
+            let Ok(meta) = de.metadata() else { continue };
+            if out.len() >= MAX_ENTRIES {
+                return Err(invalid(format!(
+                    "{}: too many entries (over {MAX_ENTRIES}); ask for a smaller depth",
+                    if top { &dir } else { &path }
+                )));
+            }
+            let is_dir = meta.file_type().is_dir();
+            out.push(entry(&path, &meta, names));
+            if is_dir && depth > 1 {
+                stack.push((path, depth - 1, false));
+            }
         }
     }
     Ok(())
@@ -314,50 +319,253 @@ pub(crate) fn rename(from: &str, to: &str) -> Event {
     stat(to)
 }
 
+/// Deepest directory level a copy goes (or a recursive watch watches) below its top.
+const MAX_DEPTH: usize = 256;
+
+/// One step of [`copy_tree`]'s walk.
+enum CopyStep {
+    /// Copy `from` to `to`, `depth` levels below the top.
+    Copy {
+        from: String,
+        to: String,
+        depth: usize,
+    },
+    /// A directory's contents are copied: its modes and owner now.
+    Finish { to: String, meta: Metadata },
+}
+
+/// Copies `from` to `to` (modes, owners and links kept); on failure, what it made is
+/// removed. Trees deeper than [`MAX_DEPTH`] are refused.
 fn copy_tree(from: &str, to: &str) -> Result<(), Event> {
-    let meta = std::fs::symlink_metadata(from).map_err(|e| io_error(from, &e))?;
-    let ft = meta.file_type();
-    if ft.is_symlink() {
-        let target = std::fs::read_link(from).map_err(|e| io_error(from, &e))?;
-        std::os::unix::fs::symlink(&target, to).map_err(|e| io_error(to, &e))?;
-    } else if ft.is_dir() {
-        std::fs::create_dir(to).map_err(|e| io_error(to, &e))?;
-        let rd = std::fs::read_dir(from).map_err(|e| io_error(from, &e))?;
-        for de in rd {
-            let de = de.map_err(|e| io_error(from, &e))?;
-            let name = de.file_name();
-            let name = name.to_string_lossy();
-            copy_tree(&join(from, &name), &join(to, &name))?;
-        }
-        std::fs::set_permissions(to, std::fs::Permissions::from_mode(meta.mode() & 0o7777))
-            .map_err(|e| io_error(to, &e))?;
-    } else if ft.is_file() {
-        // Copies the permission bits too.
-        std::fs::copy(from, to).map_err(|e| io_error(to, &e))?;
-    } else {
-        return Err(Event::error(
-            ErrorKind::Other,
-            format!("{from}: cannot copy a device, fifo or socket across file systems"),
-        ));
+    let mut made = false;
+    let r = copy_walk(from, to, &mut made);
+    if r.is_err() && made {
+        let _ = remove_tree(to);
     }
-    // Owner too, as far as allowed (the agent is root in the box).
-    let _ = std::os::unix::fs::lchown(to, Some(meta.uid()), Some(meta.gid()));
-    if !ft.is_symlink() && meta.mode() & 0o6000 != 0 {
-        // chown clears set-id bits: put them back.
-        let _ = std::fs::set_permissions(to, std::fs::Permissions::from_mode(meta.mode() & 0o7777));
+    r
+}
+
+/// [`copy_tree`]'s walk, with a stack of its own (no recursion); `made` is set once `to`
+/// exists.
+fn copy_walk(from: &str, to: &str, made: &mut bool) -> Result<(), Event> {
+    let mut stack = vec![CopyStep::Copy {
+        from: from.to_string(),
+        to: to.to_string(),
+        depth: 0,
+    }];
+    while let Some(step) = stack.pop() {
+        let (from, to, depth) = match step {
+            CopyStep::Copy { from, to, depth } => (from, to, depth),
+            CopyStep::Finish { to, meta } => {
+                std::fs::set_permissions(
+                    &to,
+                    std::fs::Permissions::from_mode(meta.mode() & 0o7777),
+                )
+                .map_err(|e| io_error(&to, &e))?;
+                set_owner(&to, &meta);
+                continue;
+            }
+        };
+        let meta = std::fs::symlink_metadata(&from).map_err(|e| io_error(&from, &e))?;
+        let ft = meta.file_type();
+        if ft.is_symlink() {
+            let target = std::fs::read_link(&from).map_err(|e| io_error(&from, &e))?;
+            std::os::unix::fs::symlink(&target, &to).map_err(|e| io_error(&to, &e))?;
+        } else if ft.is_dir() {
+            if depth >= MAX_DEPTH {
+                return Err(invalid(format!(
+                    "{from}: too deep (over {MAX_DEPTH} levels) to copy across file systems"
+                )));
+            }
+            std::fs::create_dir(&to).map_err(|e| io_error(&to, &e))?;
+            *made = true;
+            let rd = std::fs::read_dir(&from).map_err(|e| io_error(&from, &e))?;
+            let mut names = Vec::new();
+            for de in rd {
+                let de = de.map_err(|e| io_error(&from, &e))?;
+                names.push(de.file_name().to_string_lossy().into_owned());
+            }
+            stack.push(CopyStep::Finish {
+                to: to.clone(),
+                meta,
+            });
+            for name in names.iter().rev() {
+                stack.push(CopyStep::Copy {
+                    from: join(&from, name),
+                    to: join(&to, name),
+                    depth: depth + 1,
+                });
+            }
+            continue;
+        } else if ft.is_file() {
+            // Copies the permission bits too.
+            std::fs::copy(&from, &to).map_err(|e| io_error(&to, &e))?;
+        } else {
+            return Err(Event::error(
+                ErrorKind::Denied,
+                format!("{from}: cannot copy a device, fifo or socket across file systems"),
+            ));
+        }
+        *made = true;
+        set_owner(&to, &meta);
     }
     Ok(())
 }
 
+/// Gives `to` the owner of `meta`, as far as allowed (the agent is root in the box).
+fn set_owner(to: &str, meta: &Metadata) {
+    let _ = std::os::unix::fs::lchown(to, Some(meta.uid()), Some(meta.gid()));
+    if !meta.file_type().is_symlink() && meta.mode() & 0o6000 != 0 {
+        // chown clears set-id bits: put them back.
+        let _ = std::fs::set_permissions(to, std::fs::Permissions::from_mode(meta.mode() & 0o7777));
+    }
+}
+
 fn remove_tree(path: &str) -> Result<(), Event> {
     let meta = std::fs::symlink_metadata(path).map_err(|e| io_error(path, &e))?;
-    // std's remove_dir_all does not follow links.
-    let r = if meta.file_type().is_dir() {
-        std::fs::remove_dir_all(path)
+    if meta.file_type().is_dir() {
+        remove_dir_tree(path)
     } else {
-        std::fs::remove_file(path)
+        std::fs::remove_file(path).map_err(|e| io_error(path, &e))
+    }
+}
+
+/// A directory being removed by [`remove_dir_tree`]: its name in its parent, its identity
+/// (device, inode) and the entries still to remove (with whether each is a directory, when
+/// the kernel said).
+struct Doomed {
+    name: std::ffi::CString,
+    id: (u64, u64),
+    rest: std::vec::IntoIter<(std::ffi::CString, Option<bool>)>,
+}
+
+/// Removes directory `path` and everything under it, not through links: every directory is
+/// opened relative to its parent (`O_NOFOLLOW`) and left through its `..` (checked to be the
+/// parent it came from), so one directory is open at a time, and the walk has a stack of its
+/// own (no recursion: the box's trees may be deeper than the agent's small stacks allow).
+fn remove_dir_tree(path: &str) -> Result<(), Event> {
+    use std::ffi::{CStr, CString};
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+    use nix::dir::{Dir, Type};
+    use nix::fcntl::{openat, OFlag};
+    use nix::sys::stat::{fstat, Mode};
+    use nix::unistd::{unlinkat, UnlinkatFlags};
+
+    const FLAGS: OFlag = OFlag::O_RDONLY
+        .union(OFlag::O_DIRECTORY)
+        .union(OFlag::O_NOFOLLOW)
+        .union(OFlag::O_CLOEXEC);
+    let open = |at: Option<&OwnedFd>, name: &CStr| -> nix::Result<OwnedFd> {
+        let fd = openat(at.map(|f| f.as_raw_fd()), name, FLAGS, Mode::empty())?;
+        // SAFETY: `openat` just returned this descriptor, owned by nothing else.
+        #[allow(unsafe_code)]
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
     };
-    r.map_err(|e| io_error(path, &e))
+    let id = |fd: &OwnedFd| -> nix::Result<(u64, u64)> {
+        let st = fstat(fd.as_raw_fd())?;
+        Ok((st.st_dev as u64, st.st_ino as u64))
+    };
+    let list = |fd: &OwnedFd| -> nix::Result<Vec<(CString, Option<bool>)>> {
+        let mut dir = Dir::from_fd(nix::unistd::dup(fd.as_raw_fd())?)?;
+        let mut out = Vec::new();
+        for e in dir.iter() {
+            let e = e?;
+            let name = e.file_name();
+            if name == c"." || name == c".." {
+                continue;
+            }
+            let is_dir = match e.file_type() {
+                Some(Type::Directory) => Some(true),
+                Some(_) => Some(false),
+                None => None,
+            };
+            out.push((name.to_owned(), is_dir));
+        }
+        Ok(out)
+    };
+    // For messages: the path of `child` of the directory at the top of `stack`.
+    let path_of = |stack: &[Doomed], child: &CStr| -> String {
+        let mut p = path.to_string();
+        for d in stack.iter().skip(1) {
+            p = join(&p, &d.name.to_string_lossy());
+        }
+        join(&p, &child.to_string_lossy())
+    };
+    let fail = |p: &str, e: Errno| io_error(p, &io::Error::from(e));
+
+    let top = CString::new(path).map_err(|_| invalid(format!("{path:?}: a NUL byte")))?;
+    let mut cur = open(None, &top).map_err(|e| fail(path, e))?;
+    let mut stack = vec![Doomed {
+        name: top,
+        id: id(&cur).map_err(|e| fail(path, e))?,
+        rest: list(&cur).map_err(|e| fail(path, e))?.into_iter(),
+    }];
+    while let Some(level) = stack.last_mut() {
+        let Some((name, is_dir)) = level.rest.next() else {
+            // Empty now: up to its parent, which removes it.
+            let done = stack.pop().expect("a level");
+            let Some(parent) = stack.last() else { break };
+            let up = open(Some(&cur), c"..").map_err(|e| fail(&path_of(&stack, &done.name), e))?;
+            if id(&up).ok() != Some(parent.id) {
+                return Err(Event::error(
+                    ErrorKind::Other,
+                    format!("{}: moved while being removed", path_of(&stack, &done.name)),
+                ));
+            }
+            cur = up;
+            match unlinkat(
+                Some(cur.as_raw_fd()),
+                done.name.as_c_str(),
+                UnlinkatFlags::RemoveDir,
+            ) {
+                Ok(()) | Err(Errno::ENOENT) => {}
+                Err(e) => return Err(fail(&path_of(&stack, &done.name), e)),
+            }
+            continue;
+        };
+        if is_dir != Some(true) {
+            match unlinkat(
+                Some(cur.as_raw_fd()),
+                name.as_c_str(),
+                UnlinkatFlags::NoRemoveDir,
+            ) {
+                Ok(()) | Err(Errno::ENOENT) => continue,
+                // A directory after all (or the kernel did not say).
+                Err(Errno::EISDIR) => {}
+                Err(Errno::EPERM) if is_dir.is_none() => {}
+                Err(e) => return Err(fail(&path_of(&stack, &name), e)),
+            }
+        }
+        let sub = match open(Some(&cur), &name) {
+            Ok(fd) => fd,
+            Err(Errno::ENOENT) => continue,
+            // Not a directory (any more): an entry like the others.
+            Err(Errno::ENOTDIR | Errno::ELOOP) => {
+                match unlinkat(
+                    Some(cur.as_raw_fd()),
+                    name.as_c_str(),
+                    UnlinkatFlags::NoRemoveDir,
+                ) {
+                    Ok(()) | Err(Errno::ENOENT) => continue,
+                    Err(e) => return Err(fail(&path_of(&stack, &name), e)),
+                }
+            }
+            Err(e) => return Err(fail(&path_of(&stack, &name), e)),
+        };
+        let doomed = (|| {
+            Ok(Doomed {
+                name: name.clone(),
+                id: id(&sub)?,
+                rest: list(&sub)?.into_iter(),
+            })
+        })()
+        .map_err(|e| fail(&path_of(&stack, &name), e))?;
+        stack.push(doomed);
+        cur = sub;
+    }
+    drop(cur);
+    std::fs::remove_dir(path).map_err(|e| io_error(path, &e))
 }
 
 /// [`Request::Remove`](faas_agent::Request::Remove): a file, a link (not what it points to)
@@ -404,48 +612,78 @@ impl Watcher {
         Ok(wd)
     }
 
-    /// Watches the subdirectories of `dir` (not through links), at the start.
+    /// How many levels below the root `path` is.
+    fn depth_of(&self, path: &str) -> usize {
+        let rest = path.strip_prefix(self.root.as_str()).unwrap_or(path);
+        rest.split('/').filter(|c| !c.is_empty()).count()
+    }
+
+    /// Watches the subdirectories of `dir` (not through links), at the start, down to
+    /// [`MAX_DEPTH`] levels below the root (with a stack of its own: no recursion).
     fn add_tree(&mut self, dir: &str) -> Result<(), Event> {
-        let Ok(rd) = std::fs::read_dir(dir) else {
-            return Ok(());
-        };
-        for de in rd.flatten() {
-            if de.file_type().is_ok_and(|t| t.is_dir()) {
-                let path = join(dir, &de.file_name().to_string_lossy());
-                match self.add(&path) {
-                    Ok(_) => self.add_tree(&path)?,
-                    Err(Errno::ENOSPC) => {
-                        return Err(Event::error(
-                            ErrorKind::Other,
-                            format!("{}: too many directories to watch", self.root),
-                        ))
+        let mut stack = vec![(dir.to_string(), self.depth_of(dir))];
+        while let Some((dir, depth)) = stack.pop() {
+            if depth >= MAX_DEPTH {
+                continue;
+            }
+            let Ok(rd) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for de in rd.flatten() {
+                if de.file_type().is_ok_and(|t| t.is_dir()) {
+                    let path = join(&dir, &de.file_name().to_string_lossy());
+                    match self.add(&path) {
+                        Ok(_) => stack.push((path, depth + 1)),
+                        Err(Errno::ENOSPC) => {
+                            return Err(Event::error(
+                                ErrorKind::Other,
+                                format!("{}: too many directories to watch", self.root),
+                            ))
+                        }
+                        // Gone meanwhile, or unreadable.
+                        Err(_) => {}
                     }
-                    // Gone meanwhile, or unreadable.
-                    Err(_) => {}
                 }
             }
         }
         Ok(())
     }
 
-    /// A directory appeared inside the watch: watch it, and report what it already has
-    /// (made before its watch was set).
+    /// A directory appeared inside the watch: watch it (down to [`MAX_DEPTH`] levels below
+    /// the root), and report what it already has (made before its watch was set), in the
+    /// order of a depth-first walk (with a stack of its own: no recursion).
     fn add_new(&mut self, dir: &str, out: &mut Vec<(FsOp, String)>) {
-        if self.add(dir).is_err() {
-            return;
-        }
-        let Ok(rd) = std::fs::read_dir(dir) else {
-            return;
-        };
-        for de in rd.flatten() {
-            let path = join(dir, &de.file_name().to_string_lossy());
+        let mut stack: Vec<std::vec::IntoIter<(String, bool)>> = Vec::new();
+        let mut next = Some(dir.to_string());
+        loop {
+            if let Some(dir) = next.take() {
+                if self.depth_of(&dir) <= MAX_DEPTH && self.add(&dir).is_ok() {
+                    if let Ok(rd) = std::fs::read_dir(&dir) {
+                        let children: Vec<(String, bool)> = rd
+                            .flatten()
+                            .map(|de| {
+                                let path = join(&dir, &de.file_name().to_string_lossy());
+                                (path, de.file_type().is_ok_and(|t| t.is_dir()))
+                            })
+                            .collect();
+                        stack.push(children.into_iter());
+                    }
+                }
+            }
+            let Some(level) = stack.last_mut() else {
+                return;
+            };
+            let Some((path, is_dir)) = level.next() else {
+                stack.pop();
+                continue;
+            };
             if self.scanned.len() > 4096 {
                 self.scanned.clear();
             }
             self.scanned.insert(path.clone());
             out.push((FsOp::Create, path.clone()));
-            if de.file_type().is_ok_and(|t| t.is_dir()) {
-                self.add_new(&path, out);
+            if is_dir {
+                next = Some(path);
             }
         }
     }

@@ -133,13 +133,14 @@ pub enum Request {
     /// [`Event::Done`].
     MakeDir { path: String },
     /// Renames (or, across file systems, copies then removes) `from` to `to`. Answered with
-    /// [`Event::Entry`] of `to`.
+    /// [`Event::Entry`] of `to`. A copy of a tree over 256 levels deep is refused (`invalid`);
+    /// a copy that fails leaves nothing of itself behind.
     Move { from: String, to: String },
     /// Removes a file, a link or a whole directory. Answered with [`Event::Done`].
     Remove { path: String },
     /// Streams [`Event::Fs`] for changes under directory `path` (and its subdirectories, with
-    /// `recursive`) after one [`Event::Done`] saying the watch is set, until the host closes
-    /// the connection.
+    /// `recursive`, down to 256 levels below `path`) after one [`Event::Done`] saying the
+    /// watch is set, until the host closes the connection.
     Watch { path: String, recursive: bool },
 }
 

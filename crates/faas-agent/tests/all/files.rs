@@ -404,3 +404,108 @@ fn watches_leak_nothing() {
         "{threads} threads before, {after} after"
     );
 }
+
+/// `levels` nested directories `d/d/...` under `root`: the deepest one.
+fn nest(root: &Path, levels: usize) -> std::path::PathBuf {
+    let deepest = root.join(vec!["d"; levels].join("/"));
+    std::fs::create_dir_all(&deepest).unwrap();
+    deepest
+}
+
+#[test]
+fn deep_trees_crash_nothing() {
+    let a = start();
+    let alive = || assert!(matches!(ask(&a.socket, &Request::Ping), Event::Pong { .. }));
+    let d = tempfile::tempdir().unwrap();
+    let deepest = nest(d.path(), 300);
+
+    // A recursive watch: set, down to 256 levels; a change 100 levels down is seen.
+    let mut conn = watch(&a.socket, d.path(), true);
+    let mid = d.path().join(vec!["d"; 100].join("/")).join("f");
+    std::fs::write(&mid, b"").unwrap();
+    assert_eq!(next_fs(&mut conn), (FsOp::Create, s(&mid)));
+    // A deep tree moved into the watch: its scan stops at the cap, the agent stays.
+    let outside = tempfile::tempdir().unwrap();
+    nest(outside.path(), 300);
+    std::fs::rename(outside.path().join("d"), d.path().join("moved")).unwrap();
+    assert_eq!(
+        next_fs(&mut conn),
+        (FsOp::Create, s(&d.path().join("moved")))
+    );
+    drop(conn);
+    alive();
+
+    // Listed as deep as asked.
+    match ask(
+        &a.socket,
+        &Request::ListDir {
+            path: s(d.path()),
+            depth: u32::MAX,
+        },
+    ) {
+        Event::Entries { entries } => {
+            assert!(entries.iter().any(|e| e.path == s(&deepest)));
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // Across file systems: too deep to copy, and nothing is left half-copied.
+    if let Ok(other) = tempfile::tempdir_in("/dev/shm") {
+        use std::os::unix::fs::MetadataExt;
+        let dev = |p: &Path| std::fs::metadata(p).unwrap().dev();
+        if dev(d.path()) != dev(other.path()) {
+            let to = other.path().join("d");
+            let ev = ask(
+                &a.socket,
+                &Request::Move {
+                    from: s(&d.path().join("d")),
+                    to: s(&to),
+                },
+            );
+            match ev {
+                Event::Error { kind, message } => {
+                    assert_eq!(kind, ErrorKind::Invalid);
+                    assert!(message.contains("too deep"), "{message}");
+                }
+                other => panic!("{other:?}"),
+            }
+            assert!(!to.exists());
+            assert!(deepest.is_dir());
+        }
+    }
+
+    // Removed whole, not through links.
+    let keep = tempfile::tempdir().unwrap();
+    std::fs::write(keep.path().join("kept"), b"").unwrap();
+    std::os::unix::fs::symlink(keep.path(), deepest.join("link")).unwrap();
+    assert_eq!(
+        ask(&a.socket, &Request::Remove { path: s(d.path()) }),
+        Event::Done
+    );
+    assert!(!d.path().exists());
+    assert!(keep.path().join("kept").exists());
+    alive();
+
+    // As deep as absolute paths go (about 1,900 levels): listed, watched and removed, and
+    // the agent stays.
+    let d = tempfile::tempdir().unwrap();
+    let levels = (4000 - s(d.path()).len()) / 2;
+    nest(d.path(), levels);
+    let conn = watch(&a.socket, d.path(), true);
+    drop(conn);
+    assert!(matches!(
+        ask(
+            &a.socket,
+            &Request::ListDir {
+                path: s(d.path()),
+                depth: u32::MAX,
+            },
+        ),
+        Event::Entries { .. }
+    ));
+    assert_eq!(
+        ask(&a.socket, &Request::Remove { path: s(d.path()) }),
+        Event::Done
+    );
+    alive();
+}
