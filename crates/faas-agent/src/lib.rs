@@ -61,6 +61,10 @@ pub const REPLAY_BYTES: usize = 1024 * 1024;
 /// (their entries and exits stay).
 pub const ENDED_KEPT: usize = 256;
 
+/// Most bytes of argv and env (together) an entry of the process table keeps; see
+/// [`Request::List`].
+pub const LISTED_ARGS_BYTES: usize = 16 * 1024;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum FrameKind {
@@ -120,7 +124,10 @@ pub enum Request {
     /// Resize a PTY process's terminal. `invalid` for a process without one; a no-op for one
     /// that ended.
     Resize { pid: u32, cols: u16, rows: u16 },
-    /// The process table: answered with [`Event::Processes`].
+    /// The process table: answered with [`Event::Processes`]. An entry whose argv and env
+    /// are over [`LISTED_ARGS_BYTES`] together is listed (and kept) with no env and its argv
+    /// cut to that size (its last argument truncated), so the answer stays a few MiB: at most
+    /// [`ENDED_KEPT`] ended processes, and as many running ones as the box can run.
     List,
     /// Answered with [`Event::Entry`].
     Stat { path: String },

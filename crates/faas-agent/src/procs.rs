@@ -22,7 +22,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use faas_agent::{
     write_frame, write_json, ErrorKind, Event, ExecRequest, ExitInfo, FrameKind, ProcessInfo,
-    PtySize, DEFAULT_OUTPUT_LIMIT, ENDED_KEPT, REPLAY_BYTES,
+    PtySize, DEFAULT_OUTPUT_LIMIT, ENDED_KEPT, LISTED_ARGS_BYTES, REPLAY_BYTES,
 };
 use nix::errno::Errno;
 use nix::sys::signal::{killpg, Signal};
@@ -528,6 +528,26 @@ fn base64_decode(s: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::base64_decode;
+    use super::pump::listed_args;
+
+    #[test]
+    fn big_argv_and_env_are_cut_for_the_table() {
+        let small = (
+            vec!["a".to_string()],
+            vec![("K".to_string(), "V".to_string())],
+        );
+        assert_eq!(listed_args(&small.0, &small.1), small);
+        let argv = vec!["sh".to_string(), "é".repeat(20_000), "tail".to_string()];
+        let (kept, env) = listed_args(&argv, &small.1);
+        assert!(env.is_empty());
+        assert_eq!(kept.len(), 2);
+        assert_eq!(kept[0], "sh");
+        let total: usize = kept.iter().map(String::len).sum();
+        assert!(total <= super::LISTED_ARGS_BYTES && total > super::LISTED_ARGS_BYTES - 2);
+        // Env alone over the size: argv kept whole, env gone.
+        let env = vec![("BIG".to_string(), "x".repeat(20_000))];
+        assert_eq!(listed_args(&small.0, &env), (small.0.clone(), vec![]));
+    }
 
     #[test]
     fn base64() {

@@ -192,6 +192,42 @@ struct Pump {
     oom_before: Option<u64>,
 }
 
+/// Most bytes of a caller's tag an entry keeps.
+const MAX_TAG: usize = 4096;
+
+/// The longest prefix of `s` of at most `max` bytes that ends at a character boundary.
+fn truncated(s: &str, max: usize) -> &str {
+    let mut cut = max.min(s.len());
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    &s[..cut]
+}
+
+/// The argv and env an entry keeps (and `List` shows): all of them up to
+/// [`LISTED_ARGS_BYTES`] together; beyond, no env and the argv cut to that size.
+pub(crate) fn listed_args(
+    argv: &[String],
+    env: &[(String, String)],
+) -> (Vec<String>, Vec<(String, String)>) {
+    let size: usize = argv.iter().map(String::len).sum::<usize>()
+        + env.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+    if size <= LISTED_ARGS_BYTES {
+        return (argv.to_vec(), env.to_vec());
+    }
+    let mut left = LISTED_ARGS_BYTES;
+    let mut kept = Vec::new();
+    for a in argv {
+        if left == 0 {
+            break;
+        }
+        let a = truncated(a, left);
+        left -= a.len();
+        kept.push(a.to_string());
+    }
+    (kept, Vec::new())
+}
+
 /// [`Request::Exec`](faas_agent::Request::Exec), attached or detached.
 pub(crate) fn exec(mut conn: UnixStream, req: ExecRequest, reaper: &Reaper) -> io::Result<()> {
     let mut cmd = match build_command(&req) {
@@ -268,6 +304,7 @@ pub(crate) fn exec(mut conn: UnixStream, req: ExecRequest, reaper: &Reaper) -> i
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
+    let (argv, env) = listed_args(&req.argv, &req.env);
     let mut entry_io = Some(entry_io);
     let mut entry = None;
     let spawned = reaper.spawn(&mut cmd, slot.clone(), |pid| {
@@ -275,9 +312,9 @@ pub(crate) fn exec(mut conn: UnixStream, req: ExecRequest, reaper: &Reaper) -> i
         let e = Arc::new(Entry {
             info: ProcessInfo {
                 pid,
-                tag: req.tag.clone(),
-                argv: req.argv.clone(),
-                env: req.env.clone(),
+                tag: req.tag.as_ref().map(|t| truncated(t, MAX_TAG).to_string()),
+                argv,
+                env,
                 cwd: req.cwd.clone(),
                 pty: req.pty.is_some(),
                 running: true,

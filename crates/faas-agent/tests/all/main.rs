@@ -27,13 +27,26 @@ impl Drop for Agent {
 }
 
 fn start() -> Agent {
+    start_with_stack(None)
+}
+
+/// An agent under a stack limit of `kib` (its children's argv and env may be a quarter of
+/// it), or the inherited one.
+fn start_with_stack(kib: Option<u32>) -> Agent {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("agent.sock");
-    let child = Command::new(env!("CARGO_BIN_EXE_faas-agent"))
-        .arg("--socket")
-        .arg(&socket)
-        .spawn()
-        .unwrap();
+    let agent = env!("CARGO_BIN_EXE_faas-agent");
+    let mut cmd = match kib {
+        None => Command::new(agent),
+        Some(kib) => {
+            let mut c = Command::new("/bin/sh");
+            c.arg("-c")
+                .arg(format!("ulimit -s {kib} && exec \"$0\" \"$@\""))
+                .arg(agent);
+            c
+        }
+    };
+    let child = cmd.arg("--socket").arg(&socket).spawn().unwrap();
     let start = Instant::now();
     while UnixStream::connect(&socket).is_err() {
         assert!(

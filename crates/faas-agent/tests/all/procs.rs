@@ -10,7 +10,7 @@ use faas_agent::{
     PtySize, Request,
 };
 
-use crate::{sh, start};
+use crate::{sh, start, start_with_stack};
 
 pub fn b64(data: &[u8]) -> String {
     const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -671,4 +671,53 @@ fn a_subscriber_that_does_not_read_stalls_nobody() {
         got += p.len();
     }
     assert!(got < 40_000_000);
+}
+
+#[test]
+fn list_answers_with_huge_argv_and_env() {
+    // Room for 6 MiB of argv and env per process (the most the kernel allows).
+    let a = start_with_stack(Some(64 * 1024));
+    // Each argument or variable is at most 128 KiB (the kernel's limit for one string).
+    let piece = "x".repeat(120 * 1024);
+    let mut argv: Vec<String> = vec!["/bin/sh".into(), "-c".into(), "sleep 5".into()];
+    argv.extend(std::iter::repeat_n(piece.clone(), 9));
+    let big_args = detach(
+        &a.socket,
+        ExecRequest {
+            argv,
+            ..Default::default()
+        },
+    );
+    let env: Vec<(String, String)> = (0..48).map(|i| (format!("V{i}"), piece.clone())).collect();
+    let big_envs: Vec<u32> = (0..3)
+        .map(|_| {
+            detach(
+                &a.socket,
+                ExecRequest {
+                    env: env.clone(),
+                    ..sh("sleep 5")
+                },
+            )
+        })
+        .collect();
+    let ps = list(&a.socket);
+    let size = |p: &ProcessInfo| {
+        p.argv.iter().map(String::len).sum::<usize>()
+            + p.env.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+    };
+    let p = ps.iter().find(|p| p.pid == big_args).unwrap();
+    assert!(p.env.is_empty());
+    assert_eq!(size(p), faas_agent::LISTED_ARGS_BYTES);
+    assert_eq!(p.argv[..3], ["/bin/sh", "-c", "sleep 5"]);
+    for pid in &big_envs {
+        let p = ps.iter().find(|p| p.pid == *pid).unwrap();
+        assert!(p.env.is_empty(), "env of {pid} kept");
+        assert_eq!(p.argv, ["/bin/sh", "-c", "sleep 5"]);
+    }
+    for pid in std::iter::once(big_args).chain(big_envs) {
+        assert_eq!(
+            ask(&a.socket, &Request::Signal { pid, signal: 9 }),
+            Event::Done
+        );
+    }
 }
