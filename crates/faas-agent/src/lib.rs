@@ -109,7 +109,9 @@ pub enum Request {
     Connect { pid: u32 },
     /// Write to a process's stdin (or its terminal). Answered with [`Event::Done`] once the
     /// bytes are queued (not when the process read them); `invalid` for a process started
-    /// without stdin, whose stdin was closed, or that ended.
+    /// without stdin, whose stdin was closed, or that ended, and when 16 MiB are queued
+    /// already ("stdin is full": the process does not read it). An attached exec's stdin
+    /// frames are not read from its connection meanwhile.
     SendInput {
         pid: u32,
         /// The bytes, base64 (standard alphabet, padded).

@@ -95,9 +95,37 @@ struct Io {
 enum Stdin {
     /// Started without stdin.
     Absent,
-    /// The feeder's channel (a pipe's or the PTY master's).
-    Open(Sender<Vec<u8>>),
+    /// The feeder (a pipe's or the PTY master's).
+    Open(Feeder),
     Closed,
+}
+
+/// Most input queued to a process (sent, not yet written to its stdin): beyond it,
+/// `SendInput` is refused, and an attached exec's connection is not read.
+pub(crate) const STDIN_QUEUE: usize = 16 * 1024 * 1024;
+
+/// A feeder thread's channel, and the bytes queued on it (the feeder counts down what it
+/// wrote).
+pub(crate) struct Feeder {
+    tx: Sender<Vec<u8>>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl Feeder {
+    /// Queues `data` (whatever is queued already); false when the feeder is gone.
+    fn send(&self, data: Vec<u8>) -> bool {
+        let len = data.len();
+        self.queued.fetch_add(len, Ordering::Relaxed);
+        if self.tx.send(data).is_err() {
+            self.queued.fetch_sub(len, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    fn full(&self, more: usize) -> bool {
+        self.queued.load(Ordering::Relaxed) + more > STDIN_QUEUE
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -181,11 +209,17 @@ impl Entry {
         self.state().subs.retain(|s| s.id != id);
     }
 
-    fn send_input(&self, data: Vec<u8>) -> Result<(), Event> {
+    /// Queues input for the process; `bounded`: refused beyond [`STDIN_QUEUE`] queued
+    /// (an attached exec's input is bounded by not reading its connection instead).
+    fn send_input(&self, data: Vec<u8>, bounded: bool) -> Result<(), Event> {
         let pid = self.pid();
         let io = lock(&self.io);
         match &io.stdin {
-            Stdin::Open(tx) => tx.send(data).map_err(|_| {
+            Stdin::Open(f) if bounded && f.full(data.len()) => Err(Event::error(
+                ErrorKind::Invalid,
+                format!("process {pid}: stdin is full: the process is not reading it"),
+            )),
+            Stdin::Open(f) => f.send(data).then_some(()).ok_or_else(|| {
                 Event::error(
                     ErrorKind::Invalid,
                     format!("process {pid}: stdin is closed"),
@@ -206,12 +240,17 @@ impl Entry {
         }
     }
 
+    /// Whether input queued to the process is at [`STDIN_QUEUE`] (it does not read it).
+    fn stdin_full(&self) -> bool {
+        matches!(&lock(&self.io).stdin, Stdin::Open(f) if f.full(0))
+    }
+
     /// Closes stdin (a PTY gets `^D` instead); a no-op when it is closed already.
     fn close_stdin(&self) {
         let mut io = lock(&self.io);
         if self.info.pty {
-            if let Stdin::Open(tx) = &io.stdin {
-                let _ = tx.send(vec![4]);
+            if let Stdin::Open(f) = &io.stdin {
+                let _ = f.send(vec![4]);
             }
         } else if matches!(io.stdin, Stdin::Open(_)) {
             io.stdin = Stdin::Closed;
@@ -419,7 +458,7 @@ pub(crate) fn send_input(pid: u32, data_b64: &str) -> Event {
     if data.is_empty() {
         return Event::Done;
     }
-    match entry.send_input(data) {
+    match entry.send_input(data, true) {
         Ok(()) => Event::Done,
         Err(ev) => ev,
     }

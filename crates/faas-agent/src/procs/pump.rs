@@ -70,7 +70,14 @@ impl Input {
                     out.push(InputEvent::Gone);
                     return out;
                 }
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Ok(n) => {
+                    self.buf.extend_from_slice(&chunk[..n]);
+                    // The frames so far are handed on first (a host sending without pause
+                    // does not grow the buffer).
+                    if self.buf.len() >= 1024 * 1024 {
+                        break;
+                    }
+                }
                 Err(Errno::EINTR) => continue,
                 Err(Errno::EAGAIN) => break,
                 Err(_) => {
@@ -100,28 +107,42 @@ impl Input {
 
 /// Feeds stdin to the process from a thread of its own (a process that does not read its
 /// stdin must not stall anything); only made for processes that take stdin.
-fn stdin_feeder(mut w: std::io::PipeWriter) -> io::Result<Sender<Vec<u8>>> {
+fn stdin_feeder(mut w: std::io::PipeWriter) -> io::Result<Feeder> {
     let (tx, rx) = mpsc::channel::<Vec<u8>>();
+    let queued = Arc::new(AtomicUsize::new(0));
+    let left = queued.clone();
     thread("stdin", move || {
         while let Ok(data) = rx.recv() {
-            if data.is_empty() || w.write_all(&data).is_err() {
+            if data.is_empty() {
                 return;
+            }
+            // In pieces, so the count goes down as the process reads.
+            for piece in data.chunks(64 * 1024) {
+                if w.write_all(piece).is_err() {
+                    return;
+                }
+                left.fetch_sub(piece.len(), Ordering::Relaxed);
             }
         }
     })?;
-    Ok(tx)
+    Ok(Feeder { tx, queued })
 }
 
 /// The same for a PTY's master, which is non-blocking (the pump polls it).
-fn pty_feeder(master: Arc<OwnedFd>) -> io::Result<Sender<Vec<u8>>> {
+fn pty_feeder(master: Arc<OwnedFd>) -> io::Result<Feeder> {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     let (tx, rx) = mpsc::channel::<Vec<u8>>();
+    let queued = Arc::new(AtomicUsize::new(0));
+    let left = queued.clone();
     thread("pty-in", move || {
         while let Ok(data) = rx.recv() {
             let mut rest = &data[..];
             while !rest.is_empty() {
                 match nix::unistd::write(&master, rest) {
-                    Ok(n) => rest = &rest[n..],
+                    Ok(n) => {
+                        rest = &rest[n..];
+                        left.fetch_sub(n, Ordering::Relaxed);
+                    }
                     Err(Errno::EINTR) => {}
                     Err(Errno::EAGAIN) => {
                         let mut fds = [PollFd::new(master.as_fd(), PollFlags::POLLOUT)];
@@ -133,7 +154,7 @@ fn pty_feeder(master: Arc<OwnedFd>) -> io::Result<Sender<Vec<u8>>> {
             }
         }
     })?;
-    Ok(tx)
+    Ok(Feeder { tx, queued })
 }
 
 /// What the pump reads: an output pipe, or a PTY's master.
@@ -448,10 +469,29 @@ fn pump(p: Pump, mut conn: Option<UnixStream>) -> io::Result<()> {
                 who.push(i);
             }
         }
+        // Input the process does not read is not taken from the host beyond the queue's
+        // bound (the host's writes block instead); only its hang-up is watched meanwhile.
+        let stdin_full = conn.is_some() && entry.stdin_full();
         if let Some(c) = &conn {
-            fds.push(PollFd::new(c.as_fd(), PollFlags::POLLIN));
+            let events = if stdin_full {
+                PollFlags::empty()
+            } else {
+                PollFlags::POLLIN
+            };
+            fds.push(PollFd::new(c.as_fd(), events));
             who.push(2);
         }
+        let timeout = if stdin_full {
+            // Checked again soon: the feeder gives no wake-up when it drains.
+            let soon = PollTimeout::from(10u8);
+            if timeout == PollTimeout::NONE {
+                soon
+            } else {
+                timeout.min(soon)
+            }
+        } else {
+            timeout
+        };
         if status.is_none() {
             fds.push(PollFd::new(wake_r.as_fd(), PollFlags::POLLIN));
             who.push(3);
@@ -522,7 +562,7 @@ fn pump(p: Pump, mut conn: Option<UnixStream>) -> io::Result<()> {
                         match ev {
                             InputEvent::Stdin(data) if data.is_empty() => entry.close_stdin(),
                             InputEvent::Stdin(data) => {
-                                let _ = entry.send_input(data);
+                                let _ = entry.send_input(data, false);
                             }
                             InputEvent::Gone => {
                                 if status.is_none() && conn.is_some() {

@@ -326,12 +326,62 @@ fn a_process_that_does_not_read_its_input_blocks_nothing() {
         assert_eq!(ev, Event::Done);
     }
     assert!(t.elapsed() < Duration::from_secs(2));
+    // Up to 16 MiB queued (and what the pipe holds), then refused.
+    let full = 3 + fill_stdin(&a.socket, pid, &big);
+    assert_eq!(full, 16, "{full} MiB queued");
     assert_eq!(
         ask(&a.socket, &Request::Signal { pid, signal: 9 }),
         Event::Done
     );
     let (_, x) = to_exit(&subscribe(&a.socket, pid));
     assert_eq!(x.signal, Some(9));
+
+    // The same for a terminal's input (raw, so its line discipline does not drop what the
+    // process does not read, but stops taking it).
+    if !Path::new("/usr/bin/stty").exists() && !Path::new("/bin/stty").exists() {
+        eprintln!("terminal part skipped: no stty on this host");
+        return;
+    }
+    let pid = detach(
+        &a.socket,
+        ExecRequest {
+            pty: Some(PtySize { cols: 80, rows: 24 }),
+            ..sh("stty raw -echo; echo ready; sleep 30")
+        },
+    );
+    let mut out = Vec::new();
+    read_until(&subscribe(&a.socket, pid), &mut out, |o| {
+        o.ends_with(b"ready\r\n") || o.ends_with(b"ready\n")
+    });
+    let full = fill_stdin(&a.socket, pid, &big);
+    assert_eq!(full, 16, "{full} MiB queued");
+    assert_eq!(
+        ask(&a.socket, &Request::Signal { pid, signal: 9 }),
+        Event::Done
+    );
+}
+
+/// Sends `chunk` (1 MiB, base64) to `pid` until refused as full: how many were taken.
+fn fill_stdin(socket: &Path, pid: u32, chunk: &str) -> usize {
+    for n in 0..64 {
+        let ev = ask(
+            socket,
+            &Request::SendInput {
+                pid,
+                data_b64: chunk.to_string(),
+            },
+        );
+        match ev {
+            Event::Done => {}
+            Event::Error { kind, message } => {
+                assert_eq!(kind, ErrorKind::Invalid);
+                assert!(message.contains("stdin is full"), "{message}");
+                return n;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    panic!("64 MiB queued to a process that does not read")
 }
 
 #[test]
