@@ -37,6 +37,10 @@ pub(crate) use pump::exec;
 
 /// A subscriber with more than this queued (it does not read fast enough) is dropped.
 const SUBSCRIBER_QUEUE: usize = 16 * 1024 * 1024;
+/// What a queued message costs beyond its bytes (its channel node, its `Arc`).
+const MSG_COST: usize = 64;
+/// Consecutive output of one kind is kept as one replayed frame up to this size.
+const REPLAY_CHUNK: usize = 64 * 1024;
 /// How often an idle subscriber's writer checks whether its host went away.
 const SUBSCRIBER_CHECK: Duration = Duration::from_secs(1);
 
@@ -75,13 +79,16 @@ enum Msg {
 }
 
 impl Sub {
-    /// Queues `msg`; false when the subscriber is to be dropped.
+    /// Queues `msg` (of `len` bytes of output); false when the subscriber is to be dropped.
+    /// Each message counts [`MSG_COST`] more than its bytes, so a flood of tiny ones drops a
+    /// slow subscriber too.
     fn offer(&self, msg: Msg, len: usize) -> bool {
-        if self.queued.load(Ordering::Relaxed) + len > SUBSCRIBER_QUEUE {
+        let cost = len + MSG_COST;
+        if self.queued.load(Ordering::Relaxed) + cost > SUBSCRIBER_QUEUE {
             let _ = self.conn.shutdown(std::net::Shutdown::Both);
             return false;
         }
-        self.queued.fetch_add(len, Ordering::Relaxed);
+        self.queued.fetch_add(cost, Ordering::Relaxed);
         self.tx.send(msg).is_ok()
     }
 }
@@ -164,7 +171,11 @@ impl Entry {
                 .retain(|s| s.offer(Msg::Frame((kind, chunk.clone())), len));
         }
         st.replay.extend(data);
-        st.chunks.push_back((kind, len));
+        // A process writing byte by byte keeps few records: small writes of one kind merge.
+        match st.chunks.back_mut() {
+            Some((k, n)) if *k == kind && *n + len <= REPLAY_CHUNK => *n += len,
+            _ => st.chunks.push_back((kind, len)),
+        }
         // Keep at least REPLAY_BYTES of the newest output.
         while let Some(&(_, n)) = st.chunks.front() {
             if st.replay.len() - n < REPLAY_BYTES {
@@ -402,7 +413,7 @@ pub(crate) fn connect(mut conn: UnixStream, pid: u32) -> io::Result<()> {
         match rx.recv_timeout(SUBSCRIBER_CHECK) {
             Ok(Msg::Frame((kind, data))) => {
                 write_frame(&mut conn, kind, &data)?;
-                queued.fetch_sub(data.len(), Ordering::Relaxed);
+                queued.fetch_sub(data.len() + MSG_COST, Ordering::Relaxed);
             }
             Ok(Msg::Exit(info)) => {
                 write_json(&mut conn, &Event::Exited(info))?;

@@ -771,3 +771,39 @@ fn list_answers_with_huge_argv_and_env() {
         );
     }
 }
+
+#[test]
+fn small_writes_are_replayed_in_few_frames() {
+    let a = start();
+    // 3,000 writes of one byte, then one to stderr, then one more to stdout.
+    let pid = detach(
+        &a.socket,
+        sh("i=0; while [ $i -lt 3000 ]; do printf x; i=$((i+1)); done; printf e >&2; printf y"),
+    );
+    let (out, x) = to_exit(&subscribe(&a.socket, pid));
+    assert_eq!(x.exit_code, 0);
+    assert_eq!(out.len(), 3002);
+    // Replayed once ended: the kept output is merged by kind (the order between the two
+    // pipes is the order the agent read them in).
+    let rx = subscribe(&a.socket, pid);
+    let mut frames = Vec::new();
+    loop {
+        match rx.recv_timeout(Duration::from_secs(5)).unwrap() {
+            Got::Out(k, p) => frames.push((k, p)),
+            Got::Ev(Event::Exited(_)) => break,
+            Got::Ev(ev) => panic!("{ev:?}"),
+        }
+    }
+    assert!(frames.len() <= 3, "{} frames", frames.len());
+    let of = |kind| -> Vec<u8> {
+        frames
+            .iter()
+            .filter(|(k, _)| *k == kind)
+            .flat_map(|(_, p)| p.clone())
+            .collect()
+    };
+    let mut want = vec![b'x'; 3000];
+    want.push(b'y');
+    assert!(of(FrameKind::Stdout) == want, "stdout differs");
+    assert_eq!(of(FrameKind::Stderr), b"e");
+}
