@@ -35,6 +35,11 @@ fn io_error(path: &str, e: &io::Error) -> Event {
         Some(Errno::ENOTDIR) => ErrorKind::NotDir,
         Some(Errno::EISDIR) => ErrorKind::IsDir,
         Some(Errno::EACCES | Errno::EPERM) => ErrorKind::Denied,
+        Some(Errno::EINVAL | Errno::ELOOP | Errno::ENAMETOOLONG) => ErrorKind::Invalid,
+        // The box refuses it in its state (the host answers 409 conflict).
+        Some(Errno::EROFS | Errno::EBUSY | Errno::ENOSPC | Errno::EXDEV | Errno::ETXTBSY) => {
+            ErrorKind::Denied
+        }
         _ => match e.kind() {
             io::ErrorKind::NotFound => ErrorKind::NotFound,
             io::ErrorKind::AlreadyExists => ErrorKind::Exists,
@@ -574,7 +579,14 @@ pub(crate) fn remove(path: &str) -> Event {
     if let Err(ev) = absolute(path) {
         return ev;
     }
-    match remove_tree(path) {
+    // As `rm` does: not `.`, `..` or `/` itself.
+    let trimmed = path.trim_end_matches('/');
+    let last = trimmed.rsplit('/').next().unwrap_or("");
+    if trimmed.is_empty() || last == "." || last == ".." {
+        return invalid(format!("{path}: refusing to remove '.', '..' or '/'"));
+    }
+    // A trailing `/` would follow a link: the link itself goes.
+    match remove_tree(trimmed) {
         Ok(()) => Event::Done,
         Err(ev) => ev,
     }
@@ -703,8 +715,9 @@ impl Watcher {
         }
     }
 
-    /// Turns what the kernel reported into events; `None` when the watched root is gone.
-    fn events(&mut self, out: &mut Vec<(FsOp, String)>) -> Option<()> {
+    /// Turns what the kernel reported into events; `None` when the watch ends (its root is
+    /// gone, or the kernel's queue overflowed: `overflowed` is set then).
+    fn events(&mut self, out: &mut Vec<(FsOp, String)>, overflowed: &mut bool) -> Option<()> {
         // Up to 64 reads of 4 KiB per batch.
         for _ in 0..64 {
             let batch = match self.inotify.read_events() {
@@ -714,6 +727,11 @@ impl Watcher {
             };
             for ev in batch {
                 let m = ev.mask;
+                if m.contains(AddWatchFlags::IN_Q_OVERFLOW) {
+                    // Changes were lost: the stream can no longer be trusted.
+                    *overflowed = true;
+                    return None;
+                }
                 let Some(dir) = self.dirs.get(&ev.wd).cloned() else {
                     continue;
                 };
@@ -848,7 +866,8 @@ pub(crate) fn watch(mut conn: UnixStream, path: &str, recursive: bool) -> io::Re
         }
         if notified {
             out.clear();
-            let alive = w.events(&mut out);
+            let mut overflowed = false;
+            let alive = w.events(&mut out, &mut overflowed);
             if !out.is_empty() {
                 match send(&mut conn, &out) {
                     Ok(()) => {}
@@ -857,6 +876,17 @@ pub(crate) fn watch(mut conn: UnixStream, path: &str, recursive: bool) -> io::Re
                 }
             }
             if alive.is_none() {
+                if overflowed {
+                    // The watch ends here (its inotify fd is closed as `w` goes).
+                    let ev = Event::error(
+                        ErrorKind::Other,
+                        "too many changes at once: the watch ended; watch again",
+                    );
+                    return match write_json(&mut conn, &ev) {
+                        Err(e) if e.kind() != io::ErrorKind::BrokenPipe => Err(e),
+                        _ => Ok(()),
+                    };
+                }
                 return Ok(());
             }
         }

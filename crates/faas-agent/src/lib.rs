@@ -145,11 +145,15 @@ pub enum Request {
     /// [`Event::Entry`] of `to`. A copy of a tree over 256 levels deep is refused (`invalid`);
     /// a copy that fails leaves nothing of itself behind.
     Move { from: String, to: String },
-    /// Removes a file, a link or a whole directory. Answered with [`Event::Done`].
+    /// Removes a file, a link (not what it points to, even with a trailing `/`) or a whole
+    /// directory. Answered with [`Event::Done`]. `invalid` for a path whose last component
+    /// is `.` or `..`, or that is `/`, as `rm` refuses them.
     Remove { path: String },
     /// Streams [`Event::Fs`] for changes under directory `path` (and its subdirectories, with
     /// `recursive`, down to 256 levels below `path`) after one [`Event::Done`] saying the
-    /// watch is set, until the host closes the connection.
+    /// watch is set, until the host closes the connection. When the kernel's queue of
+    /// changes overflows (changes were lost) the stream ends with [`Event::Error`] `other`:
+    /// watch again.
     Watch { path: String, recursive: bool },
 }
 
@@ -223,9 +227,11 @@ pub enum ErrorKind {
     NotDir,
     /// A directory where a file is needed.
     IsDir,
-    /// The request is malformed (a relative path, a resize of a process without a PTY...).
+    /// The request is malformed (a relative path, a name too long, a loop of links, a move of
+    /// a directory into itself, a resize of a process without a PTY...).
     Invalid,
-    /// The box refused it (permissions).
+    /// The box refused it: permissions, or its state (a read-only or full file system, a
+    /// busy file, a device that cannot be copied).
     Denied,
     #[default]
     Other,

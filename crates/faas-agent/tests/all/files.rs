@@ -509,3 +509,122 @@ fn deep_trees_crash_nothing() {
     );
     alive();
 }
+
+#[test]
+fn remove_refuses_dot_dotdot_and_the_root() {
+    let a = start();
+    let d = tempfile::tempdir().unwrap();
+    std::fs::create_dir(d.path().join("sub")).unwrap();
+    for path in [
+        "/".to_string(),
+        "//".to_string(),
+        "/.".to_string(),
+        "/tmp/..".to_string(),
+        format!("{}/sub/.", s(d.path())),
+        format!("{}/sub/../", s(d.path())),
+        format!("{}/.//", s(d.path())),
+    ] {
+        let ev = ask(&a.socket, &Request::Remove { path: path.clone() });
+        assert_eq!(error_kind(ev), ErrorKind::Invalid, "{path}");
+    }
+    assert!(d.path().join("sub").is_dir());
+    // A link named with a trailing slash: the link goes, not what it points to.
+    std::fs::write(d.path().join("sub/f"), b"").unwrap();
+    std::os::unix::fs::symlink(d.path().join("sub"), d.path().join("l")).unwrap();
+    let ev = ask(
+        &a.socket,
+        &Request::Remove {
+            path: format!("{}/l/", s(d.path())),
+        },
+    );
+    assert_eq!(ev, Event::Done);
+    assert!(d.path().join("sub/f").exists());
+    assert!(std::fs::symlink_metadata(d.path().join("l")).is_err());
+}
+
+#[test]
+fn errors_have_the_kinds_the_host_maps() {
+    let a = start();
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("dir");
+    std::fs::create_dir(&dir).unwrap();
+    // A directory into itself: EINVAL.
+    let ev = ask(
+        &a.socket,
+        &Request::Move {
+            from: s(&dir),
+            to: s(&dir.join("inside")),
+        },
+    );
+    assert_eq!(error_kind(ev), ErrorKind::Invalid);
+    // A name too long.
+    let long = d.path().join("n".repeat(300));
+    let (kind, message) = stat(&a.socket, &s(&long)).unwrap_err();
+    assert_eq!(kind, ErrorKind::Invalid);
+    assert!(message.contains("nnnn"), "{message}");
+    // A loop of links.
+    std::os::unix::fs::symlink(d.path().join("b"), d.path().join("a")).unwrap();
+    std::os::unix::fs::symlink(d.path().join("a"), d.path().join("b")).unwrap();
+    let (kind, _) = stat(&a.socket, &s(&d.path().join("a/x"))).unwrap_err();
+    assert_eq!(kind, ErrorKind::Invalid);
+    // A fifo across file systems cannot be copied.
+    if let Ok(other) = tempfile::tempdir_in("/dev/shm") {
+        use std::os::unix::fs::MetadataExt;
+        let dev = |p: &Path| std::fs::metadata(p).unwrap().dev();
+        if dev(d.path()) != dev(other.path()) {
+            let fifo = d.path().join("fifo");
+            let made = std::process::Command::new("mkfifo")
+                .arg(&fifo)
+                .status()
+                .is_ok_and(|st| st.success());
+            if made {
+                let ev = ask(
+                    &a.socket,
+                    &Request::Move {
+                        from: s(&fifo),
+                        to: s(&other.path().join("fifo")),
+                    },
+                );
+                assert_eq!(error_kind(ev), ErrorKind::Denied);
+                assert!(fifo.exists());
+            }
+        }
+    }
+}
+
+#[test]
+fn a_watch_whose_changes_overflow_ends_with_an_error() {
+    let a = start();
+    let d = tempfile::tempdir().unwrap();
+    let mut conn = watch(&a.socket, d.path(), false);
+    // Not read meanwhile: the agent's writes block, the kernel's queue (16,384 events by
+    // default) overflows.
+    let max: usize = std::fs::read_to_string("/proc/sys/fs/inotify/max_queued_events")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(16384);
+    if max > 100_000 {
+        eprintln!("skipped: max_queued_events is {max}");
+        return;
+    }
+    for i in 0..max * 2 + 50_000 {
+        let f = d.path().join(i.to_string());
+        std::fs::write(&f, b"").unwrap();
+        std::fs::remove_file(&f).unwrap();
+    }
+    conn.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut last = None;
+    while let Some((_, p)) = read_frame(&mut conn).unwrap() {
+        last = Some(serde_json::from_slice::<Event>(&p).unwrap());
+    }
+    match last {
+        Some(Event::Error { kind, message }) => {
+            assert_eq!(kind, ErrorKind::Other);
+            assert!(message.contains("watch again"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Its inotify instance is gone with it; the agent serves on.
+    assert!(matches!(ask(&a.socket, &Request::Ping), Event::Pong { .. }));
+}
