@@ -647,9 +647,10 @@ fn a_thousand_detached_processes_leak_nothing() {
     settle(|| counts(agent).0 == fds, "fds");
     let (_, after) = counts(agent);
     // Idle threads live 60 s; the pool only grows when all its threads are busy, which the
-    // warm-up already met; 2 more for the scheduling of a loaded host.
+    // warm-up already met; 4 more for the scheduling of a loaded host (a thread finishing its
+    // job a moment late makes the next job start one). A leak would be hundreds.
     assert!(
-        after <= threads + 2,
+        after <= threads + 4,
         "{threads} threads before, {after} after"
     );
     // The table keeps only the newest ended ones.
