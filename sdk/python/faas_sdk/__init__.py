@@ -20,6 +20,7 @@ from .errors import (
     TimeoutError,
     UnsupportedError,
 )
+from .terminal import AsyncTerminal, Terminal, TerminalExit
 from .models import (
     Branch,
     ExecutionResult,
@@ -41,6 +42,7 @@ from .models import (
 __all__ = [
     "AsyncFaaSClient",
     "AsyncFsWatch",
+    "AsyncTerminal",
     "BackendUnavailableError",
     "Branch",
     "ConflictError",
@@ -67,6 +69,8 @@ __all__ = [
     "ProcessStarted",
     "RateLimitedError",
     "Snapshot",
+    "Terminal",
+    "TerminalExit",
     "TimeoutError",
     "UnsupportedError",
 ]

@@ -4,8 +4,9 @@ Both have every method of ``_calls`` (made from it below) plus the streams ``str
 ``process_events`` and ``watch_dir`` (Server-Sent Events, read as they come), and
 ``wait_invocation``. Retries: only calls that are safe to repeat (reads, deletes, stop/start,
 uploads, prewarm, and invokes with an idempotency key) are retried, on transport failures and
-on 502/503/504 answers; an execute or a process start is never sent twice. The instance
-terminal (a WebSocket) is not here: httpx has no WebSocket (the TypeScript SDK has it).
+on 502/503/504 answers; an execute or a process start is never sent twice. ``terminal``
+(a PTY shell over a WebSocket) uses the ``websockets`` package (``faas-sdk[terminal]``), as
+httpx has no WebSocket.
 """
 
 import asyncio
@@ -19,6 +20,7 @@ import httpx
 from . import _calls
 from .errors import ConnectionError, FaaSError, InternalError, TimeoutError, error_from_response
 from .models import FsEvent, Invocation, LogEvent, ProcessEvent
+from .terminal import AsyncTerminal, Terminal, terminal_url
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 RETRY_STATUSES = (502, 503, 504)
@@ -236,6 +238,8 @@ class FaaSClient:
     ):
         self.base_url = base_url.rstrip("/")
         self.max_retries = max_retries
+        self._headers = dict(headers or {})
+        self._timeout = timeout
         self._http = httpx.Client(base_url=self.base_url, timeout=timeout, headers=headers)
 
     def close(self) -> None:
@@ -308,6 +312,13 @@ class FaaSClient:
             raise _transport_error(e) from e
         return FsWatch(resp)
 
+    def terminal(self, instance_id: str, cols: int = 80, rows: int = 24) -> Terminal:
+        """A PTY shell in a running instance: ``write`` to it, ``read``/``read_until`` its
+        output, ``resize`` it, ``wait`` for its ``TerminalExit``; closing it hangs the shell up.
+        Needs the ``websockets`` package."""
+        url = terminal_url(self.base_url, instance_id, cols, rows)
+        return Terminal.open(url, self._headers, self._timeout)
+
     def wait_invocation(
         self, invocation_id: str, timeout_s: float = 60.0, poll_s: float = 0.1
     ) -> Invocation:
@@ -338,6 +349,8 @@ class AsyncFaaSClient:
     ):
         self.base_url = base_url.rstrip("/")
         self.max_retries = max_retries
+        self._headers = dict(headers or {})
+        self._timeout = timeout
         self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout, headers=headers)
 
     async def close(self) -> None:
@@ -409,6 +422,11 @@ class AsyncFaaSClient:
         watch = AsyncFsWatch(resp)
         await watch._wait_ready()
         return watch
+
+    async def terminal(self, instance_id: str, cols: int = 80, rows: int = 24) -> AsyncTerminal:
+        """Like ``FaaSClient.terminal``; the terminal's methods are awaited."""
+        url = terminal_url(self.base_url, instance_id, cols, rows)
+        return await AsyncTerminal.open(url, self._headers, self._timeout)
 
     async def wait_invocation(
         self, invocation_id: str, timeout_s: float = 60.0, poll_s: float = 0.1

@@ -64,13 +64,11 @@ COVERED = {
     ("post", "/api/v1/functions/{name}/invoke"): "invoke_function",
     ("get", "/api/v1/invocations"): "list_invocations",
     ("get", "/api/v1/invocations/{id}"): "get_invocation",
+    ("get", "/api/v1/instances/{id}/terminal"): "terminal",
 }
 
 # Operations this SDK leaves out on purpose, and why.
-NOT_IN_SDK = {
-    ("get", "/api/v1/instances/{id}/terminal"): "a WebSocket: httpx has none (the TypeScript "
-    "SDK's terminal, or any WebSocket client, speaks it)",
-}
+NOT_IN_SDK: dict = {}
 
 
 def test_openapi_is_covered(client):
@@ -423,6 +421,31 @@ def test_pty_process_and_resize(client, instance):
     assert exit_of(events).exit_code == 0
     assert {e.kind for e in events[:-1]} <= {"pty"}, "a terminal's output comes as pty events"
     assert {x.pid: x for x in client.list_processes(instance)}[p.pid].pty
+
+
+def test_terminal(client, instance, url):
+    with client.terminal(instance, cols=100, rows=30) as term:
+        term.write("echo $((6*7))\n")
+        term.read_until(b"42\r\n")  # the typed line echoes $((6*7)); the answer is 42
+        term.resize(90, 20)
+        term.write("stty size; exit 3\n")
+        out = b""
+        while term.exit is None:
+            out += term.read(timeout=30)
+        assert b"20 90" in out, out
+        assert term.exit.exit_code == 3
+    with pytest.raises(faas_sdk.NotFoundError):
+        client.terminal("no-such-instance")
+
+    async def main():
+        async with AsyncFaaSClient(url) as c:
+            async with await c.terminal(instance) as t:
+                await t.write(b"echo async-$((1+1))\n")
+                await t.read_until(b"async-2")
+                await t.write(b"exit\n")
+                assert (await t.wait(timeout=30)).exit_code == 0
+
+    asyncio.run(main())
 
 
 def test_files(client, instance):
