@@ -469,7 +469,7 @@ impl Instances {
 
     /// The bytes of file `path` in a running instance.
     pub async fn instance_read_file(&self, id: &str, path: &str) -> Result<Vec<u8>> {
-        check_path(path)?;
+        check_path("path", path)?;
         let (out, _) = self
             .instance_run(
                 id,
@@ -505,7 +505,7 @@ impl Instances {
 
     /// Writes `data` to file `path` in a running instance (parent directories made).
     pub async fn instance_write_file(&self, id: &str, path: &str, data: Vec<u8>) -> Result<()> {
-        check_path(path)?;
+        check_path("path", path)?;
         let (out, _) = self
             .instance_run(
                 id,
@@ -650,11 +650,15 @@ impl Instances {
 }
 
 /// Files are addressed by absolute path inside the box.
-fn check_path(path: &str) -> Result<()> {
-    if !path.starts_with('/') || path.contains('\0') {
+/// `what` names the field in the error.
+fn check_path(what: &str, path: &str) -> Result<()> {
+    if !path.starts_with('/') {
         return Err(Error::InvalidRequest(format!(
-            "path must be absolute, got {path:?}"
+            "{what} must be an absolute path, got {path:?}"
         )));
+    }
+    if path.contains('\0') {
+        return Err(Error::InvalidRequest(format!("{what} contains a NUL byte")));
     }
     Ok(())
 }

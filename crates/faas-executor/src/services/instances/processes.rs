@@ -8,7 +8,7 @@ use faas_common::{
     FileEntry, FileType, ProcessExit, ProcessInfo, ProcessStartRequest, ProcessStarted, PtySize,
 };
 
-use super::{Instances, LiveBox};
+use super::{check_path, Instances, LiveBox};
 use crate::error::{Error, Result};
 use crate::sandbox::agent::{Subscription, Watch};
 use crate::services::run;
@@ -32,19 +32,6 @@ fn check_size(size: PtySize) -> Result<PtySize> {
         )));
     }
     Ok(size)
-}
-
-/// Paths in an instance are absolute, as the instance sees them.
-fn check_path(what: &str, path: &str) -> Result<()> {
-    if !path.starts_with('/') {
-        return Err(Error::InvalidRequest(format!(
-            "{what} must be an absolute path, got {path:?}"
-        )));
-    }
-    if path.contains('\0') {
-        return Err(Error::InvalidRequest(format!("{what} contains a NUL byte")));
-    }
-    Ok(())
 }
 
 fn entry(e: faas_agent::FileEntry) -> FileEntry {
