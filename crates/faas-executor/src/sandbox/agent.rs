@@ -117,13 +117,9 @@ impl AgentClient {
     }
 
     pub async fn ping(&self) -> Result<()> {
-        let mut conn = self.connect().await?;
-        send_json(&mut conn, &Request::Ping)
-            .await
-            .map_err(|e| self.err(e.to_string()))?;
-        match self.read_event(&mut conn).await? {
-            Some((FrameKind::Json, Some(Event::Pong { .. }), _)) => Ok(()),
-            other => Err(self.err(format!("unexpected answer to ping: {other:?}"))),
+        match self.call(&Request::Ping).await? {
+            Event::Pong { .. } => Ok(()),
+            ev => Err(self.unexpected("ping", ev)),
         }
     }
 
