@@ -155,6 +155,15 @@ pub enum Request {
     /// changes overflows (changes were lost) the stream ends with [`Event::Error`] `other`:
     /// watch again.
     Watch { path: String, recursive: bool },
+    /// Before a used box is reused: kill every other process of the box (daemons included),
+    /// wait until they and every other connection are gone, and forget all processes.
+    /// Answered with [`Event::Done`], or [`Event::Error`] when something would not go within
+    /// 2 s. The host then gives the box a new root file system and asks [`Request::CheckClean`].
+    Reset,
+    /// Whether the agent is as it was when the box started: its resource limits, priority,
+    /// CPU affinity, OOM score, mounts and open files, with no other process or connection.
+    /// Answered with [`Event::Done`], or [`Event::Error`] `other` naming what differs.
+    CheckClean,
 }
 
 /// Made by the host next to the agent's socket when a quiesced agent may listen again.

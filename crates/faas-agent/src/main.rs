@@ -9,6 +9,8 @@
 
 mod files;
 mod procs;
+mod reset;
+mod rootswap;
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -41,6 +43,7 @@ fn main() {
                     .unwrap_or_else(|| usage("--socket needs a path"))
             }
             "--zygote" => return zygote(),
+            "--reset-root" => return rootswap::main(args.collect()),
             "--version" => {
                 println!(
                     "faas-agent {} (protocol {PROTOCOL_VERSION})",
@@ -63,8 +66,9 @@ fn main() {
 /// which are born in the slot: no migration per sandbox.
 ///
 /// Requests on stdin, one after another: a big-endian u32 length, then a log file path, a
-/// newline, `hide-unified` or nothing, a newline, and the command's arguments separated by NUL
-/// bytes. The command runs with stdout and stderr going to the log (and, with `hide-unified`,
+/// newline, `hide-unified`, `reset-root` or nothing, a newline, and the command's arguments
+/// separated by NUL bytes (for `reset-root`, the arguments of `--reset-root`, done in a forked
+/// child without an exec). The command runs with stdout and stderr going to the log (and, with `hide-unified`,
 /// in a private mount namespace without `/sys/fs/cgroup/unified`, made for it alone so it sees
 /// the mounts of the moment). Its exit status goes back on stdout as a big-endian i32 (128 +
 /// signal when a signal ended it; 125 when it could not start). EOF on stdin: exit.
@@ -113,8 +117,11 @@ fn zygote_run(req: &[u8]) -> io::Result<std::process::ExitStatus> {
         .filter(|a| !a.is_empty())
         .map(|a| String::from_utf8_lossy(a).to_string())
         .collect();
-    let (prog, rest) = args.split_first().ok_or_else(bad)?;
     let out = std::fs::File::create(String::from_utf8_lossy(log).as_ref())?;
+    if flags == b"reset-root" {
+        return zygote_reset_root(args, out);
+    }
+    let (prog, rest) = args.split_first().ok_or_else(bad)?;
     let err = out.try_clone()?;
     let mut cmd = Command::new(prog);
     cmd.args(rest).stdin(Stdio::null()).stdout(out).stderr(err);
@@ -127,6 +134,38 @@ fn zygote_run(req: &[u8]) -> io::Result<std::process::ExitStatus> {
         }
     }
     cmd.status()
+}
+
+/// A zygote's `reset-root` request: [`rootswap`] in a forked child (joining a mount
+/// namespace changes the process), its errors in `log`; no exec, so cheaper than running
+/// `faas-agent --reset-root`.
+#[allow(unsafe_code)]
+fn zygote_reset_root(
+    args: Vec<String>,
+    log: std::fs::File,
+) -> io::Result<std::process::ExitStatus> {
+    use nix::unistd::{fork, ForkResult};
+    // SAFETY: the zygote has a single thread, so the child starts with no lock held by a
+    // thread that does not exist in it; it ends with `_exit`, running no destructor of the
+    // parent's state.
+    match unsafe { fork() }? {
+        ForkResult::Child => {
+            let _ = nix::unistd::dup2(log.as_raw_fd(), 2);
+            let code = match rootswap::run(&args) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("faas-agent: reset-root: {e}");
+                    1
+                }
+            };
+            unsafe { nix::libc::_exit(code) }
+        }
+        ForkResult::Parent { child } => match waitpid(child, None)? {
+            WaitStatus::Exited(_, code) => Ok(std::process::ExitStatus::from_raw(code << 8)),
+            WaitStatus::Signaled(_, sig, _) => Ok(std::process::ExitStatus::from_raw(sig as i32)),
+            _ => Ok(std::process::ExitStatus::from_raw(1 << 8)),
+        },
+    }
 }
 
 /// A private mount namespace where the hybrid host's cgroup2 mount is gone (crun refuses
@@ -163,12 +202,15 @@ fn serve(socket: &str) -> io::Result<()> {
     let listener = UnixListener::bind(socket)
         .map_err(|e| io::Error::new(e.kind(), format!("bind {socket}: {e}")))?;
     *SOCKET_PATH.lock().unwrap_or_else(|e| e.into_inner()) = socket.to_string();
+    // Nothing in the box may ptrace the agent or open its memory (see `reset.rs`).
+    let _ = nix::sys::prctl::set_dumpable(false);
     prestart_workers();
     let reaper = Arc::new(Reaper::default());
     {
         let reaper = reaper.clone();
         std::thread::spawn(move || reaper.run());
     }
+    reset::record_baseline();
     let mut listener = listener;
     loop {
         let Ok((conn, _)) = listener.accept() else {
@@ -206,7 +248,7 @@ fn serve(socket: &str) -> io::Result<()> {
 }
 
 /// Connections being served (a quiesce needs to be the only one).
-static OPEN: AtomicUsize = AtomicUsize::new(0);
+pub(crate) static OPEN: AtomicUsize = AtomicUsize::new(0);
 /// Quiesce state: listening, asked (answer sent, connection still open), quiescing.
 static QUIESCE: AtomicUsize = AtomicUsize::new(LISTENING);
 const LISTENING: usize = 0;
@@ -364,6 +406,8 @@ fn handle(mut conn: UnixStream, reaper: &Reaper) -> io::Result<()> {
         Request::Move { from, to } => write_json(&mut conn, &files::rename(&from, &to)),
         Request::Remove { path } => write_json(&mut conn, &files::remove(&path)),
         Request::Watch { path, recursive } => files::watch(conn, &path, recursive),
+        Request::Reset => write_json(&mut conn, &reset::reset()),
+        Request::CheckClean => write_json(&mut conn, &reset::check()),
     }
 }
 

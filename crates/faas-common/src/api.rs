@@ -457,6 +457,12 @@ pub struct PrewarmRequest {
     pub runtime: Option<Runtime>,
     #[serde(default)]
     pub isolation: Option<IsolationLevel>,
+    /// The limits of the pool's boxes (a cached request with the same limits uses it);
+    /// the server's defaults when absent.
+    #[serde(default)]
+    pub memory_mb: Option<u64>,
+    #[serde(default)]
+    pub cpu_cores: Option<f64>,
 }
 
 fn one() -> usize {
@@ -535,6 +541,9 @@ pub struct MetricsResponse {
     pub sandboxes_created: u64,
     pub sandboxes_destroyed: u64,
     pub sandboxes_live: u64,
+    /// Used boxes reset to a clean state and reused (cached mode).
+    #[serde(default)]
+    pub sandboxes_reset: u64,
 }
 
 #[cfg(test)]

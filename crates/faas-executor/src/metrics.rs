@@ -16,6 +16,8 @@ pub struct Metrics {
     pub oom_kills: AtomicU64,
     pub sandboxes_created: AtomicU64,
     pub sandboxes_destroyed: AtomicU64,
+    /// Used boxes reset to a clean state and given back to their pool.
+    pub sandboxes_reset: AtomicU64,
 }
 
 pub(crate) fn inc(c: &AtomicU64) {
@@ -57,6 +59,7 @@ impl Metrics {
             sandboxes_created: created,
             sandboxes_destroyed: destroyed,
             sandboxes_live: created.saturating_sub(destroyed),
+            sandboxes_reset: get(&self.sandboxes_reset),
         }
     }
 }

@@ -530,6 +530,12 @@ pub fn prometheus_text(m: &MetricsResponse, pools: &[PoolInfo]) -> String {
         one(m.sandboxes_destroyed),
     );
     metric(
+        "faas_sandboxes_reset_total",
+        "counter",
+        "Used sandboxes reset to a clean state and reused.",
+        one(m.sandboxes_reset),
+    );
+    metric(
         "faas_sandboxes_live",
         "gauge",
         "Sandboxes that exist now.",

@@ -54,6 +54,19 @@ pub struct BenchArgs {
     /// concurrency 16, cold invoke against `docker run ... python3 -c`, async throughput.
     #[arg(long, default_value_t = 1000)]
     pub functions: usize,
+    /// Ephemeral executions of the cold-start breakdown (the server's step timings) on
+    /// native-crun, back to back (0 skips it).
+    #[arg(long, default_value_t = 200)]
+    pub breakdown: usize,
+    /// Cached executions back to back on native-crun (0 skips the cached load cases).
+    #[arg(long, default_value_t = 1000)]
+    pub stream: usize,
+    /// Seconds of cached executions at concurrency 8 on native-crun.
+    #[arg(long, default_value_t = 30)]
+    pub sustain_secs: u64,
+    /// Ephemeral executions at concurrency 32 on native-crun (0 skips it).
+    #[arg(long, default_value_t = 1000)]
+    pub throughput: usize,
     /// Requests per processes case (0 skips them), in one instance on native-crun,
     /// native-runsc and docker: an exec into it, and a background start until its first
     /// output event.
@@ -154,6 +167,20 @@ async fn measure(a: &BenchArgs, crun: &Local, runc: &Local) -> anyhow::Result<()
             .json(&json!({"image": a.image, "count": 0, "runtime": backend}))
             .send()
             .await?;
+        results.push(s);
+    }
+
+    if a.breakdown > 0 {
+        let s = crate::loadbench::breakdown(&http, &crun.url, &a.image, a.breakdown).await?;
+        results.push(s);
+    }
+    if a.stream > 0 {
+        let cases =
+            crate::loadbench::cached(&http, &crun.url, &a.image, a.stream, a.sustain_secs).await?;
+        results.extend(cases);
+    }
+    if a.throughput > 0 {
+        let s = crate::loadbench::throughput(&http, &crun.url, &a.image, a.throughput).await?;
         results.push(s);
     }
 
@@ -592,7 +619,7 @@ fn agent_memory_kib() -> Vec<(u64, u64)> {
     v
 }
 
-async fn execute(
+pub(crate) async fn execute(
     http: &reqwest::Client,
     base: &str,
     image: &str,
@@ -614,7 +641,7 @@ async fn execute(
     Ok(r.json().await?)
 }
 
-fn check(r: &ExecuteResponse) -> anyhow::Result<()> {
+pub(crate) fn check(r: &ExecuteResponse) -> anyhow::Result<()> {
     if r.exit_code != 0 || r.stdout != "hello\n" {
         bail!("unexpected result: {r:?}");
     }

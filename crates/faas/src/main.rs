@@ -14,6 +14,7 @@ mod fnbench;
 mod functions;
 mod http;
 mod images;
+mod loadbench;
 mod manage;
 mod procbench;
 mod procs;

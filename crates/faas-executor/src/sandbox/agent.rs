@@ -416,6 +416,16 @@ impl AgentClient {
         }
     }
 
+    /// Kills every process of the box but the agent and forgets them (see `Sandbox::reset`).
+    pub async fn reset(&self) -> Result<()> {
+        self.done("reset", &Request::Reset).await
+    }
+
+    /// Whether the agent is as it was when the box started, alone in it.
+    pub async fn check_clean(&self) -> Result<()> {
+        self.done("check clean", &Request::CheckClean).await
+    }
+
     async fn done(&self, what: &str, req: &Request) -> Result<()> {
         match self.call(req).await? {
             Event::Done => Ok(()),

@@ -20,8 +20,12 @@ pub(crate) async fn run_agent(
     guard: Duration,
     on_output: impl FnMut(FrameKind, &[u8]) + Send,
 ) -> Result<ExecOutcome> {
+    let t = std::time::Instant::now();
     match tokio::time::timeout(guard, sandbox.agent().exec(exec, stdin, on_output)).await {
-        Ok(r) => r,
+        Ok(r) => {
+            crate::sandbox::steps::record(crate::sandbox::steps::Step::Exec, t.elapsed());
+            r
+        }
         Err(_) => Err(Error::Internal(format!(
             "the agent of sandbox {} did not report within {guard:?}; the sandbox was destroyed",
             sandbox.id()

@@ -18,6 +18,7 @@ pub mod images;
 pub mod pool;
 pub mod reaper;
 pub mod sandboxes;
+pub mod steps;
 
 use async_trait::async_trait;
 
@@ -162,6 +163,17 @@ pub trait Sandbox: Send + Sync {
     fn agent(&self) -> &AgentClient;
     /// Kills everything in the box and removes it and all its host-side state.
     async fn destroy(&self) -> Result<()>;
+
+    /// Makes a used box as clean as a new one, for its next request: every process of the last
+    /// one gone, its file system back to the image's, nothing of its IPC, mounts or limits
+    /// left. An error means it could not be (or may not be) made so, and the caller destroys
+    /// it. Backends that cannot reset a box say `unsupported`.
+    async fn reset(&self) -> Result<()> {
+        Err(Error::Unsupported(format!(
+            "the {} backend does not reset boxes",
+            self.backend()
+        )))
+    }
 
     /// When the box died under a command (its agent went away), what the host saw: an OOM kill
     /// or a process limit hit in its cgroups. `None` when nothing explains it.

@@ -1,7 +1,8 @@
 //! Warm pools: per (backend, image, limits), started sandboxes whose agent already answers.
 //!
-//! A sandbox leaves the pool once and is destroyed after its one use, so nothing leaks from
-//! one request to the next. Refills run in the background, a few creations at a time.
+//! A sandbox leaves the pool for one use. After it, a box its backend can reset to a clean state
+//! (`Sandbox::reset`: nothing of the last request left) comes back to the same pool; any other
+//! is destroyed and the pool refills in the background, a few creations at a time.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -49,6 +50,8 @@ struct Pool {
     spec: SandboxSpec,
     ready: VecDeque<Box<dyn Sandbox>>,
     creating: usize,
+    /// Used boxes being reset, each coming back here unless its reset fails.
+    resetting: usize,
     target: usize,
     last_error: Option<String>,
 }
@@ -60,6 +63,7 @@ impl Pool {
             spec: spec.clone(),
             ready: VecDeque::new(),
             creating: 0,
+            resetting: 0,
             target,
             last_error: None,
         }
@@ -72,6 +76,8 @@ pub struct WarmPools {
     tasks: TaskTracker,
     permits: Arc<Semaphore>,
     metrics: Arc<Metrics>,
+    /// Told when a reset box comes back (or its reset failed).
+    returned: tokio::sync::Notify,
 }
 
 impl WarmPools {
@@ -82,6 +88,7 @@ impl WarmPools {
             tasks: TaskTracker::new(),
             permits: Arc::new(Semaphore::new(CREATE_CONCURRENCY)),
             metrics,
+            returned: tokio::sync::Notify::new(),
         })
     }
 
@@ -89,14 +96,75 @@ impl WarmPools {
         self.pools.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Takes a ready sandbox from the pool of `spec`, if there is one.
-    pub fn take(
+    /// Takes a ready sandbox from the pool of `spec`, if there is one. When the pool is empty while used boxes are being reset
+    /// for it, waits up to `wait` for one of them: a reset takes a few milliseconds of one
+    /// core, a new box several times that (and under a stream of requests, the boxes made for
+    /// the misses are what the pool then has to absorb).
+    pub async fn take_or_wait(
         self: &Arc<Self>,
         backend: &'static str,
         spec: &SandboxSpec,
+        wait: std::time::Duration,
     ) -> Option<Box<dyn Sandbox>> {
         let key = PoolKey::new(backend, spec);
-        self.lock().get_mut(&key)?.ready.pop_front()
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let notified = self.returned.notified();
+            {
+                let mut pools = self.lock();
+                let pool = pools.get_mut(&key)?;
+                if let Some(sb) = pool.ready.pop_front() {
+                    return Some(sb);
+                }
+                if pool.resetting == 0 {
+                    return None;
+                }
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return None;
+            }
+        }
+    }
+
+    /// A used box of `spec`'s pool is being reset (see [`WarmPools::reset_done`]).
+    pub fn reset_started(&self, backend: &'static str, spec: &SandboxSpec) {
+        if let Some(pool) = self.lock().get_mut(&PoolKey::new(backend, spec)) {
+            pool.resetting += 1;
+        }
+    }
+
+    /// The reset of a box of `spec`'s pool ended: with the box when it is clean, which goes
+    /// back to that pool (a box never changes pools: the key holds everything a box is made
+    /// from) while the pool wants more ready boxes. A box the pool does not take is handed
+    /// back to the caller, who destroys it.
+    pub fn reset_done(
+        &self,
+        backend: &'static str,
+        spec: &SandboxSpec,
+        sandbox: Option<Box<dyn Sandbox>>,
+    ) -> Option<Box<dyn Sandbox>> {
+        let key = PoolKey::new(backend, spec);
+        let leftover = {
+            let mut pools = self.lock();
+            match pools.get_mut(&key) {
+                Some(pool) => {
+                    pool.resetting = pool.resetting.saturating_sub(1);
+                    match sandbox {
+                        Some(sb)
+                            if !self.closed.load(Ordering::SeqCst)
+                                && pool.ready.len() + pool.creating < pool.target =>
+                        {
+                            pool.ready.push_back(sb);
+                            None
+                        }
+                        other => other,
+                    }
+                }
+                None => sandbox,
+            }
+        };
+        self.returned.notify_waiters();
+        leftover
     }
 
     /// Refills the pool of `spec` up to its target. The caller does it after using what it

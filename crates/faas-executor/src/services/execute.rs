@@ -23,7 +23,11 @@ use crate::services::streams::{check_id, Streams};
 
 /// How long a cached execution's clean-up and refill wait, so they start after its answer is
 /// written rather than compete with it.
-const CLEANUP_DELAY: Duration = Duration::from_millis(3);
+const CLEANUP_DELAY: Duration = Duration::from_millis(1);
+
+/// How long a cached request that finds its pool empty waits for a box being reset before it
+/// makes a new one.
+const RESET_WAIT: Duration = Duration::from_millis(100);
 
 /// The execute service.
 pub struct Executor {
@@ -124,7 +128,12 @@ impl Executor {
         let backend = self.sandboxes.resolve(req.runtime.unwrap_or_default())?;
 
         let pooled = match mode {
-            Mode::Cached => self.sandboxes.pools.take(backend.name(), &spec),
+            Mode::Cached => {
+                self.sandboxes
+                    .pools
+                    .take_or_wait(backend.name(), &spec, RESET_WAIT)
+                    .await
+            }
             _ => None,
         };
         let (mut sandbox, mut warm) = match pooled {
@@ -191,18 +200,36 @@ impl Executor {
         }
         let backend_name = sandbox.backend();
         let sandbox_id = sandbox.id().to_string();
-        // A used sandbox is never reused. Ephemeral waits for its removal (the box is gone
-        // when the answer arrives); cached answers first and removes it in the background.
+        // Ephemeral waits for the box's removal (it is gone when the answer arrives). Cached
+        // answers first, then resets the box and gives it back to its pool, or, when it cannot
+        // be reset, removes it and refills the pool, in the background.
         match mode {
             Mode::Cached => {
                 let (metrics, pools) =
                     (self.sandboxes.metrics.clone(), self.sandboxes.pools.clone());
                 let (pool_backend, pool_spec) = (backend.name(), spec.clone());
+                pools.reset_started(pool_backend, &pool_spec);
                 self.sandboxes.tasks.spawn(async move {
-                    // Once the answer is on its way: the refill (a box start) and the removal
-                    // would otherwise compete with it for the CPUs.
+                    // Once the answer is on its way: the reset (or a refill's box start) and
+                    // the removal would otherwise compete with it for the CPUs.
                     tokio::time::sleep(CLEANUP_DELAY).await;
-                    pools.refill_pool(pool_backend, &pool_spec);
+                    let sandbox = match sandbox.reset().await {
+                        Ok(()) => {
+                            inc(&metrics.sandboxes_reset);
+                            match pools.reset_done(pool_backend, &pool_spec, Some(sandbox)) {
+                                None => return Ok(()),
+                                Some(extra) => extra,
+                            }
+                        }
+                        Err(e) => {
+                            if !matches!(e, Error::Unsupported(_)) {
+                                tracing::info!(sandbox = sandbox.id(), error = %e.chain(), "not reused: destroyed");
+                            }
+                            pools.reset_done(pool_backend, &pool_spec, None);
+                            pools.refill_pool(pool_backend, &pool_spec);
+                            sandbox
+                        }
+                    };
                     destroy_counted(&metrics, sandbox).await
                 });
             }
@@ -233,7 +260,13 @@ impl Executor {
                 self.cfg.max_pool_size, req.count
             )));
         }
-        let spec = run::spec(&self.cfg, req.image.as_deref(), None, None, req.isolation)?;
+        let spec = run::spec(
+            &self.cfg,
+            req.image.as_deref(),
+            req.memory_mb,
+            req.cpu_cores,
+            req.isolation,
+        )?;
         let backend = self.sandboxes.resolve(req.runtime.unwrap_or_default())?;
         backend.check_image(&spec.image).await?;
         self.sandboxes.pools.set_target(&backend, &spec, req.count)

@@ -286,13 +286,13 @@ async fn cached_mode_uses_the_warm_pool_without_leaking_state() {
     assert_eq!(v["warm"], true, "{v}");
     assert_eq!(v["mode"], "cached");
     assert_eq!(v["stdout"], "secret\n");
-    assert_sandbox_gone(shared(), v["sandbox_id"].as_str().unwrap()).await;
+    // The box was reset and came back to the pool (native crun and runc: see native.rs) or
+    // was destroyed and replaced; either way nothing of it is seen again.
     c.wait_pool_ready(IMAGE, 1).await;
     let v2 = c
         .exec(json!({"command": "cat /tmp/leak", "mode": "cached"}))
         .await;
     assert_eq!(v2["warm"], true, "{v2}");
-    assert_ne!(v2["sandbox_id"], v["sandbox_id"]);
     assert_ne!(
         v2["exit_code"], 0,
         "state leaked between cached requests: {v2}"

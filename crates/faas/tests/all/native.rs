@@ -407,3 +407,95 @@ mod tar_raw {
         }
     }
 }
+
+/// What a command sees of its box's state: processes, mounts, `/dev`, and files the next test
+/// leaves behind.
+const FINGERPRINT: &str = r#"
+echo "procs: $(for p in /proc/[0-9]*; do tr '\0' ' ' < $p/cmdline; echo; done | grep -c '^sleep 99')"
+echo "mounts:"; awk '{for(i=7;i<=NF;i++) if($i=="-") {print $5, $(i+1); break}}' /proc/self/mountinfo | sort
+echo "dev:"; stat -c '%n %F %a %u %g %t %T' /dev/* /dev/shm /dev/mqueue | sort
+echo "shm: $( (ls -A /dev/shm; ls -A /dev/mqueue) | wc -l)"
+echo "left: $(ls -d /leak /tmp/leak /tmp/fifo /dev/leak /run/faas/leak 2>/dev/null | wc -l)"
+echo "passwd: $(md5sum < /etc/passwd)"
+echo "ls: $(ls -l /bin/ls | cut -c1)"
+echo "nice: $(cut -d' ' -f19 /proc/1/stat)"
+"#;
+
+/// A used box of a cached pool is reset and reused: the next request sees nothing the last one
+/// left (daemons, files written or deleted, /dev, /dev/shm, the socket directory), as in a new
+/// box; and a box whose agent was tampered with (its priority changed) is destroyed instead.
+#[tokio::test]
+async fn a_reused_cached_box_keeps_nothing_of_the_last_request() {
+    require_native!();
+    if native_runtime() == "runsc" {
+        eprintln!("skipped: gVisor boxes are not reset (each cached request gets a new box)");
+        return;
+    }
+    let c = shared().client();
+    // A pool of its own (its memory limit is the key), one box: the box comes back to it.
+    let pool = json!({"image": IMAGE, "count": 1, "runtime": "native", "memory_mb": 200});
+    let (status, p) = c.post("/api/v1/prewarm", pool.clone()).await;
+    assert_eq!(status, 200, "{p}");
+    let run = |cmd: String| {
+        let c = c.clone();
+        async move {
+            c.wait_pool_ready_for(IMAGE, 200, 1).await;
+            let v = c
+                .exec(json!({"command": cmd, "mode": "cached", "runtime": "native", "memory_mb": 200}))
+                .await;
+            assert_eq!(v["warm"], true, "{v}");
+            assert_eq!(v["exit_code"], 0, "{v}");
+            v
+        }
+    };
+    let fresh = run(FINGERPRINT.to_string()).await;
+    let leave = r#"
+        setsid sleep 991 >/dev/null 2>&1 < /dev/null &
+        (sleep 992 >/dev/null 2>&1 &)
+        sh -c 'sleep 993 >/dev/null 2>&1 &'
+        echo x > /leak; echo y > /tmp/leak; mkfifo /tmp/fifo; touch /dev/leak /run/faas/leak
+        head -c 1048576 /dev/zero > /dev/shm/leak
+        echo 'intruder:x:0:0::/:/bin/sh' >> /etc/passwd
+        rm /bin/ls; chmod 600 /dev/null
+        sleep 0.3
+    "#;
+    let used = run(format!("{leave}\n{FINGERPRINT}")).await;
+    let used_out = used["stdout"].as_str().unwrap();
+    assert!(
+        used_out.contains("left: 5"),
+        "the state was not left: {used}"
+    );
+    assert!(
+        used_out.contains("procs: 3"),
+        "the daemons did not start: {used}"
+    );
+    let next = run(FINGERPRINT.to_string()).await;
+    assert_eq!(
+        next["sandbox_id"], used["sandbox_id"],
+        "the box was not reused: {next}"
+    );
+    assert_eq!(
+        next["stdout"], fresh["stdout"],
+        "a reused box differs from a new one"
+    );
+    // The agent's priority lowered from inside: the box is not reused.
+    let reniced = run("renice -n 7 -p 1 >/dev/null; echo done".into()).await;
+    let after = run(FINGERPRINT.to_string()).await;
+    assert_ne!(
+        after["sandbox_id"], reniced["sandbox_id"],
+        "a box whose agent was reniced was reused: {after}"
+    );
+    assert!(
+        after["stdout"].as_str().unwrap().contains("nice: 0"),
+        "{after}"
+    );
+    let (_, m) = c.get("/api/v1/metrics").await;
+    assert!(m["sandboxes_reset"].as_u64().unwrap() >= 2, "{m}");
+    let (status, _) = c
+        .post(
+            "/api/v1/prewarm",
+            json!({"image": IMAGE, "count": 0, "runtime": "native", "memory_mb": 200}),
+        )
+        .await;
+    assert_eq!(status, 200);
+}

@@ -256,6 +256,7 @@ pub fn shared() -> &'static Server {
     SHARED.get_or_init(Server::start)
 }
 
+#[derive(Clone)]
 pub struct Client {
     pub base: String,
     pub http: reqwest::Client,
@@ -335,6 +336,15 @@ impl Client {
 
     /// Waits until the warm pool of `image` has a ready sandbox.
     pub async fn wait_pool_ready(&self, image: &str, n: u64) {
+        self.wait_pool(image, None, n).await
+    }
+
+    /// Waits until the warm pool of `image` with `memory_mb` has `n` ready sandboxes.
+    pub async fn wait_pool_ready_for(&self, image: &str, memory_mb: u64, n: u64) {
+        self.wait_pool(image, Some(memory_mb), n).await
+    }
+
+    async fn wait_pool(&self, image: &str, memory_mb: Option<u64>, n: u64) {
         let start = Instant::now();
         loop {
             let (_, v) = self.get("/api/v1/pools").await;
@@ -343,6 +353,7 @@ impl Client {
                 .unwrap()
                 .iter()
                 .filter(|p| p["image"] == image)
+                .filter(|p| memory_mb.is_none_or(|m| p["memory_mb"] == m))
                 .map(|p| p["ready"].as_u64().unwrap())
                 .sum::<u64>();
             if ready >= n {

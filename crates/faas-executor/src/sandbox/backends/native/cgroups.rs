@@ -239,6 +239,26 @@ impl CgroupSlots {
         procs_files_of(&slot.rel)
     }
 
+    /// Zeroes the slot's resettable counters (peak memory use, failed charges) for a box
+    /// that is reset and reused. OOM kills and refused forks cannot be reset; a box with
+    /// either is not reused, and later ones are told apart from the values recorded when the
+    /// slot was taken.
+    pub fn reset_counters(&self, slot: &Slot) -> Result<()> {
+        let mem = self.dir("memory", &slot.rel);
+        for f in [
+            "memory.max_usage_in_bytes",
+            "memory.failcnt",
+            "memory.memsw.max_usage_in_bytes",
+            "memory.memsw.failcnt",
+        ] {
+            let p = mem.join(f);
+            if p.exists() {
+                write(&p, "0")?;
+            }
+        }
+        Ok(())
+    }
+
     /// Whether the box in `slot` was OOM-killed.
     pub fn oom_killed(&self, slot: &Slot) -> bool {
         let f = self.dir("memory", &slot.rel).join("memory.oom_control");

@@ -19,6 +19,7 @@ pub mod cgroups;
 mod instances;
 pub mod layer;
 pub mod netns;
+mod reuse;
 pub mod runtime;
 pub mod spec;
 
@@ -35,6 +36,7 @@ use self::runtime::{OciRuntime, RuntimeKind, Start};
 use crate::error::{Error, Result};
 use crate::sandbox::agent::AgentClient;
 use crate::sandbox::images::{ImageRecord, ImageStore};
+use crate::sandbox::steps::{self, Step};
 use crate::sandbox::{Backend, DeathCause, Isolation, Sandbox, SandboxSpec};
 
 #[derive(Debug, Clone)]
@@ -264,6 +266,12 @@ impl NativeBackend {
             )?;
             let mut lower = layers;
             lower.extend(self.shared.store.lower_dirs(&image));
+            let lower = lower
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(":");
+            let _ = sandbox.lower.set(lower.clone());
             let bundle = dir.clone();
             // Directories, the overlay mount and config.json: blocking calls, off the workers.
             tokio::task::spawn_blocking(move || {
@@ -282,6 +290,7 @@ impl NativeBackend {
             })
             .await
             .map_err(|e| Error::Internal(format!("bundle preparation: {e}")))??;
+            steps::record(Step::Rootfs, t0.elapsed());
             let t = std::time::Instant::now();
             let how = match restore_from.as_deref() {
                 Some(image) => {
@@ -293,6 +302,8 @@ impl NativeBackend {
             match &self.shared.slots {
                 Some(slots) if sandbox.runtime.caller_cgroups() => {
                     let mut slot = slots.acquire(&spec.limits)?;
+                    steps::record(Step::Cgroup, t.elapsed());
+                    let t = std::time::Instant::now();
                     // An instance's box keeps its slot, under the instance's name.
                     let named = match persistent {
                         true => slots.name(&mut slot, &id),
@@ -301,15 +312,18 @@ impl NativeBackend {
                     *sandbox.slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(slot);
                     named?;
                     sandbox.start_in_slot(how).await?;
+                    steps::record(Step::Runtime, t.elapsed());
                     self.prepare_slots();
                 }
                 _ => {
                     sandbox
                         .runtime
                         .start_detached(&id, &dir, how, Vec::new())
-                        .await?
+                        .await?;
+                    steps::record(Step::Runtime, t.elapsed());
                 }
             }
+            let t_ready = std::time::Instant::now();
             if restore_from.is_some() {
                 resume_agent(&dir)?;
             }
@@ -321,6 +335,7 @@ impl NativeBackend {
                 .agent
                 .wait_ready(self.shared.cfg.ready_timeout)
                 .await?;
+            steps::record(Step::AgentReady, t_ready.elapsed());
             tracing::debug!(sandbox = %id, prepared = ?(t - t0), run = ?ran, ready = ?t.elapsed(), "started");
             Ok(())
         }
@@ -413,13 +428,8 @@ fn is_tmpfs_mount(path: &Path) -> bool {
     })
 }
 
-/// Mounts the overlay of `lower` (top first) with `rw/upper` and `rw/work` at `rootfs`.
-fn mount_overlay(lower: &[PathBuf], rw: &Path, rootfs: &Path) -> Result<()> {
-    let lowerdir = lower
-        .iter()
-        .map(|p| p.display().to_string())
-        .collect::<Vec<_>>()
-        .join(":");
+/// Mounts the overlay of `lowerdir` (`:`-separated, top first) with `rw/upper` and `rw/work` at `rootfs`.
+fn mount_overlay(lowerdir: &str, rw: &Path, rootfs: &Path) -> Result<()> {
     let opts = format!(
         "lowerdir={lowerdir},upperdir={},workdir={}",
         rw.join("upper").display(),
@@ -435,17 +445,20 @@ fn mount_overlay(lower: &[PathBuf], rw: &Path, rootfs: &Path) -> Result<()> {
     .map_err(|e| Error::io(format!("mount overlay at {}", rootfs.display()), e.into()))
 }
 
+/// Unmounts (lazily) the host's mount of a bundle's first root, if it is still there.
+fn unmount_rootfs(dir: &Path) -> Result<()> {
+    match umount2(&dir.join("rootfs"), MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => Ok(()),
+        Err(e) => Err(Error::io(
+            format!("unmount {}", dir.join("rootfs").display()),
+            e.into(),
+        )),
+    }
+}
+
 /// Unmounts (lazily) and removes a bundle directory.
 fn remove_bundle(dir: &Path) -> Result<()> {
-    match umount2(&dir.join("rootfs"), MntFlags::MNT_DETACH) {
-        Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
-        Err(e) => {
-            return Err(Error::io(
-                format!("unmount {}", dir.join("rootfs").display()),
-                e.into(),
-            ))
-        }
-    }
+    unmount_rootfs(dir)?;
     match std::fs::remove_dir_all(dir) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -621,6 +634,10 @@ pub struct NativeSandbox {
     netns: Option<PathBuf>,
     /// An instance's box: its upper dir stays, and it is torn down before `destroy` returns.
     persistent: bool,
+    /// The overlay's lower dirs, `:`-separated, top first (for a reset's new root).
+    lower: std::sync::OnceLock<String>,
+    /// How many times the box was reset: its root's writes are in `g<N>/upper` from the first.
+    resets: Mutex<u32>,
     shared: Arc<Shared>,
     destroyed: std::sync::atomic::AtomicBool,
 }
@@ -645,6 +662,8 @@ impl NativeSandbox {
             slot: Mutex::new(None),
             netns,
             persistent,
+            lower: std::sync::OnceLock::new(),
+            resets: Mutex::new(0),
             shared,
             destroyed: std::sync::atomic::AtomicBool::new(false),
         }
@@ -747,6 +766,10 @@ impl Sandbox for NativeSandbox {
 
     fn agent(&self) -> &AgentClient {
         &self.agent
+    }
+
+    async fn reset(&self) -> Result<()> {
+        self.reset_box().await
     }
 
     async fn death_cause(&self) -> Option<DeathCause> {
@@ -853,6 +876,7 @@ impl Sandbox for NativeSandbox {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
             }
+            steps::record(Step::Teardown, t.elapsed());
             tracing::debug!(sandbox = %id, took = ?t.elapsed(), "torn down");
         };
         if self.persistent {

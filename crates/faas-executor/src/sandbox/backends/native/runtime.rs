@@ -248,7 +248,6 @@ impl OciRuntime {
         bundle: &Path,
         how: Start<'_>,
     ) -> Result<()> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let log_path = bundle.join("runtime.log");
         let args = self.start_args(id, bundle, how);
         // `LOG\nFLAGS\nBINARY\0ARG\0ARG...`, length first: see `faas-agent --zygote`.
@@ -267,29 +266,7 @@ impl OciRuntime {
             msg.push(0);
         }
         let what = format!("{} {}", self.kind.name(), args.join(" "));
-        let exchange = async {
-            zygote
-                .stdin
-                .write_all(&(msg.len() as u32).to_be_bytes())
-                .await?;
-            zygote.stdin.write_all(&msg).await?;
-            zygote.stdin.flush().await?;
-            let mut status = [0u8; 4];
-            zygote.stdout.read_exact(&mut status).await?;
-            Ok::<_, std::io::Error>(i32::from_be_bytes(status))
-        };
-        let status = tokio::time::timeout(COMMAND_TIMEOUT, exchange)
-            .await
-            .map_err(|_| self.timed_out(&what))?
-            .map_err(|e| Error::io("hand the command to the zygote", e))?;
-        if status == 0 {
-            return Ok(());
-        }
-        Err(failed_run(
-            what,
-            format!("exit status: {status}"),
-            &log_path,
-        ))
+        zygote.exchange(&msg, what, &log_path).await
     }
 
     /// Waits for a `run --detach` and turns a failure into an error quoting its log.
@@ -552,6 +529,45 @@ pub struct Zygote {
 }
 
 impl Zygote {
+    /// Hands it one request (see `faas-agent --zygote`) and waits for its status; a failure
+    /// quotes the log.
+    async fn exchange(&mut self, msg: &[u8], what: String, log_path: &Path) -> Result<()> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let exchange = async {
+            self.stdin
+                .write_all(&(msg.len() as u32).to_be_bytes())
+                .await?;
+            self.stdin.write_all(msg).await?;
+            self.stdin.flush().await?;
+            let mut status = [0u8; 4];
+            self.stdout.read_exact(&mut status).await?;
+            Ok::<_, std::io::Error>(i32::from_be_bytes(status))
+        };
+        let status = tokio::time::timeout(COMMAND_TIMEOUT, exchange)
+            .await
+            .map_err(|_| Error::RuntimeTimeout {
+                command: what.clone(),
+                after: COMMAND_TIMEOUT,
+            })?
+            .map_err(|e| Error::io("hand the command to the zygote", e))?;
+        if status == 0 {
+            return Ok(());
+        }
+        Err(failed_run(what, format!("exit status: {status}"), log_path))
+    }
+
+    /// `faas-agent --reset-root ARGS...`, done by the zygote in a forked child.
+    pub async fn reset_root(&mut self, args: &[String], log_path: &Path) -> Result<()> {
+        let mut msg = log_path.as_os_str().as_encoded_bytes().to_vec();
+        msg.extend_from_slice(b"\nreset-root\n");
+        for a in args {
+            msg.extend_from_slice(a.as_bytes());
+            msg.push(0);
+        }
+        self.exchange(&msg, format!("reset-root {}", args.join(" ")), log_path)
+            .await
+    }
+
     /// Whether it still serves (it may have been killed with a box, or from outside).
     pub fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
