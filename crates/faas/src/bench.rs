@@ -25,8 +25,21 @@ use serde_json::{json, Value};
 use crate::benchkit::{docker_run, print_table, Stats};
 use crate::{BackendChoice, HostArgs, NativeRuntime, ServeArgs};
 
+#[derive(clap::Subcommand, Debug)]
+pub enum BenchCase {
+    /// N idle instances on native-crun: host memory per instance, the time to create the
+    /// first and the last, exec latency into a random one (see `densitybench.rs`).
+    Density {
+        #[arg(default_value_t = 1000)]
+        n: usize,
+    },
+}
+
 #[derive(Args, Debug)]
 pub struct BenchArgs {
+    /// One case alone instead of the whole run.
+    #[command(subcommand)]
+    pub case: Option<BenchCase>,
     #[arg(long, default_value = "faas/busybox:latest")]
     pub image: String,
     /// Requests per latency case (0 skips the latency cases).
@@ -85,6 +98,12 @@ struct Local {
 
 pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     let crun = start_local(&a, NativeRuntime::Crun).await?;
+    if let Some(BenchCase::Density { n }) = a.case {
+        let http = reqwest::Client::new();
+        let measured = crate::densitybench::run(&http, &crun.url, &a.image, n.max(1)).await;
+        let stopped = stop(crun).await;
+        return measured.and(stopped);
+    }
     let runc = match start_local(&a, NativeRuntime::Runc).await {
         Ok(r) => r,
         Err(e) => {
@@ -572,7 +591,7 @@ async fn pool_memory(
     Ok(())
 }
 
-fn mem_available_kib() -> anyhow::Result<u64> {
+pub(crate) fn mem_available_kib() -> anyhow::Result<u64> {
     let text = std::fs::read_to_string("/proc/meminfo")?;
     text.lines()
         .find_map(|l| {

@@ -10,6 +10,7 @@
 mod bench;
 mod benchkit;
 mod client;
+mod densitybench;
 mod fnbench;
 mod functions;
 mod http;

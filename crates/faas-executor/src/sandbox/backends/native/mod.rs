@@ -336,6 +336,9 @@ impl NativeBackend {
                 .wait_ready(self.shared.cfg.ready_timeout)
                 .await?;
             steps::record(Step::AgentReady, t_ready.elapsed());
+            if sandbox.runtime.kind != RuntimeKind::Runsc {
+                forget_host_mounts(&self.shared, &dir, sandbox.netns.clone());
+            }
             tracing::debug!(sandbox = %id, prepared = ?(t - t0), run = ?ran, ready = ?t.elapsed(), "started");
             Ok(())
         }
@@ -443,6 +446,27 @@ fn mount_overlay(lowerdir: &str, rw: &Path, rootfs: &Path) -> Result<()> {
         Some(opts.as_str()),
     )
     .map_err(|e| Error::io(format!("mount overlay at {}", rootfs.display()), e.into()))
+}
+
+/// Once a crun or runc box runs, the host's own mounts of its root and of its network
+/// namespace file are of no more use: the box's mount namespace has its own copy of the root,
+/// and its processes keep the namespace. They are unmounted in the background, so the host's
+/// mount table does not grow with the boxes (every runtime start copies that table into a new
+/// mount namespace, so a start would get slower with each box alive). gVisor's gofer serves the
+/// root from the host's mount: kept for runsc.
+fn forget_host_mounts(shared: &Arc<Shared>, dir: &Path, netns: Option<PathBuf>) {
+    let (pool, dir) = (shared.netns.clone(), dir.to_path_buf());
+    let task = tokio::task::spawn_blocking(move || {
+        if let Err(e) = unmount_rootfs(&dir) {
+            tracing::warn!(error = %e.chain(), "unmount a running box's root on the host");
+        }
+        if let (Some(pool), Some(ns)) = (pool, netns) {
+            pool.release(&ns);
+        }
+    });
+    shared.cleanups.spawn(async move {
+        let _ = task.await;
+    });
 }
 
 /// Unmounts (lazily) the host's mount of a bundle's first root, if it is still there.
