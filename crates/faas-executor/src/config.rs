@@ -51,7 +51,7 @@ impl Default for PlatformConfig {
                 .map(|n| n.get())
                 .unwrap_or(1) as f64,
             output_limit: faas_agent::DEFAULT_OUTPUT_LIMIT,
-            cached_pool_size: 8,
+            cached_pool_size: 4,
             max_pool_size: 1024,
             max_branch: 32,
             functions_dir: "/var/lib/faas/functions".into(),

@@ -499,3 +499,27 @@ async fn a_reused_cached_box_keeps_nothing_of_the_last_request() {
         .await;
     assert_eq!(status, 200);
 }
+
+/// crun and runc boxes run under the seccomp filter (`native/seccomp.rs`): no user namespace,
+/// no keyring, no mount, even for the box's root; ordinary work goes on.
+#[tokio::test]
+async fn native_boxes_run_under_the_seccomp_filter() {
+    require_native!();
+    if native_runtime() == "runsc" {
+        eprintln!("skipped: gVisor filters system calls in its own kernel");
+        return;
+    }
+    let v = shared()
+        .client()
+        .exec(json!({"command": "grep '^Seccomp:' /proc/self/status | tr -d ' \\t'; \
+            unshare -U true 2>/dev/null; echo unshare=$?; \
+            mount -t tmpfs t /mnt 2>/dev/null; echo mount=$?; \
+            (sleep 0.1 &); echo child=ok; wait",
+            "runtime": "native"}))
+        .await;
+    let out = v["stdout"].as_str().unwrap();
+    assert!(out.contains("Seccomp:2"), "no seccomp filter: {v}");
+    assert!(!out.contains("unshare=0"), "a user namespace was made: {v}");
+    assert!(!out.contains("mount=0"), "a mount was made: {v}");
+    assert!(out.contains("child=ok"), "{v}");
+}

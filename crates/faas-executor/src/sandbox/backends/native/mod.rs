@@ -21,6 +21,7 @@ pub mod layer;
 pub mod netns;
 mod reuse;
 pub mod runtime;
+pub mod seccomp;
 pub mod spec;
 
 use std::path::{Path, PathBuf};
@@ -256,7 +257,7 @@ impl NativeBackend {
         );
         let t0 = std::time::Instant::now();
         let made = async {
-            let oci = spec::build(
+            let mut oci = spec::build(
                 spec,
                 &image.env,
                 &self.shared.cfg.agent_path,
@@ -264,6 +265,12 @@ impl NativeBackend {
                 &sandbox.cgroup,
                 sandbox.netns.as_deref(),
             )?;
+            // gVisor filters system calls in its own kernel; crun and runc load this filter.
+            if sandbox.runtime.kind != RuntimeKind::Runsc {
+                if let Some(linux) = oci.linux_mut() {
+                    linux.set_seccomp(Some(seccomp::filter()?));
+                }
+            }
             let mut lower = layers;
             lower.extend(self.shared.store.lower_dirs(&image));
             let lower = lower
