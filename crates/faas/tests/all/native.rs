@@ -511,11 +511,13 @@ async fn native_boxes_run_under_the_seccomp_filter() {
     }
     let v = shared()
         .client()
-        .exec(json!({"command": "grep '^Seccomp:' /proc/self/status | tr -d ' \\t'; \
+        .exec(
+            json!({"command": "grep '^Seccomp:' /proc/self/status | tr -d ' \\t'; \
             unshare -U true 2>/dev/null; echo unshare=$?; \
             mount -t tmpfs t /mnt 2>/dev/null; echo mount=$?; \
             (sleep 0.1 &); echo child=ok; wait",
-            "runtime": "native"}))
+            "runtime": "native"}),
+        )
         .await;
     let out = v["stdout"].as_str().unwrap();
     assert!(out.contains("Seccomp:2"), "no seccomp filter: {v}");

@@ -343,7 +343,9 @@ impl NativeBackend {
                 .wait_ready(self.shared.cfg.ready_timeout)
                 .await?;
             steps::record(Step::AgentReady, t_ready.elapsed());
-            if sandbox.runtime.kind != RuntimeKind::Runsc {
+            // Instances are what pile up; a short-lived box's mounts go at its tear-down,
+            // off its request's path.
+            if persistent && sandbox.runtime.kind != RuntimeKind::Runsc {
                 forget_host_mounts(&self.shared, &dir, sandbox.netns.clone());
             }
             tracing::debug!(sandbox = %id, prepared = ?(t - t0), run = ?ran, ready = ?t.elapsed(), "started");
@@ -455,8 +457,8 @@ fn mount_overlay(lowerdir: &str, rw: &Path, rootfs: &Path) -> Result<()> {
     .map_err(|e| Error::io(format!("mount overlay at {}", rootfs.display()), e.into()))
 }
 
-/// Once a crun or runc box runs, the host's own mounts of its root and of its network
-/// namespace file are of no more use: the box's mount namespace has its own copy of the root,
+/// Once a crun or runc instance's box runs, the host's own mounts of its root and of its
+/// network namespace file are of no more use: the box's mount namespace has its own copy of the root,
 /// and its processes keep the namespace. They are unmounted in the background, so the host's
 /// mount table does not grow with the boxes (every runtime start copies that table into a new
 /// mount namespace, so a start would get slower with each box alive). gVisor's gofer serves the
