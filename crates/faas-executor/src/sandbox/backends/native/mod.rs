@@ -652,6 +652,9 @@ impl Backend for NativeBackend {
     }
 }
 
+/// How many times (5 ms apart) a tear-down looks for its cgroup to be empty: up to 3 s.
+const EMPTY_WAIT_TRIES: usize = 600;
+
 pub struct NativeSandbox {
     id: String,
     dir: PathBuf,
@@ -881,8 +884,10 @@ impl Sandbox for NativeSandbox {
                 tracing::error!(sandbox = %id, error = %e.chain(), "tear-down failed; `faas serve` removes it on its next start");
             }
             if let (Some(slots), Some(slot)) = (&shared.slots, slot) {
-                // The box's processes die with its pid namespace, a moment after its init.
-                for _ in 0..40 {
+                // The box's processes die with its pid namespace, a moment after its init (on a
+                // loaded host, a second or more): a slot is released only once empty, and an
+                // instance's named cgroup is removed then, before it can be started again.
+                for _ in 0..EMPTY_WAIT_TRIES {
                     if slots.is_empty(&slot) {
                         break;
                     }
@@ -902,7 +907,7 @@ impl Sandbox for NativeSandbox {
                 .filter(|_| persistent && runtime.caller_cgroups())
             {
                 // An instance's box a former server started: its named cgroup goes with it.
-                for _ in 0..40 {
+                for _ in 0..EMPTY_WAIT_TRIES {
                     if slots.remove_named(&id) {
                         break;
                     }
