@@ -55,6 +55,10 @@ impl NativeSandbox {
             *r += 1;
             *r
         };
+        // The namespaces are found by pid: it must still be the box's init, not a recycled pid.
+        if super::InitProcess::start_time(init.pid) != Some(init.start) {
+            return Err(Error::Internal("not reset: the box's init is gone".into()));
+        }
         let gen = self.dir.join(format!("g{n}"));
         let (upper, work) = (gen.join("upper"), gen.join("work"));
         for d in [&upper, &work] {
