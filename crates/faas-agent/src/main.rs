@@ -171,15 +171,9 @@ fn zygote_reset_root(
 /// A private mount namespace where the hybrid host's cgroup2 mount is gone (crun refuses
 /// hybrid hosts otherwise; see the executor's `runtime.rs`).
 fn hide_unified() -> nix::Result<()> {
-    use nix::mount::{mount, umount2, MntFlags, MsFlags};
+    use nix::mount::{umount2, MntFlags};
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)?;
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )?;
+    rootswap::make_private()?;
     umount2("/sys/fs/cgroup/unified", MntFlags::MNT_DETACH)
 }
 

@@ -73,14 +73,7 @@ fn swap(pid: &str, lower: &str, upper: &str, work: &str) -> Result<(), String> {
     let (mnt, ipc) = (ns("mnt")?, ns("ipc")?);
     setns(&mnt, CloneFlags::CLONE_NEWNS).map_err(|e| err("join the mount namespace", e))?;
     // Mounts moved below must not propagate anywhere.
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )
-    .map_err(|e| err("make / private", e))?;
+    make_private().map_err(|e| err("make / private", e))?;
     // The namespace's procfs shows the box's processes; the agent is PID 1 there.
     let mounts =
         top_mounts(&fs::read_to_string("/proc/1/mountinfo").map_err(|e| err("mountinfo", e))?);
@@ -111,6 +104,18 @@ fn swap(pid: &str, lower: &str, upper: &str, work: &str) -> Result<(), String> {
     }
     setns(&ipc, CloneFlags::CLONE_NEWIPC).map_err(|e| err("join the IPC namespace", e))?;
     remove_sysv_ipc()
+}
+
+/// Makes every mount of the calling process's mount namespace private: nothing mounted or
+/// unmounted in it from now on propagates to another namespace.
+pub fn make_private() -> nix::Result<()> {
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
 }
 
 /// The mount points right under the root mount, in `mountinfo` order (parents first), but the

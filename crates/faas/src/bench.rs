@@ -287,7 +287,11 @@ async fn measure(a: &BenchArgs, crun: &Local, runc: &Local) -> anyhow::Result<()
 }
 
 /// POSTs JSON and returns the answer, failing on anything but 2xx; with the time it took.
-async fn post(http: &reqwest::Client, url: &str, body: Value) -> anyhow::Result<(Value, f64)> {
+pub(crate) async fn post(
+    http: &reqwest::Client,
+    url: &str,
+    body: Value,
+) -> anyhow::Result<(Value, f64)> {
     let t = Instant::now();
     let r = http.post(url).json(&body).send().await?;
     let took = t.elapsed().as_secs_f64() * 1000.0;
@@ -299,7 +303,11 @@ async fn post(http: &reqwest::Client, url: &str, body: Value) -> anyhow::Result<
     Ok((v, took))
 }
 
-async fn delete_instance(http: &reqwest::Client, url: &str, id: &str) -> anyhow::Result<()> {
+pub(crate) async fn delete_instance(
+    http: &reqwest::Client,
+    url: &str,
+    id: &str,
+) -> anyhow::Result<()> {
     let r = http
         .delete(format!("{url}/api/v1/instances/{id}"))
         .send()

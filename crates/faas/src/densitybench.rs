@@ -8,8 +8,9 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use serde_json::{json, Value};
+use serde_json::json;
 
+use crate::bench::{delete_instance, post};
 use crate::benchkit::Stats;
 
 pub(crate) async fn run(
@@ -19,31 +20,21 @@ pub(crate) async fn run(
     n: usize,
 ) -> anyhow::Result<()> {
     let create = || async {
-        let t = Instant::now();
-        let r = http
-            .post(format!("{url}/api/v1/instances"))
-            .json(&json!({"image": image, "runtime": "native"}))
-            .send()
-            .await?;
-        let v: Value = r.json().await?;
+        let body = json!({"image": image, "runtime": "native"});
+        let (v, ms) = post(http, &format!("{url}/api/v1/instances"), body).await?;
         let id = v["id"]
             .as_str()
             .with_context(|| format!("create an instance: {v}"))?
             .to_string();
-        anyhow::Ok((id, t.elapsed().as_secs_f64() * 1000.0))
+        anyhow::Ok((id, ms))
     };
     let exec = |id: String| async move {
-        let t = Instant::now();
-        let r = http
-            .post(format!("{url}/api/v1/instances/{id}/exec"))
-            .json(&json!({"command": ["echo", "hello"]}))
-            .send()
-            .await?;
-        let v: Value = r.json().await?;
+        let body = json!({"command": ["echo", "hello"]});
+        let (v, ms) = post(http, &format!("{url}/api/v1/instances/{id}/exec"), body).await?;
         if v["stdout"] != "hello\n" {
             bail!("exec into {id}: {v}");
         }
-        anyhow::Ok(t.elapsed().as_secs_f64() * 1000.0)
+        anyhow::Ok(ms)
     };
     // Exec latency with one instance, the reference.
     let (one, _) = create().await?;
@@ -54,7 +45,7 @@ pub(crate) async fn run(
     for _ in 0..200 {
         alone.samples.push(exec(one.clone()).await?);
     }
-    delete(http, url, &one).await?;
+    delete_instance(http, url, &one).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     eprintln!("bench: density, {n} idle instances (native-crun)");
@@ -135,7 +126,7 @@ pub(crate) async fn run(
     );
     let t = Instant::now();
     for id in &ids {
-        delete(http, url, id).await?;
+        delete_instance(http, url, id).await?;
     }
     println!("  deleted all in {:.1} s", t.elapsed().as_secs_f64());
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -157,17 +148,6 @@ fn pick(n: usize) -> usize {
     x ^= x << 17;
     STATE.store(x, Ordering::Relaxed);
     (x % n as u64) as usize
-}
-
-async fn delete(http: &reqwest::Client, url: &str, id: &str) -> anyhow::Result<()> {
-    let r = http
-        .delete(format!("{url}/api/v1/instances/{id}"))
-        .send()
-        .await?;
-    if !r.status().is_success() {
-        bail!("delete instance {id}: {}", r.status());
-    }
-    Ok(())
 }
 
 /// The memory charged to the deployment's per-instance cgroups (v1 memory hierarchy): the sum

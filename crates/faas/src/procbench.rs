@@ -18,20 +18,13 @@ pub(crate) async fn run(
     create: Value,
     n: usize,
 ) -> anyhow::Result<Vec<Stats>> {
-    let r = http
-        .post(format!("{url}/api/v1/instances"))
-        .json(&create)
-        .send()
-        .await?;
-    let v: Value = r.json().await?;
+    let (v, _) = crate::bench::post(http, &format!("{url}/api/v1/instances"), create).await?;
     let id = v["id"]
         .as_str()
         .with_context(|| format!("create an instance: {v}"))?
         .to_string();
     let out = cases(http, url, label, &id, n).await;
-    http.delete(format!("{url}/api/v1/instances/{id}"))
-        .send()
-        .await?;
+    crate::bench::delete_instance(http, url, &id).await?;
     out
 }
 

@@ -96,10 +96,10 @@ impl WarmPools {
         self.pools.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Takes a ready sandbox from the pool of `spec`, if there is one. When the pool is empty while used boxes are being reset
-    /// for it, waits up to `wait` for one of them: a reset takes a few milliseconds of one
-    /// core, a new box several times that (and under a stream of requests, the boxes made for
-    /// the misses are what the pool then has to absorb).
+    /// Takes a ready sandbox from the pool of `spec`, if there is one. When the pool is empty
+    /// while used boxes are being reset for it, waits up to `wait` for one of them: a reset
+    /// takes a few milliseconds of one core, a new box several times that (and under a stream
+    /// of requests, the boxes made for the misses are what the pool then has to absorb).
     pub async fn take_or_wait(
         self: &Arc<Self>,
         backend: &'static str,

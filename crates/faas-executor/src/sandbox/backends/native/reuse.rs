@@ -108,9 +108,7 @@ impl NativeSandbox {
         steps::record(Step::Reset, t.elapsed());
         Ok(())
     }
-}
 
-impl NativeSandbox {
     /// The root swap by `faas-agent --reset-root` (a box without a zygote: runc's).
     async fn swap_by_helper(&self, args: &[String]) -> Result<()> {
         let mut cmd = tokio::process::Command::new(&self.shared.cfg.agent_path);

@@ -250,23 +250,17 @@ impl OciRuntime {
     ) -> Result<()> {
         let log_path = bundle.join("runtime.log");
         let args = self.start_args(id, bundle, how);
-        // `LOG\nFLAGS\nBINARY\0ARG\0ARG...`, length first: see `faas-agent --zygote`.
-        let mut msg = log_path.as_os_str().as_encoded_bytes().to_vec();
-        msg.push(b'\n');
-        if self.hide_unified {
-            msg.extend_from_slice(b"hide-unified");
-        }
-        msg.push(b'\n');
-        let binary = self.exec.path().display().to_string();
-        for a in std::iter::once(&binary)
-            .chain(&self.global_args())
-            .chain(&args)
-        {
-            msg.extend_from_slice(a.as_bytes());
-            msg.push(0);
-        }
         let what = format!("{} {}", self.kind.name(), args.join(" "));
-        zygote.exchange(&msg, what, &log_path).await
+        let command: Vec<String> = std::iter::once(self.exec.path().display().to_string())
+            .chain(self.global_args())
+            .chain(args)
+            .collect();
+        let flags = if self.hide_unified {
+            "hide-unified"
+        } else {
+            ""
+        };
+        zygote.request(&log_path, flags, &command, what).await
     }
 
     /// Waits for a `run --detach` and turns a failure into an error quoting its log.
@@ -529,10 +523,26 @@ pub struct Zygote {
 }
 
 impl Zygote {
-    /// Hands it one request (see `faas-agent --zygote`) and waits for its status; a failure
-    /// quotes the log.
-    async fn exchange(&mut self, msg: &[u8], what: String, log_path: &Path) -> Result<()> {
+    /// Hands it one request (see `faas-agent --zygote`): `args` run with `flags`, output to
+    /// `log_path`; waits for its status. A failure quotes the log.
+    async fn request(
+        &mut self,
+        log_path: &Path,
+        flags: &str,
+        args: &[String],
+        what: String,
+    ) -> Result<()> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // `LOG\nFLAGS\nARG\0ARG...`, length first.
+        let mut msg = log_path.as_os_str().as_encoded_bytes().to_vec();
+        msg.push(b'\n');
+        msg.extend_from_slice(flags.as_bytes());
+        msg.push(b'\n');
+        for a in args {
+            msg.extend_from_slice(a.as_bytes());
+            msg.push(0);
+        }
+        let msg = &msg;
         let exchange = async {
             self.stdin
                 .write_all(&(msg.len() as u32).to_be_bytes())
@@ -558,14 +568,8 @@ impl Zygote {
 
     /// `faas-agent --reset-root ARGS...`, done by the zygote in a forked child.
     pub async fn reset_root(&mut self, args: &[String], log_path: &Path) -> Result<()> {
-        let mut msg = log_path.as_os_str().as_encoded_bytes().to_vec();
-        msg.extend_from_slice(b"\nreset-root\n");
-        for a in args {
-            msg.extend_from_slice(a.as_bytes());
-            msg.push(0);
-        }
-        self.exchange(&msg, format!("reset-root {}", args.join(" ")), log_path)
-            .await
+        let what = format!("reset-root {}", args.join(" "));
+        self.request(log_path, "reset-root", args, what).await
     }
 
     /// Whether it still serves (it may have been killed with a box, or from outside).
