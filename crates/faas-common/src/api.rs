@@ -290,6 +290,16 @@ pub struct ExecuteResponse {
     /// The instance it ran in (`persistent`).
     #[serde(default)]
     pub instance_id: Option<String>,
+    /// CPU time (user + system) the sandbox used for the command, from its cgroup; `null`
+    /// when the backend cannot measure it.
+    #[serde(default)]
+    pub cpu_ms: Option<f64>,
+    /// The sandbox's peak memory, MiB, from its cgroup (for an instance: since it started).
+    #[serde(default)]
+    pub peak_memory_mb: Option<f64>,
+    /// The sandbox's memory limit, MiB.
+    #[serde(default)]
+    pub memory_mb: u64,
 }
 
 /// `POST /api/v1/instances`
@@ -471,6 +481,9 @@ fn one() -> usize {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PoolInfo {
+    /// The tenant whose requests the pool's boxes serve (and no other's).
+    #[serde(default)]
+    pub tenant: String,
     pub image: String,
     pub backend: String,
     /// Started sandboxes waiting in the pool.

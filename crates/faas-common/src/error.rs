@@ -16,8 +16,15 @@ pub enum ErrorCode {
     Conflict,
     MethodNotAllowed,
     PayloadTooLarge,
-    /// A limit was reached (a function's concurrency); try again later.
+    /// No API key, or one that is unknown, expired or revoked.
+    Unauthenticated,
+    /// The key may not do this (a member asking for an admin operation).
+    Forbidden,
+    /// A limit was reached (the tenant's request rate, a function's concurrency); try again
+    /// later.
     RateLimited,
+    /// One of the tenant's quotas is used up; the message names it.
+    QuotaExceeded,
     /// The request names a feature this server or backend does not have.
     Unsupported,
     /// The backend the request needs is not available on this host right now.
@@ -37,7 +44,10 @@ impl ErrorCode {
             ErrorCode::Conflict => "conflict",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::Unauthenticated => "unauthenticated",
+            ErrorCode::Forbidden => "forbidden",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::QuotaExceeded => "quota_exceeded",
             ErrorCode::Unsupported => "unsupported",
             ErrorCode::BackendUnavailable => "backend_unavailable",
             ErrorCode::Timeout => "timeout",
@@ -52,7 +62,9 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::Conflict => 409,
             ErrorCode::PayloadTooLarge => 413,
-            ErrorCode::RateLimited => 429,
+            ErrorCode::Unauthenticated => 401,
+            ErrorCode::Forbidden => 403,
+            ErrorCode::RateLimited | ErrorCode::QuotaExceeded => 429,
             ErrorCode::Internal => 500,
             ErrorCode::Unsupported => 501,
             ErrorCode::BackendUnavailable => 503,

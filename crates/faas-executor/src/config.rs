@@ -37,6 +37,8 @@ pub struct PlatformConfig {
     pub queue_lease_ms: u64,
     /// First retry delay of a failed async attempt; it doubles each attempt.
     pub retry_base_ms: u64,
+    /// The quotas of a tenant that sets none of its own (unset or 0: no limit).
+    pub default_quotas: faas_common::Quotas,
 }
 
 impl Default for PlatformConfig {
@@ -63,6 +65,7 @@ impl Default for PlatformConfig {
             queue_workers: 32,
             queue_lease_ms: 10_000,
             retry_base_ms: 1_000,
+            default_quotas: faas_common::Quotas::default(),
         }
     }
 }

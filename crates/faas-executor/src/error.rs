@@ -19,6 +19,15 @@ pub enum Error {
     PayloadTooLarge(String),
     #[error("{0}")]
     RateLimited(String),
+    /// One of the tenant's quotas is used up; the message names it.
+    #[error("{0}")]
+    QuotaExceeded(String),
+    /// No key, or a key that is unknown, expired or revoked.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The caller's role may not do this.
+    #[error("{0}")]
+    Forbidden(String),
     #[error("store")]
     Store(#[from] faas_store::StoreError),
     /// The feature or backend is not offered; the message says why.

@@ -16,6 +16,7 @@ use crate::services::execute::Executor;
 use crate::services::functions::{queue, Functions};
 use crate::services::instances::Instances;
 use crate::services::streams::Streams;
+use crate::services::tenants::Tenants;
 
 pub struct Platform {
     cfg: PlatformConfig,
@@ -26,6 +27,7 @@ pub struct Platform {
     pub instances: Arc<Instances>,
     pub functions: Arc<Functions>,
     pub streams: Arc<Streams>,
+    pub tenants: Arc<Tenants>,
 }
 
 impl Platform {
@@ -39,19 +41,27 @@ impl Platform {
     ) -> Arc<Self> {
         let sandboxes = Sandboxes::new(backends, images, Arc::new(Metrics::default()));
         let streams = Arc::new(Streams::new(store.clone(), sandboxes.tasks.clone()));
+        let tenants = Tenants::new(store.clone(), cfg.default_quotas);
         let instances = Instances::new(
             cfg.clone(),
             sandboxes.clone(),
             store.clone(),
             streams.clone(),
+            tenants.clone(),
         );
         let execute = Executor::new(
             cfg.clone(),
             sandboxes.clone(),
             instances.clone(),
             streams.clone(),
+            tenants.clone(),
         );
-        let functions = Functions::new(cfg.clone(), sandboxes.clone(), store.clone());
+        let functions = Functions::new(
+            cfg.clone(),
+            sandboxes.clone(),
+            store.clone(),
+            tenants.clone(),
+        );
         Arc::new(Platform {
             cfg,
             store,
@@ -60,6 +70,7 @@ impl Platform {
             instances,
             functions,
             streams,
+            tenants,
         })
     }
 

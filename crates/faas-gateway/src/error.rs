@@ -10,6 +10,8 @@ use faas_executor::Error;
 pub struct ApiError {
     pub code: ErrorCode,
     pub message: String,
+    /// Seconds to wait before trying again (a `Retry-After` header); every 429 has one.
+    pub retry_after_s: Option<u64>,
 }
 
 impl ApiError {
@@ -17,7 +19,13 @@ impl ApiError {
         ApiError {
             code,
             message: message.into(),
+            retry_after_s: None,
         }
+    }
+
+    pub fn retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after_s = Some(seconds.max(1));
+        self
     }
 }
 
@@ -30,6 +38,9 @@ impl From<Error> for ApiError {
             Error::Conflict(_) => ErrorCode::Conflict,
             Error::PayloadTooLarge(_) => ErrorCode::PayloadTooLarge,
             Error::RateLimited(_) => ErrorCode::RateLimited,
+            Error::QuotaExceeded(_) => ErrorCode::QuotaExceeded,
+            Error::Unauthenticated(_) => ErrorCode::Unauthenticated,
+            Error::Forbidden(_) => ErrorCode::Forbidden,
             Error::Unsupported(_) => ErrorCode::Unsupported,
             Error::BackendUnavailable(_) => ErrorCode::BackendUnavailable,
             Error::Docker(_)
@@ -54,6 +65,15 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status =
             StatusCode::from_u16(self.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (status, Json(ErrorBody::new(self.code, self.message))).into_response()
+        // A quota or rate refusal says when to try again: a quota frees up as work ends.
+        let retry = self
+            .retry_after_s
+            .or((status == StatusCode::TOO_MANY_REQUESTS).then_some(1));
+        let mut resp = (status, Json(ErrorBody::new(self.code, self.message))).into_response();
+        if let Some(s) = retry {
+            resp.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, s.into());
+        }
+        resp
     }
 }

@@ -2,12 +2,18 @@
 //!
 //! - [`error`]: [`ApiError`], the one place where executor errors become codes and statuses.
 //! - [`extract`]: [`ApiJson`], a JSON body extractor whose rejections are JSON errors too.
-//! - handlers below: health, execute, prewarm, pools, metrics.
+//! - [`auth`]: the API key of every request becomes its [`faas_common::Caller`]; request rates.
+//! - [`observe`]: latency histograms and per-tenant counters for Prometheus.
+//! - handlers below: health, execute, prewarm, pools, metrics; [`admin`]: keys, tenants,
+//!   usage, audit.
 
+mod admin;
+pub mod auth;
 pub mod error;
 pub mod extract;
 mod files;
 mod functions;
+pub mod observe;
 mod processes;
 
 use std::future::Future;
@@ -18,7 +24,9 @@ use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::IntoResponse;
+use axum::Extension;
 use axum::{Json, Router};
+use faas_common::Caller;
 use faas_common::{
     BranchRequest, BranchResponse, ErrorCode, ExecuteRequest, ExecuteResponse, HealthResponse,
     ImagesResponse, InstanceCreateRequest, InstanceExecRequest, InstanceInfo, InstancesResponse,
@@ -43,14 +51,22 @@ pub struct AppState {
     pub platform: Arc<Platform>,
     pub started: Instant,
     pub body_limit: usize,
+    pub auth: auth::AuthMode,
+    /// `/metrics` without a key.
+    pub metrics_public: bool,
+    pub observe: Arc<observe::Observe>,
 }
 
 impl AppState {
+    /// Keys required, `/metrics` behind them.
     pub fn new(platform: Arc<Platform>) -> Self {
         AppState {
             platform,
             started: Instant::now(),
             body_limit: DEFAULT_BODY_LIMIT,
+            auth: auth::AuthMode::Key,
+            metrics_public: false,
+            observe: Default::default(),
         }
     }
 }
@@ -71,6 +87,7 @@ impl AppState {
         (name = "snapshots", description = "Snapshots, restores and branches"),
         (name = "functions", description = "Deployed functions and their invocations"),
         (name = "invocations", description = "Sync and async invocations"),
+        (name = "tenants", description = "API keys, tenants and their quotas, usage, the audit trail"),
         (name = "system", description = "Health, images, metrics"),
     )
 )]
@@ -101,6 +118,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .merge(functions::routes())
         .merge(processes::routes())
         .merge(files::routes())
+        .merge(admin::routes())
         .routes(routes!(metrics_json))
         .routes(routes!(metrics_prometheus))
         .routes(routes!(openapi_json))
@@ -130,9 +148,34 @@ pub fn router(state: AppState) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            observe::measure,
+        ))
         .layer(
-            // Errors are logged where they are made (ApiError); a 4xx/5xx is not a fault here.
-            TraceLayer::new_for_http().on_failure(()),
+            // One span per request with its id and (once authenticated) tenant. Errors are
+            // logged where they are made (ApiError); a 4xx/5xx is not a fault here.
+            TraceLayer::new_for_http()
+                .make_span_with(|req: &axum::http::Request<_>| {
+                    let id = req
+                        .headers()
+                        .get("x-request-id")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string)
+                        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+                    tracing::info_span!(
+                        "request",
+                        method = %req.method(),
+                        path = %req.uri().path(),
+                        request_id = %id,
+                        tenant = tracing::field::Empty,
+                    )
+                })
+                .on_failure(()),
         )
         .with_state(state)
 }
@@ -161,18 +204,20 @@ type ApiResult<T> = Result<T, ApiError>;
 #[utoipa::path(post, path = "/api/v1/instances", tag = "instances", summary = "Create an instance", request_body(content = Option<faas_common::InstanceCreateRequest>, description = "optional"), responses((status = 201, body = faas_common::InstanceInfo), (status = "default", description = "an error: `{\"error\": {\"code\", \"message\"}}`", body = faas_common::ErrorBody)))]
 async fn instance_create(
     State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
     OptionalJson(body): OptionalJson<InstanceCreateRequest>,
 ) -> ApiResult<(StatusCode, Json<InstanceInfo>)> {
     let req = body.unwrap_or_default();
     Ok((
         StatusCode::CREATED,
-        Json(s.platform.instances.instance_create(req).await?),
+        Json(s.platform.instances.instance_create(&caller, req).await?),
     ))
 }
 
 #[utoipa::path(get, path = "/api/v1/instances", tag = "instances", summary = "List instances", params(("metadata.KEY" = Option<String>, Query, description = "only instances whose metadata has KEY = this value (any number of them)")), responses((status = 200, body = faas_common::InstancesResponse), (status = "default", description = "an error: `{\"error\": {\"code\", \"message\"}}`", body = faas_common::ErrorBody)))]
 async fn instance_list(
     State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
     axum::extract::RawQuery(q): axum::extract::RawQuery,
 ) -> ApiResult<Json<InstancesResponse>> {
     // `?metadata.KEY=VALUE`, any number of them: instances whose metadata has them all.
@@ -181,24 +226,26 @@ async fn instance_list(
             .filter_map(|(k, v)| Some((k.strip_prefix("metadata.")?.to_string(), v.into_owned())))
             .collect();
     Ok(Json(InstancesResponse {
-        instances: s.platform.instances.instance_list(&filter).await?,
+        instances: s.platform.instances.instance_list(&caller, &filter).await?,
     }))
 }
 
 #[utoipa::path(get, path = "/api/v1/instances/{id}", tag = "instances", summary = "Get an instance", params(("id" = String, Path, description = "instance id")), responses((status = 200, body = faas_common::InstanceInfo), (status = "default", description = "an error: `{\"error\": {\"code\", \"message\"}}`", body = faas_common::ErrorBody)))]
 async fn instance_get(
     State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<InstanceInfo>> {
-    Ok(Json(s.platform.instances.instance_get(&id).await?))
+    Ok(Json(s.platform.instances.instance_get(&caller, &id).await?))
 }
 
 #[utoipa::path(delete, path = "/api/v1/instances/{id}", tag = "instances", summary = "Delete an instance and its files", params(("id" = String, Path, description = "instance id")), responses((status = 204), (status = "default", description = "an error: `{\"error\": {\"code\", \"message\"}}`", body = faas_common::ErrorBody)))]
 async fn instance_delete(
     State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    s.platform.instances.instance_delete(&id).await?;
+    s.platform.instances.instance_delete(&caller, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -213,27 +260,39 @@ struct StreamQuery {
 #[utoipa::path(post, path = "/api/v1/instances/{id}/exec", tag = "instances", summary = "Run a command in an instance; `?stream=true` answers with Server-Sent Events", params(("id" = String, Path, description = "instance id"), ("stream" = Option<bool>, Query, description = "stream stdout/stderr/exit events")), request_body = faas_common::InstanceExecRequest, responses((status = 200, body = faas_common::ExecuteResponse), (status = "default", description = "an error: `{\"error\": {\"code\", \"message\"}}`", body = faas_common::ErrorBody)))]
 async fn instance_exec(
     State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     Query(q): Query<StreamQuery>,
     ApiJson(req): ApiJson<InstanceExecRequest>,
 ) -> ApiResult<axum::response::Response> {
     if q.stream {
-        let (rid, rx) = s.platform.instances.instance_exec_stream(&id, req).await?;
+        let (rid, rx) = s
+            .platform
+            .instances
+            .instance_exec_stream(&caller, &id, req)
+            .await?;
         let mut resp = sse(rx).into_response();
         if let Ok(v) = header::HeaderValue::from_str(&rid) {
             resp.headers_mut().insert("x-request-id", v);
         }
         return Ok(resp);
     }
-    Ok(Json(s.platform.instances.instance_exec(&id, req).await?).into_response())
+    let resp = s
+        .platform
+        .instances
+        .instance_exec(&caller, &id, req)
+        .await?;
+    s.observe.cpu(&caller.tenant, resp.cpu_ms);
+    Ok(Json(resp).into_response())
 }
 
 #[utoipa::path(get, path = "/api/v1/logs/{id}/stream", tag = "execute", summary = "Server-Sent Events of an execution's output (`stdout`, `stderr`, then `exit`)", params(("id" = String, Path, description = "execution (request) id")), responses((status = 200, content_type = "text/event-stream", body = String), (status = "default", description = "an error: `{\"error\": {\"code\", \"message\"}}`", body = faas_common::ErrorBody)))]
 async fn logs_stream(
     State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
-    Ok(sse(s.platform.streams.stream_logs(&id).await?))
+    Ok(sse(s.platform.streams.stream_logs(&caller, &id).await?))
 }
 
 fn sse(
@@ -250,17 +309,23 @@ fn sse(
 #[utoipa::path(post, path = "/api/v1/instances/{id}/stop", tag = "instances", summary = "Stop an instance (its files are kept)", params(("id" = String, Path, description = "instance id")), responses((status = 200, body = faas_common::InstanceInfo), (status = "default", description = "an error: `{\"error\": {\"code\", \"message\"}}`", body = faas_common::ErrorBody)))]
 async fn instance_stop(
     State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<InstanceInfo>> {
-    Ok(Json(s.platform.instances.instance_stop(&id).await?))
+    Ok(Json(
+        s.platform.instances.instance_stop(&caller, &id).await?,
+    ))
 }
 
 #[utoipa::path(post, path = "/api/v1/instances/{id}/start", tag = "instances", summary = "Start a stopped instance", params(("id" = String, Path, description = "instance id")), responses((status = 200, body = faas_common::InstanceInfo), (status = "default", description = "an error: `{\"error\": {\"code\", \"message\"}}`", body = faas_common::ErrorBody)))]
 async fn instance_start(
     State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<InstanceInfo>> {
-    Ok(Json(s.platform.instances.instance_start(&id).await?))
+    Ok(Json(
+        s.platform.instances.instance_start(&caller, &id).await?,
+    ))
 }
 
 #[derive(serde::Deserialize)]
@@ -280,17 +345,23 @@ fn file_path(q: FileQuery) -> ApiResult<String> {
 #[utoipa::path(get, path = "/api/v1/instances/{id}/files", tag = "instances", summary = "Download a file of an instance", params(("id" = String, Path, description = "instance id"), ("path" = String, Query, description = "absolute path in the instance")), responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>), (status = "default", description = "an error: `{\"error\": {\"code\", \"message\"}}`", body = faas_common::ErrorBody)))]
 async fn instance_file_get(
     State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     Query(q): Query<FileQuery>,
 ) -> ApiResult<impl IntoResponse> {
     let path = file_path(q)?;
-    let data = s.platform.instances.instance_read_file(&id, &path).await?;
+    let data = s
+        .platform
+        .instances
+        .instance_read_file(&caller, &id, &path)
+        .await?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], data))
 }
 
 #[utoipa::path(put, path = "/api/v1/instances/{id}/files", tag = "instances", summary = "Upload a file into an instance", params(("id" = String, Path, description = "instance id"), ("path" = String, Query, description = "absolute path in the instance")), request_body(content = Vec<u8>, content_type = "application/octet-stream"), responses((status = 204), (status = "default", description = "an error: `{\"error\": {\"code\", \"message\"}}`", body = faas_common::ErrorBody)))]
 async fn instance_file_put(
     State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     Query(q): Query<FileQuery>,
     body: axum::body::Bytes,
@@ -298,7 +369,7 @@ async fn instance_file_put(
     let path = file_path(q)?;
     s.platform
         .instances
-        .instance_write_file(&id, &path, body.to_vec())
+        .instance_write_file(&caller, &id, &path, body.to_vec())
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -306,6 +377,7 @@ async fn instance_file_put(
 #[utoipa::path(post, path = "/api/v1/instances/{id}/snapshot", tag = "snapshots", summary = "Snapshot an instance", params(("id" = String, Path, description = "instance id")), request_body(content = Option<faas_common::SnapshotCreateRequest>, description = "optional"), responses((status = 201, body = faas_common::SnapshotInfo), (status = "default", description = "an error: `{\"error\": {\"code\", \"message\"}}`", body = faas_common::ErrorBody)))]
 async fn instance_snapshot(
     State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     OptionalJson(body): OptionalJson<SnapshotCreateRequest>,
 ) -> ApiResult<(StatusCode, Json<SnapshotInfo>)> {
@@ -313,85 +385,123 @@ async fn instance_snapshot(
     req.instance_id = Some(id);
     Ok((
         StatusCode::CREATED,
-        Json(s.platform.instances.snapshot_create(req).await?),
+        Json(s.platform.instances.snapshot_create(&caller, req).await?),
     ))
 }
 
 #[utoipa::path(post, path = "/api/v1/instances/{id}/fork", tag = "instances", summary = "Fork an instance into N new ones", params(("id" = String, Path, description = "instance id")), request_body(content = Option<faas_common::BranchRequest>, description = "optional; count defaults to 1"), responses((status = 201, body = faas_common::BranchResponse), (status = "default", description = "an error: `{\"error\": {\"code\", \"message\"}}`", body = faas_common::ErrorBody)))]
 async fn instance_fork(
     State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     OptionalJson(body): OptionalJson<BranchRequest>,
 ) -> ApiResult<(StatusCode, Json<BranchResponse>)> {
     let count = body.map_or(1, |b| b.count);
     Ok((
         StatusCode::CREATED,
-        Json(s.platform.instances.instance_fork(&id, count).await?),
+        Json(
+            s.platform
+                .instances
+                .instance_fork(&caller, &id, count)
+                .await?,
+        ),
     ))
 }
 
 #[utoipa::path(post, path = "/api/v1/snapshots", tag = "snapshots", summary = "Snapshot an instance", request_body = faas_common::SnapshotCreateRequest, responses((status = 201, body = faas_common::SnapshotInfo), (status = "default", description = "an error: `{\"error\": {\"code\", \"message\"}}`", body = faas_common::ErrorBody)))]
 async fn snapshot_create(
     State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
     ApiJson(req): ApiJson<SnapshotCreateRequest>,
 ) -> ApiResult<(StatusCode, Json<SnapshotInfo>)> {
     Ok((
         StatusCode::CREATED,
-        Json(s.platform.instances.snapshot_create(req).await?),
+        Json(s.platform.instances.snapshot_create(&caller, req).await?),
     ))
 }
 
 #[utoipa::path(get, path = "/api/v1/snapshots", tag = "snapshots", summary = "List snapshots", responses((status = 200, body = faas_common::SnapshotsResponse), (status = "default", description = "an error: `{\"error\": {\"code\", \"message\"}}`", body = faas_common::ErrorBody)))]
-async fn snapshot_list(State(s): State<AppState>) -> ApiResult<Json<SnapshotsResponse>> {
+async fn snapshot_list(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<Json<SnapshotsResponse>> {
     Ok(Json(SnapshotsResponse {
-        snapshots: s.platform.instances.snapshot_list().await?,
+        snapshots: s.platform.instances.snapshot_list(&caller).await?,
     }))
 }
 
 #[utoipa::path(get, path = "/api/v1/snapshots/{id}", tag = "snapshots", summary = "Get a snapshot", params(("id" = String, Path, description = "snapshot id")), responses((status = 200, body = faas_common::SnapshotInfo), (status = "default", description = "an error: `{\"error\": {\"code\", \"message\"}}`", body = faas_common::ErrorBody)))]
 async fn snapshot_get(
     State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<SnapshotInfo>> {
-    Ok(Json(s.platform.instances.snapshot_get(&id).await?))
+    Ok(Json(s.platform.instances.snapshot_get(&caller, &id).await?))
 }
 
 #[utoipa::path(delete, path = "/api/v1/snapshots/{id}", tag = "snapshots", summary = "Delete a snapshot (409 while something depends on it)", params(("id" = String, Path, description = "snapshot id")), responses((status = 204), (status = "default", description = "an error: `{\"error\": {\"code\", \"message\"}}`", body = faas_common::ErrorBody)))]
 async fn snapshot_delete(
     State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    s.platform.instances.snapshot_delete(&id).await?;
+    s.platform.instances.snapshot_delete(&caller, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 #[utoipa::path(post, path = "/api/v1/snapshots/{id}/restore", tag = "snapshots", summary = "Restore a snapshot into a new instance", params(("id" = String, Path, description = "snapshot id")), responses((status = 201, body = faas_common::InstanceInfo), (status = "default", description = "an error: `{\"error\": {\"code\", \"message\"}}`", body = faas_common::ErrorBody)))]
 async fn snapshot_restore(
     State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> ApiResult<(StatusCode, Json<InstanceInfo>)> {
     Ok((
         StatusCode::CREATED,
-        Json(s.platform.instances.snapshot_restore(&id).await?),
+        Json(s.platform.instances.snapshot_restore(&caller, &id).await?),
     ))
 }
 
 #[utoipa::path(post, path = "/api/v1/snapshots/{id}/branch", tag = "snapshots", summary = "Branch a snapshot into N new instances", params(("id" = String, Path, description = "snapshot id")), request_body(content = Option<faas_common::BranchRequest>, description = "optional; count defaults to 1"), responses((status = 201, body = faas_common::BranchResponse), (status = "default", description = "an error: `{\"error\": {\"code\", \"message\"}}`", body = faas_common::ErrorBody)))]
 async fn snapshot_branch(
     State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     OptionalJson(body): OptionalJson<BranchRequest>,
 ) -> ApiResult<(StatusCode, Json<BranchResponse>)> {
     let count = body.map_or(1, |b| b.count);
     Ok((
         StatusCode::CREATED,
-        Json(s.platform.instances.snapshot_branch(&id, count).await?),
+        Json(
+            s.platform
+                .instances
+                .snapshot_branch(&caller, &id, count)
+                .await?,
+        ),
     ))
 }
 
 #[utoipa::path(get, path = "/health", tag = "system", summary = "Status, version, uptime and each backend's availability", responses((status = 200, body = faas_common::HealthResponse)))]
-async fn health(State(s): State<AppState>) -> Json<HealthResponse> {
+async fn health(
+    State(s): State<AppState>,
+    caller: Option<Extension<Caller>>,
+) -> Json<HealthResponse> {
     let default_backend = s.platform.sandboxes.default_backend().map(str::to_string);
+    // Without a key: whether it is up, not what it runs on.
+    if caller.is_none() {
+        return Json(HealthResponse {
+            status: if default_backend.is_some() {
+                "ok"
+            } else {
+                "degraded"
+            }
+            .into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            uptime_s: s.started.elapsed().as_secs_f64(),
+            default_backend: None,
+            default_image: String::new(),
+            backends: Vec::new(),
+        });
+    }
     Json(HealthResponse {
         status: if default_backend.is_some() {
             "ok"
@@ -410,14 +520,18 @@ async fn health(State(s): State<AppState>) -> Json<HealthResponse> {
 #[utoipa::path(post, path = "/api/v1/execute", tag = "execute", summary = "Run a command in a sandbox", request_body = faas_common::ExecuteRequest, responses((status = 200, body = faas_common::ExecuteResponse), (status = "default", description = "an error: `{\"error\": {\"code\", \"message\"}}`", body = faas_common::ErrorBody)))]
 async fn execute(
     State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
     ApiJson(req): ApiJson<ExecuteRequest>,
 ) -> Result<Json<ExecuteResponse>, ApiError> {
-    Ok(Json(s.platform.execute.execute(req).await?))
+    let resp = s.platform.execute.execute(&caller, req).await?;
+    s.observe.cpu(&caller.tenant, resp.cpu_ms);
+    Ok(Json(resp))
 }
 
 #[utoipa::path(post, path = "/api/v1/execute/advanced", tag = "execute", summary = "Run a command; `mode` is required", request_body = faas_common::ExecuteRequest, responses((status = 200, body = faas_common::ExecuteResponse), (status = "default", description = "an error: `{\"error\": {\"code\", \"message\"}}`", body = faas_common::ErrorBody)))]
 async fn execute_advanced(
     State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
     ApiJson(req): ApiJson<ExecuteRequest>,
 ) -> Result<Json<ExecuteResponse>, ApiError> {
     if req.mode.is_none() {
@@ -426,21 +540,27 @@ async fn execute_advanced(
             "mode is required here: one of ephemeral, cached, checkpointed, branched, persistent",
         ));
     }
-    Ok(Json(s.platform.execute.execute(req).await?))
+    let resp = s.platform.execute.execute(&caller, req).await?;
+    s.observe.cpu(&caller.tenant, resp.cpu_ms);
+    Ok(Json(resp))
 }
 
 #[utoipa::path(post, path = "/api/v1/prewarm", tag = "execute", summary = "Set a warm pool's size and fill it", request_body = faas_common::PrewarmRequest, responses((status = 200, body = faas_common::PoolInfo), (status = "default", description = "an error: `{\"error\": {\"code\", \"message\"}}`", body = faas_common::ErrorBody)))]
 async fn prewarm(
     State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
     ApiJson(req): ApiJson<PrewarmRequest>,
 ) -> Result<Json<PoolInfo>, ApiError> {
-    Ok(Json(s.platform.execute.prewarm(req).await?))
+    Ok(Json(s.platform.execute.prewarm(&caller, req).await?))
 }
 
 #[utoipa::path(get, path = "/api/v1/pools", tag = "execute", summary = "Warm pools", responses((status = 200, body = faas_common::PoolsResponse)))]
-async fn pools(State(s): State<AppState>) -> Json<PoolsResponse> {
+async fn pools(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Json<PoolsResponse> {
     Json(PoolsResponse {
-        pools: s.platform.sandboxes.pools(),
+        pools: s.platform.execute.pools(&caller),
     })
 }
 
@@ -458,10 +578,11 @@ async fn metrics_json(State(s): State<AppState>) -> Json<MetricsResponse> {
 
 #[utoipa::path(get, path = "/metrics", tag = "system", summary = "Counters in the Prometheus text format", responses((status = 200, content_type = "text/plain", body = String)))]
 async fn metrics_prometheus(State(s): State<AppState>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        prometheus_text(&s.platform.metrics(), &s.platform.sandboxes.pools()),
-    )
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], {
+        let mut text = prometheus_text(&s.platform.metrics(), &s.platform.sandboxes.pools(None));
+        s.observe.prometheus(&mut text);
+        text
+    })
 }
 
 /// The JSON counters in Prometheus' text format.
@@ -577,7 +698,10 @@ mod tests {
             None,
             None,
         );
-        router(AppState::new(platform))
+        // Without keys: these tests are about the routes, not about authentication.
+        let mut state = AppState::new(platform);
+        state.auth = auth::AuthMode::None;
+        router(state)
     }
 
     /// Every operation of the document is served by its handler: none falls through to the
@@ -616,7 +740,13 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(resp.status().as_u16(), 404);
-        for src in [include_str!("lib.rs"), include_str!("functions.rs")] {
+        for src in [
+            include_str!("lib.rs"),
+            include_str!("functions.rs"),
+            include_str!("admin.rs"),
+            include_str!("processes.rs"),
+            include_str!("files.rs"),
+        ] {
             assert!(
                 !src.contains(&[".route", "(\""].concat()),
                 "a route added without its OpenAPI operation"

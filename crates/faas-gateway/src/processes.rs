@@ -9,11 +9,12 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use axum::Json;
 use base64::Engine;
 use faas_common::{
-    CommandSpec, ErrorCode, ProcessData, ProcessStartRequest, ProcessStarted, ProcessesResponse,
-    PtySize, SignalRequest,
+    Caller, CommandSpec, ErrorCode, ProcessData, ProcessStartRequest, ProcessStarted,
+    ProcessesResponse, PtySize, SignalRequest,
 };
 use faas_executor::sandbox::agent::{ProcessEvent, Subscription};
 use faas_executor::services::instances::processes::process_exit;
@@ -43,22 +44,29 @@ fn pid_of(pid: &str) -> ApiResult<u32> {
 #[utoipa::path(post, path = "/api/v1/instances/{id}/processes", tag = "processes", summary = "Start a process in an instance; answers at once with its pid", params(("id" = String, Path, description = "instance id")), request_body = faas_common::ProcessStartRequest, responses((status = 201, body = faas_common::ProcessStarted), (status = "default", description = "an error: `{\"error\": {\"code\", \"message\"}}`", body = faas_common::ErrorBody)))]
 async fn start(
     State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     ApiJson(req): ApiJson<ProcessStartRequest>,
 ) -> ApiResult<(StatusCode, Json<ProcessStarted>)> {
     Ok((
         StatusCode::CREATED,
-        Json(s.platform.instances.process_start(&id, req).await?),
+        Json(
+            s.platform
+                .instances
+                .process_start(&caller, &id, req)
+                .await?,
+        ),
     ))
 }
 
 #[utoipa::path(get, path = "/api/v1/instances/{id}/processes", tag = "processes", summary = "List an instance's processes (running, then recently ended)", params(("id" = String, Path, description = "instance id")), responses((status = 200, body = faas_common::ProcessesResponse), (status = "default", description = "an error: `{\"error\": {\"code\", \"message\"}}`", body = faas_common::ErrorBody)))]
 async fn list(
     State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<ProcessesResponse>> {
     Ok(Json(ProcessesResponse {
-        processes: s.platform.instances.process_list(&id).await?,
+        processes: s.platform.instances.process_list(&caller, &id).await?,
     }))
 }
 
@@ -83,12 +91,13 @@ fn sse_event(ev: &ProcessEvent) -> SseEvent {
 #[utoipa::path(get, path = "/api/v1/instances/{id}/processes/{pid}/events", tag = "processes", summary = "Server-Sent Events of a process: the output kept so far, then live `stdout`/`stderr`/`pty` data (base64), then one `exit`", params(("id" = String, Path, description = "instance id"), ("pid" = u32, Path, description = "process id")), responses((status = 200, content_type = "text/event-stream", body = String), (status = "default", description = "an error: `{\"error\": {\"code\", \"message\"}}`", body = faas_common::ErrorBody)))]
 async fn events(
     State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path((id, pid)): Path<(String, String)>,
 ) -> ApiResult<impl IntoResponse> {
     let sub = s
         .platform
         .instances
-        .process_subscribe(&id, pid_of(&pid)?)
+        .process_subscribe(&caller, &id, pid_of(&pid)?)
         .await?;
     let events = futures::stream::unfold(Some(sub), |sub| async move {
         let mut sub = sub?;
@@ -108,12 +117,13 @@ async fn events(
 #[utoipa::path(post, path = "/api/v1/instances/{id}/processes/{pid}/stdin", tag = "processes", summary = "Write the body's bytes to a process's stdin (or terminal)", params(("id" = String, Path, description = "instance id"), ("pid" = u32, Path, description = "process id")), request_body(content = Vec<u8>, content_type = "application/octet-stream"), responses((status = 204), (status = "default", description = "an error: `{\"error\": {\"code\", \"message\"}}`", body = faas_common::ErrorBody)))]
 async fn stdin(
     State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path((id, pid)): Path<(String, String)>,
     RawBody(body): RawBody,
 ) -> ApiResult<StatusCode> {
     s.platform
         .instances
-        .process_input(&id, pid_of(&pid)?, &body)
+        .process_input(&caller, &id, pid_of(&pid)?, &body)
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -121,11 +131,12 @@ async fn stdin(
 #[utoipa::path(post, path = "/api/v1/instances/{id}/processes/{pid}/stdin/close", tag = "processes", summary = "Close a process's stdin", params(("id" = String, Path, description = "instance id"), ("pid" = u32, Path, description = "process id")), responses((status = 204), (status = "default", description = "an error: `{\"error\": {\"code\", \"message\"}}`", body = faas_common::ErrorBody)))]
 async fn stdin_close(
     State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path((id, pid)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
     s.platform
         .instances
-        .process_close_stdin(&id, pid_of(&pid)?)
+        .process_close_stdin(&caller, &id, pid_of(&pid)?)
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -133,6 +144,7 @@ async fn stdin_close(
 #[utoipa::path(post, path = "/api/v1/instances/{id}/processes/{pid}/signal", tag = "processes", summary = "Send a signal to a process's group", params(("id" = String, Path, description = "instance id"), ("pid" = u32, Path, description = "process id")), request_body = faas_common::SignalRequest, responses((status = 204), (status = "default", description = "an error: `{\"error\": {\"code\", \"message\"}}`", body = faas_common::ErrorBody)))]
 async fn signal(
     State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path((id, pid)): Path<(String, String)>,
     ApiJson(req): ApiJson<SignalRequest>,
 ) -> ApiResult<StatusCode> {
@@ -140,19 +152,23 @@ async fn signal(
     let sig = req
         .number()
         .map_err(|m| ApiError::new(ErrorCode::InvalidRequest, m))?;
-    s.platform.instances.process_signal(&id, pid, sig).await?;
+    s.platform
+        .instances
+        .process_signal(&caller, &id, pid, sig)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 #[utoipa::path(post, path = "/api/v1/instances/{id}/processes/{pid}/resize", tag = "processes", summary = "Resize a PTY process's terminal", params(("id" = String, Path, description = "instance id"), ("pid" = u32, Path, description = "process id")), request_body = faas_common::PtySize, responses((status = 204), (status = "default", description = "an error: `{\"error\": {\"code\", \"message\"}}`", body = faas_common::ErrorBody)))]
 async fn resize(
     State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path((id, pid)): Path<(String, String)>,
     ApiJson(size): ApiJson<PtySize>,
 ) -> ApiResult<StatusCode> {
     s.platform
         .instances
-        .process_resize(&id, pid_of(&pid)?, size)
+        .process_resize(&caller, &id, pid_of(&pid)?, size)
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -179,6 +195,7 @@ const TERMINAL_SHELL: &str = "if [ -x /bin/bash ]; then exec /bin/bash; else exe
 #[utoipa::path(get, path = "/api/v1/instances/{id}/terminal", tag = "processes", summary = "A WebSocket carrying a PTY shell: binary frames both ways; a text frame `{\"resize\": {\"cols\", \"rows\"}}` resizes it; at the shell's end a text frame `{\"exit\": {\"exit_code\", \"signal\"}}`, then close", params(("id" = String, Path, description = "instance id"), ("cols" = Option<u16>, Query, description = "columns (80)"), ("rows" = Option<u16>, Query, description = "rows (24)")), responses((status = 101, description = "switching to the WebSocket protocol"), (status = "default", description = "an error: `{\"error\": {\"code\", \"message\"}}`", body = faas_common::ErrorBody)))]
 async fn terminal(
     State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     ApiQuery(q): ApiQuery<TerminalQuery>,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
@@ -187,7 +204,7 @@ async fn terminal(
         Ok(ws) => ws,
         Err(rej) => {
             // An unknown instance is a 404 whatever the request; otherwise say what is missing.
-            s.platform.instances.instance_get(&id).await?;
+            s.platform.instances.instance_get(&caller, &id).await?;
             return Err(ApiError::new(
                 ErrorCode::InvalidRequest,
                 format!("this route is a WebSocket: {}", rej.body_text()),
@@ -199,6 +216,7 @@ async fn terminal(
         .platform
         .instances
         .process_start(
+            &caller,
             &id,
             ProcessStartRequest {
                 command: CommandSpec::Shell(TERMINAL_SHELL.into()),
@@ -218,6 +236,7 @@ async fn terminal(
     // that never completes, a dropped handler), unless it ended by itself.
     let shell = Shell {
         s: s.clone(),
+        caller: caller.clone(),
         id: id.clone(),
         pid: started.pid,
         ended: false,
@@ -225,7 +244,7 @@ async fn terminal(
     let sub = s
         .platform
         .instances
-        .process_subscribe(&id, shell.pid)
+        .process_subscribe(&caller, &id, shell.pid)
         .await?;
     Ok(ws.on_upgrade(move |socket| run_terminal(shell, sub, socket)))
 }
@@ -238,6 +257,7 @@ const TERMINAL_SILENCE: Duration = Duration::from_secs(60);
 /// A terminal's shell: hung up on (SIGHUP, then SIGKILL) when dropped, unless it ended.
 struct Shell {
     s: AppState,
+    caller: Caller,
     id: String,
     pid: u32,
     ended: bool,
@@ -248,14 +268,27 @@ impl Drop for Shell {
         if self.ended {
             return;
         }
-        let (s, id, pid) = (self.s.clone(), std::mem::take(&mut self.id), self.pid);
+        let (s, caller, id, pid) = (
+            self.s.clone(),
+            self.caller.clone(),
+            std::mem::take(&mut self.id),
+            self.pid,
+        );
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
         rt.spawn(async move {
-            let _ = s.platform.instances.process_signal(&id, pid, 1).await;
+            let _ = s
+                .platform
+                .instances
+                .process_signal(&caller, &id, pid, 1)
+                .await;
             tokio::time::sleep(Duration::from_millis(200)).await;
-            let _ = s.platform.instances.process_signal(&id, pid, 9).await;
+            let _ = s
+                .platform
+                .instances
+                .process_signal(&caller, &id, pid, 9)
+                .await;
         });
     }
 }
@@ -302,21 +335,36 @@ async fn run_terminal(mut shell: Shell, mut sub: Subscription, ws: WebSocket) {
             }
         }
     };
-    let (s, id, pid) = (shell.s.clone(), shell.id.clone(), shell.pid);
+    let (s, caller, id, pid) = (
+        shell.s.clone(),
+        shell.caller.clone(),
+        shell.id.clone(),
+        shell.pid,
+    );
     let input = async {
         while let Some(Ok(msg)) = rx.next().await {
             if let Ok(mut t) = heard.lock() {
                 *t = std::time::Instant::now();
             }
             let r = match msg {
-                Message::Binary(d) => s.platform.instances.process_input(&id, pid, &d).await,
+                Message::Binary(d) => {
+                    s.platform
+                        .instances
+                        .process_input(&caller, &id, pid, &d)
+                        .await
+                }
                 Message::Text(t) => match resize_of(&t) {
-                    Some(size) => s.platform.instances.process_resize(&id, pid, size).await,
+                    Some(size) => {
+                        s.platform
+                            .instances
+                            .process_resize(&caller, &id, pid, size)
+                            .await
+                    }
                     // Text that is not a resize is typed, as terminals attach addons send it.
                     None => {
                         s.platform
                             .instances
-                            .process_input(&id, pid, t.as_bytes())
+                            .process_input(&caller, &id, pid, t.as_bytes())
                             .await
                     }
                 },

@@ -1,4 +1,6 @@
-//! What the platform keeps: instances, snapshots and executions.
+//! What the platform keeps: instances, snapshots, executions, functions and invocations, and
+//! tenants, API keys, usage and the audit trail. Every object row has its tenant; a query
+//! given `Some(tenant)` sees only that tenant's rows (`None` is the platform's own view).
 //!
 //! A SQLite file in the data dir by default (zero set-up, WAL mode, migrations applied on open).
 //! Queries are plain SQL checked at run time; every write is a single statement or transaction,
@@ -12,9 +14,11 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor, Row};
 
 mod functions;
+mod tenants;
 pub use functions::{
     FunctionRecord, InvocationFilter, InvocationRecord, NewVersion, VersionRecord,
 };
+pub use tenants::{AuditRecord, KeyRecord, TenantRecord, UsageGroup, UsageRecord, UsageSum};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -55,6 +59,7 @@ pub fn now_ms() -> i64 {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InstanceRecord {
     pub id: String,
+    pub tenant: String,
     pub name: Option<String>,
     pub backend: String,
     pub image: String,
@@ -72,6 +77,7 @@ pub struct InstanceRecord {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SnapshotRecord {
     pub id: String,
+    pub tenant: String,
     pub name: Option<String>,
     pub instance_id: Option<String>,
     pub parent_id: Option<String>,
@@ -91,6 +97,7 @@ pub struct SnapshotRecord {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExecutionRecord {
     pub id: String,
+    pub tenant: String,
     pub mode: String,
     pub backend: Option<String>,
     pub instance_id: Option<String>,
@@ -179,8 +186,8 @@ impl Store {
     pub async fn insert_instance(&self, r: &InstanceRecord) -> Result<()> {
         sqlx::query(
             "INSERT INTO instances (id, name, backend, image, status, status_reason, spec, \
-             source_snapshot, created_ms, updated_ms, last_used_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+             source_snapshot, created_ms, updated_ms, last_used_ms, tenant) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         )
         .bind(&r.id)
         .bind(&r.name)
@@ -193,6 +200,7 @@ impl Store {
         .bind(r.created_ms)
         .bind(r.updated_ms)
         .bind(r.last_used_ms)
+        .bind(&r.tenant)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -201,6 +209,7 @@ impl Store {
     fn instance_row(row: &AnyRow) -> Result<InstanceRecord> {
         Ok(InstanceRecord {
             id: row.try_get("id")?,
+            tenant: row.try_get("tenant")?,
             name: row.try_get("name")?,
             backend: row.try_get("backend")?,
             image: row.try_get("image")?,
@@ -214,19 +223,40 @@ impl Store {
         })
     }
 
-    pub async fn get_instance(&self, id: &str) -> Result<Option<InstanceRecord>> {
-        let row = sqlx::query("SELECT * FROM instances WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+    /// Instance `id`, if it is `tenant`'s (any tenant's with `None`).
+    pub async fn get_instance(
+        &self,
+        tenant: Option<&str>,
+        id: &str,
+    ) -> Result<Option<InstanceRecord>> {
+        let row =
+            sqlx::query("SELECT * FROM instances WHERE id = $1 AND ($2 IS NULL OR tenant = $2)")
+                .bind(id)
+                .bind(tenant)
+                .fetch_optional(&self.pool)
+                .await?;
         row.as_ref().map(Self::instance_row).transpose()
     }
 
-    pub async fn list_instances(&self) -> Result<Vec<InstanceRecord>> {
-        let rows = sqlx::query("SELECT * FROM instances ORDER BY created_ms, id")
-            .fetch_all(&self.pool)
-            .await?;
+    /// `tenant`'s instances (every tenant's with `None`).
+    pub async fn list_instances(&self, tenant: Option<&str>) -> Result<Vec<InstanceRecord>> {
+        let rows = sqlx::query(
+            "SELECT * FROM instances WHERE ($1 IS NULL OR tenant = $1) ORDER BY created_ms, id",
+        )
+        .bind(tenant)
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(Self::instance_row).collect()
+    }
+
+    /// How many instances `tenant` has.
+    pub async fn count_instances(&self, tenant: &str) -> Result<i64> {
+        Ok(
+            sqlx::query_scalar("SELECT COUNT(*) FROM instances WHERE tenant = $1")
+                .bind(tenant)
+                .fetch_one(&self.pool)
+                .await?,
+        )
     }
 
     /// Sets an instance's status (and why); false when there is no such instance.
@@ -270,8 +300,8 @@ impl Store {
     pub async fn insert_snapshot(&self, r: &SnapshotRecord) -> Result<()> {
         sqlx::query(
             "INSERT INTO snapshots (id, name, instance_id, parent_id, backend, image, kind, \
-             size_bytes, tags, artifact, spec, created_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+             size_bytes, tags, artifact, spec, created_ms, tenant) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
         )
         .bind(&r.id)
         .bind(&r.name)
@@ -285,6 +315,7 @@ impl Store {
         .bind(r.artifact.to_string())
         .bind(r.spec.to_string())
         .bind(r.created_ms)
+        .bind(&r.tenant)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -294,6 +325,7 @@ impl Store {
         let tags = json_col(row, "tags", "snapshot")?;
         Ok(SnapshotRecord {
             id: row.try_get("id")?,
+            tenant: row.try_get("tenant")?,
             name: row.try_get("name")?,
             instance_id: row.try_get("instance_id")?,
             parent_id: row.try_get("parent_id")?,
@@ -311,19 +343,41 @@ impl Store {
         })
     }
 
-    pub async fn get_snapshot(&self, id: &str) -> Result<Option<SnapshotRecord>> {
-        let row = sqlx::query("SELECT * FROM snapshots WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+    /// Snapshot `id`, if it is `tenant`'s (any tenant's with `None`).
+    pub async fn get_snapshot(
+        &self,
+        tenant: Option<&str>,
+        id: &str,
+    ) -> Result<Option<SnapshotRecord>> {
+        let row =
+            sqlx::query("SELECT * FROM snapshots WHERE id = $1 AND ($2 IS NULL OR tenant = $2)")
+                .bind(id)
+                .bind(tenant)
+                .fetch_optional(&self.pool)
+                .await?;
         row.as_ref().map(Self::snapshot_row).transpose()
     }
 
-    pub async fn list_snapshots(&self) -> Result<Vec<SnapshotRecord>> {
-        let rows = sqlx::query("SELECT * FROM snapshots ORDER BY created_ms, id")
-            .fetch_all(&self.pool)
-            .await?;
+    /// `tenant`'s snapshots (every tenant's with `None`).
+    pub async fn list_snapshots(&self, tenant: Option<&str>) -> Result<Vec<SnapshotRecord>> {
+        let rows = sqlx::query(
+            "SELECT * FROM snapshots WHERE ($1 IS NULL OR tenant = $1) ORDER BY created_ms, id",
+        )
+        .bind(tenant)
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(Self::snapshot_row).collect()
+    }
+
+    /// Bytes of the snapshots `tenant` keeps.
+    pub async fn snapshot_bytes(&self, tenant: &str) -> Result<i64> {
+        let n: Option<i64> = sqlx::query_scalar(
+            "SELECT CAST(SUM(size_bytes) AS BIGINT) FROM snapshots WHERE tenant = $1",
+        )
+        .bind(tenant)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(n.unwrap_or(0))
     }
 
     /// Instances restored or branched from snapshot `id`, and snapshots taken on top of it.
@@ -351,11 +405,14 @@ impl Store {
 
     // ---- executions ----
 
-    pub async fn insert_execution(&self, r: &ExecutionRecord) -> Result<()> {
+    async fn insert_execution_tx(
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        r: &ExecutionRecord,
+    ) -> Result<()> {
         sqlx::query(
             "INSERT INTO executions (id, mode, backend, instance_id, snapshot_id, status, \
-             exit_code, stdout, stderr, error, duration_ms, created_ms, finished_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+             exit_code, stdout, stderr, error, duration_ms, created_ms, finished_ms, tenant) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
         )
         .bind(&r.id)
         .bind(&r.mode)
@@ -370,17 +427,31 @@ impl Store {
         .bind(r.duration_ms)
         .bind(r.created_ms)
         .bind(r.finished_ms)
-        .execute(&self.pool)
+        .bind(&r.tenant)
+        .execute(&mut **tx)
         .await?;
         Ok(())
     }
 
-    /// Records how an execution ended (inserting it if it was never recorded as running).
-    pub async fn finish_execution(&self, r: &ExecutionRecord) -> Result<()> {
+    pub async fn insert_execution(&self, r: &ExecutionRecord) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        Self::insert_execution_tx(&mut tx, r).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Records how an execution ended (inserting it if it was never recorded as running), and
+    /// what it used, in one transaction.
+    pub async fn finish_execution(
+        &self,
+        r: &ExecutionRecord,
+        usage: Option<&UsageRecord>,
+    ) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
         let done = sqlx::query(
             "UPDATE executions SET backend = $1, instance_id = $2, snapshot_id = $3, status = $4, \
              exit_code = $5, stdout = $6, stderr = $7, error = $8, duration_ms = $9, finished_ms = $10 \
-             WHERE id = $11",
+             WHERE id = $11 AND tenant = $12",
         )
         .bind(&r.backend)
         .bind(&r.instance_id)
@@ -393,22 +464,35 @@ impl Store {
         .bind(r.duration_ms)
         .bind(r.finished_ms)
         .bind(&r.id)
-        .execute(&self.pool)
+        .bind(&r.tenant)
+        .execute(&mut *tx)
         .await?;
         if done.rows_affected() == 0 {
-            self.insert_execution(r).await?;
+            Self::insert_execution_tx(&mut tx, r).await?;
         }
+        if let Some(u) = usage {
+            tenants::insert_usage_tx(&mut tx, u).await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 
-    pub async fn get_execution(&self, id: &str) -> Result<Option<ExecutionRecord>> {
-        let row = sqlx::query("SELECT * FROM executions WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+    /// Execution `id`, if it is `tenant`'s (any tenant's with `None`).
+    pub async fn get_execution(
+        &self,
+        tenant: Option<&str>,
+        id: &str,
+    ) -> Result<Option<ExecutionRecord>> {
+        let row =
+            sqlx::query("SELECT * FROM executions WHERE id = $1 AND ($2 IS NULL OR tenant = $2)")
+                .bind(id)
+                .bind(tenant)
+                .fetch_optional(&self.pool)
+                .await?;
         row.map(|row| {
             Ok(ExecutionRecord {
                 id: row.try_get("id")?,
+                tenant: row.try_get("tenant")?,
                 mode: row.try_get("mode")?,
                 backend: row.try_get("backend")?,
                 instance_id: row.try_get("instance_id")?,
@@ -478,6 +562,7 @@ mod tests {
     fn instance(id: &str) -> InstanceRecord {
         InstanceRecord {
             id: id.into(),
+            tenant: "default".into(),
             name: Some("n".into()),
             backend: "native".into(),
             image: "img".into(),
@@ -537,10 +622,11 @@ mod tests {
                 .set_instance_status("p1", "lost", Some("gone"))
                 .await
                 .unwrap());
-            let got = s.get_instance("p1").await.unwrap().unwrap();
+            let got = s.get_instance(None, "p1").await.unwrap().unwrap();
             assert_eq!(got.status, "lost");
             let e = ExecutionRecord {
                 id: "e".into(),
+                tenant: "default".into(),
                 mode: "ephemeral".into(),
                 backend: Some("native".into()),
                 instance_id: None,
@@ -554,8 +640,8 @@ mod tests {
                 created_ms: 1,
                 finished_ms: Some(2),
             };
-            s.finish_execution(&e).await.unwrap();
-            assert_eq!(s.get_execution("e").await.unwrap().unwrap(), e);
+            s.finish_execution(&e, None).await.unwrap();
+            assert_eq!(s.get_execution(None, "e").await.unwrap().unwrap(), e);
         }
     }
 
@@ -576,6 +662,7 @@ mod tests {
                 .unwrap());
             s.insert_snapshot(&SnapshotRecord {
                 id: "s1".into(),
+                tenant: "default".into(),
                 name: None,
                 instance_id: Some("i1".into()),
                 parent_id: None,
@@ -596,17 +683,17 @@ mod tests {
             s.close().await;
         }
         let s = Store::open_sqlite(&db).await.unwrap();
-        let i = s.get_instance("i1").await.unwrap().unwrap();
+        let i = s.get_instance(None, "i1").await.unwrap().unwrap();
         assert_eq!(i.status, "stopped");
         assert_eq!(i.status_reason.as_deref(), Some("asked"));
         assert_eq!(i.spec["memory_mb"], 64);
-        assert_eq!(s.list_instances().await.unwrap().len(), 2);
-        let snap = s.get_snapshot("s1").await.unwrap().unwrap();
+        assert_eq!(s.list_instances(None).await.unwrap().len(), 2);
+        let snap = s.get_snapshot(None, "s1").await.unwrap().unwrap();
         assert_eq!(snap.tags, vec!["a".to_string()]);
         assert_eq!(s.snapshot_dependents("s1").await.unwrap(), (1, 0));
         assert!(s.delete_instance("i2").await.unwrap());
         assert_eq!(s.snapshot_dependents("s1").await.unwrap(), (0, 0));
-        assert!(s.get_instance("missing").await.unwrap().is_none());
+        assert!(s.get_instance(None, "missing").await.unwrap().is_none());
     }
 
     #[tokio::test]
@@ -617,6 +704,7 @@ mod tests {
             .unwrap();
         let mut e = ExecutionRecord {
             id: "e1".into(),
+            tenant: "default".into(),
             mode: "ephemeral".into(),
             backend: None,
             instance_id: None,
@@ -634,8 +722,8 @@ mod tests {
         e.status = "finished".into();
         e.exit_code = Some(3);
         e.stdout = b"out\xff".to_vec();
-        s.finish_execution(&e).await.unwrap();
-        let got = s.get_execution("e1").await.unwrap().unwrap();
+        s.finish_execution(&e, None).await.unwrap();
+        let got = s.get_execution(None, "e1").await.unwrap().unwrap();
         assert_eq!(got.exit_code, Some(3));
         assert_eq!(got.stdout, b"out\xff".to_vec());
         e.id = "e2".into();
@@ -646,7 +734,7 @@ mod tests {
             1
         );
         assert_eq!(
-            s.get_execution("e2").await.unwrap().unwrap().status,
+            s.get_execution(None, "e2").await.unwrap().unwrap().status,
             "failed"
         );
     }

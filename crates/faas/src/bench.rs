@@ -23,6 +23,7 @@ use faas_common::{ExecuteResponse, PoolsResponse};
 use serde_json::{json, Value};
 
 use crate::benchkit::{docker_run, print_table, Stats};
+use crate::http::{Api, ApiKey};
 use crate::{BackendChoice, HostArgs, NativeRuntime, ServeArgs};
 
 #[derive(clap::Subcommand, Debug)]
@@ -91,6 +92,8 @@ pub struct BenchArgs {
 
 struct Local {
     url: String,
+    /// Sends this server's admin key.
+    http: reqwest::Client,
     data_dir: std::path::PathBuf,
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
@@ -99,8 +102,7 @@ struct Local {
 pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     let crun = start_local(&a, NativeRuntime::Crun).await?;
     if let Some(BenchCase::Density { n }) = a.case {
-        let http = reqwest::Client::new();
-        let measured = crate::densitybench::run(&http, &crun.url, &a.image, n.max(1)).await;
+        let measured = crate::densitybench::run(&crun.http, &crun.url, &a.image, n.max(1)).await;
         let stopped = stop(crun).await;
         return measured.and(stopped);
     }
@@ -125,26 +127,18 @@ async fn stop(l: Local) -> anyhow::Result<()> {
 }
 
 async fn measure(a: &BenchArgs, crun: &Local, runc: &Local) -> anyhow::Result<()> {
-    let http = reqwest::Client::new();
+    let http = &crun.http;
     let mut results = Vec::new();
 
     let ephemeral = [
-        (
-            "native-crun ephemeral",
-            &crun.url,
-            json!({"runtime": "native"}),
-        ),
-        (
-            "native-runc ephemeral",
-            &runc.url,
-            json!({"runtime": "native"}),
-        ),
+        ("native-crun ephemeral", crun, json!({"runtime": "native"})),
+        ("native-runc ephemeral", runc, json!({"runtime": "native"})),
         (
             "native-runsc (gVisor) ephemeral",
-            &crun.url,
+            crun,
             json!({"runtime": "native", "isolation": "gvisor"}),
         ),
-        ("docker ephemeral", &crun.url, json!({"runtime": "docker"})),
+        ("docker ephemeral", crun, json!({"runtime": "docker"})),
     ];
     // The warm-hit cases first, on a quiet machine: the ephemeral cases and `docker run` leave
     // the Docker daemon removing containers in the background for a while, which would compete
@@ -171,10 +165,10 @@ async fn measure(a: &BenchArgs, crun: &Local, runc: &Local) -> anyhow::Result<()
         let mut cold = 0;
         for _ in 0..a.runs {
             // Timed on a quiet server: the pool refilled and the last box torn down.
-            wait_for_ready(&http, &crun.url, &a.image, backend, 4).await?;
+            wait_for_ready(http, &crun.url, &a.image, backend, 4).await?;
             tokio::time::sleep(Duration::from_millis(30)).await;
             let t = Instant::now();
-            let r = execute(&http, &crun.url, &a.image, "cached", &extra).await?;
+            let r = execute(http, &crun.url, &a.image, "cached", &extra).await?;
             s.samples.push(t.elapsed().as_secs_f64() * 1000.0);
             check(&r)?;
             cold += usize::from(!r.warm);
@@ -190,29 +184,30 @@ async fn measure(a: &BenchArgs, crun: &Local, runc: &Local) -> anyhow::Result<()
     }
 
     if a.breakdown > 0 {
-        let s = crate::loadbench::breakdown(&http, &crun.url, &a.image, a.breakdown).await?;
+        let s = crate::loadbench::breakdown(http, &crun.url, &a.image, a.breakdown).await?;
         results.push(s);
     }
     if a.stream > 0 {
         let cases =
-            crate::loadbench::cached(&http, &crun.url, &a.image, a.stream, a.sustain_secs).await?;
+            crate::loadbench::cached(http, &crun.url, &a.image, a.stream, a.sustain_secs).await?;
         results.extend(cases);
     }
     if a.throughput > 0 {
-        let s = crate::loadbench::throughput(&http, &crun.url, &a.image, a.throughput).await?;
+        let s = crate::loadbench::throughput(http, &crun.url, &a.image, a.throughput).await?;
         results.push(s);
     }
 
-    for (name, url, extra) in ephemeral.iter().filter(|_| a.runs > 0) {
+    for (name, server, extra) in ephemeral.iter().filter(|_| a.runs > 0) {
+        let (http, url) = (&server.http, &server.url);
         // Warm up caches (image import, page cache) before measuring.
         for _ in 0..3 {
-            execute(&http, url, &a.image, "ephemeral", extra).await?;
+            execute(http, url, &a.image, "ephemeral", extra).await?;
         }
         eprintln!("bench: {name} x{}", a.runs);
         let mut s = Stats::new(*name);
         for _ in 0..a.runs {
             let t = Instant::now();
-            let r = execute(&http, url, &a.image, "ephemeral", extra).await?;
+            let r = execute(http, url, &a.image, "ephemeral", extra).await?;
             s.samples.push(t.elapsed().as_secs_f64() * 1000.0);
             check(&r)?;
         }
@@ -230,7 +225,7 @@ async fn measure(a: &BenchArgs, crun: &Local, runc: &Local) -> anyhow::Result<()
         ] {
             let mut create = extra;
             create["image"] = json!(a.image);
-            let cases = crate::procbench::run(&http, &crun.url, label, create, a.processes);
+            let cases = crate::procbench::run(http, &crun.url, label, create, a.processes);
             results.extend(cases.await?);
         }
     }
@@ -238,7 +233,7 @@ async fn measure(a: &BenchArgs, crun: &Local, runc: &Local) -> anyhow::Result<()
     // Before `docker run`, whose 200 `--rm` containers the daemon goes on removing in the
     // background for a while.
     if a.snapshots > 0 {
-        snapshots(&http, &crun.url, &a.image, a.snapshots).await?;
+        snapshots(http, &crun.url, &a.image, a.snapshots).await?;
     }
 
     if !a.no_baseline && a.runs > 0 {
@@ -267,11 +262,11 @@ async fn measure(a: &BenchArgs, crun: &Local, runc: &Local) -> anyhow::Result<()
     }
 
     if a.pool > 0 {
-        pool_memory(&http, &crun.url, &a.image, a.pool).await?;
+        pool_memory(http, &crun.url, &a.image, a.pool).await?;
     }
     if a.functions > 0 {
         crate::fnbench::run(
-            &http,
+            http,
             &crun.url,
             &a.function_image,
             a.functions,
@@ -280,7 +275,7 @@ async fn measure(a: &BenchArgs, crun: &Local, runc: &Local) -> anyhow::Result<()
         .await?;
     }
     if a.soak > 0 {
-        soak(&http, crun, &a.image, a.soak).await?;
+        soak(http, crun, &a.image, a.soak).await?;
     }
 
     Ok(())
@@ -725,12 +720,38 @@ async fn start_local(a: &BenchArgs, runtime: NativeRuntime) -> anyhow::Result<Lo
         retry_base_ms: 1_000,
         function_idle_ms: 300_000,
         shutdown_on_stdin_eof: false,
+        auth: crate::AuthMode::Key,
+        metrics_public: false,
+        tls_cert: None,
+        tls_key: None,
+        quotas: crate::QuotaDefaults {
+            quota_concurrent_sandboxes: 0,
+            quota_instances: 0,
+            quota_memory_mb: 0,
+            quota_snapshot_bytes: 0,
+            quota_functions: 0,
+            quota_queued_invocations: 0,
+            quota_requests_per_second: 0,
+            quota_burst: 0,
+        },
         host,
     };
     let platform = crate::server::build_platform(&args).await?;
     let data_dir_kept = data_dir.canonicalize()?;
+    // The first admin key, made as `faas serve` makes it (the data dir is new); the bench's
+    // requests send it as the CLI does.
+    let key = match platform
+        .tenants
+        .bootstrap_admin_key()
+        .await
+        .context("make the bench server's admin key")?
+    {
+        Some(secret) => Some(secret.parse::<ApiKey>().map_err(anyhow::Error::msg)?),
+        None => ApiKey::in_data_dir(&data_dir_kept),
+    };
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let url = format!("http://{}", listener.local_addr()?);
+    let http = Api::connect(&url, key, None)?.http;
     let (stop, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         let state = faas_gateway::AppState::new(platform.clone());
@@ -744,6 +765,7 @@ async fn start_local(a: &BenchArgs, runtime: NativeRuntime) -> anyhow::Result<Lo
     });
     Ok(Local {
         url,
+        http,
         data_dir: data_dir_kept,
         stop,
         task,

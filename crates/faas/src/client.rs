@@ -4,13 +4,15 @@ use std::io::Write;
 
 use anyhow::Context;
 use clap::Args;
-use faas_common::{CommandSpec, ErrorBody, ExecuteRequest, ExecuteResponse, Mode, Runtime};
+use faas_common::{CommandSpec, ExecuteRequest, ExecuteResponse, Mode, Runtime};
+use reqwest::header::RETRY_AFTER;
+
+use crate::http::{answer_error, Api, ConnectArgs};
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    /// The server's base URL.
-    #[arg(long, env = "FAAS_SERVER", default_value = "http://127.0.0.1:8080")]
-    pub server: String,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
     #[arg(long)]
     pub image: Option<String>,
     #[arg(long, value_parser = parse_mode)]
@@ -67,25 +69,21 @@ pub async fn run(a: RunArgs) -> anyhow::Result<u8> {
             .with_context(|| format!("--env {kv:?} is not KEY=VALUE"))?;
         req.env_vars.0.push((k.into(), v.into()));
     }
-    let url = format!("{}/api/v1/execute", a.server.trim_end_matches('/'));
-    let resp = reqwest::Client::new()
+    let api = Api::new(&a.connect)?;
+    let url = api.url("/api/v1/execute");
+    let resp = api
+        .http
         .post(&url)
         .json(&req)
         .send()
         .await
         .with_context(|| format!("POST {url}"))?;
     let status = resp.status();
+    let retry_after = resp.headers().get(RETRY_AFTER).cloned();
     let body = resp.bytes().await.context("read the response")?;
     if !status.is_success() {
-        match serde_json::from_slice::<ErrorBody>(&body) {
-            Ok(e) => eprintln!(
-                "faas: {} ({}): {}",
-                status.as_u16(),
-                e.error.code,
-                e.error.message
-            ),
-            Err(_) => eprintln!("faas: {status}: {}", String::from_utf8_lossy(&body)),
-        }
+        let text = answer_error(status.as_u16(), retry_after.as_ref(), &body);
+        eprintln!("faas: {text}");
         return Ok(PLATFORM_FAILURE);
     }
     let r: ExecuteResponse = serde_json::from_slice(&body).context("parse the response")?;

@@ -159,7 +159,7 @@ fn invocation_text(i: &InvocationInfo) {
 }
 
 pub async fn run(a: FnArgs) -> anyhow::Result<u8> {
-    let api = Api::new(&a.api.server);
+    let api = Api::new(&a.api.connect)?;
     match a.cmd {
         FnCmd::Deploy(d) => {
             let mut req = DeployRequest {
@@ -308,7 +308,7 @@ pub async fn run(a: FnArgs) -> anyhow::Result<u8> {
 }
 
 pub async fn run_invocations(a: InvocationsArgs) -> anyhow::Result<u8> {
-    let api = Api::new(&a.api.server);
+    let api = Api::new(&a.api.connect)?;
     match a.cmd {
         InvocationsCmd::Get { id } => {
             let (_, v) = api

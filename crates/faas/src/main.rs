@@ -7,6 +7,7 @@
 //! - `faas instances|snapshots|pools|health|metrics|logs|openapi`: the rest of the API.
 //! - `faas bench`: latency benchmark against `docker run` (see [`bench`]).
 
+mod admin;
 mod bench;
 mod benchkit;
 mod client;
@@ -20,6 +21,7 @@ mod manage;
 mod procbench;
 mod procs;
 mod server;
+mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -68,6 +70,68 @@ enum Cmd {
     Logs(manage::LogsArgs),
     /// Print the server's OpenAPI document.
     Openapi(manage::SimpleArgs),
+    /// API keys: create, list, revoke (admin).
+    Keys(admin::KeysArgs),
+    /// Tenants and their quotas: create, list, get, set (admin).
+    Tenants(admin::TenantsArgs),
+    /// What a tenant used, per day, function or instance.
+    Usage(admin::UsageArgs),
+    /// What admins did: keys made and revoked, tenants made, quotas changed (admin).
+    Audit(admin::AuditArgs),
+    /// The tenant, role and key id of the API key in use.
+    Whoami(admin::WhoamiArgs),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum AuthMode {
+    Key,
+    None,
+}
+
+/// The quotas of a tenant that sets none of its own; 0 is no limit.
+#[derive(Args, Clone, Debug)]
+pub struct QuotaDefaults {
+    /// Sandboxes a tenant may have alive at once (executions, instances, function sandboxes).
+    #[arg(long, env = "FAAS_QUOTA_CONCURRENT_SANDBOXES", default_value_t = 0)]
+    pub quota_concurrent_sandboxes: u64,
+    /// Instances a tenant may have (running or stopped).
+    #[arg(long, env = "FAAS_QUOTA_INSTANCES", default_value_t = 0)]
+    pub quota_instances: u64,
+    /// Total memory limit (MiB) of a tenant's live sandboxes.
+    #[arg(long, env = "FAAS_QUOTA_MEMORY_MB", default_value_t = 0)]
+    pub quota_memory_mb: u64,
+    /// Bytes of snapshots a tenant may keep.
+    #[arg(long, env = "FAAS_QUOTA_SNAPSHOT_BYTES", default_value_t = 0)]
+    pub quota_snapshot_bytes: u64,
+    /// Functions a tenant may have.
+    #[arg(long, env = "FAAS_QUOTA_FUNCTIONS", default_value_t = 0)]
+    pub quota_functions: u64,
+    /// Async invocations a tenant may have queued or running.
+    #[arg(long, env = "FAAS_QUOTA_QUEUED_INVOCATIONS", default_value_t = 0)]
+    pub quota_queued_invocations: u64,
+    /// Requests per second a tenant may make (a token bucket refilled at this rate).
+    #[arg(long, env = "FAAS_QUOTA_REQUESTS_PER_SECOND", default_value_t = 0)]
+    pub quota_requests_per_second: u64,
+    /// The bucket's size: requests a tenant may make at once [default: the rate].
+    #[arg(long, env = "FAAS_QUOTA_BURST", default_value_t = 0)]
+    pub quota_burst: u64,
+}
+
+impl QuotaDefaults {
+    /// As the platform takes them (0: no limit).
+    pub fn quotas(&self) -> faas_common::Quotas {
+        let set = |v: u64| (v > 0).then_some(v);
+        faas_common::Quotas {
+            concurrent_sandboxes: set(self.quota_concurrent_sandboxes),
+            instances: set(self.quota_instances),
+            memory_mb: set(self.quota_memory_mb),
+            snapshot_bytes: set(self.quota_snapshot_bytes),
+            functions: set(self.quota_functions),
+            queued_invocations: set(self.quota_queued_invocations),
+            requests_per_second: set(self.quota_requests_per_second),
+            burst: set(self.quota_burst),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -156,6 +220,21 @@ pub struct ServeArgs {
     /// A function sandbox unused this long is destroyed, beyond `min_warm` (ms).
     #[arg(long, env = "FAAS_FUNCTION_IDLE_MS", default_value_t = 300_000)]
     pub function_idle_ms: u64,
+    /// `key`: every `/api/v1` request needs an API key. `none`: no authentication, for local
+    /// development only (refused on a non-loopback listen address).
+    #[arg(long, env = "FAAS_AUTH", value_enum, default_value = "key")]
+    pub auth: AuthMode,
+    /// Serve `/metrics` without a key (for a Prometheus scraper on a trusted network).
+    #[arg(long, env = "FAAS_METRICS_PUBLIC")]
+    pub metrics_public: bool,
+    /// Serve HTTPS with this certificate chain (PEM); needs `--tls-key`.
+    #[arg(long, env = "FAAS_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of `--tls-cert`.
+    #[arg(long, env = "FAAS_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    #[command(flatten)]
+    pub quotas: QuotaDefaults,
     /// Shut down gracefully when standard input closes (for supervisors and tests that own
     /// the server's stdin).
     #[arg(long, hide = true)]
@@ -193,6 +272,11 @@ fn main() -> std::process::ExitCode {
             Cmd::Metrics(a) => manage::metrics(a).await,
             Cmd::Logs(a) => manage::logs(a).await,
             Cmd::Openapi(a) => manage::openapi(a).await,
+            Cmd::Keys(a) => admin::keys(a).await,
+            Cmd::Tenants(a) => admin::tenants(a).await,
+            Cmd::Usage(a) => admin::usage(a).await,
+            Cmd::Audit(a) => admin::audit(a).await,
+            Cmd::Whoami(a) => admin::whoami(a).await,
         }
     });
     match result {

@@ -274,7 +274,7 @@ fn command_value(words: &[String]) -> Value {
 }
 
 pub async fn instances(a: InstancesArgs) -> anyhow::Result<u8> {
-    let api = Api::new(&a.api.server);
+    let api = Api::new(&a.api.connect)?;
     let j = a.api.json;
     let path = |id: &str, rest: &str| api.url(&format!("/api/v1/instances/{id}{rest}"));
     match a.cmd {
@@ -422,7 +422,7 @@ pub async fn instances(a: InstancesArgs) -> anyhow::Result<u8> {
 }
 
 pub async fn snapshots(a: SnapshotsArgs) -> anyhow::Result<u8> {
-    let api = Api::new(&a.api.server);
+    let api = Api::new(&a.api.connect)?;
     let j = a.api.json;
     let path = |id: &str, rest: &str| api.url(&format!("/api/v1/snapshots/{id}{rest}"));
     let (_, v) = match &a.cmd {
@@ -461,7 +461,7 @@ pub async fn snapshots(a: SnapshotsArgs) -> anyhow::Result<u8> {
 }
 
 pub async fn pools(a: PoolsArgs) -> anyhow::Result<u8> {
-    let api = Api::new(&a.api.server);
+    let api = Api::new(&a.api.connect)?;
     let row = |p: &Value| {
         println!(
             "{:<44} {:<8} {:>5} {:>8} {:>6}",
@@ -504,7 +504,7 @@ pub async fn pools(a: PoolsArgs) -> anyhow::Result<u8> {
 }
 
 pub async fn health(a: SimpleArgs) -> anyhow::Result<u8> {
-    let api = Api::new(&a.api.server);
+    let api = Api::new(&a.api.connect)?;
     let (_, v) = api.send(api.http.get(api.url("/health"))).await?;
     show(a.api.json, &v, |v| {
         println!(
@@ -531,7 +531,7 @@ pub async fn health(a: SimpleArgs) -> anyhow::Result<u8> {
 }
 
 pub async fn metrics(a: MetricsArgs) -> anyhow::Result<u8> {
-    let api = Api::new(&a.api.server);
+    let api = Api::new(&a.api.connect)?;
     if a.prometheus {
         let resp = api.send_raw(api.http.get(api.url("/metrics"))).await?;
         print!("{}", resp.text().await?);
@@ -543,7 +543,7 @@ pub async fn metrics(a: MetricsArgs) -> anyhow::Result<u8> {
 }
 
 pub async fn openapi(a: SimpleArgs) -> anyhow::Result<u8> {
-    let api = Api::new(&a.api.server);
+    let api = Api::new(&a.api.connect)?;
     let (_, v) = api
         .send(api.http.get(api.url("/api/v1/openapi.json")))
         .await?;
@@ -553,7 +553,7 @@ pub async fn openapi(a: SimpleArgs) -> anyhow::Result<u8> {
 
 /// Follows an execution's output (Server-Sent Events) until its exit; exits with its code.
 pub async fn logs(a: LogsArgs) -> anyhow::Result<u8> {
-    let api = Api::new(&a.api.server);
+    let api = Api::new(&a.api.connect)?;
     let resp = api
         .send_raw(
             api.http

@@ -7,15 +7,14 @@
 
 use std::io::{IsTerminal, Read, Write};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use base64::Engine;
 use clap::{Args, Subcommand};
-use faas_common::ErrorBody;
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Map, Value};
-use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::tungstenite::Message;
 
-use crate::http::{print_json, Api};
+use crate::http::{print_json, Api, WebSocket};
 
 /// The exit code of a failure of the CLI while it follows a process.
 const CLI_FAILED: u8 = 125;
@@ -424,17 +423,6 @@ impl Drop for RawMode {
     }
 }
 
-/// `ws://` (`wss://`) for `http://` (`https://`).
-fn ws_base(base: &str) -> anyhow::Result<String> {
-    if let Some(rest) = base.strip_prefix("http://") {
-        Ok(format!("ws://{rest}"))
-    } else if let Some(rest) = base.strip_prefix("https://") {
-        Ok(format!("wss://{rest}"))
-    } else {
-        bail!("the server URL {base:?} is neither http:// nor https://")
-    }
-}
-
 /// `{"exit": {"exit_code", "signal"}}` → the exit code.
 fn terminal_exit(text: &str) -> Option<u8> {
     let v: Value = serde_json::from_str(text).ok()?;
@@ -451,22 +439,12 @@ pub async fn shell(
     let tty = std::io::stdin().is_terminal();
     let (c, r) = if tty { local_size() } else { None }.unwrap_or((80, 24));
     let (cols, rows) = (cols.unwrap_or(c), rows.unwrap_or(r));
-    let url = format!(
-        "{}/api/v1/instances/{id}/terminal?cols={cols}&rows={rows}",
-        ws_base(&api.base)?
-    );
-    let ws = match tokio_tungstenite::connect_async(url.as_str()).await {
-        Ok((ws, _)) => ws,
-        Err(tungstenite::Error::Http(resp)) => {
-            let status = resp.status().as_u16();
-            let body = resp.body().as_deref().unwrap_or_default();
-            match serde_json::from_slice::<ErrorBody>(body) {
-                Ok(e) => bail!("{status} ({}): {}", e.error.code, e.error.message),
-                Err(_) => bail!("{status}: {}", String::from_utf8_lossy(body)),
-            }
-        }
-        Err(e) => return Err(e).context("open the terminal"),
-    };
+    let ws = api
+        .websocket(&format!(
+            "/api/v1/instances/{id}/terminal?cols={cols}&rows={rows}"
+        ))
+        .await
+        .context("open the terminal")?;
     let raw = if tty { Some(RawMode::enter()?) } else { None };
     let result = run_terminal(ws, tty, (cols, rows) != (c, r)).await;
     drop(raw);
@@ -487,13 +465,7 @@ pub async fn shell(
 
 /// Copies stdin to the terminal and the terminal to stdout until the shell's exit (its code),
 /// the socket's close (`None`) or a signal to this CLI (128 + it).
-async fn run_terminal(
-    ws: tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >,
-    tty: bool,
-    fixed_size: bool,
-) -> anyhow::Result<Option<u8>> {
+async fn run_terminal(ws: WebSocket, tty: bool, fixed_size: bool) -> anyhow::Result<Option<u8>> {
     use tokio::signal::unix::{signal, SignalKind};
     let (mut tx, mut rx) = ws.split();
     // Stdin on a thread of its own: a blocking read cannot be cancelled, and a thread of the

@@ -14,7 +14,7 @@ use faas_executor::{Platform, PlatformConfig};
 use faas_gateway::AppState;
 use tokio::net::TcpListener;
 
-use crate::{BackendChoice, HostArgs, ServeArgs};
+use crate::{AuthMode, BackendChoice, HostArgs, ServeArgs};
 
 /// Finds the static agent: the configured path, else next to this binary, else the workspace's
 /// static build output.
@@ -159,6 +159,7 @@ pub async fn build_platform(a: &ServeArgs) -> anyhow::Result<Arc<Platform>> {
         queue_lease_ms: a.queue_lease_ms.max(1_000),
         retry_base_ms: a.retry_base_ms,
         function_idle_ms: a.function_idle_ms,
+        default_quotas: a.quotas.quotas(),
         ..PlatformConfig::default()
     };
     let records = match &a.database_url {
@@ -183,18 +184,76 @@ pub async fn build_platform(a: &ServeArgs) -> anyhow::Result<Arc<Platform>> {
     Ok(platform)
 }
 
+/// Writes the first admin key where the operator (and the CLI) finds it: `<data-dir>/admin.key`,
+/// readable by its owner only.
+fn write_admin_key(data_dir: &Path, secret: &str) -> anyhow::Result<PathBuf> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = data_dir.join("admin.key");
+    let tmp = data_dir.join(".admin.key.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("create {}", tmp.display()))?;
+    f.write_all(format!("{secret}\n").as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("write {}", path.display()))?;
+    Ok(path)
+}
+
 pub async fn serve(a: ServeArgs) -> anyhow::Result<()> {
+    if a.auth == AuthMode::None && !a.listen.ip().is_loopback() {
+        bail!(
+            "--auth none is for local development: it needs a loopback listen address, not {}",
+            a.listen
+        );
+    }
+    // The certificate and key are read first: a bad one stops the start before anything runs.
+    let tls = match (&a.tls_cert, &a.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::tls::server_config(cert, key)?),
+        _ => None,
+    };
     let platform = build_platform(&a).await?;
+    if let Some(secret) = platform
+        .tenants
+        .bootstrap_admin_key()
+        .await
+        .context("make the first admin key")?
+    {
+        let path = write_admin_key(&a.data_dir.canonicalize()?, &secret)?;
+        tracing::info!(path = %path.display(), "made the first admin API key (the store had none); it is in this file, readable by its owner only");
+        eprintln!("faas: the first admin API key is in {}", path.display());
+    }
+    if a.auth == AuthMode::None {
+        tracing::warn!(
+            "--auth none: every request is an admin, without a key (local development only)"
+        );
+    }
     let listener = TcpListener::bind(a.listen)
         .await
         .with_context(|| format!("listen on {}", a.listen))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, backend = ?platform.sandboxes.default_backend(), "listening");
     // The one line on stdout: tests and scripts read the address from it.
-    println!("faas listening on http://{addr}");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    println!("faas listening on {scheme}://{addr}");
     let mut state = AppState::new(platform.clone());
     state.body_limit = a.body_limit;
-    faas_gateway::serve(listener, state, shutdown_signal(a.shutdown_on_stdin_eof)).await?;
+    state.auth = match a.auth {
+        AuthMode::Key => faas_gateway::auth::AuthMode::Key,
+        AuthMode::None => faas_gateway::auth::AuthMode::None,
+    };
+    state.metrics_public = a.metrics_public;
+    let shutdown = shutdown_signal(a.shutdown_on_stdin_eof);
+    match tls {
+        Some(tls) => {
+            crate::tls::serve_tls(listener, faas_gateway::router(state), tls, shutdown).await?
+        }
+        None => faas_gateway::serve(listener, state, shutdown).await?,
+    }
     tracing::info!("shutting down: destroying warm pools");
     platform.shutdown().await;
     Ok(())

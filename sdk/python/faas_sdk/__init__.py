@@ -1,27 +1,32 @@
 """Python client of the faas serverless execution platform.
 
     from faas_sdk import FaaSClient
-    with FaaSClient("http://127.0.0.1:8080") as c:
+    with FaaSClient("http://127.0.0.1:8080") as c:    # the API key: api_key=, or FAAS_API_KEY
         r = c.execute("echo hello")
         print(r.exit_code, r.stdout)
 """
 
 from .client import AsyncFaaSClient, AsyncFsWatch, FaaSClient, FsWatch
 from .errors import (
+    AuthenticationError,
     BackendUnavailableError,
     ConflictError,
     ConnectionError,
     FaaSError,
+    ForbiddenError,
     InternalError,
     InvalidRequestError,
     NotFoundError,
     PayloadTooLargeError,
+    QuotaExceededError,
     RateLimitedError,
     TimeoutError,
     UnsupportedError,
 )
 from .terminal import AsyncTerminal, Terminal, TerminalExit
 from .models import (
+    ApiKey,
+    AuditEvent,
     Branch,
     ExecutionResult,
     FileEntry,
@@ -36,13 +41,21 @@ from .models import (
     ProcessExit,
     ProcessInfo,
     ProcessStarted,
+    Quotas,
     Snapshot,
+    Tenant,
+    Usage,
+    UsageRow,
+    Whoami,
 )
 
 __all__ = [
+    "ApiKey",
     "AsyncFaaSClient",
     "AsyncFsWatch",
     "AsyncTerminal",
+    "AuditEvent",
+    "AuthenticationError",
     "BackendUnavailableError",
     "Branch",
     "ConflictError",
@@ -51,6 +64,7 @@ __all__ = [
     "FaaSClient",
     "FaaSError",
     "FileEntry",
+    "ForbiddenError",
     "FsEvent",
     "FsWatch",
     "Function",
@@ -67,10 +81,16 @@ __all__ = [
     "ProcessExit",
     "ProcessInfo",
     "ProcessStarted",
+    "QuotaExceededError",
+    "Quotas",
     "RateLimitedError",
     "Snapshot",
+    "Tenant",
     "Terminal",
     "TerminalExit",
     "TimeoutError",
     "UnsupportedError",
+    "Usage",
+    "UsageRow",
+    "Whoami",
 ]

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from .models import (
+    ApiKey,
+    AuditEvent,
     Branch,
     ExecutionResult,
     FileEntry,
@@ -21,7 +23,11 @@ from .models import (
     PoolInfo,
     ProcessInfo,
     ProcessStarted,
+    Quotas,
     Snapshot,
+    Tenant,
+    Usage,
+    Whoami,
 )
 
 PYTHON_IMAGE = "faas/bookworm-python3.11-node18:latest"
@@ -645,6 +651,122 @@ def list_invocations(
     )
 
 
+# ---- tenants, API keys, usage and the audit trail ----
+
+QuotasLike = Union[Quotas, Dict[str, Optional[int]]]
+
+
+def _quotas(quotas: Optional[QuotasLike]) -> Dict[str, int]:
+    if quotas is None:
+        return {}
+    if isinstance(quotas, Quotas):
+        return quotas.to_dict()
+    return _drop_none(dict(quotas))
+
+
+def whoami(self) -> Whoami:
+    """The tenant and role (``admin`` or ``member``) of the client's API key."""
+    return Call("GET", "/api/v1/auth/whoami", parse=Whoami.from_dict, idempotent=True)
+
+
+def create_tenant(
+    self,
+    tenant_id: Optional[str] = None,
+    name: Optional[str] = None,
+    quotas: Optional[QuotasLike] = None,
+) -> Tenant:
+    """Makes a tenant (``tenant_id``: lowercase letters, digits, ``-`` and ``_``; generated
+    when not given). ``quotas`` (a ``Quotas`` or a dict of its fields) are its own limits; the
+    ones not given are the server's defaults. Admin only."""
+    body = _drop_none({"id": tenant_id, "name": name, "quotas": _quotas(quotas) or None})
+    return Call("POST", "/api/v1/tenants", json=body, parse=Tenant.from_dict)
+
+
+def list_tenants(self) -> List[Tenant]:
+    """Admin only."""
+    return Call(
+        "GET",
+        "/api/v1/tenants",
+        parse=lambda b: [Tenant.from_dict(t) for t in b["tenants"]],
+        idempotent=True,
+    )
+
+
+def get_tenant(self, tenant_id: str) -> Tenant:
+    """Admin only."""
+    return Call("GET", f"/api/v1/tenants/{tenant_id}", parse=Tenant.from_dict, idempotent=True)
+
+
+def set_tenant_quotas(self, tenant_id: str, quotas: QuotasLike) -> Tenant:
+    """Replaces the tenant's quota settings with ``quotas``: a field not given goes back to the
+    server's default. Admin only."""
+    return Call(
+        "PUT",
+        f"/api/v1/tenants/{tenant_id}",
+        json={"quotas": _quotas(quotas)},
+        parse=Tenant.from_dict,
+        idempotent=True,
+    )
+
+
+def create_key(
+    self,
+    name: str,
+    tenant: Optional[str] = None,
+    role: Optional[str] = None,
+    expires_in_s: Optional[int] = None,
+) -> ApiKey:
+    """Makes an API key of ``tenant`` (default: the caller's) with ``role`` ``member``
+    (default) or ``admin``, that stops working after ``expires_in_s`` if given. The answer is
+    the only one with its ``secret``. Admin only."""
+    body = _drop_none(
+        {"name": name, "tenant": tenant, "role": role, "expires_in_s": expires_in_s}
+    )
+    return Call("POST", "/api/v1/keys", json=body, parse=ApiKey.from_dict)
+
+
+def list_keys(self, tenant: Optional[str] = None) -> List[ApiKey]:
+    """API keys, without their secrets; with ``tenant``, only that tenant's. Admin only."""
+    return Call(
+        "GET",
+        "/api/v1/keys",
+        params=_drop_none({"tenant": tenant}),
+        parse=lambda b: [ApiKey.from_dict(k) for k in b["keys"]],
+        idempotent=True,
+    )
+
+
+def revoke_key(self, key_id: str) -> None:
+    """Revokes an API key: the next request made with it is refused. Admin only."""
+    return Call("DELETE", f"/api/v1/keys/{key_id}", parse=lambda b: None, idempotent=True)
+
+
+def get_usage(
+    self,
+    from_ms: Optional[int] = None,
+    to_ms: Optional[int] = None,
+    group_by: Optional[str] = None,
+    tenant: Optional[str] = None,
+) -> Usage:
+    """What a tenant used between ``from_ms`` and ``to_ms`` (ms since the epoch), one row per
+    ``group_by`` key (``day``, ``function`` or ``instance``), and the total. A member key sees
+    its own tenant's; an admin names any ``tenant`` (default: its own)."""
+    params = _drop_none({"from": from_ms, "to": to_ms, "group_by": group_by, "tenant": tenant})
+    return Call("GET", "/api/v1/usage", params=params, parse=Usage.from_dict, idempotent=True)
+
+
+def list_audit_events(self, limit: Optional[int] = None) -> List[AuditEvent]:
+    """The audit trail (at most ``limit`` events): key and tenant changes and who made them.
+    Admin only."""
+    return Call(
+        "GET",
+        "/api/v1/audit",
+        params=_drop_none({"limit": limit}),
+        parse=lambda b: [AuditEvent.from_dict(e) for e in b["events"]],
+        idempotent=True,
+    )
+
+
 CALLS = [
     execute,
     run_python,
@@ -693,4 +815,14 @@ CALLS = [
     invoke_function,
     get_invocation,
     list_invocations,
+    whoami,
+    create_tenant,
+    list_tenants,
+    get_tenant,
+    set_tenant_quotas,
+    create_key,
+    list_keys,
+    revoke_key,
+    get_usage,
+    list_audit_events,
 ]

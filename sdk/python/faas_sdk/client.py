@@ -12,18 +12,63 @@ httpx has no WebSocket.
 import asyncio
 import functools
 import json
+import os
+import ssl
 import time
-from typing import Any, AsyncIterator, Dict, Iterator, List, Optional
+from typing import Any, AsyncIterator, Dict, Iterator, List, Optional, Union
 
 import httpx
 
 from . import _calls
-from .errors import ConnectionError, FaaSError, InternalError, TimeoutError, error_from_response
+from .errors import (
+    ConnectionError,
+    FaaSError,
+    InternalError,
+    TimeoutError,
+    error_from_response,
+    retry_after_seconds,
+)
 from .models import FsEvent, Invocation, LogEvent, ProcessEvent
-from .terminal import AsyncTerminal, Terminal, terminal_url
+from .terminal import AsyncTerminal, Terminal, terminal_ssl, terminal_url
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 RETRY_STATUSES = (502, 503, 504)
+KEY_HEADERS = ("authorization", "x-api-key")
+
+Verify = Union[bool, str, ssl.SSLContext]
+
+
+def _auth_headers(api_key: Optional[str]) -> Dict[str, str]:
+    """The ``Authorization`` header of ``api_key`` (default: ``FAAS_API_KEY``; ``""``: none)."""
+    key = os.environ.get("FAAS_API_KEY") if api_key is None else api_key
+    key = (key or "").strip()
+    if not key:
+        return {}
+    if not all(33 <= ord(ch) <= 126 for ch in key):
+        # Said without the key: an exception message must never carry it.
+        raise ValueError("the API key has characters an HTTP header cannot carry")
+    return {"Authorization": f"Bearer {key}"}
+
+
+def _ws_headers(http: Any, headers: Dict[str, str]) -> Dict[str, str]:
+    """The headers of a WebSocket handshake: the client's own and its API key's."""
+    auth = http.headers.get("authorization")
+    return {**({"Authorization": auth} if auth else {}), **headers}
+
+
+def _ssl_verify(verify: Optional[Verify]) -> Union[bool, ssl.SSLContext]:
+    """What httpx verifies https with: ``verify`` (a CA bundle's path, an ``SSLContext``, or
+    ``False`` for none); by default the bundle of ``FAAS_CA_CERT`` if set, else the system's."""
+    if verify is None:
+        verify = os.environ.get("FAAS_CA_CERT") or True
+    if not isinstance(verify, str):
+        return verify
+    try:
+        if os.path.isdir(verify):
+            return ssl.create_default_context(capath=verify)
+        return ssl.create_default_context(cafile=verify)
+    except (OSError, ssl.SSLError) as e:
+        raise ValueError(f"cannot load the CA certificates of {verify}: {e}") from e
 
 
 def _result(call: _calls.Call, resp: httpx.Response) -> Any:
@@ -32,7 +77,9 @@ def _result(call: _calls.Call, resp: httpx.Response) -> Any:
             body: Any = resp.json()
         except ValueError:
             body = resp.text
-        raise error_from_response(resp.status_code, body)
+        retry_after = retry_after_seconds(resp.headers.get("retry-after"))
+        sent_key = any(h in resp.request.headers for h in KEY_HEADERS)
+        raise error_from_response(resp.status_code, body, retry_after, sent_key)
     if call.raw:
         return call.parse(resp.content)
     if resp.status_code == 204 or not resp.content:
@@ -227,7 +274,14 @@ class AsyncFsWatch:
 
 
 class FaaSClient:
-    """Synchronous client. ``with FaaSClient() as c: c.execute("echo hi")``."""
+    """Synchronous client. ``with FaaSClient() as c: c.execute("echo hi")``.
+
+    ``api_key``: the API key sent as ``Authorization: Bearer`` with every request (streams and
+    the terminal's WebSocket too); by default ``FAAS_API_KEY``, and ``""`` sends none. It is
+    kept out of reprs and exception messages. ``verify``: how an https server is checked: the
+    path of a CA bundle (PEM), an ``ssl.SSLContext``, or ``False`` for not at all; by default
+    the bundle named by ``FAAS_CA_CERT`` when it is set, else the usual trusted roots.
+    """
 
     def __init__(
         self,
@@ -235,12 +289,22 @@ class FaaSClient:
         timeout: float = 120.0,
         max_retries: int = 2,
         headers: Optional[Dict[str, str]] = None,
+        api_key: Optional[str] = None,
+        verify: Optional[Verify] = None,
     ):
         self.base_url = base_url.rstrip("/")
         self.max_retries = max_retries
         self._headers = dict(headers or {})
         self._timeout = timeout
-        self._http = httpx.Client(base_url=self.base_url, timeout=timeout, headers=headers)
+        tls = _ssl_verify(verify)
+        self._terminal_ssl = terminal_ssl(tls)
+        # The key lives in the httpx headers only (whose repr masks it).
+        self._http = httpx.Client(
+            base_url=self.base_url,
+            timeout=timeout,
+            headers={**_auth_headers(api_key), **self._headers},
+            verify=tls,
+        )
 
     def close(self) -> None:
         self._http.close()
@@ -317,7 +381,7 @@ class FaaSClient:
         output, ``resize`` it, ``wait`` for its ``TerminalExit``; closing it hangs the shell up.
         Needs the ``websockets`` package."""
         url = terminal_url(self.base_url, instance_id, cols, rows)
-        return Terminal.open(url, self._headers, self._timeout)
+        return Terminal.open(url, _ws_headers(self._http, self._headers), self._timeout, self._terminal_ssl)
 
     def wait_invocation(
         self, invocation_id: str, timeout_s: float = 60.0, poll_s: float = 0.1
@@ -338,7 +402,8 @@ class FaaSClient:
 
 
 class AsyncFaaSClient:
-    """Asynchronous client. ``async with AsyncFaaSClient() as c: await c.execute("echo hi")``."""
+    """Asynchronous client. ``async with AsyncFaaSClient() as c: await c.execute("echo hi")``.
+    Its options are ``FaaSClient``'s (``api_key``, ``verify``...)."""
 
     def __init__(
         self,
@@ -346,12 +411,22 @@ class AsyncFaaSClient:
         timeout: float = 120.0,
         max_retries: int = 2,
         headers: Optional[Dict[str, str]] = None,
+        api_key: Optional[str] = None,
+        verify: Optional[Verify] = None,
     ):
         self.base_url = base_url.rstrip("/")
         self.max_retries = max_retries
         self._headers = dict(headers or {})
         self._timeout = timeout
-        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout, headers=headers)
+        tls = _ssl_verify(verify)
+        self._terminal_ssl = terminal_ssl(tls)
+        # The key lives in the httpx headers only (whose repr masks it).
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url,
+            timeout=timeout,
+            headers={**_auth_headers(api_key), **self._headers},
+            verify=tls,
+        )
 
     async def close(self) -> None:
         await self._http.aclose()
@@ -426,7 +501,7 @@ class AsyncFaaSClient:
     async def terminal(self, instance_id: str, cols: int = 80, rows: int = 24) -> AsyncTerminal:
         """Like ``FaaSClient.terminal``; the terminal's methods are awaited."""
         url = terminal_url(self.base_url, instance_id, cols, rows)
-        return await AsyncTerminal.open(url, self._headers, self._timeout)
+        return await AsyncTerminal.open(url, _ws_headers(self._http, self._headers), self._timeout, self._terminal_ssl)
 
     async def wait_invocation(
         self, invocation_id: str, timeout_s: float = 60.0, poll_s: float = 0.1

@@ -1,23 +1,38 @@
 """One exception class per error-code family of the API.
 
 Every error the server answers is ``{"error": {"code", "message"}}`` with an HTTP status; the
-SDK raises the class of its code, carrying ``code``, ``message`` and ``status``.
+SDK raises the class of its code, carrying ``code``, ``message``, ``status`` and, when the
+answer had a ``Retry-After`` header (429s), ``retry_after`` in seconds.
 """
 
 import builtins
+import email.utils
+import math
+import time
+from typing import Optional
 
 
 class FaaSError(Exception):
     """Base class: the server refused or failed a request."""
 
-    def __init__(self, message: str, code: str = "internal", status: int = 0):
+    def __init__(
+        self,
+        message: str,
+        code: str = "internal",
+        status: int = 0,
+        retry_after: Optional[float] = None,
+    ):
         super().__init__(message)
         self.message = message
         self.code = code
         self.status = status
+        self.retry_after = retry_after
 
     def __str__(self) -> str:
-        return f"{self.status} {self.code}: {self.message}" if self.status else self.message
+        text = f"{self.status} {self.code}: {self.message}" if self.status else self.message
+        if self.retry_after is not None:
+            text += f" (retry after {self.retry_after:g}s)"
+        return text
 
 
 class InvalidRequestError(FaaSError):
@@ -36,8 +51,23 @@ class PayloadTooLargeError(FaaSError):
     """413: the body or payload is over the limit."""
 
 
+class AuthenticationError(FaaSError):
+    """401 ``unauthenticated``: no API key, or one that is unknown, expired or revoked."""
+
+
+class ForbiddenError(FaaSError):
+    """403 ``forbidden``: the key may not do this (a member key asking for an admin
+    operation)."""
+
+
 class RateLimitedError(FaaSError):
-    """429: a limit was reached (a function's concurrency); try again later."""
+    """429: a limit was reached (the tenant's request rate, a function's concurrency); try
+    again after ``retry_after`` seconds."""
+
+
+class QuotaExceededError(RateLimitedError):
+    """429 ``quota_exceeded``: one of the tenant's quotas is used up (the message names it);
+    it frees up as the tenant's sandboxes, instances or snapshots go away."""
 
 
 class UnsupportedError(FaaSError):
@@ -69,7 +99,10 @@ _BY_CODE = {
     "conflict": ConflictError,
     "method_not_allowed": InvalidRequestError,
     "payload_too_large": PayloadTooLargeError,
+    "unauthenticated": AuthenticationError,
+    "forbidden": ForbiddenError,
     "rate_limited": RateLimitedError,
+    "quota_exceeded": QuotaExceededError,
     "unsupported": UnsupportedError,
     "backend_unavailable": BackendUnavailableError,
     "timeout": TimeoutError,
@@ -78,6 +111,8 @@ _BY_CODE = {
 
 _BY_STATUS = {
     400: InvalidRequestError,
+    401: AuthenticationError,
+    403: ForbiddenError,
     404: NotFoundError,
     409: ConflictError,
     413: PayloadTooLargeError,
@@ -88,8 +123,29 @@ _BY_STATUS = {
 }
 
 
-def error_from_response(status: int, body: object) -> FaaSError:
-    """The exception for an error answer (its JSON body, or text when it was not JSON)."""
+def retry_after_seconds(value: Optional[str]) -> Optional[float]:
+    """The seconds of a ``Retry-After`` header: a number of seconds or an HTTP date."""
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        pass
+    else:
+        return max(0.0, seconds) if math.isfinite(seconds) else None
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def error_from_response(
+    status: int, body: object, retry_after: Optional[float] = None, sent_key: bool = True
+) -> FaaSError:
+    """The exception for an error answer (its JSON body, or text when it was not JSON);
+    ``sent_key``: whether the request carried an API key (a 401 without one says how to give
+    one)."""
     code, message = None, None
     if isinstance(body, dict) and isinstance(body.get("error"), dict):
         code = body["error"].get("code")
@@ -97,4 +153,7 @@ def error_from_response(status: int, body: object) -> FaaSError:
     cls = _BY_CODE.get(code) or _BY_STATUS.get(status) or (
         InternalError if status >= 500 else FaaSError
     )
-    return cls(message or str(body) or f"HTTP {status}", code or "unknown", status)
+    message = message or str(body) or f"HTTP {status}"
+    if cls is AuthenticationError and not sent_key:
+        message += " (the client has no API key: pass api_key or set FAAS_API_KEY)"
+    return cls(message, code or "unknown", status, retry_after)

@@ -291,3 +291,141 @@ class FsEvent(_Model):
     op: str
     path: str
     raw: Dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+# ---- tenants, API keys, usage and the audit trail ----
+
+
+@dataclass
+class Whoami(_Model):
+    """Who the client's API key is: its tenant and role (``admin`` or ``member``)."""
+
+    tenant: str
+    role: str
+    key_id: Optional[str] = None
+    raw: Dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+QUOTA_FIELDS = (
+    "concurrent_sandboxes",
+    "instances",
+    "memory_mb",
+    "snapshot_bytes",
+    "functions",
+    "queued_invocations",
+    "requests_per_second",
+    "burst",
+)
+
+
+@dataclass
+class Quotas(_Model):
+    """A tenant's limits. In its settings (``Tenant.quotas``) ``None`` is the server's default;
+    in ``Tenant.effective`` every field is set, and 0 means no limit."""
+
+    concurrent_sandboxes: Optional[int] = None
+    instances: Optional[int] = None
+    memory_mb: Optional[int] = None
+    snapshot_bytes: Optional[int] = None
+    functions: Optional[int] = None
+    queued_invocations: Optional[int] = None
+    requests_per_second: Optional[int] = None
+    burst: Optional[int] = None
+    raw: Dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def to_dict(self) -> Dict[str, int]:
+        """The fields that are set, as the API takes them."""
+        return {k: getattr(self, k) for k in QUOTA_FIELDS if getattr(self, k) is not None}
+
+
+@dataclass
+class Tenant(_Model):
+    """A tenant: its own quota settings and the limits as enforced (``effective``)."""
+
+    id: str
+    name: Optional[str] = None
+    created_at_ms: int = 0
+    quotas: Quotas = field(default_factory=Quotas)
+    effective: Quotas = field(default_factory=Quotas)
+    raw: Dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "Tenant":
+        t = _build(cls, data)
+        t.quotas = Quotas.from_dict(data.get("quotas") or {})
+        t.effective = Quotas.from_dict(data.get("effective") or {})
+        return t
+
+
+@dataclass
+class ApiKey(_Model):
+    """An API key. ``secret`` (``faas_...``) is only set in the answer of ``create_key``: keep
+    it then, the server cannot show it again. It is left out of the repr."""
+
+    id: str
+    name: str = ""
+    tenant: str = ""
+    role: str = "member"
+    prefix: str = ""
+    created_at_ms: int = 0
+    expires_at_ms: Optional[int] = None
+    revoked_at_ms: Optional[int] = None
+    last_used_at_ms: Optional[int] = None
+    secret: Optional[str] = field(default=None, repr=False)
+    raw: Dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+@dataclass
+class UsageRow(_Model):
+    """What a tenant used over a period, for one day, function or instance (``key``), or in
+    all (``key == "total"``)."""
+
+    key: str
+    executions: int = 0
+    instance_execs: int = 0
+    invocations: int = 0
+    instance_seconds: float = 0.0
+    wall_ms: float = 0.0
+    cpu_ms: float = 0.0
+    memory_mib_s: float = 0.0
+    peak_memory_mb: float = 0.0
+    raw: Dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+@dataclass
+class Usage(_Model):
+    """A usage report of ``get_usage``: one row per ``group_by`` key, and their total."""
+
+    tenant: str
+    from_ms: int = 0
+    to_ms: int = 0
+    group_by: str = ""
+    rows: List[UsageRow] = field(default_factory=list)
+    total: UsageRow = field(default_factory=lambda: UsageRow("total"))
+    raw: Dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "Usage":
+        u = _build(cls, data)
+        u.rows = [UsageRow.from_dict(r) for r in data.get("rows", [])]
+        u.total = UsageRow.from_dict(data.get("total") or {"key": "total"})
+        return u
+
+
+@dataclass
+class AuditEvent(_Model):
+    """One administrative act: ``action`` (``key.create``, ``key.revoke``, ``tenant.create``,
+    ``tenant.update``...) by ``actor_key_id`` of ``actor_tenant`` on ``target``."""
+
+    id: int
+    at_ms: int = 0
+    actor_tenant: str = ""
+    actor_key_id: Optional[str] = None
+    action: str = ""
+    target: str = ""
+    detail: Any = None
+    raw: Dict[str, Any] = field(default_factory=dict, repr=False)

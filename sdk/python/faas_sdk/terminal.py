@@ -3,17 +3,26 @@
 frame; at the shell's end a ``{"exit": ...}`` text frame, then the server closes).
 
 It needs the ``websockets`` package (``pip install "faas-sdk[terminal]"``); httpx has no
-WebSocket.
+WebSocket. The client's API key goes in the handshake's ``Authorization`` header.
 """
 
 import builtins
 import json
+import logging
+import ssl
 import time
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Union
 from urllib.parse import urlencode
 
-from .errors import ConnectionError, FaaSError, TimeoutError, UnsupportedError, error_from_response
+from .errors import (
+    ConnectionError,
+    FaaSError,
+    TimeoutError,
+    UnsupportedError,
+    error_from_response,
+    retry_after_seconds,
+)
 
 
 @dataclass
@@ -31,6 +40,43 @@ def terminal_url(base_url: str, instance_id: str, cols: int, rows: int) -> str:
     return f"{ws}://{rest}/api/v1/instances/{instance_id}/terminal?{query}"
 
 
+def terminal_ssl(verify: Union[bool, ssl.SSLContext]) -> Optional[ssl.SSLContext]:
+    """The TLS context of a ``wss://`` terminal from the client's ``verify`` (``None``: the
+    default one)."""
+    if verify is True:
+        return None
+    if verify is False:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+    return verify
+
+
+_SECRET_HEADERS = ("authorization", "x-api-key")
+
+
+class _RedactingLogger(logging.LoggerAdapter):
+    """``websockets.client``'s logger with the API key left out of the handshake it logs at
+    debug level (``> Authorization: ...``)."""
+
+    def log(self, level: int, msg: Any, *args: Any, **kwargs: Any) -> None:
+        if len(args) == 2 and str(args[0]).lower() in _SECRET_HEADERS:
+            args = (args[0], "[redacted]")
+        super().log(level, msg, *args, **kwargs)
+
+
+def _connect_args(url: str, headers: Dict[str, str], open_timeout: float, tls: Any) -> Dict[str, Any]:
+    args: Dict[str, Any] = {
+        "additional_headers": headers,
+        "open_timeout": open_timeout,
+        "logger": _RedactingLogger(logging.getLogger("websockets.client"), {}),
+    }
+    if url.startswith("wss://") and tls is not None:
+        args["ssl"] = tls
+    return args
+
+
 def _websockets(what: str) -> Any:
     try:
         if what == "sync":
@@ -46,7 +92,7 @@ def _websockets(what: str) -> Any:
     return client
 
 
-def _refused(e: Exception) -> FaaSError:
+def _refused(e: Exception, headers: Dict[str, str]) -> FaaSError:
     """The error a refused upgrade stands for: the server's JSON error when it sent one."""
     resp = getattr(e, "response", None)
     status = getattr(resp, "status_code", None)
@@ -57,7 +103,9 @@ def _refused(e: Exception) -> FaaSError:
         body = json.loads(body)
     except ValueError:
         body = body.decode("utf-8", "replace") if isinstance(body, bytes) else str(body)
-    return error_from_response(status, body)
+    retry_after = retry_after_seconds(getattr(resp, "headers", {}).get("Retry-After"))
+    sent_key = any(h.lower() in _SECRET_HEADERS for h in headers)
+    return error_from_response(status, body, retry_after, sent_key)
 
 
 def _exit_of(text: str) -> Optional[TerminalExit]:
@@ -90,13 +138,13 @@ class Terminal:
 
     @classmethod
     def open(
-        cls, url: str, headers: Optional[Dict[str, str]], open_timeout: float
+        cls, url: str, headers: Dict[str, str], open_timeout: float, tls: Any = None
     ) -> "Terminal":
         client = _websockets("sync")
         try:
-            conn = client.connect(url, additional_headers=headers, open_timeout=open_timeout)
+            conn = client.connect(url, **_connect_args(url, headers, open_timeout, tls))
         except Exception as e:
-            raise _refused(e) from e
+            raise _refused(e, headers) from e
         # Entered as a context manager would be (closing it is all its exit does).
         return cls(conn.__enter__())
 
@@ -162,13 +210,13 @@ class AsyncTerminal:
 
     @classmethod
     async def open(
-        cls, url: str, headers: Optional[Dict[str, str]], open_timeout: float
+        cls, url: str, headers: Dict[str, str], open_timeout: float, tls: Any = None
     ) -> "AsyncTerminal":
         client = _websockets("async")
         try:
-            ws = await client.connect(url, additional_headers=headers, open_timeout=open_timeout)
+            ws = await client.connect(url, **_connect_args(url, headers, open_timeout, tls))
         except Exception as e:
-            raise _refused(e) from e
+            raise _refused(e, headers) from e
         return cls(ws)
 
     async def write(self, data: Union[bytes, str]) -> None:

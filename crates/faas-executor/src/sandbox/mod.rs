@@ -180,6 +180,24 @@ pub trait Sandbox: Send + Sync {
     async fn death_cause(&self) -> Option<DeathCause> {
         None
     }
+
+    /// What the box has used so far (see [`BoxUsage`]); backends that cannot measure say
+    /// `unsupported`.
+    async fn usage(&self) -> Result<BoxUsage> {
+        Err(Error::Unsupported(format!(
+            "the {} backend does not measure what a box used",
+            self.backend()
+        )))
+    }
+}
+
+/// What a box has used since it was created or last reset, from its cgroup.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct BoxUsage {
+    /// CPU time of everything in the box (user + system), nanoseconds.
+    pub cpu_ns: u64,
+    /// Peak memory of the box, bytes (0 when the backend cannot tell).
+    pub memory_peak_bytes: u64,
 }
 
 /// Why a box died, as recorded by the host kernel.

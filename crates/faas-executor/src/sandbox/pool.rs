@@ -1,4 +1,6 @@
-//! Warm pools: per (backend, image, limits), started sandboxes whose agent already answers.
+//! Warm pools: per (owner, backend, image, limits), started sandboxes whose agent already
+//! answers. The owner is an opaque name the services give (their tenant): a box is made for
+//! one owner's pool and only ever goes back to it.
 //!
 //! A sandbox leaves the pool for one use. After it, a box its backend can reset to a clean state
 //! (`Sandbox::reset`: nothing of the last request left) comes back to the same pool; any other
@@ -24,6 +26,7 @@ pub const MAX_POOLS: usize = 32;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PoolKey {
+    pub owner: String,
     pub backend: &'static str,
     pub image: String,
     pub memory_mb: u64,
@@ -33,8 +36,9 @@ pub struct PoolKey {
 }
 
 impl PoolKey {
-    pub fn new(backend: &'static str, spec: &SandboxSpec) -> Self {
+    pub fn new(owner: &str, backend: &'static str, spec: &SandboxSpec) -> Self {
         PoolKey {
+            owner: owner.to_string(),
             backend,
             image: spec.image.clone(),
             memory_mb: spec.limits.memory_mb,
@@ -102,11 +106,12 @@ impl WarmPools {
     /// of requests, the boxes made for the misses are what the pool then has to absorb).
     pub async fn take_or_wait(
         self: &Arc<Self>,
+        owner: &str,
         backend: &'static str,
         spec: &SandboxSpec,
         wait: std::time::Duration,
     ) -> Option<Box<dyn Sandbox>> {
-        let key = PoolKey::new(backend, spec);
+        let key = PoolKey::new(owner, backend, spec);
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let notified = self.returned.notified();
@@ -127,8 +132,8 @@ impl WarmPools {
     }
 
     /// A used box of `spec`'s pool is being reset (see [`WarmPools::reset_done`]).
-    pub fn reset_started(&self, backend: &'static str, spec: &SandboxSpec) {
-        if let Some(pool) = self.lock().get_mut(&PoolKey::new(backend, spec)) {
+    pub fn reset_started(&self, owner: &str, backend: &'static str, spec: &SandboxSpec) {
+        if let Some(pool) = self.lock().get_mut(&PoolKey::new(owner, backend, spec)) {
             pool.resetting += 1;
         }
     }
@@ -139,11 +144,12 @@ impl WarmPools {
     /// back to the caller, who destroys it.
     pub fn reset_done(
         &self,
+        owner: &str,
         backend: &'static str,
         spec: &SandboxSpec,
         sandbox: Option<Box<dyn Sandbox>>,
     ) -> Option<Box<dyn Sandbox>> {
-        let key = PoolKey::new(backend, spec);
+        let key = PoolKey::new(owner, backend, spec);
         let leftover = {
             let mut pools = self.lock();
             match pools.get_mut(&key) {
@@ -169,14 +175,20 @@ impl WarmPools {
 
     /// Refills the pool of `spec` up to its target. The caller does it after using what it
     /// took, so the refill's work does not compete with the command it is serving.
-    pub fn refill_pool(self: &Arc<Self>, backend: &'static str, spec: &SandboxSpec) {
-        self.refill(&PoolKey::new(backend, spec));
+    pub fn refill_pool(self: &Arc<Self>, owner: &str, backend: &'static str, spec: &SandboxSpec) {
+        self.refill(&PoolKey::new(owner, backend, spec));
     }
 
     /// Makes sure a pool for `spec` exists (new pools get `target`) and is filling. Does
     /// nothing once [`MAX_POOLS`] pools exist.
-    pub fn ensure(self: &Arc<Self>, backend: &Arc<dyn Backend>, spec: &SandboxSpec, target: usize) {
-        let key = PoolKey::new(backend.name(), spec);
+    pub fn ensure(
+        self: &Arc<Self>,
+        owner: &str,
+        backend: &Arc<dyn Backend>,
+        spec: &SandboxSpec,
+        target: usize,
+    ) {
+        let key = PoolKey::new(owner, backend.name(), spec);
         {
             let mut pools = self.lock();
             if !pools.contains_key(&key) && pools.len() >= MAX_POOLS {
@@ -192,11 +204,12 @@ impl WarmPools {
     /// Sets how many sandboxes the pool keeps ready, and starts filling it.
     pub fn set_target(
         self: &Arc<Self>,
+        owner: &str,
         backend: &Arc<dyn Backend>,
         spec: &SandboxSpec,
         target: usize,
     ) -> Result<PoolInfo> {
-        let key = PoolKey::new(backend.name(), spec);
+        let key = PoolKey::new(owner, backend.name(), spec);
         let (surplus, info) = {
             let mut pools = self.lock();
             if !pools.contains_key(&key) && pools.len() >= MAX_POOLS {
@@ -221,8 +234,14 @@ impl WarmPools {
         Ok(info)
     }
 
-    pub fn list(&self) -> Vec<PoolInfo> {
-        let mut v: Vec<PoolInfo> = self.lock().iter().map(|(k, p)| pool_info(k, p)).collect();
+    /// The pools of `owner`, or every pool.
+    pub fn list(&self, owner: Option<&str>) -> Vec<PoolInfo> {
+        let mut v: Vec<PoolInfo> = self
+            .lock()
+            .iter()
+            .filter(|(k, _)| owner.is_none_or(|o| k.owner == o))
+            .map(|(k, p)| pool_info(k, p))
+            .collect();
         v.sort_by(|a, b| (&a.backend, &a.image).cmp(&(&b.backend, &b.image)));
         v
     }
@@ -303,6 +322,7 @@ impl WarmPools {
 
 fn pool_info(key: &PoolKey, p: &Pool) -> PoolInfo {
     PoolInfo {
+        tenant: key.owner.clone(),
         image: key.image.clone(),
         backend: key.backend.to_string(),
         ready: p.ready.len(),

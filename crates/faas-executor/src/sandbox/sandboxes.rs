@@ -100,8 +100,9 @@ impl Sandboxes {
             .collect())
     }
 
-    pub fn pools(&self) -> Vec<PoolInfo> {
-        self.pools.list()
+    /// The warm pools of `owner`, or every pool.
+    pub fn pools(&self, owner: Option<&str>) -> Vec<PoolInfo> {
+        self.pools.list(owner)
     }
 
     /// The backend a request's `runtime` names (`auto`: the first that works).

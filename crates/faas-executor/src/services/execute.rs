@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use faas_common::{
-    EnvVars, ExecuteRequest, ExecuteResponse, InstanceCreateRequest, InstanceExecRequest, Mode,
-    PoolInfo, PrewarmRequest, SnapshotCreateRequest,
+    Caller, EnvVars, ExecuteRequest, ExecuteResponse, InstanceCreateRequest, InstanceExecRequest,
+    Mode, PoolInfo, PrewarmRequest, SnapshotCreateRequest,
 };
 
 use crate::config::PlatformConfig;
@@ -20,6 +20,7 @@ use crate::sandbox::{create_counted, destroy_counted};
 use crate::services::instances::Instances;
 use crate::services::run::{self, RunInfo};
 use crate::services::streams::{check_id, Streams};
+use crate::services::tenants::Tenants;
 
 /// How long a cached execution's clean-up and refill wait, so they start after its answer is
 /// written rather than compete with it.
@@ -35,6 +36,7 @@ pub struct Executor {
     sandboxes: Arc<Sandboxes>,
     instances: Arc<Instances>,
     streams: Arc<Streams>,
+    tenants: Arc<Tenants>,
 }
 
 impl Executor {
@@ -43,18 +45,24 @@ impl Executor {
         sandboxes: Arc<Sandboxes>,
         instances: Arc<Instances>,
         streams: Arc<Streams>,
+        tenants: Arc<Tenants>,
     ) -> Arc<Self> {
         Arc::new(Executor {
             cfg,
             sandboxes,
             instances,
             streams,
+            tenants,
         })
     }
 
     /// Runs one execute request. The work runs in its own task, so a client that disconnects
     /// does not cut it short: the sandbox is always cleaned up.
-    pub async fn execute(self: &Arc<Self>, req: ExecuteRequest) -> Result<ExecuteResponse> {
+    pub async fn execute(
+        self: &Arc<Self>,
+        caller: &Caller,
+        req: ExecuteRequest,
+    ) -> Result<ExecuteResponse> {
         let request_id = match &req.request_id {
             Some(id) => {
                 check_id(id)?;
@@ -62,7 +70,8 @@ impl Executor {
             }
             None => uuid::Uuid::new_v4().to_string(),
         };
-        if !self.streams.open(&request_id) {
+        let stream_key = Streams::key(&caller.tenant, &request_id);
+        if !self.streams.open(&stream_key) {
             return Err(Error::Conflict(format!(
                 "an execution with request_id {request_id} is running"
             )));
@@ -71,7 +80,8 @@ impl Executor {
         let this = self.clone();
         let span = tracing::info_span!("execute", request_id = %request_id);
         let work = tracing::Instrument::instrument(
-            this.clone().execute_inner(request_id.clone(), req),
+            this.clone()
+                .execute_inner(caller.clone(), request_id.clone(), stream_key, req),
             span,
         );
         let r = match self.sandboxes.tasks.spawn(work).await {
@@ -81,13 +91,16 @@ impl Executor {
         if r.is_err() {
             inc(&self.sandboxes.metrics.failures);
         }
-        self.streams.finish_execution(&request_id, mode, &r);
+        self.streams
+            .finish_execution(&caller.tenant, &request_id, mode, &r);
         r
     }
 
     async fn execute_inner(
         self: Arc<Self>,
+        caller: Caller,
         request_id: String,
+        stream_key: String,
         req: ExecuteRequest,
     ) -> Result<ExecuteResponse> {
         let t0 = Instant::now();
@@ -106,7 +119,9 @@ impl Executor {
         match mode {
             Mode::Ephemeral | Mode::Cached => {}
             Mode::Checkpointed | Mode::Branched | Mode::Persistent => {
-                let mut resp = self.execute_stateful(req, mode, &request_id).await?;
+                let mut resp = self
+                    .execute_stateful(&caller, req, mode, &stream_key)
+                    .await?;
                 resp.request_id = request_id;
                 resp.total_ms = t0.elapsed().as_secs_f64() * 1000.0;
                 return Ok(resp);
@@ -126,12 +141,17 @@ impl Executor {
             req.isolation,
         )?;
         let backend = self.sandboxes.resolve(req.runtime.unwrap_or_default())?;
-
+        // The box counts against the tenant's quotas while the request runs.
+        let _lease = self
+            .tenants
+            .lease_sandbox(&caller.tenant, spec.limits.memory_mb)
+            .await?;
+        let owner = caller.tenant.as_str();
         let pooled = match mode {
             Mode::Cached => {
                 self.sandboxes
                     .pools
-                    .take_or_wait(backend.name(), &spec, RESET_WAIT)
+                    .take_or_wait(owner, backend.name(), &spec, RESET_WAIT)
                     .await
             }
             _ => None,
@@ -149,7 +169,7 @@ impl Executor {
                 if mode == Mode::Cached {
                     self.sandboxes
                         .pools
-                        .ensure(&backend, &spec, self.cfg.cached_pool_size);
+                        .ensure(owner, &backend, &spec, self.cfg.cached_pool_size);
                 }
                 (sb, false)
             }
@@ -165,7 +185,7 @@ impl Executor {
         tracing::debug!(sandbox = sandbox.id(), warm, "running");
         let first_stdin = if warm { stdin.clone() } else { stdin.take() };
         let started = Instant::now();
-        let stream = Some((&*self.streams, request_id.as_str()));
+        let stream = Some((&*self.streams, stream_key.as_str()));
         let mut ran = run_agent(
             sandbox.as_ref(),
             exec.clone(),
@@ -200,6 +220,8 @@ impl Executor {
         }
         let backend_name = sandbox.backend();
         let sandbox_id = sandbox.id().to_string();
+        // Measured before the box is reset or destroyed: since it was made or last reset.
+        let usage = sandbox.usage().await.ok();
         // Ephemeral waits for the box's removal (it is gone when the answer arrives). Cached
         // answers first, then resets the box and gives it back to its pool, or, when it cannot
         // be reset, removes it and refills the pool, in the background.
@@ -208,7 +230,8 @@ impl Executor {
                 let (metrics, pools) =
                     (self.sandboxes.metrics.clone(), self.sandboxes.pools.clone());
                 let (pool_backend, pool_spec) = (backend.name(), spec.clone());
-                pools.reset_started(pool_backend, &pool_spec);
+                let owner = owner.to_string();
+                pools.reset_started(&owner, pool_backend, &pool_spec);
                 self.sandboxes.tasks.spawn(async move {
                     // Once the answer is on its way: the reset (or a refill's box start) and
                     // the removal would otherwise compete with it for the CPUs.
@@ -216,7 +239,7 @@ impl Executor {
                     let sandbox = match sandbox.reset().await {
                         Ok(()) => {
                             inc(&metrics.sandboxes_reset);
-                            match pools.reset_done(pool_backend, &pool_spec, Some(sandbox)) {
+                            match pools.reset_done(&owner, pool_backend, &pool_spec, Some(sandbox)) {
                                 None => return Ok(()),
                                 Some(extra) => extra,
                             }
@@ -225,8 +248,8 @@ impl Executor {
                             if !matches!(e, Error::Unsupported(_)) {
                                 tracing::info!(sandbox = sandbox.id(), error = %e.chain(), "not reused: destroyed");
                             }
-                            pools.reset_done(pool_backend, &pool_spec, None);
-                            pools.refill_pool(pool_backend, &pool_spec);
+                            pools.reset_done(&owner, pool_backend, &pool_spec, None);
+                            pools.refill_pool(&owner, pool_backend, &pool_spec);
                             sandbox
                         }
                     };
@@ -248,12 +271,18 @@ impl Executor {
             timeout_ms,
             memory_mb: spec.limits.memory_mb,
             started: t0,
+            usage,
         };
         Ok(run::response(&self.sandboxes.metrics, out, run))
     }
 
-    /// Sets a warm pool's size and starts filling it; the image must exist.
-    pub async fn prewarm(&self, req: PrewarmRequest) -> Result<PoolInfo> {
+    /// The caller's warm pools.
+    pub fn pools(&self, caller: &Caller) -> Vec<PoolInfo> {
+        self.sandboxes.pools(Some(&caller.tenant))
+    }
+
+    /// Sets a warm pool of the caller's size and starts filling it; the image must exist.
+    pub async fn prewarm(&self, caller: &Caller, req: PrewarmRequest) -> Result<PoolInfo> {
         if req.count > self.cfg.max_pool_size {
             return Err(Error::InvalidRequest(format!(
                 "count must be at most {}, got {}",
@@ -269,17 +298,20 @@ impl Executor {
         )?;
         let backend = self.sandboxes.resolve(req.runtime.unwrap_or_default())?;
         backend.check_image(&spec.image).await?;
-        self.sandboxes.pools.set_target(&backend, &spec, req.count)
+        self.sandboxes
+            .pools
+            .set_target(&caller.tenant, &backend, &spec, req.count)
     }
 
     /// `persistent`, `checkpointed` and `branched`: compositions of instances and snapshots.
     async fn execute_stateful(
         &self,
+        caller: &Caller,
         req: ExecuteRequest,
         mode: Mode,
-        request_id: &str,
+        stream_key: &str,
     ) -> Result<ExecuteResponse> {
-        let rid = Some(request_id);
+        let rid = Some(stream_key);
         self.instances.store()?;
         if req.command.is_empty() {
             return Err(Error::InvalidRequest("command is empty".into()));
@@ -308,16 +340,21 @@ impl Executor {
             Mode::Persistent => {
                 let id = match &req.instance_id {
                     Some(id) => id.clone(),
-                    None => self.instances.instance_create(create()).await?.id,
+                    None => self.instances.instance_create(caller, create()).await?.id,
                 };
-                self.instances.instance_exec_as(&id, exec, rid).await?
+                self.instances
+                    .instance_exec_as(caller, &id, exec, rid)
+                    .await?
             }
             Mode::Checkpointed => match &req.snapshot_id {
                 // Restore, then run (in a throwaway instance).
                 Some(sid) => {
-                    let inst = self.instances.snapshot_restore(sid).await?;
-                    let r = self.instances.instance_exec_as(&inst.id, exec, rid).await;
-                    let _ = self.instances.instance_delete(&inst.id).await;
+                    let inst = self.instances.snapshot_restore(caller, sid).await?;
+                    let r = self
+                        .instances
+                        .instance_exec_as(caller, &inst.id, exec, rid)
+                        .await;
+                    let _ = self.instances.instance_delete(caller, &inst.id).await;
                     let mut r = r?;
                     r.snapshot_id = Some(sid.clone());
                     r.instance_id = None;
@@ -325,22 +362,28 @@ impl Executor {
                 }
                 // Run, then snapshot.
                 None => {
-                    let inst = self.instances.instance_create(create()).await?;
-                    let ran = self.instances.instance_exec_as(&inst.id, exec, rid).await;
+                    let inst = self.instances.instance_create(caller, create()).await?;
+                    let ran = self
+                        .instances
+                        .instance_exec_as(caller, &inst.id, exec, rid)
+                        .await;
                     let snap = match &ran {
                         Ok(_) => Some(
                             self.instances
-                                .snapshot_create(SnapshotCreateRequest {
-                                    instance_id: Some(inst.id.clone()),
-                                    name: None,
-                                    tags: vec!["checkpointed".into()],
-                                    memory: false,
-                                })
+                                .snapshot_create(
+                                    caller,
+                                    SnapshotCreateRequest {
+                                        instance_id: Some(inst.id.clone()),
+                                        name: None,
+                                        tags: vec!["checkpointed".into()],
+                                        memory: false,
+                                    },
+                                )
                                 .await,
                         ),
                         Err(_) => None,
                     };
-                    let _ = self.instances.instance_delete(&inst.id).await;
+                    let _ = self.instances.instance_delete(caller, &inst.id).await;
                     let mut r = ran?;
                     r.snapshot_id = Some(snap.expect("made when the run succeeded")?.id);
                     r.instance_id = None;
@@ -354,33 +397,50 @@ impl Executor {
                     )
                 })?;
                 // An instance is snapshotted first; that snapshot goes when the run is done.
-                let (snap, temporary) = match self.instances.store()?.get_snapshot(&from).await? {
+                let (snap, temporary) = match self
+                    .instances
+                    .store()?
+                    .get_snapshot(Some(&caller.tenant), &from)
+                    .await?
+                {
                     Some(s) => (s, false),
                     None => {
-                        self.instances.instance_record(&from).await.map_err(|_| {
-                            Error::NotFound(format!("no snapshot or instance {from}"))
-                        })?;
+                        self.instances
+                            .instance_record(caller, &from)
+                            .await
+                            .map_err(|_| {
+                                Error::NotFound(format!("no snapshot or instance {from}"))
+                            })?;
                         let made = self
                             .instances
-                            .snapshot_create(SnapshotCreateRequest {
-                                instance_id: Some(from.clone()),
-                                name: None,
-                                tags: vec!["branched".into()],
-                                memory: false,
-                            })
+                            .snapshot_create(
+                                caller,
+                                SnapshotCreateRequest {
+                                    instance_id: Some(from.clone()),
+                                    name: None,
+                                    tags: vec!["branched".into()],
+                                    memory: false,
+                                },
+                            )
                             .await?;
-                        (self.instances.snapshot_record(&made.id).await?, true)
+                        (
+                            self.instances.snapshot_record(caller, &made.id).await?,
+                            true,
+                        )
                     }
                 };
                 let ran = async {
-                    let inst = self.instances.restore_record(&snap).await?;
-                    let r = self.instances.instance_exec_as(&inst.id, exec, rid).await;
-                    let _ = self.instances.instance_delete(&inst.id).await;
+                    let inst = self.instances.restore_record(caller, &snap).await?;
+                    let r = self
+                        .instances
+                        .instance_exec_as(caller, &inst.id, exec, rid)
+                        .await;
+                    let _ = self.instances.instance_delete(caller, &inst.id).await;
                     r
                 }
                 .await;
                 if temporary {
-                    let _ = self.instances.snapshot_delete(&snap.id).await;
+                    let _ = self.instances.snapshot_delete(caller, &snap.id).await;
                 }
                 let mut r = ran?;
                 r.snapshot_id = (!temporary).then(|| snap.id.clone());

@@ -10,6 +10,8 @@
 //!   the async queue.
 //! - [`streams`]: [`Streams`](streams::Streams): live output of running executions, and their
 //!   records.
+//! - [`tenants`]: [`Tenants`](tenants::Tenants): API keys and authentication, tenants and
+//!   their quotas and request rates, usage reports and the audit trail.
 //! - [`run`]: what execute and instances share of running a command and answering for it.
 
 pub mod execute;
@@ -17,3 +19,4 @@ pub mod functions;
 pub mod instances;
 pub(crate) mod run;
 pub mod streams;
+pub mod tenants;

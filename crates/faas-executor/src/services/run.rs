@@ -24,6 +24,8 @@ pub(crate) struct RunInfo {
     pub timeout_ms: u64,
     pub memory_mb: u64,
     pub started: Instant,
+    /// What the box used for the command, when its backend measures it.
+    pub usage: Option<crate::sandbox::BoxUsage>,
 }
 
 /// A request's box: its image (or the default) and limits, checked against the config.
@@ -176,5 +178,11 @@ pub(crate) fn response(metrics: &Metrics, out: ExecOutcome, run: RunInfo) -> Exe
         sandbox_id: run.sandbox_id,
         snapshot_id: None,
         instance_id: None,
+        cpu_ms: run.usage.map(|u| u.cpu_ns as f64 / 1e6),
+        peak_memory_mb: run
+            .usage
+            .filter(|u| u.memory_peak_bytes > 0)
+            .map(|u| u.memory_peak_bytes as f64 / (1024.0 * 1024.0)),
+        memory_mb: run.memory_mb,
     }
 }

@@ -4,7 +4,10 @@
 //! limit) and sent to every subscriber; a subscriber that comes late first gets what was
 //! produced so far. When it ends, subscribers get the exit event and the entry goes; the
 //! finished execution is then read from the store, where [`Streams::finish_execution`] writes
-//! it (in the background).
+//! it (in the background) with what it used.
+//!
+//! Execution ids may be chosen by the caller, so they are unique per tenant: entries are
+//! keyed by [`Streams::key`] (tenant and id), and a tenant never sees another's.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -73,6 +76,11 @@ pub struct Streams {
 }
 
 impl Streams {
+    /// The entry of execution `id` of `tenant` (ids have no `/`).
+    pub fn key(tenant: &str, id: &str) -> String {
+        format!("{tenant}/{id}")
+    }
+
     pub fn new(store: Option<Store>, tasks: TaskTracker) -> Self {
         Streams {
             running: Default::default(),
@@ -140,15 +148,20 @@ impl Streams {
     /// The output of execution `id`: live while it runs (what it produced so far first), or
     /// as recorded once it finished; ends with the exit event. An execution that has not
     /// started yet is waited for a few seconds (a client may open the stream first).
-    pub async fn stream_logs(&self, id: &str) -> Result<mpsc::UnboundedReceiver<OutputEvent>> {
+    pub async fn stream_logs(
+        &self,
+        caller: &faas_common::Caller,
+        id: &str,
+    ) -> Result<mpsc::UnboundedReceiver<OutputEvent>> {
         check_id(id)?;
+        let key = Self::key(&caller.tenant, id);
         let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
         loop {
-            if let Some(rx) = self.subscribe(id) {
+            if let Some(rx) = self.subscribe(&key) {
                 return Ok(rx);
             }
             if let Some(store) = &self.store {
-                if let Some(rec) = store.get_execution(id).await? {
+                if let Some(rec) = store.get_execution(Some(&caller.tenant), id).await? {
                     let (tx, rx) = mpsc::unbounded_channel();
                     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
                     if !rec.stdout.is_empty() {
@@ -180,9 +193,11 @@ impl Streams {
         }
     }
 
-    /// Ends an execution's stream and records it (in the background: not on the hot path).
+    /// Ends an execution's stream and records it with what it used (in the background: not
+    /// on the hot path).
     pub(crate) fn finish_execution(
         &self,
+        tenant: &str,
         request_id: &str,
         mode: Mode,
         r: &Result<ExecuteResponse>,
@@ -207,12 +222,13 @@ impl Streams {
                 error: Some(e.to_string()),
             },
         };
-        self.finish(request_id, exit);
+        self.finish(&Self::key(tenant, request_id), exit);
         if let Some(store) = self.store.clone() {
             let now = faas_store::now_ms();
             let rec = match r {
                 Ok(resp) => faas_store::ExecutionRecord {
                     id: request_id.to_string(),
+                    tenant: tenant.to_string(),
                     mode: mode.to_string(),
                     backend: Some(resp.backend.clone()),
                     instance_id: resp.instance_id.clone(),
@@ -228,6 +244,7 @@ impl Streams {
                 },
                 Err(e) => faas_store::ExecutionRecord {
                     id: request_id.to_string(),
+                    tenant: tenant.to_string(),
                     mode: mode.to_string(),
                     backend: None,
                     instance_id: None,
@@ -242,8 +259,23 @@ impl Streams {
                     finished_ms: Some(now),
                 },
             };
+            // What it used: the command's wall time, its box's CPU time, and its memory limit
+            // held for that time.
+            let usage = r.as_ref().ok().map(|resp| faas_store::UsageRecord {
+                id: format!("exec:{request_id}:{}", rec.created_ms),
+                tenant: tenant.to_string(),
+                kind: "execution".into(),
+                subject: resp.instance_id.clone(),
+                wall_ms: resp.duration_ms,
+                cpu_ms: resp.cpu_ms.unwrap_or(0.0),
+                memory_mib_s: resp.memory_mb as f64 * resp.duration_ms / 1000.0,
+                peak_memory_bytes: resp
+                    .peak_memory_mb
+                    .map_or(0, |m| (m * 1024.0 * 1024.0) as i64),
+                at_ms: now,
+            });
             self.tasks.spawn(async move {
-                if let Err(e) = store.finish_execution(&rec).await {
+                if let Err(e) = store.finish_execution(&rec, usage.as_ref()).await {
                     tracing::warn!(execution = %rec.id, error = %e, "could not record the execution");
                 }
             });

@@ -9,6 +9,7 @@ use crate::support::{shared, IMAGE};
 fn run_exits_with_the_commands_code() {
     require_docker!();
     let out = Command::new(env!("CARGO_BIN_EXE_faas"))
+        .env("FAAS_API_KEY", &crate::support::shared().admin_key)
         .args([
             "run",
             "--server",
@@ -24,6 +25,7 @@ fn run_exits_with_the_commands_code() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "from-cli\n");
     assert_eq!(String::from_utf8_lossy(&out.stderr), "e\n");
     let out = Command::new(env!("CARGO_BIN_EXE_faas"))
+        .env("FAAS_API_KEY", &crate::support::shared().admin_key)
         .args([
             "run",
             "--server",
@@ -43,6 +45,7 @@ fn run_exits_with_the_commands_code() {
 fn doctor_reports_docker() {
     require_docker!();
     let out = Command::new(env!("CARGO_BIN_EXE_faas"))
+        .env("FAAS_API_KEY", &crate::support::shared().admin_key)
         .arg("doctor")
         .output()
         .unwrap();
@@ -69,6 +72,7 @@ fn fn_deploy_invoke_list_and_rm() {
     let name = format!("cli-{}", std::process::id());
     let faas = |args: &[&str]| {
         let out = Command::new(env!("CARGO_BIN_EXE_faas"))
+            .env("FAAS_API_KEY", &crate::support::shared().admin_key)
             .args(args)
             .args(["--server", &shared().url])
             .output()
@@ -137,6 +141,7 @@ fn every_api_area_is_reachable_from_the_cli() {
     let faas = |args: &[&str]| {
         // The server flag right after the area: a command after `--` takes everything.
         let out = Command::new(env!("CARGO_BIN_EXE_faas"))
+            .env("FAAS_API_KEY", &crate::support::shared().admin_key)
             .arg(args[0])
             .args(["--server", &shared().url])
             .args(&args[1..])
@@ -215,12 +220,14 @@ fn every_api_area_is_reachable_from_the_cli() {
         let url = shared().url.clone();
         std::thread::spawn(move || {
             Command::new(env!("CARGO_BIN_EXE_faas"))
+                .env("FAAS_API_KEY", &crate::support::shared().admin_key)
                 .args(["logs", &rid, "--server", &url])
                 .output()
                 .unwrap()
         })
     };
     let out = Command::new(env!("CARGO_BIN_EXE_faas"))
+        .env("FAAS_API_KEY", &crate::support::shared().admin_key)
         .args([
             "run",
             "--server",

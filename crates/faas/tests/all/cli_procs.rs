@@ -16,6 +16,7 @@ fn faas(args: &[&str]) -> (Option<i32>, String, String) {
 
 fn faas_with_stdin(args: &[&str], stdin: Option<&str>) -> (Option<i32>, String, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_faas"))
+        .env("FAAS_API_KEY", &crate::support::shared().admin_key)
         .arg("instances")
         .args(["--server", &shared().url])
         .args(args)

@@ -545,8 +545,9 @@ async fn output_streams_while_the_command_runs() {
     let t0 = Instant::now();
     // The stream is opened first; the execution starts after.
     let url = format!("{}/api/v1/logs/{rid}/stream", server.url);
+    let http = server.client().http;
     let stream = tokio::spawn(async move {
-        let resp = reqwest::get(url).await.unwrap();
+        let resp = http.get(url).send().await.unwrap();
         assert_eq!(resp.status(), 200);
         read_sse(resp, t0).await
     });
@@ -576,7 +577,11 @@ async fn output_streams_while_the_command_runs() {
     );
     // Once finished, the same stream replays what was recorded.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let resp = reqwest::get(format!("{}/api/v1/logs/{rid}/stream", server.url))
+    let resp = server
+        .client()
+        .http
+        .get(format!("{}/api/v1/logs/{rid}/stream", server.url))
+        .send()
         .await
         .unwrap();
     let again = read_sse(resp, Instant::now()).await;
@@ -592,7 +597,8 @@ async fn output_streams_while_the_command_runs() {
 
     // Instance exec streams the same way.
     let id = create(&c, json!({})).await;
-    let resp = reqwest::Client::new()
+    let resp = c
+        .http
         .post(format!(
             "{}/api/v1/instances/{id}/exec?stream=true",
             server.url

@@ -56,6 +56,7 @@ async fn client_disconnect_still_cleans_up() {
     require_docker!();
     let server = Server::start();
     let http = reqwest::Client::builder()
+        .default_headers(crate::support::auth_headers(&server.admin_key))
         .timeout(Duration::from_millis(700))
         .build()
         .unwrap();

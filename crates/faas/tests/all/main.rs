@@ -11,3 +11,4 @@ mod lifecycle;
 mod native;
 mod processes;
 mod support;
+mod tenants;

@@ -256,6 +256,7 @@ fn is_idle_slot(entry: &str) -> bool {
 
 fn faas(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_faas"))
+        .env("FAAS_API_KEY", &crate::support::shared().admin_key)
         .args(args)
         .output()
         .unwrap()

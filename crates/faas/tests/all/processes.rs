@@ -378,10 +378,7 @@ async fn the_terminal_websocket_runs_a_shell() {
     require_docker!();
     let c = shared().client();
     let id = create(&c).await;
-    let url = format!(
-        "{}/api/v1/instances/{id}/terminal?cols=100&rows=30",
-        c.base.replacen("http://", "ws://", 1)
-    );
+    let url = c.ws_request(&format!("/api/v1/instances/{id}/terminal?cols=100&rows=30"));
     let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
     ws.send(Message::Binary(b"echo $((6*7))\n".to_vec().into()))
         .await
@@ -425,10 +422,7 @@ async fn the_terminal_websocket_runs_a_shell() {
     );
     assert_eq!(exit.unwrap()["exit_code"], 0);
     // A client that goes without ending its shell: the shell is hung up on.
-    let url = format!(
-        "{}/api/v1/instances/{id}/terminal",
-        c.base.replacen("http://", "ws://", 1)
-    );
+    let url = c.ws_request(&format!("/api/v1/instances/{id}/terminal"));
     let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
     drop(ws);
     let t0 = Instant::now();

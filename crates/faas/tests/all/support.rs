@@ -76,6 +76,8 @@ pub fn gvisor() -> bool {
 pub struct Server {
     pub url: String,
     pub data_dir: PathBuf,
+    /// The admin key the server made on its first start (`<data-dir>/admin.key`).
+    pub admin_key: String,
     child: Mutex<Child>,
     stdin: Mutex<Option<ChildStdin>>,
 }
@@ -99,6 +101,21 @@ pub fn new_data_dir() -> PathBuf {
 impl Server {
     /// Starts `faas serve` on a free port with `data_dir`.
     pub fn start_with(data_dir: PathBuf, extra: &[&str]) -> Server {
+        Server::spawn(data_dir, extra, Stdio::inherit(), None)
+    }
+
+    /// Like [`Server::start_with`], its log (at `RUST_LOG=level`) going to the file `log`.
+    pub fn start_logged(
+        data_dir: PathBuf,
+        extra: &[&str],
+        log: &std::path::Path,
+        level: &str,
+    ) -> Server {
+        let f = std::fs::File::create(log).unwrap();
+        Server::spawn(data_dir, extra, Stdio::from(f), Some(level))
+    }
+
+    fn spawn(data_dir: PathBuf, extra: &[&str], stderr: Stdio, level: Option<&str>) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_faas"))
             .args([
                 "serve",
@@ -115,11 +132,13 @@ impl Server {
             .args(extra)
             .env(
                 "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+                level
+                    .map(str::to_string)
+                    .unwrap_or_else(|| std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into())),
             )
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("start faas serve");
         let stdout = child.stdout.take().unwrap();
@@ -139,8 +158,13 @@ impl Server {
             }
         };
         let stdin = child.stdin.take();
+        // Written before the server listens; kept from its first start on a reused data dir.
+        let admin_key = std::fs::read_to_string(data_dir.join("admin.key"))
+            .map(|k| k.trim().to_string())
+            .unwrap_or_default();
         Server {
             url,
+            admin_key,
             data_dir,
             child: Mutex::new(child),
             stdin: Mutex::new(stdin),
@@ -175,11 +199,14 @@ impl Server {
         child.wait().unwrap();
     }
 
+    /// A client with the server's admin key.
     pub fn client(&self) -> Client {
-        Client {
-            base: self.url.clone(),
-            http: reqwest::Client::new(),
-        }
+        self.client_with_key(&self.admin_key)
+    }
+
+    /// A client sending `key` (none when empty).
+    pub fn client_with_key(&self, key: &str) -> Client {
+        Client::new(&self.url, key)
     }
 
     /// Sandboxes of this server's deployment that exist on the host, running or not: docker
@@ -259,10 +286,52 @@ pub fn shared() -> &'static Server {
 #[derive(Clone)]
 pub struct Client {
     pub base: String,
+    /// The key it sends (empty: none).
+    pub key: String,
     pub http: reqwest::Client,
 }
 
+/// Headers that carry `key` (none when empty).
+pub fn auth_headers(key: &str) -> reqwest::header::HeaderMap {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if !key.is_empty() {
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {key}").parse().unwrap(),
+        );
+    }
+    headers
+}
+
 impl Client {
+    pub fn new(base: &str, key: &str) -> Client {
+        Client {
+            base: base.to_string(),
+            key: key.to_string(),
+            http: reqwest::Client::builder()
+                .default_headers(auth_headers(key))
+                .build()
+                .unwrap(),
+        }
+    }
+
+    /// A WebSocket handshake to `path` (a `ws://` URL of this server) with the client's key.
+    pub fn ws_request(
+        &self,
+        path: &str,
+    ) -> tokio_tungstenite::tungstenite::handshake::client::Request {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let url = format!("{}{path}", self.base.replacen("http://", "ws://", 1));
+        let mut req = url.into_client_request().unwrap();
+        if !self.key.is_empty() {
+            req.headers_mut().insert(
+                "authorization",
+                format!("Bearer {}", self.key).parse().unwrap(),
+            );
+        }
+        req
+    }
+
     async fn send(&self, req: reqwest::RequestBuilder) -> reqwest::Response {
         req.send().await.unwrap()
     }

@@ -3,6 +3,9 @@
 //! The container's entrypoint is the agent, bind-mounted read-only from the host; a per-sandbox
 //! host directory is bind-mounted at `/run/faas` and holds the agent's socket. Containers carry
 //! the label `faas.owner=<owner>` so a restarted server finds and removes what a killed one left.
+//! What a box used is read from its container's cgroup files when they are reachable from here
+//! (found once through its first process's `/proc/<pid>/cgroup`), else from the Engine API's
+//! one-shot stats.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -19,7 +22,8 @@ use faas_agent::{GUEST_AGENT_PATH, GUEST_SOCKET_DIR, SOCKET_NAME};
 
 use crate::error::{Error, Result};
 use crate::sandbox::agent::AgentClient;
-use crate::sandbox::{Backend, DeathCause, Isolation, Network, Sandbox, SandboxSpec};
+use crate::sandbox::backends::usage::CgroupUsage;
+use crate::sandbox::{Backend, BoxUsage, DeathCause, Isolation, Network, Sandbox, SandboxSpec};
 
 pub const LABEL_MANAGED: &str = "faas.managed";
 pub const LABEL_OWNER: &str = "faas.owner";
@@ -112,6 +116,7 @@ impl DockerBackend {
             backend: DockerHandle {
                 docker: self.docker.clone(),
             },
+            cgroup: std::sync::OnceLock::new(),
         }
     }
 
@@ -185,6 +190,7 @@ impl DockerBackend {
             backend: DockerHandle {
                 docker: self.docker.clone(),
             },
+            cgroup: std::sync::OnceLock::new(),
         };
         let started = async {
             self.docker
@@ -455,6 +461,69 @@ pub struct DockerSandbox {
     /// An instance's: `destroy` stops the container and keeps it.
     persistent: bool,
     backend: DockerHandle,
+    /// Its cgroup's usage files, once looked for; `None` when they are not reachable from
+    /// here (the stats API answers instead).
+    cgroup: std::sync::OnceLock<Option<CgroupUsage>>,
+}
+
+impl DockerSandbox {
+    /// The usage files of the container's cgroup, through its first process; `None` when they
+    /// are not reachable from here (another cgroup namespace, or no cgroupfs mounted).
+    async fn find_cgroup(&self) -> Result<Option<CgroupUsage>> {
+        let state = self
+            .backend
+            .docker
+            .inspect_container(&self.container, None)
+            .await?
+            .state;
+        let pid = match state.and_then(|s| s.pid) {
+            Some(pid) if pid > 0 => pid as u32,
+            _ => {
+                return Err(Error::Conflict(format!(
+                    "container {} is not running: its usage is gone",
+                    self.container
+                )))
+            }
+        };
+        match CgroupUsage::of_process(pid) {
+            Ok(u) => Ok(Some(u)),
+            Err(e) => {
+                tracing::debug!(container = %self.container, error = %e.chain(), "cgroup files not reachable; usage through the stats API");
+                Ok(None)
+            }
+        }
+    }
+
+    /// What the box used, through the Engine API's one-shot stats (a round trip to the daemon,
+    /// which reads the same cgroup files): for when they are not reachable from here.
+    pub async fn usage_from_stats(&self) -> Result<BoxUsage> {
+        use futures::StreamExt;
+        let opts = bollard::container::StatsOptions {
+            stream: false,
+            one_shot: true,
+        };
+        let stats = self
+            .backend
+            .docker
+            .stats(&self.container, Some(opts))
+            .next()
+            .await
+            .ok_or_else(|| {
+                Error::Internal(format!("no stats from docker for {}", self.container))
+            })??;
+        // A stopped container's stats are all zeros: nothing is known of what it used.
+        if stats.pids_stats.current.is_none() {
+            return Err(Error::Conflict(format!(
+                "container {} is not running: its usage is gone",
+                self.container
+            )));
+        }
+        Ok(BoxUsage {
+            cpu_ns: stats.cpu_stats.cpu_usage.total_usage,
+            // cgroup v2 hosts report no peak.
+            memory_peak_bytes: stats.memory_stats.max_usage.unwrap_or(0),
+        })
+    }
 }
 
 #[async_trait]
@@ -497,6 +566,18 @@ impl Sandbox for DockerSandbox {
             }
         }
         None
+    }
+
+    /// Since the container started: a docker box is not reset.
+    async fn usage(&self) -> Result<BoxUsage> {
+        if self.cgroup.get().is_none() {
+            let found = self.find_cgroup().await?;
+            let _ = self.cgroup.set(found);
+        }
+        match self.cgroup.get() {
+            Some(Some(files)) => files.read(),
+            _ => self.usage_from_stats().await,
+        }
     }
 
     async fn destroy(&self) -> Result<()> {

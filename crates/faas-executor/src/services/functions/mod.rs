@@ -27,6 +27,7 @@ use crate::error::{Error, Result};
 use crate::sandbox::sandboxes::Sandboxes;
 use crate::sandbox::ReadOnlyMount;
 use crate::services::run;
+use crate::services::tenants::Tenants;
 use code::CodeForm;
 use runner::{FnConfig, Outcome, Runners, Version, VersionKey};
 
@@ -40,6 +41,7 @@ pub struct Functions {
     sandboxes: Arc<Sandboxes>,
     /// Functions, versions and invocations; `None`: functions are off.
     store: Option<Store>,
+    pub(crate) tenants: Arc<Tenants>,
     runners: Runners,
     loaded: Mutex<HashMap<VersionKey, Arc<Version>>>,
     /// Wakes the queue's dispatcher when this server enqueues.
@@ -52,9 +54,15 @@ pub struct Functions {
 }
 
 impl Functions {
-    pub fn new(cfg: PlatformConfig, sandboxes: Arc<Sandboxes>, store: Option<Store>) -> Arc<Self> {
+    pub fn new(
+        cfg: PlatformConfig,
+        sandboxes: Arc<Sandboxes>,
+        store: Option<Store>,
+        tenants: Arc<Tenants>,
+    ) -> Arc<Self> {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         Arc::new(Functions {
+            tenants,
             runners: Runners::new(sandboxes.metrics.clone()),
             cfg,
             sandboxes,

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use faas_common::{
-    EnvVars, ExecuteResponse, InstanceCreateRequest, InstanceExecRequest, InstanceInfo,
+    Caller, EnvVars, ExecuteResponse, InstanceCreateRequest, InstanceExecRequest, InstanceInfo,
     InstanceStatus, IsolationLevel, Mode,
 };
 use faas_store::{now_ms, InstanceRecord, Store};
@@ -28,6 +28,7 @@ use crate::sandbox::sandboxes::Sandboxes;
 use crate::sandbox::{Limits, Network, Sandbox, SandboxSpec};
 use crate::services::run::{self, RunInfo};
 use crate::services::streams::{OutputEvent, Streams};
+use crate::services::tenants::{usage_record, Counted, SandboxLease, Tenants};
 
 pub mod processes;
 
@@ -78,6 +79,12 @@ pub(crate) struct RunnableExec {
 /// A running instance's box.
 pub struct LiveBox {
     pub sandbox: Box<dyn Sandbox>,
+    /// Whose it is: another tenant's requests do not find it.
+    tenant: String,
+    /// Counts it against its tenant's quotas while it runs.
+    _lease: SandboxLease,
+    /// When it started running (ms since the epoch), for its usage.
+    started_ms: i64,
     /// Its memory limit (an exec's answer reports it; no store read per exec).
     memory_mb: u64,
     /// Execs running in it now: an instance is not idle while one runs, however long.
@@ -87,9 +94,18 @@ pub struct LiveBox {
 }
 
 impl LiveBox {
-    fn new(sandbox: Box<dyn Sandbox>, spec: &InstanceSpec) -> Arc<LiveBox> {
+    fn new(
+        sandbox: Box<dyn Sandbox>,
+        spec: &InstanceSpec,
+        tenant: &str,
+        lease: SandboxLease,
+        started_ms: i64,
+    ) -> Arc<LiveBox> {
         Arc::new(LiveBox {
             sandbox,
+            tenant: tenant.to_string(),
+            _lease: lease,
+            started_ms,
             memory_mb: spec.memory_mb,
             busy: Default::default(),
             last_used_ms: now_ms().into(),
@@ -141,6 +157,7 @@ pub struct Instances {
     /// Instances and snapshots are recorded here; `None` runs without them.
     store: Option<Store>,
     streams: Arc<Streams>,
+    pub(crate) tenants: Arc<Tenants>,
     /// The running instances' boxes.
     live: Mutex<HashMap<String, Arc<LiveBox>>>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -152,12 +169,14 @@ impl Instances {
         sandboxes: Arc<Sandboxes>,
         store: Option<Store>,
         streams: Arc<Streams>,
+        tenants: Arc<Tenants>,
     ) -> Arc<Self> {
         Arc::new(Instances {
             cfg,
             sandboxes,
             store,
             streams,
+            tenants,
             live: Default::default(),
             locks: Default::default(),
         })
@@ -169,6 +188,33 @@ impl Instances {
             .unwrap_or_else(|e| e.into_inner())
             .get(id)
             .cloned()
+    }
+
+    /// The caller's running instance `id`.
+    fn live_of(&self, caller: &Caller, id: &str) -> Option<Arc<LiveBox>> {
+        self.live(id).filter(|l| l.tenant == caller.tenant)
+    }
+
+    /// Destroys a running instance's box and records how long it ran and what it used.
+    async fn end_live(&self, id: &str, live: Arc<LiveBox>) -> Result<()> {
+        let used = live.sandbox.usage().await.ok();
+        let r = live.sandbox.destroy().await;
+        if let Some(store) = &self.store {
+            let wall = Duration::from_millis((now_ms() - live.started_ms).max(0) as u64);
+            let u = usage_record(
+                format!("inst:{id}:{}", live.started_ms),
+                &live.tenant,
+                "instance",
+                Some(id),
+                wall,
+                used,
+                live.memory_mb,
+            );
+            if let Err(e) = store.insert_usage(&u).await {
+                tracing::warn!(instance = id, error = %e, "could not record the instance's usage");
+            }
+        }
+        r
     }
 
     fn set_live(&self, id: &str, b: Option<Arc<LiveBox>>) -> Option<Arc<LiveBox>> {
@@ -195,14 +241,43 @@ impl Instances {
         })
     }
 
-    pub(crate) async fn instance_record(&self, id: &str) -> Result<InstanceRecord> {
+    /// The caller's instance `id`; another tenant's is `not_found`, as a missing one.
+    pub(crate) async fn instance_record(
+        &self,
+        caller: &Caller,
+        id: &str,
+    ) -> Result<InstanceRecord> {
         self.store()?
-            .get_instance(id)
+            .get_instance(Some(&caller.tenant), id)
             .await?
             .ok_or_else(|| Error::NotFound(format!("no instance {id}")))
     }
 
-    pub async fn instance_create(&self, req: InstanceCreateRequest) -> Result<InstanceInfo> {
+    /// Checks the tenant's `instances` quota for `adding` more and takes a sandbox lease
+    /// for one of them, before anything is made.
+    pub(crate) async fn admit(
+        &self,
+        caller: &Caller,
+        adding: u64,
+        memory_mb: u64,
+    ) -> Result<SandboxLease> {
+        let have = self.store()?.count_instances(&caller.tenant).await?;
+        self.tenants
+            .check_count(
+                &caller.tenant,
+                Counted::Instances,
+                have.max(0) as u64,
+                adding,
+            )
+            .await?;
+        self.tenants.lease_sandbox(&caller.tenant, memory_mb).await
+    }
+
+    pub async fn instance_create(
+        &self,
+        caller: &Caller,
+        req: InstanceCreateRequest,
+    ) -> Result<InstanceInfo> {
         let store = self.store()?;
         check_metadata(&req.metadata)?;
         run::check_network(req.network.as_deref())?;
@@ -223,6 +298,7 @@ impl Instances {
             idle_timeout_s: req.idle_timeout_s.filter(|s| *s > 0),
             metadata: req.metadata.clone(),
         };
+        let lease = self.admit(caller, 1, spec.memory_mb).await?;
         let id = new_id();
         let sandbox = backend
             .instance_create(&id, &spec.sandbox(&base.image), None)
@@ -230,6 +306,7 @@ impl Instances {
         let now = now_ms();
         let rec = InstanceRecord {
             id: id.clone(),
+            tenant: caller.tenant.clone(),
             name: req.name.clone(),
             backend: backend.name().to_string(),
             image: base.image.clone(),
@@ -246,14 +323,22 @@ impl Instances {
             let _ = backend.instance_remove(&id).await;
             return Err(e.into());
         }
-        self.set_live(&id, Some(LiveBox::new(sandbox, &spec)));
+        self.set_live(
+            &id,
+            Some(LiveBox::new(sandbox, &spec, &caller.tenant, lease, now)),
+        );
         info(&rec)
     }
 
-    /// Every instance, or those whose metadata has every `(key, value)` of `metadata`.
-    pub async fn instance_list(&self, metadata: &[(String, String)]) -> Result<Vec<InstanceInfo>> {
+    /// The caller's instances, or those whose metadata has every `(key, value)` of
+    /// `metadata`.
+    pub async fn instance_list(
+        &self,
+        caller: &Caller,
+        metadata: &[(String, String)],
+    ) -> Result<Vec<InstanceInfo>> {
         let mut all = Vec::new();
-        for r in self.store()?.list_instances().await? {
+        for r in self.store()?.list_instances(Some(&caller.tenant)).await? {
             let i = info(&r)?;
             if metadata
                 .iter()
@@ -265,29 +350,54 @@ impl Instances {
         Ok(all)
     }
 
-    pub async fn instance_get(&self, id: &str) -> Result<InstanceInfo> {
-        info(&self.instance_record(id).await?)
+    pub async fn instance_get(&self, caller: &Caller, id: &str) -> Result<InstanceInfo> {
+        info(&self.instance_record(caller, id).await?)
     }
 
     /// Runs a command in a running instance; its files and processes stay.
     pub async fn instance_exec(
         &self,
+        caller: &Caller,
         id: &str,
         req: InstanceExecRequest,
     ) -> Result<ExecuteResponse> {
-        self.instance_exec_as(id, req, None).await
+        let resp = self.instance_exec_as(caller, id, req, None).await?;
+        // An execute's run is recorded with the execution; this one on its own.
+        if let Some(store) = &self.store {
+            let u = faas_store::UsageRecord {
+                id: format!("iexec:{}", resp.request_id),
+                tenant: caller.tenant.clone(),
+                kind: "instance_exec".into(),
+                subject: Some(id.to_string()),
+                wall_ms: resp.duration_ms,
+                cpu_ms: resp.cpu_ms.unwrap_or(0.0),
+                memory_mib_s: resp.memory_mb as f64 * resp.duration_ms / 1000.0,
+                peak_memory_bytes: resp
+                    .peak_memory_mb
+                    .map_or(0, |m| (m * 1024.0 * 1024.0) as i64),
+                at_ms: now_ms(),
+            };
+            let store = store.clone();
+            self.sandboxes.tasks.spawn(async move {
+                if let Err(e) = store.insert_usage(&u).await {
+                    tracing::warn!(error = %e, "could not record an instance exec's usage");
+                }
+            });
+        }
+        Ok(resp)
     }
 
     /// Like [`Instances::instance_exec`]; with `request_id`, its output goes to that
     /// execution's stream as it comes.
     pub(crate) async fn instance_exec_as(
         &self,
+        caller: &Caller,
         id: &str,
         req: InstanceExecRequest,
         request_id: Option<&str>,
     ) -> Result<ExecuteResponse> {
         let t0 = Instant::now();
-        let (out, run) = self.instance_run(id, req, request_id).await?;
+        let (out, run, usage) = self.instance_run(caller, id, req, request_id).await?;
         let (live, timeout_ms) = (run.live, run.timeout_ms);
         let mut resp = run::response(
             &self.sandboxes.metrics,
@@ -303,19 +413,24 @@ impl Instances {
                 timeout_ms,
                 memory_mb: live.memory_mb,
                 started: t0,
+                usage,
             },
         );
         resp.instance_id = Some(id.to_string());
         Ok(resp)
     }
 
+    /// Runs a command in the caller's running instance `id`. With what it ran, says what the
+    /// box used meanwhile (its CPU time over the command, counting anything else that ran in
+    /// it at the same time; its peak memory since it started).
     async fn instance_run(
         &self,
+        caller: &Caller,
         id: &str,
         req: InstanceExecRequest,
         request_id: Option<&str>,
-    ) -> Result<(ExecOutcome, RunnableExec)> {
-        let mut run = self.runnable(id, &req).await?;
+    ) -> Result<(ExecOutcome, RunnableExec, Option<crate::sandbox::BoxUsage>)> {
+        let mut run = self.runnable(caller, id, &req).await?;
         let (live, timeout_ms, stdin) = (run.live.clone(), run.timeout_ms, run.stdin.take());
         let exec = run::exec_request(
             &self.cfg,
@@ -326,6 +441,7 @@ impl Instances {
         );
         let guard = Duration::from_millis(timeout_ms) + AGENT_GRACE;
         let busy = Busy::new(&live);
+        let before = live.sandbox.usage().await.ok();
         let stream = request_id.map(|r| (&*self.streams, r));
         let out = match run_agent(
             live.sandbox.as_ref(),
@@ -342,7 +458,7 @@ impl Instances {
                 let why =
                     format!("its box is gone ({message}); its files are kept: start it again");
                 if let Some(l) = self.set_live(id, None) {
-                    let _ = l.sandbox.destroy().await;
+                    let _ = self.end_live(id, l).await;
                 }
                 self.store()?
                     .set_instance_status(id, "lost", Some(&why))
@@ -356,7 +472,7 @@ impl Instances {
             {
                 tracing::debug!(instance = id, error = %e, "instance left its box mid-exec");
                 // A stop records its status once the box is gone: it may still say running.
-                let state = match self.store()?.get_instance(id).await? {
+                let state = match self.store()?.get_instance(None, id).await? {
                     Some(r) if r.status == "running" => "stopped".to_string(),
                     Some(r) => r.status,
                     None => "deleted".into(),
@@ -367,6 +483,14 @@ impl Instances {
             }
             Err(e) => return Err(e),
         };
+        let after = live.sandbox.usage().await.ok();
+        let usage = match (before, after) {
+            (Some(b), Some(a)) => Some(crate::sandbox::BoxUsage {
+                cpu_ns: a.cpu_ns.saturating_sub(b.cpu_ns),
+                memory_peak_bytes: a.memory_peak_bytes,
+            }),
+            _ => None,
+        };
         drop(busy);
         // The last use is for display (the idle reaper reads the box's own): recorded off the
         // answer's path.
@@ -376,21 +500,22 @@ impl Instances {
                 let _ = store.touch_instance(&id, now_ms()).await;
             });
         }
-        Ok((out, run))
+        Ok((out, run, usage))
     }
 
     /// What an exec in instance `id` needs, or why it cannot run (unknown, not running, bad
     /// input): checked before anything runs.
     pub(crate) async fn runnable(
         &self,
+        caller: &Caller,
         id: &str,
         req: &InstanceExecRequest,
     ) -> Result<RunnableExec> {
         // A live box is a running instance: the store is read only to say why one is not.
-        let live = match self.live(id) {
+        let live = match self.live_of(caller, id) {
             Some(live) => live,
             None => {
-                let rec = self.instance_record(id).await?;
+                let rec = self.instance_record(caller, id).await?;
                 return Err(Error::Conflict(format!(
                     "instance {id} is {}: start it first",
                     rec.status
@@ -410,50 +535,62 @@ impl Instances {
     }
 
     /// Stops an instance's box; its files stay. Stopping a stopped one is fine.
-    pub async fn instance_stop(&self, id: &str) -> Result<InstanceInfo> {
-        self.instance_stop_because(id, None).await
+    pub async fn instance_stop(&self, caller: &Caller, id: &str) -> Result<InstanceInfo> {
+        self.instance_stop_because(caller, id, None).await
     }
 
-    async fn instance_stop_because(&self, id: &str, why: Option<&str>) -> Result<InstanceInfo> {
+    async fn instance_stop_because(
+        &self,
+        caller: &Caller,
+        id: &str,
+        why: Option<&str>,
+    ) -> Result<InstanceInfo> {
         let lock = self.lock(id);
         let _held = lock.lock().await;
-        self.instance_record(id).await?;
+        self.instance_record(caller, id).await?;
         if let Some(live) = self.set_live(id, None) {
-            live.sandbox.destroy().await?;
+            self.end_live(id, live).await?;
         }
         self.store()?
             .set_instance_status(id, "stopped", why)
             .await?;
-        self.instance_get(id).await
+        self.instance_get(caller, id).await
     }
 
     /// Starts a stopped (or lost) instance's box over its kept files.
-    pub async fn instance_start(&self, id: &str) -> Result<InstanceInfo> {
+    pub async fn instance_start(&self, caller: &Caller, id: &str) -> Result<InstanceInfo> {
         let lock = self.lock(id);
         let _held = lock.lock().await;
-        let rec = self.instance_record(id).await?;
+        let rec = self.instance_record(caller, id).await?;
         if self.live(id).is_some() {
             return info(&rec);
         }
         let backend = self.sandboxes.backend_named(&rec.backend)?;
         let spec = InstanceSpec::parse(&rec.spec, &format!("instance {id}"))?;
+        let lease = self
+            .tenants
+            .lease_sandbox(&caller.tenant, spec.memory_mb)
+            .await?;
         let sandbox = backend
             .instance_start(id, &spec.sandbox(&rec.image))
             .await?;
-        self.set_live(id, Some(LiveBox::new(sandbox, &spec)));
+        self.set_live(
+            id,
+            Some(LiveBox::new(sandbox, &spec, &rec.tenant, lease, now_ms())),
+        );
         let store = self.store()?;
         store.set_instance_status(id, "running", None).await?;
         store.touch_instance(id, now_ms()).await?;
-        self.instance_get(id).await
+        self.instance_get(caller, id).await
     }
 
     /// Destroys an instance: its box and its files. Snapshots taken of it stay.
-    pub async fn instance_delete(&self, id: &str) -> Result<()> {
+    pub async fn instance_delete(&self, caller: &Caller, id: &str) -> Result<()> {
         let lock = self.lock(id);
         let _held = lock.lock().await;
-        let rec = self.instance_record(id).await?;
+        let rec = self.instance_record(caller, id).await?;
         if let Some(live) = self.set_live(id, None) {
-            let _ = live.sandbox.destroy().await;
+            let _ = self.end_live(id, live).await;
         }
         self.sandboxes
             .backend_named(&rec.backend)?
@@ -468,10 +605,16 @@ impl Instances {
     }
 
     /// The bytes of file `path` in a running instance.
-    pub async fn instance_read_file(&self, id: &str, path: &str) -> Result<Vec<u8>> {
+    pub async fn instance_read_file(
+        &self,
+        caller: &Caller,
+        id: &str,
+        path: &str,
+    ) -> Result<Vec<u8>> {
         check_path("path", path)?;
-        let (out, _) = self
+        let (out, _, _) = self
             .instance_run(
+                caller,
                 id,
                 InstanceExecRequest {
                     command: faas_common::CommandSpec::Argv(vec![
@@ -504,10 +647,17 @@ impl Instances {
     }
 
     /// Writes `data` to file `path` in a running instance (parent directories made).
-    pub async fn instance_write_file(&self, id: &str, path: &str, data: Vec<u8>) -> Result<()> {
+    pub async fn instance_write_file(
+        &self,
+        caller: &Caller,
+        id: &str,
+        path: &str,
+        data: Vec<u8>,
+    ) -> Result<()> {
         check_path("path", path)?;
-        let (out, _) = self
+        let (out, _, _) = self
             .instance_run(
+                caller,
                 id,
                 InstanceExecRequest {
                     command: faas_common::CommandSpec::Argv(vec![
@@ -541,18 +691,21 @@ impl Instances {
     /// Runs a command in an instance and returns its output as a stream at once.
     pub async fn instance_exec_stream(
         self: &Arc<Self>,
+        caller: &Caller,
         id: &str,
         req: InstanceExecRequest,
     ) -> Result<(String, mpsc::UnboundedReceiver<OutputEvent>)> {
         // Errors that need no run (unknown, stopped, bad input) are answered as errors.
-        self.runnable(id, &req).await?;
+        self.runnable(caller, id, &req).await?;
         let rid = uuid::Uuid::new_v4().to_string();
-        self.streams.open(&rid);
-        let rx = self.streams.subscribe(&rid).expect("just opened");
-        let (this, id, r2) = (self.clone(), id.to_string(), rid.clone());
+        let key = Streams::key(&caller.tenant, &rid);
+        self.streams.open(&key);
+        let rx = self.streams.subscribe(&key).expect("just opened");
+        let (this, id, r2, caller) = (self.clone(), id.to_string(), rid.clone(), caller.clone());
         self.sandboxes.tasks.spawn(async move {
-            let r = this.instance_exec_as(&id, req, Some(&r2)).await;
-            this.streams.finish_execution(&r2, Mode::Persistent, &r);
+            let r = this.instance_exec_as(&caller, &id, req, Some(&key)).await;
+            this.streams
+                .finish_execution(&caller.tenant, &r2, Mode::Persistent, &r);
         });
         Ok((rid, rx))
     }
@@ -568,7 +721,7 @@ impl Instances {
         store
             .fail_running_executions("the server stopped while it ran")
             .await?;
-        for rec in store.list_instances().await? {
+        for rec in store.list_instances(None).await? {
             if rec.status != "running" {
                 continue;
             }
@@ -585,7 +738,17 @@ impl Instances {
             match attached {
                 Ok(Some((sandbox, spec))) => {
                     tracing::info!(instance = %rec.id, "re-attached");
-                    self.set_live(&rec.id, Some(LiveBox::new(sandbox, &spec)));
+                    // It runs: it counts, whatever the quota says now.
+                    let lease = self
+                        .tenants
+                        .lease_sandbox_unchecked(&rec.tenant, spec.memory_mb)
+                        .await?;
+                    // Running since its status last changed (it was started then).
+                    let since = rec.updated_ms;
+                    self.set_live(
+                        &rec.id,
+                        Some(LiveBox::new(sandbox, &spec, &rec.tenant, lease, since)),
+                    );
                 }
                 Ok(None) => {
                     store
@@ -614,11 +777,17 @@ impl Instances {
             if self.sandboxes.tasks.is_closed() {
                 return;
             }
-            let Ok(list) = self.instance_list(&[]).await else {
+            let Ok(store) = self.store() else {
+                return;
+            };
+            let Ok(records) = store.list_instances(None).await else {
                 continue;
             };
             let now = now_ms();
-            for i in list {
+            for rec in records {
+                let Ok(i) = info(&rec) else {
+                    continue;
+                };
                 let Some(limit) = i.idle_timeout_s else {
                     continue;
                 };
@@ -637,7 +806,8 @@ impl Instances {
                     }
                     let why = format!("stopped after {limit} s without an exec");
                     tracing::info!(instance = %i.id, "{why}");
-                    let _ = self.instance_stop_because(&i.id, Some(&why)).await;
+                    let caller = Caller::platform_for(&rec.tenant);
+                    let _ = self.instance_stop_because(&caller, &i.id, Some(&why)).await;
                 }
             }
         }

@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use faas_agent::{ExecRequest, FsOp};
 use faas_common::{
-    FileEntry, FileType, ProcessExit, ProcessInfo, ProcessStartRequest, ProcessStarted, PtySize,
+    Caller, FileEntry, FileType, ProcessExit, ProcessInfo, ProcessStartRequest, ProcessStarted,
+    PtySize,
 };
 
 use super::{check_path, Instances, LiveBox};
@@ -81,11 +82,11 @@ pub fn fs_op_name(op: FsOp) -> &'static str {
 impl Instances {
     /// The running box of instance `id`: 404 for an unknown instance, 409 for one that is not
     /// running.
-    async fn running_box(&self, id: &str) -> Result<Arc<LiveBox>> {
-        if let Some(live) = self.live(id) {
+    async fn running_box(&self, caller: &Caller, id: &str) -> Result<Arc<LiveBox>> {
+        if let Some(live) = self.live_of(caller, id) {
             return Ok(live);
         }
-        let rec = self.instance_record(id).await?;
+        let rec = self.instance_record(caller, id).await?;
         Err(Error::Conflict(format!(
             "instance {id} is {}: start it first",
             rec.status
@@ -124,6 +125,7 @@ impl Instances {
     /// listens.
     pub async fn process_start(
         &self,
+        caller: &Caller,
         id: &str,
         req: ProcessStartRequest,
     ) -> Result<ProcessStarted> {
@@ -156,7 +158,7 @@ impl Instances {
             None => 0,
         };
         let pty = req.pty.map(check_size).transpose()?;
-        let live = self.running_box(id).await?;
+        let live = self.running_box(caller, id).await?;
         let exec = ExecRequest {
             argv,
             env: req.env_vars.0,
@@ -181,8 +183,8 @@ impl Instances {
     }
 
     /// The processes of instance `id`: running ones first, then recently ended ones.
-    pub async fn process_list(&self, id: &str) -> Result<Vec<ProcessInfo>> {
-        let live = self.running_box(id).await?;
+    pub async fn process_list(&self, caller: &Caller, id: &str) -> Result<Vec<ProcessInfo>> {
+        let live = self.running_box(caller, id).await?;
         let list = live
             .sandbox
             .agent()
@@ -207,8 +209,13 @@ impl Instances {
     }
 
     /// Process `pid`'s kept output, then its live output, then its exit.
-    pub async fn process_subscribe(&self, id: &str, pid: u32) -> Result<Subscription> {
-        let live = self.running_box(id).await?;
+    pub async fn process_subscribe(
+        &self,
+        caller: &Caller,
+        id: &str,
+        pid: u32,
+    ) -> Result<Subscription> {
+        let live = self.running_box(caller, id).await?;
         live.sandbox
             .agent()
             .subscribe(pid)
@@ -216,8 +223,14 @@ impl Instances {
             .map_err(|e| Self::box_gone(id, e))
     }
 
-    pub async fn process_input(&self, id: &str, pid: u32, data: &[u8]) -> Result<()> {
-        let live = self.running_box(id).await?;
+    pub async fn process_input(
+        &self,
+        caller: &Caller,
+        id: &str,
+        pid: u32,
+        data: &[u8],
+    ) -> Result<()> {
+        let live = self.running_box(caller, id).await?;
         live.touch();
         live.sandbox
             .agent()
@@ -226,8 +239,8 @@ impl Instances {
             .map_err(|e| Self::state_conflict(id, e))
     }
 
-    pub async fn process_close_stdin(&self, id: &str, pid: u32) -> Result<()> {
-        let live = self.running_box(id).await?;
+    pub async fn process_close_stdin(&self, caller: &Caller, id: &str, pid: u32) -> Result<()> {
+        let live = self.running_box(caller, id).await?;
         live.sandbox
             .agent()
             .close_stdin(pid)
@@ -235,8 +248,14 @@ impl Instances {
             .map_err(|e| Self::box_gone(id, e))
     }
 
-    pub async fn process_signal(&self, id: &str, pid: u32, signal: i32) -> Result<()> {
-        let live = self.running_box(id).await?;
+    pub async fn process_signal(
+        &self,
+        caller: &Caller,
+        id: &str,
+        pid: u32,
+        signal: i32,
+    ) -> Result<()> {
+        let live = self.running_box(caller, id).await?;
         live.sandbox
             .agent()
             .signal(pid, signal)
@@ -244,9 +263,15 @@ impl Instances {
             .map_err(|e| Self::box_gone(id, e))
     }
 
-    pub async fn process_resize(&self, id: &str, pid: u32, size: PtySize) -> Result<()> {
+    pub async fn process_resize(
+        &self,
+        caller: &Caller,
+        id: &str,
+        pid: u32,
+        size: PtySize,
+    ) -> Result<()> {
         let size = check_size(size)?;
-        let live = self.running_box(id).await?;
+        let live = self.running_box(caller, id).await?;
         live.sandbox
             .agent()
             .resize(pid, size.cols, size.rows)
@@ -254,21 +279,27 @@ impl Instances {
             .map_err(|e| Self::state_conflict(id, e))
     }
 
-    pub async fn fs_stat(&self, id: &str, path: &str) -> Result<FileEntry> {
+    pub async fn fs_stat(&self, caller: &Caller, id: &str, path: &str) -> Result<FileEntry> {
         check_path("path", path)?;
-        let live = self.running_box(id).await?;
+        let live = self.running_box(caller, id).await?;
         let e = live.sandbox.agent().stat(path).await;
         e.map(entry).map_err(|e| Self::box_gone(id, e))
     }
 
-    pub async fn fs_list(&self, id: &str, path: &str, depth: u32) -> Result<Vec<FileEntry>> {
+    pub async fn fs_list(
+        &self,
+        caller: &Caller,
+        id: &str,
+        path: &str,
+        depth: u32,
+    ) -> Result<Vec<FileEntry>> {
         check_path("path", path)?;
         if depth == 0 || depth > MAX_LIST_DEPTH {
             return Err(Error::InvalidRequest(format!(
                 "depth must be between 1 and {MAX_LIST_DEPTH}, got {depth}"
             )));
         }
-        let live = self.running_box(id).await?;
+        let live = self.running_box(caller, id).await?;
         let list = live.sandbox.agent().list_dir(path, depth).await;
         Ok(list
             .map_err(|e| Self::box_gone(id, e))?
@@ -278,9 +309,9 @@ impl Instances {
     }
 
     /// Makes directory `path` (and its missing parents); its entry.
-    pub async fn fs_mkdir(&self, id: &str, path: &str) -> Result<FileEntry> {
+    pub async fn fs_mkdir(&self, caller: &Caller, id: &str, path: &str) -> Result<FileEntry> {
         check_path("path", path)?;
-        let live = self.running_box(id).await?;
+        let live = self.running_box(caller, id).await?;
         let agent = live.sandbox.agent();
         agent
             .make_dir(path)
@@ -293,15 +324,21 @@ impl Instances {
             .map_err(|e| Self::box_gone(id, e))
     }
 
-    pub async fn fs_move(&self, id: &str, from: &str, to: &str) -> Result<FileEntry> {
+    pub async fn fs_move(
+        &self,
+        caller: &Caller,
+        id: &str,
+        from: &str,
+        to: &str,
+    ) -> Result<FileEntry> {
         check_path("from", from)?;
         check_path("to", to)?;
-        let live = self.running_box(id).await?;
+        let live = self.running_box(caller, id).await?;
         let e = live.sandbox.agent().rename(from, to).await;
         e.map(entry).map_err(|e| Self::box_gone(id, e))
     }
 
-    pub async fn fs_remove(&self, id: &str, path: &str) -> Result<()> {
+    pub async fn fs_remove(&self, caller: &Caller, id: &str, path: &str) -> Result<()> {
         check_path("path", path)?;
         // As `rm` does: not the root, not `.` or `..` (`/.` and `/tmp/..` are the root too).
         let last = path.trim_end_matches('/').rsplit('/').next().unwrap_or("");
@@ -310,15 +347,21 @@ impl Instances {
                 "{path:?} cannot be removed: the root, `.` and `..` are refused"
             )));
         }
-        let live = self.running_box(id).await?;
+        let live = self.running_box(caller, id).await?;
         let r = live.sandbox.agent().remove(path).await;
         r.map_err(|e| Self::box_gone(id, e))
     }
 
     /// Changes under directory `path` from when this returns.
-    pub async fn fs_watch(&self, id: &str, path: &str, recursive: bool) -> Result<Watch> {
+    pub async fn fs_watch(
+        &self,
+        caller: &Caller,
+        id: &str,
+        path: &str,
+        recursive: bool,
+    ) -> Result<Watch> {
         check_path("path", path)?;
-        let live = self.running_box(id).await?;
+        let live = self.running_box(caller, id).await?;
         let w = live.sandbox.agent().watch(path, recursive).await;
         w.map_err(|e| Self::box_gone(id, e))
     }

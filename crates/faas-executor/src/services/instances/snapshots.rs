@@ -4,12 +4,13 @@
 use std::time::Instant;
 
 use faas_common::{
-    BranchResponse, InstanceInfo, SnapshotCreateRequest, SnapshotInfo, SnapshotKind,
+    BranchResponse, Caller, InstanceInfo, SnapshotCreateRequest, SnapshotInfo, SnapshotKind,
 };
 use faas_store::{now_ms, InstanceRecord, SnapshotRecord};
 
 use super::{new_id, InstanceSpec, Instances, LiveBox};
 use crate::error::{Error, Result};
+use crate::services::tenants::Counted;
 
 fn snapshot_info(r: &SnapshotRecord, took_ms: Option<f64>) -> SnapshotInfo {
     SnapshotInfo {
@@ -33,14 +34,23 @@ fn snapshot_info(r: &SnapshotRecord, took_ms: Option<f64>) -> SnapshotInfo {
 }
 
 impl Instances {
-    pub(crate) async fn snapshot_record(&self, id: &str) -> Result<SnapshotRecord> {
+    /// The caller's snapshot `id`; another tenant's is `not_found`, as a missing one.
+    pub(crate) async fn snapshot_record(
+        &self,
+        caller: &Caller,
+        id: &str,
+    ) -> Result<SnapshotRecord> {
         self.store()?
-            .get_snapshot(id)
+            .get_snapshot(Some(&caller.tenant), id)
             .await?
             .ok_or_else(|| Error::NotFound(format!("no snapshot {id}")))
     }
 
-    pub async fn snapshot_create(&self, req: SnapshotCreateRequest) -> Result<SnapshotInfo> {
+    pub async fn snapshot_create(
+        &self,
+        caller: &Caller,
+        req: SnapshotCreateRequest,
+    ) -> Result<SnapshotInfo> {
         let id = req
             .instance_id
             .clone()
@@ -48,7 +58,16 @@ impl Instances {
         let t0 = Instant::now();
         let lock = self.lock(&id);
         let _held = lock.lock().await;
-        let rec = self.instance_record(&id).await?;
+        let rec = self.instance_record(caller, &id).await?;
+        let kept = self.store()?.snapshot_bytes(&caller.tenant).await?;
+        self.tenants
+            .check_count(
+                &caller.tenant,
+                Counted::SnapshotBytes,
+                kept.max(0) as u64,
+                1,
+            )
+            .await?;
         let backend = self.sandboxes.backend_named(&rec.backend)?;
         let sid = new_id();
         let live = self.live(&id);
@@ -62,6 +81,7 @@ impl Instances {
             .await?;
         let snap = SnapshotRecord {
             id: sid.clone(),
+            tenant: caller.tenant.clone(),
             name: req.name.clone(),
             instance_id: Some(id.clone()),
             parent_id: rec.source_snapshot.clone(),
@@ -84,24 +104,27 @@ impl Instances {
         ))
     }
 
-    pub async fn snapshot_list(&self) -> Result<Vec<SnapshotInfo>> {
+    pub async fn snapshot_list(&self, caller: &Caller) -> Result<Vec<SnapshotInfo>> {
         Ok(self
             .store()?
-            .list_snapshots()
+            .list_snapshots(Some(&caller.tenant))
             .await?
             .iter()
             .map(|r| snapshot_info(r, None))
             .collect())
     }
 
-    pub async fn snapshot_get(&self, id: &str) -> Result<SnapshotInfo> {
-        Ok(snapshot_info(&self.snapshot_record(id).await?, None))
+    pub async fn snapshot_get(&self, caller: &Caller, id: &str) -> Result<SnapshotInfo> {
+        Ok(snapshot_info(
+            &self.snapshot_record(caller, id).await?,
+            None,
+        ))
     }
 
     /// Deletes a snapshot nothing depends on (409 while an instance restored or branched from
     /// it, or a snapshot taken on top of it, exists).
-    pub async fn snapshot_delete(&self, id: &str) -> Result<()> {
-        let rec = self.snapshot_record(id).await?;
+    pub async fn snapshot_delete(&self, caller: &Caller, id: &str) -> Result<()> {
+        let rec = self.snapshot_record(caller, id).await?;
         let (instances, snapshots) = self.store()?.snapshot_dependents(id).await?;
         if instances + snapshots > 0 {
             return Err(Error::Conflict(format!(
@@ -117,19 +140,26 @@ impl Instances {
     }
 
     /// A new running instance with the snapshot's files.
-    pub async fn snapshot_restore(&self, id: &str) -> Result<InstanceInfo> {
-        let snap = self.snapshot_record(id).await?;
-        self.restore_record(&snap).await
+    pub async fn snapshot_restore(&self, caller: &Caller, id: &str) -> Result<InstanceInfo> {
+        let snap = self.snapshot_record(caller, id).await?;
+        self.restore_record(caller, &snap).await
     }
 
-    pub(crate) async fn restore_record(&self, snap: &SnapshotRecord) -> Result<InstanceInfo> {
+    /// A new instance of the caller's from the snapshot `snap` (which the caller's must be).
+    pub(crate) async fn restore_record(
+        &self,
+        caller: &Caller,
+        snap: &SnapshotRecord,
+    ) -> Result<InstanceInfo> {
         let backend = self.sandboxes.backend_named(&snap.backend)?;
         let spec = InstanceSpec::parse(&snap.spec, &format!("snapshot {}", snap.id))?;
+        let lease = self.admit(caller, 1, spec.memory_mb).await?;
         let id = new_id();
         let now = now_ms();
         // Recorded first: the snapshot cannot be deleted while its restore is being made.
         let rec = InstanceRecord {
             id: id.clone(),
+            tenant: caller.tenant.clone(),
             name: None,
             backend: snap.backend.clone(),
             image: snap.image.clone(),
@@ -148,9 +178,18 @@ impl Instances {
             .await;
         match made {
             Ok(sandbox) => {
-                self.set_live(&id, Some(LiveBox::new(sandbox, &spec)));
+                self.set_live(
+                    &id,
+                    Some(LiveBox::new(
+                        sandbox,
+                        &spec,
+                        &caller.tenant,
+                        lease,
+                        now_ms(),
+                    )),
+                );
                 store.set_instance_status(&id, "running", None).await?;
-                self.instance_get(&id).await
+                self.instance_get(caller, &id).await
             }
             Err(e) => {
                 let _ = store.delete_instance(&id).await;
@@ -160,11 +199,16 @@ impl Instances {
     }
 
     /// `count` new instances, each with the snapshot's files, independent of each other.
-    pub async fn snapshot_branch(&self, id: &str, count: u32) -> Result<BranchResponse> {
+    pub async fn snapshot_branch(
+        &self,
+        caller: &Caller,
+        id: &str,
+        count: u32,
+    ) -> Result<BranchResponse> {
         let t0 = Instant::now();
         self.check_branch_count(count)?;
-        let snap = self.snapshot_record(id).await?;
-        let instances = self.branch_record(&snap, count).await?;
+        let snap = self.snapshot_record(caller, id).await?;
+        let instances = self.branch_record(caller, &snap, count).await?;
         Ok(BranchResponse {
             instances,
             snapshot_id: snap.id,
@@ -182,8 +226,24 @@ impl Instances {
         Ok(())
     }
 
-    async fn branch_record(&self, snap: &SnapshotRecord, count: u32) -> Result<Vec<InstanceInfo>> {
-        let made = futures::future::join_all((0..count).map(|_| self.restore_record(snap))).await;
+    async fn branch_record(
+        &self,
+        caller: &Caller,
+        snap: &SnapshotRecord,
+        count: u32,
+    ) -> Result<Vec<InstanceInfo>> {
+        // All of them fit in the instances quota, or none is made.
+        let have = self.store()?.count_instances(&caller.tenant).await?;
+        self.tenants
+            .check_count(
+                &caller.tenant,
+                Counted::Instances,
+                have.max(0) as u64,
+                count as u64,
+            )
+            .await?;
+        let made =
+            futures::future::join_all((0..count).map(|_| self.restore_record(caller, snap))).await;
         let mut ok = Vec::new();
         let mut failed = None;
         for r in made {
@@ -195,7 +255,7 @@ impl Instances {
         if let Some(e) = failed {
             // All or nothing.
             for i in &ok {
-                let _ = self.instance_delete(&i.id).await;
+                let _ = self.instance_delete(caller, &i.id).await;
             }
             return Err(e);
         }
@@ -203,19 +263,27 @@ impl Instances {
     }
 
     /// Snapshots instance `id`, then branches the snapshot `count` times.
-    pub async fn instance_fork(&self, id: &str, count: u32) -> Result<BranchResponse> {
+    pub async fn instance_fork(
+        &self,
+        caller: &Caller,
+        id: &str,
+        count: u32,
+    ) -> Result<BranchResponse> {
         let t0 = Instant::now();
         self.check_branch_count(count)?;
         let snap = self
-            .snapshot_create(SnapshotCreateRequest {
-                instance_id: Some(id.to_string()),
-                name: Some(format!("fork of {id}")),
-                tags: vec!["fork".into()],
-                memory: false,
-            })
+            .snapshot_create(
+                caller,
+                SnapshotCreateRequest {
+                    instance_id: Some(id.to_string()),
+                    name: Some(format!("fork of {id}")),
+                    tags: vec!["fork".into()],
+                    memory: false,
+                },
+            )
             .await?;
-        let rec = self.snapshot_record(&snap.id).await?;
-        let instances = self.branch_record(&rec, count).await?;
+        let rec = self.snapshot_record(caller, &snap.id).await?;
+        let instances = self.branch_record(caller, &rec, count).await?;
         Ok(BranchResponse {
             instances,
             snapshot_id: snap.id,

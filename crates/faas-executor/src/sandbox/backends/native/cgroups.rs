@@ -7,9 +7,10 @@
 //! (`faas-agent --zygote`): a small process moved into the slot once, when the slot is made,
 //! whose children are born in the slot. A slot is `<controller>/faas/<deployment>/s<N>` in the
 //! memory, cpu, pids, devices and freezer hierarchies (the freezer pauses a crun box, which
-//! crun cannot do without its cgroup manager), with the limits written when it is taken; the box
-//! and everything in it is limited from its first instruction, and its cgroup namespace is
-//! rooted at the slot. A slot without a live zygote falls back to moving the runtime process in
+//! crun cannot do without its cgroup manager) and in cpuacct, which counts the box's CPU time
+//! (`usage.rs`), with the limits written when it is taken; the box and everything in it is
+//! limited and counted from its first instruction, and its cgroup namespace is rooted at the
+//! slot. A slot without a live zygote falls back to moving the runtime process in
 //! between fork and exec, and gets a new zygote in the background.
 //!
 //! A slot goes back to the free list only when its tear-down is complete and nothing but its
@@ -23,7 +24,7 @@
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use super::runtime::{spawn_zygote, Zygote};
 use crate::error::{Error, Result};
@@ -31,6 +32,23 @@ use crate::sandbox::Limits;
 
 const CONTROLLERS: [&str; 5] = ["memory", "cpu", "pids", "devices", "freezer"];
 const ROOT: &str = "/sys/fs/cgroup";
+
+/// The hierarchies a slot is made in: [`CONTROLLERS`], and `cpuacct` where it is mounted apart
+/// from `cpu` (where the two share one, `cpuacct/` names the same directories as `cpu/`).
+fn hierarchies() -> &'static [&'static str] {
+    static FOUND: OnceLock<Vec<&'static str>> = OnceLock::new();
+    FOUND.get_or_init(|| {
+        let root = Path::new(ROOT);
+        let (cpu, cpuacct) = (root.join("cpu"), root.join("cpuacct"));
+        let apart = cpuacct.join("cgroup.procs").is_file()
+            && std::fs::canonicalize(&cpu).ok() != std::fs::canonicalize(&cpuacct).ok();
+        let mut h = CONTROLLERS.to_vec();
+        if apart {
+            h.push("cpuacct");
+        }
+        h
+    })
+}
 
 /// Devices a box may use, besides nothing: null, zero, full, random, urandom, tty, console,
 /// ptmx and the pty slaves (what runc and crun allow by default).
@@ -62,6 +80,7 @@ const SPARE: usize = 2;
 /// One taken slot.
 pub struct Slot {
     pub n: u32,
+    /// Its path under each hierarchy's root.
     rel: String,
     /// Its resident zygote, when it has a live one.
     pub zygote: Option<Zygote>,
@@ -108,7 +127,7 @@ fn is_plain_name(name: &str) -> bool {
 /// hierarchies slots use, where they exist.
 pub(crate) fn procs_files_of(rel: &str) -> Vec<CString> {
     let rel = rel.trim_start_matches('/');
-    CONTROLLERS
+    hierarchies()
         .iter()
         .map(|c| Path::new(ROOT).join(c).join(rel).join("cgroup.procs"))
         .filter(|p| p.is_file())
@@ -148,6 +167,13 @@ pub(crate) fn counter(path: &Path, key: &str) -> Option<u64> {
     })
 }
 
+impl Slot {
+    /// Its cgroup's path under each hierarchy's root.
+    pub fn rel(&self) -> &str {
+        &self.rel
+    }
+}
+
 impl CgroupSlots {
     /// Slots are used on cgroup v1 hosts (including hybrid ones) where every needed controller
     /// is mounted; `None` elsewhere, and the runtime manages cgroups itself.
@@ -184,7 +210,7 @@ impl CgroupSlots {
             *next
         };
         let rel = self.rel(n);
-        for c in CONTROLLERS {
+        for c in hierarchies() {
             let d = self.dir(c, &rel);
             std::fs::create_dir_all(&d)
                 .map_err(|e| Error::io(format!("create cgroup {}", d.display()), e))?;
@@ -239,19 +265,20 @@ impl CgroupSlots {
         procs_files_of(&slot.rel)
     }
 
-    /// Zeroes the slot's resettable counters (peak memory use, failed charges) for a box
-    /// that is reset and reused. OOM kills and refused forks cannot be reset; a box with
-    /// either is not reused, and later ones are told apart from the values recorded when the
-    /// slot was taken.
+    /// Zeroes the slot's resettable counters (CPU time, peak memory use, failed charges) for
+    /// a box that is reset and reused, so what it is seen to use starts again. OOM kills and
+    /// refused forks cannot be reset; a box with either is not reused, and later ones are told
+    /// apart from the values recorded when the slot was taken.
     pub fn reset_counters(&self, slot: &Slot) -> Result<()> {
         let mem = self.dir("memory", &slot.rel);
-        for f in [
-            "memory.max_usage_in_bytes",
-            "memory.failcnt",
-            "memory.memsw.max_usage_in_bytes",
-            "memory.memsw.failcnt",
-        ] {
-            let p = mem.join(f);
+        let files = [
+            mem.join("memory.max_usage_in_bytes"),
+            mem.join("memory.failcnt"),
+            mem.join("memory.memsw.max_usage_in_bytes"),
+            mem.join("memory.memsw.failcnt"),
+            self.dir("cpuacct", &slot.rel).join("cpuacct.usage"),
+        ];
+        for p in files {
             if p.exists() {
                 write(&p, "0")?;
             }
@@ -274,7 +301,7 @@ impl CgroupSlots {
     /// Whether no process but its zygote is left in the slot.
     pub fn is_empty(&self, slot: &Slot) -> bool {
         let zygote = slot.zygote.as_ref().map(|z| z.pid.to_string());
-        CONTROLLERS.iter().all(|c| {
+        hierarchies().iter().all(|c| {
             std::fs::read_to_string(self.dir(c, &slot.rel).join("cgroup.procs"))
                 .map(|p| {
                     p.split_whitespace()
@@ -293,7 +320,8 @@ impl CgroupSlots {
             )));
         }
         let rel = format!("{}/{name}", self.parent);
-        for (i, c) in CONTROLLERS.iter().enumerate() {
+        let hierarchies = hierarchies();
+        for (i, c) in hierarchies.iter().enumerate() {
             let (from, to) = (self.dir(c, &slot.rel), self.dir(c, &rel));
             let renamed = match std::fs::remove_dir(&to) {
                 Ok(()) => Ok(()),
@@ -308,7 +336,7 @@ impl CgroupSlots {
                     .map_err(|e| Error::io(format!("rename cgroup {}", from.display()), e))
             });
             if let Err(e) = renamed {
-                for c in &CONTROLLERS[..i] {
+                for c in &hierarchies[..i] {
                     let _ = std::fs::rename(self.dir(c, &rel), self.dir(c, &slot.rel));
                 }
                 return Err(e);
@@ -331,7 +359,7 @@ impl CgroupSlots {
     /// Removes cgroup `rel` in every hierarchy; one that still holds a process stays. True
     /// when none is left.
     fn remove_cgroup(&self, rel: &str) -> bool {
-        CONTROLLERS.iter().fold(true, |gone, c| {
+        hierarchies().iter().fold(true, |gone, c| {
             let removed = match std::fs::remove_dir(self.dir(c, rel)) {
                 Ok(()) => true,
                 Err(e) => e.kind() == std::io::ErrorKind::NotFound,

@@ -36,9 +36,10 @@ use self::cgroups::{CgroupSlots, Slot};
 use self::runtime::{OciRuntime, RuntimeKind, Start};
 use crate::error::{Error, Result};
 use crate::sandbox::agent::AgentClient;
+use crate::sandbox::backends::usage::CgroupUsage;
 use crate::sandbox::images::{ImageRecord, ImageStore};
 use crate::sandbox::steps::{self, Step};
-use crate::sandbox::{Backend, DeathCause, Isolation, Sandbox, SandboxSpec};
+use crate::sandbox::{Backend, BoxUsage, DeathCause, Isolation, Sandbox, SandboxSpec};
 
 #[derive(Debug, Clone)]
 pub struct NativeConfig {
@@ -674,6 +675,8 @@ pub struct NativeSandbox {
     lower: std::sync::OnceLock<String>,
     /// How many times the box was reset: its root's writes are in `g<N>/upper` from the first.
     resets: Mutex<u32>,
+    /// Its cgroup's usage files, found on first use.
+    usage: std::sync::OnceLock<CgroupUsage>,
     shared: Arc<Shared>,
     destroyed: std::sync::atomic::AtomicBool,
 }
@@ -700,9 +703,26 @@ impl NativeSandbox {
             persistent,
             lower: std::sync::OnceLock::new(),
             resets: Mutex::new(0),
+            usage: std::sync::OnceLock::new(),
             shared,
             destroyed: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// The usage files of the box's cgroup: its slot's, or the one the runtime made. The
+    /// processes of a gVisor box (its sentry, the stubs that run the sandboxed code, its gofer)
+    /// are born in its slot like a crun box's, so its CPU time and memory are counted there
+    /// too.
+    fn cgroup_usage(&self) -> Result<&CgroupUsage> {
+        if let Some(u) = self.usage.get() {
+            return Ok(u);
+        }
+        let rel = match &*self.slot.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(slot) => slot.rel().to_string(),
+            None => self.cgroup.clone(),
+        };
+        let found = CgroupUsage::of(&rel)?;
+        Ok(self.usage.get_or_init(|| found))
     }
 
     /// Starts (or restores) the box in its cgroups: through its slot's zygote, or, when it has
@@ -806,6 +826,17 @@ impl Sandbox for NativeSandbox {
 
     async fn reset(&self) -> Result<()> {
         self.reset_box().await
+    }
+
+    async fn usage(&self) -> Result<BoxUsage> {
+        // A destroyed box's slot may hold the next box already.
+        if self.destroyed.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(Error::Conflict(format!(
+                "sandbox {} is destroyed: its usage is gone",
+                self.id
+            )));
+        }
+        self.cgroup_usage()?.read()
     }
 
     async fn death_cause(&self) -> Option<DeathCause> {

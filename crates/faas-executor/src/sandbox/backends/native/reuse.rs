@@ -9,7 +9,8 @@
 //!    `/dev` again, empties `/dev/shm` and `/dev/mqueue`, and removes every System V IPC object.
 //! 4. The host removes the old upper dir (and, the first time, unmounts its copy of the first
 //!    root), empties the socket directory but for the agent's socket, and zeroes the cgroup's
-//!    resettable counters.
+//!    resettable counters, CPU time and peak memory among them: what the box is seen to use
+//!    (`Sandbox::usage`) starts again.
 //! 5. The agent checks it is as it was when the box started (limits, priority, affinity, OOM
 //!    score, mounts, open files) and alone.
 //!
@@ -96,10 +97,21 @@ impl NativeSandbox {
         tokio::task::spawn_blocking(move || clean_host_side(&dir, n))
             .await
             .map_err(|e| Error::Internal(format!("reset: {e}")))??;
-        if let Some(slots) = &self.shared.slots {
-            // A few small writes to cgroupfs.
-            if let Some(slot) = self.slot.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
-                slots.reset_counters(slot)?;
+        // A few small writes to cgroupfs: the slot's counters, or those of the cgroup runc
+        // made (one without CPU accounting has nothing to start again).
+        let in_slot = match (
+            &self.shared.slots,
+            self.slot.lock().unwrap_or_else(|e| e.into_inner()).as_ref(),
+        ) {
+            (Some(slots), Some(slot)) => Some(slots.reset_counters(slot)),
+            _ => None,
+        };
+        match in_slot {
+            Some(reset) => reset?,
+            None => {
+                if let Ok(usage) = self.cgroup_usage() {
+                    usage.reset()?;
+                }
             }
         }
         let t_cleaned = t.elapsed();
