@@ -70,6 +70,9 @@ sdk_suites() {
     return 1
   fi
   export FAAS_URL="$url"
+  # The admin key the server made on its first start: the suites and examples use keys.
+  FAAS_API_KEY=$(cat "$dir/data/admin.key") || { kill "$pid"; return 1; }
+  export FAAS_API_KEY
   (cd sdk/python && "$VENV/bin/python" -m pytest -q) || rc=1
   (cd sdk/typescript && npm test --silent 2>&1 | tail -12; exit "${PIPESTATUS[0]}") || rc=1
   for ex in examples/python/*.py; do

@@ -5,6 +5,7 @@ command in each branch, keep the best branch and delete the rest.
 """
 
 import os
+import sys
 
 from faas_sdk import FaaSClient
 
@@ -14,6 +15,13 @@ CANDIDATES = [
     "awk '{s += $1} END {print s}' /work/data",  # the sum
 ]
 
+if not os.environ.get("FAAS_API_KEY"):
+    sys.exit(
+        "FAAS_API_KEY is not set: export an API key of the server, say the admin key it wrote\n"
+        "on its first start: export FAAS_API_KEY=$(cat <data-dir>/admin.key)"
+    )
+
+# The client sends FAAS_API_KEY (its api_key default) with every request.
 with FaaSClient(os.environ.get("FAAS_URL", "http://127.0.0.1:8080")) as client:
     base = client.create_instance(name="agent-base")
     try:

@@ -4,6 +4,7 @@
 """
 
 import os
+import sys
 import uuid
 
 from faas_sdk import FaaSClient
@@ -14,6 +15,13 @@ def handler(event, context):
     return {"sum": event["a"] + event["b"], "invocation": context.invocation_id}
 '''
 
+if not os.environ.get("FAAS_API_KEY"):
+    sys.exit(
+        "FAAS_API_KEY is not set: export an API key of the server, say the admin key it wrote\n"
+        "on its first start: export FAAS_API_KEY=$(cat <data-dir>/admin.key)"
+    )
+
+# The client sends FAAS_API_KEY (its api_key default) with every request.
 with FaaSClient(os.environ.get("FAAS_URL", "http://127.0.0.1:8080")) as client:
     name = f"example-add-{uuid.uuid4().hex[:6]}"
     fn = client.deploy_function(name, "python", code=HANDLER, handler="main.handler")

@@ -3,14 +3,23 @@ follow its output from two places, talk to a process through its stdin, stop one
 signal, and look at the files the job wrote.
 
     pip install ./sdk/python
+    export FAAS_API_KEY=...                        # an API key of the server
     python examples/python/processes.py            # FAAS_URL defaults to http://127.0.0.1:8080
 """
 
 import os
+import sys
 import time
 
 from faas_sdk import FaaSClient
 
+if not os.environ.get("FAAS_API_KEY"):
+    sys.exit(
+        "FAAS_API_KEY is not set: export an API key of the server, say the admin key it wrote\n"
+        "on its first start: export FAAS_API_KEY=$(cat <data-dir>/admin.key)"
+    )
+
+# The client sends FAAS_API_KEY (its api_key default) with every request.
 with FaaSClient(os.environ.get("FAAS_URL", "http://127.0.0.1:8080")) as client:
     inst = client.create_instance(metadata={"example": "processes"})
     try:

@@ -1,13 +1,22 @@
 """Quickstart: run commands and code in sandboxes with the Python SDK.
 
     pip install ./sdk/python
+    export FAAS_API_KEY=...                        # an API key of the server
     python examples/python/quickstart.py            # FAAS_URL defaults to http://127.0.0.1:8080
 """
 
 import os
+import sys
 
 from faas_sdk import FaaSClient, NotFoundError
 
+if not os.environ.get("FAAS_API_KEY"):
+    sys.exit(
+        "FAAS_API_KEY is not set: export an API key of the server, say the admin key it wrote\n"
+        "on its first start: export FAAS_API_KEY=$(cat <data-dir>/admin.key)"
+    )
+
+# The client sends FAAS_API_KEY (its api_key default) with every request.
 with FaaSClient(os.environ.get("FAAS_URL", "http://127.0.0.1:8080")) as client:
     health = client.health_check()
     print(f"server {health.version}, backend {health.default_backend}")

@@ -1,8 +1,17 @@
 // Quickstart with the TypeScript SDK.
 //   (cd sdk/typescript && npm install && npm run build)
+//   export FAAS_API_KEY=...                        # an API key of the server
 //   node examples/typescript/quickstart.mjs        # FAAS_URL defaults to http://127.0.0.1:8080
 import { FaaSClient, NotFoundError } from "../../sdk/typescript/dist/index.js";
 
+if (!process.env.FAAS_API_KEY) {
+  console.error(
+    "FAAS_API_KEY is not set: export an API key of the server, say the admin key it wrote\n" +
+      "on its first start: export FAAS_API_KEY=$(cat <data-dir>/admin.key)",
+  );
+  process.exit(1);
+}
+// The client sends FAAS_API_KEY (its apiKey default) with every request.
 const client = new FaaSClient({ baseUrl: process.env.FAAS_URL ?? "http://127.0.0.1:8080" });
 const health = await client.healthCheck();
 console.log(`server ${health.version}, backend ${health.defaultBackend}`);

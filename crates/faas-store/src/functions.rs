@@ -10,11 +10,13 @@ use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use crate::{json_col, now_ms, DbKind, Result, Store, StoreError};
+use crate::tenants::insert_usage_tx;
+use crate::{json_col, now_ms, DbKind, Result, Store, StoreError, UsageRecord};
 
 /// One immutable version of a function.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VersionRecord {
+    pub tenant: String,
     pub name: String,
     pub version: i64,
     /// Runtime, handler, image, env and limits, as the service wrote them.
@@ -29,6 +31,7 @@ pub struct VersionRecord {
 /// A function with its latest version.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FunctionRecord {
+    pub tenant: String,
     pub name: String,
     pub created_ms: i64,
     pub updated_ms: i64,
@@ -46,6 +49,7 @@ pub struct NewVersion {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InvocationRecord {
     pub id: String,
+    pub tenant: String,
     pub function_name: String,
     pub version: i64,
     pub is_async: bool,
@@ -73,19 +77,22 @@ pub struct InvocationRecord {
 
 #[derive(Debug, Clone, Default)]
 pub struct InvocationFilter {
+    pub tenant: String,
     pub function: Option<String>,
     pub status: Option<String>,
     /// At most this many, newest first; 0 means 100.
     pub limit: i64,
 }
 
-const VERSION_COLS: &str = "name, version, config, code_sha256, created_ms";
-const INVOCATION_COLS: &str = "id, function_name, version, is_async, status, payload, result, \
+const VERSION_COLS: &str = "tenant, name, version, config, code_sha256, created_ms";
+const INVOCATION_COLS: &str =
+    "id, tenant, function_name, version, is_async, status, payload, result, \
      error, logs, duration_ms, cold, attempts, max_attempts, attempt_log, idempotency_key, \
      callback_url, next_run_ms, lease_owner, lease_until_ms, created_ms, started_ms, finished_ms";
 
 fn version_row(row: &AnyRow, with_code: bool) -> Result<VersionRecord> {
     Ok(VersionRecord {
+        tenant: row.try_get("tenant")?,
         name: row.try_get("name")?,
         version: row.try_get("version")?,
         config: json_col(row, "config", "function_version")?,
@@ -96,6 +103,17 @@ fn version_row(row: &AnyRow, with_code: bool) -> Result<VersionRecord> {
         },
         code_sha256: row.try_get("code_sha256")?,
         created_ms: row.try_get("created_ms")?,
+    })
+}
+
+fn function_record(row: &AnyRow) -> Result<FunctionRecord> {
+    let latest = version_row(row, false)?;
+    Ok(FunctionRecord {
+        tenant: latest.tenant.clone(),
+        name: latest.name.clone(),
+        created_ms: row.try_get("f_created")?,
+        updated_ms: row.try_get("f_updated")?,
+        latest,
     })
 }
 
@@ -114,6 +132,7 @@ fn invocation_row(row: &AnyRow) -> Result<InvocationRecord> {
     let log = json_col(row, "attempt_log", "invocation")?;
     Ok(InvocationRecord {
         id: row.try_get("id")?,
+        tenant: row.try_get("tenant")?,
         function_name: row.try_get("function_name")?,
         version: row.try_get("version")?,
         is_async: row.try_get::<i64, _>("is_async")? != 0,
@@ -152,6 +171,7 @@ impl Store {
     /// next number otherwise. `None` when `create` is false and there is no such function.
     pub async fn add_version(
         &self,
+        tenant: &str,
         name: &str,
         new: &NewVersion,
         create: bool,
@@ -161,9 +181,10 @@ impl Store {
         // The write comes first, so concurrent deploys of one function serialise on its row.
         let bumped: Option<i64> = sqlx::query_scalar(
             "UPDATE functions SET latest_version = latest_version + 1, updated_ms = $1 \
-             WHERE name = $2 RETURNING latest_version",
+             WHERE tenant = $2 AND name = $3 RETURNING latest_version",
         )
         .bind(now)
+        .bind(tenant)
         .bind(name)
         .fetch_optional(&mut *tx)
         .await?;
@@ -171,9 +192,10 @@ impl Store {
             Some(v) => v,
             None if create => {
                 sqlx::query(
-                    "INSERT INTO functions (name, latest_version, created_ms, updated_ms) \
-                     VALUES ($1, 1, $2, $2)",
+                    "INSERT INTO functions (tenant, name, latest_version, created_ms, updated_ms) \
+                     VALUES ($1, $2, 1, $3, $3)",
                 )
+                .bind(tenant)
                 .bind(name)
                 .bind(now)
                 .execute(&mut *tx)
@@ -189,6 +211,7 @@ impl Store {
             None => return Ok(None),
         };
         let rec = VersionRecord {
+            tenant: tenant.to_string(),
             name: name.to_string(),
             version,
             config: new.config.clone(),
@@ -197,9 +220,10 @@ impl Store {
             created_ms: now,
         };
         sqlx::query(
-            "INSERT INTO function_versions (name, version, config, code, code_sha256, created_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO function_versions (tenant, name, version, config, code, code_sha256, \
+             created_ms) VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
+        .bind(tenant)
         .bind(name)
         .bind(version)
         .bind(rec.config.to_string())
@@ -212,48 +236,84 @@ impl Store {
         Ok(Some(rec))
     }
 
-    async fn function_rows(&self, name: Option<&str>) -> Result<Vec<FunctionRecord>> {
+    async fn function_rows(&self, tenant: &str, name: Option<&str>) -> Result<Vec<FunctionRecord>> {
         let sql = format!(
-            "SELECT f.created_ms AS f_created, f.updated_ms AS f_updated, v.name, v.version, \
-             v.config, v.code_sha256, v.created_ms FROM functions f JOIN function_versions v \
-             ON v.name = f.name AND v.version = f.latest_version {} ORDER BY f.name",
+            "SELECT f.created_ms AS f_created, f.updated_ms AS f_updated, v.tenant, v.name, \
+             v.version, v.config, v.code_sha256, v.created_ms FROM functions f \
+             JOIN function_versions v ON v.tenant = f.tenant AND v.name = f.name \
+             AND v.version = f.latest_version WHERE f.tenant = $1 {} ORDER BY f.name",
             if name.is_some() {
-                "WHERE f.name = $1"
+                "AND f.name = $2"
             } else {
                 ""
             }
         );
-        let mut q = sqlx::query(&sql);
+        let mut q = sqlx::query(&sql).bind(tenant);
         if let Some(n) = name {
             q = q.bind(n);
         }
         let rows = q.fetch_all(&self.pool).await?;
-        rows.iter()
-            .map(|row| {
-                let latest = version_row(row, false)?;
-                Ok(FunctionRecord {
-                    name: latest.name.clone(),
-                    created_ms: row.try_get("f_created")?,
-                    updated_ms: row.try_get("f_updated")?,
-                    latest,
-                })
-            })
-            .collect()
+        rows.iter().map(function_record).collect()
     }
 
-    pub async fn get_function(&self, name: &str) -> Result<Option<FunctionRecord>> {
-        Ok(self.function_rows(Some(name)).await?.into_iter().next())
+    pub async fn get_function(&self, tenant: &str, name: &str) -> Result<Option<FunctionRecord>> {
+        Ok(self
+            .function_rows(tenant, Some(name))
+            .await?
+            .into_iter()
+            .next())
     }
 
-    pub async fn list_functions(&self) -> Result<Vec<FunctionRecord>> {
-        self.function_rows(None).await
+    pub async fn list_functions(&self, tenant: &str) -> Result<Vec<FunctionRecord>> {
+        self.function_rows(tenant, None).await
+    }
+
+    /// Every tenant's functions (for the platform's own use: the idle reaper).
+    pub async fn list_all_functions(&self) -> Result<Vec<FunctionRecord>> {
+        let rows = sqlx::query(
+            "SELECT f.created_ms AS f_created, f.updated_ms AS f_updated, v.tenant, v.name, \
+             v.version, v.config, v.code_sha256, v.created_ms FROM functions f \
+             JOIN function_versions v ON v.tenant = f.tenant AND v.name = f.name \
+             AND v.version = f.latest_version ORDER BY f.tenant, f.name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(function_record).collect()
+    }
+
+    /// How many functions `tenant` has.
+    pub async fn count_functions(&self, tenant: &str) -> Result<i64> {
+        Ok(
+            sqlx::query_scalar("SELECT COUNT(*) FROM functions WHERE tenant = $1")
+                .bind(tenant)
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    /// How many async invocations of `tenant` are queued or running.
+    pub async fn count_pending_invocations(&self, tenant: &str) -> Result<i64> {
+        Ok(sqlx::query_scalar(
+            "SELECT COUNT(*) FROM invocations WHERE tenant = $1 AND is_async = 1 \
+             AND status IN ('queued', 'running')",
+        )
+        .bind(tenant)
+        .fetch_one(&self.pool)
+        .await?)
     }
 
     /// One version with its code.
-    pub async fn get_version(&self, name: &str, version: i64) -> Result<Option<VersionRecord>> {
+    pub async fn get_version(
+        &self,
+        tenant: &str,
+        name: &str,
+        version: i64,
+    ) -> Result<Option<VersionRecord>> {
         let row = sqlx::query(&format!(
-            "SELECT {VERSION_COLS}, code FROM function_versions WHERE name = $1 AND version = $2"
+            "SELECT {VERSION_COLS}, code FROM function_versions \
+             WHERE tenant = $1 AND name = $2 AND version = $3"
         ))
+        .bind(tenant)
         .bind(name)
         .bind(version)
         .fetch_optional(&self.pool)
@@ -262,10 +322,17 @@ impl Store {
     }
 
     /// One version without its code.
-    pub async fn version_meta(&self, name: &str, version: i64) -> Result<Option<VersionRecord>> {
+    pub async fn version_meta(
+        &self,
+        tenant: &str,
+        name: &str,
+        version: i64,
+    ) -> Result<Option<VersionRecord>> {
         let row = sqlx::query(&format!(
-            "SELECT {VERSION_COLS} FROM function_versions WHERE name = $1 AND version = $2"
+            "SELECT {VERSION_COLS} FROM function_versions \
+             WHERE tenant = $1 AND name = $2 AND version = $3"
         ))
+        .bind(tenant)
         .bind(name)
         .bind(version)
         .fetch_optional(&self.pool)
@@ -273,10 +340,12 @@ impl Store {
         row.map(|r| version_row(&r, false)).transpose()
     }
 
-    pub async fn list_versions(&self, name: &str) -> Result<Vec<VersionRecord>> {
+    pub async fn list_versions(&self, tenant: &str, name: &str) -> Result<Vec<VersionRecord>> {
         let rows = sqlx::query(&format!(
-            "SELECT {VERSION_COLS} FROM function_versions WHERE name = $1 ORDER BY version"
+            "SELECT {VERSION_COLS} FROM function_versions WHERE tenant = $1 AND name = $2 \
+             ORDER BY version"
         ))
+        .bind(tenant)
         .bind(name)
         .fetch_all(&self.pool)
         .await?;
@@ -287,29 +356,33 @@ impl Store {
     /// Returns how many were failed, or `None` when there is no such function.
     pub async fn delete_function(
         &self,
+        tenant: &str,
         name: &str,
         error: &serde_json::Value,
     ) -> Result<Option<u64>> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
-        let gone = sqlx::query("DELETE FROM functions WHERE name = $1")
+        let gone = sqlx::query("DELETE FROM functions WHERE tenant = $1 AND name = $2")
+            .bind(tenant)
             .bind(name)
             .execute(&mut *tx)
             .await?;
         if gone.rows_affected() == 0 {
             return Ok(None);
         }
-        sqlx::query("DELETE FROM function_versions WHERE name = $1")
+        sqlx::query("DELETE FROM function_versions WHERE tenant = $1 AND name = $2")
+            .bind(tenant)
             .bind(name)
             .execute(&mut *tx)
             .await?;
         let failed = sqlx::query(
             "UPDATE invocations SET status = 'error', error = $1, finished_ms = $2, \
              lease_owner = NULL, lease_until_ms = NULL \
-             WHERE function_name = $3 AND status = 'queued'",
+             WHERE tenant = $3 AND function_name = $4 AND status = 'queued'",
         )
         .bind(error.to_string())
         .bind(now)
+        .bind(tenant)
         .bind(name)
         .execute(&mut *tx)
         .await?;
@@ -322,7 +395,7 @@ impl Store {
     fn insert_sql() -> String {
         format!(
             "INSERT INTO invocations ({INVOCATION_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, \
-             $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)"
+             $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)"
         )
     }
 
@@ -331,6 +404,7 @@ impl Store {
         r: &'q InvocationRecord,
     ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
         q.bind(&r.id)
+            .bind(&r.tenant)
             .bind(&r.function_name)
             .bind(r.version)
             .bind(i64::from(r.is_async))
@@ -359,7 +433,7 @@ impl Store {
     /// invocation is returned instead.
     pub async fn insert_invocation(&self, r: &InvocationRecord) -> Result<InvocationRecord> {
         let sql = format!(
-            "{} ON CONFLICT (function_name, idempotency_key) DO NOTHING",
+            "{} ON CONFLICT (tenant, function_name, idempotency_key) DO NOTHING",
             Self::insert_sql()
         );
         let done = Self::bind_invocation(sqlx::query(&sql), r)
@@ -369,7 +443,10 @@ impl Store {
             return Ok(r.clone());
         }
         let existing = match &r.idempotency_key {
-            Some(k) => self.invocation_by_key(&r.function_name, k).await?,
+            Some(k) => {
+                self.invocation_by_key(&r.tenant, &r.function_name, k)
+                    .await?
+            }
             None => None,
         };
         match existing {
@@ -381,15 +458,21 @@ impl Store {
         }
     }
 
-    /// Records finished invocations together, in one transaction. One whose id or
-    /// idempotency key is already recorded is left out (the first one stands).
-    pub async fn insert_invocations(&self, records: &[InvocationRecord]) -> Result<()> {
+    /// Records finished invocations together with what each used, in one transaction. One
+    /// whose id or idempotency key is already recorded is left out (the first one stands).
+    pub async fn insert_invocations(
+        &self,
+        records: &[(InvocationRecord, Option<UsageRecord>)],
+    ) -> Result<()> {
         let sql = format!("{} ON CONFLICT DO NOTHING", Self::insert_sql());
         let mut tx = self.pool.begin().await?;
-        for r in records {
+        for (r, usage) in records {
             Self::bind_invocation(sqlx::query(&sql), r)
                 .execute(&mut *tx)
                 .await?;
+            if let Some(u) = usage {
+                insert_usage_tx(&mut tx, u).await?;
+            }
         }
         tx.commit().await?;
         Ok(())
@@ -398,13 +481,15 @@ impl Store {
     /// The invocation of `function` recorded with idempotency key `key`.
     pub async fn invocation_by_key(
         &self,
+        tenant: &str,
         function: &str,
         key: &str,
     ) -> Result<Option<InvocationRecord>> {
         let row = sqlx::query(&format!(
             "SELECT {INVOCATION_COLS} FROM invocations \
-             WHERE function_name = $1 AND idempotency_key = $2"
+             WHERE tenant = $1 AND function_name = $2 AND idempotency_key = $3"
         ))
+        .bind(tenant)
         .bind(function)
         .bind(key)
         .fetch_optional(&self.pool)
@@ -412,10 +497,11 @@ impl Store {
         row.map(|r| invocation_row(&r)).transpose()
     }
 
-    pub async fn get_invocation(&self, id: &str) -> Result<Option<InvocationRecord>> {
+    pub async fn get_invocation(&self, tenant: &str, id: &str) -> Result<Option<InvocationRecord>> {
         let row = sqlx::query(&format!(
-            "SELECT {INVOCATION_COLS} FROM invocations WHERE id = $1"
+            "SELECT {INVOCATION_COLS} FROM invocations WHERE tenant = $1 AND id = $2"
         ))
+        .bind(tenant)
         .bind(id)
         .fetch_optional(&self.pool)
         .await?;
@@ -424,8 +510,8 @@ impl Store {
 
     /// Newest first.
     pub async fn list_invocations(&self, f: &InvocationFilter) -> Result<Vec<InvocationRecord>> {
-        let mut sql = format!("SELECT {INVOCATION_COLS} FROM invocations WHERE 1 = 1");
-        let mut n = 0;
+        let mut sql = format!("SELECT {INVOCATION_COLS} FROM invocations WHERE tenant = $1");
+        let mut n = 1;
         if f.function.is_some() {
             n += 1;
             sql.push_str(&format!(" AND function_name = ${n}"));
@@ -438,7 +524,7 @@ impl Store {
             " ORDER BY created_ms DESC, id DESC LIMIT ${}",
             n + 1
         ));
-        let mut q = sqlx::query(&sql);
+        let mut q = sqlx::query(&sql).bind(&f.tenant);
         if let Some(v) = &f.function {
             q = q.bind(v);
         }
@@ -451,16 +537,21 @@ impl Store {
     }
 
     /// How many invocations of each status (of one function, or all).
-    pub async fn count_invocations(&self, function: Option<&str>) -> Result<Vec<(String, i64)>> {
+    pub async fn count_invocations(
+        &self,
+        tenant: &str,
+        function: Option<&str>,
+    ) -> Result<Vec<(String, i64)>> {
         let sql = format!(
-            "SELECT status, COUNT(*) AS n FROM invocations {} GROUP BY status ORDER BY status",
+            "SELECT status, COUNT(*) AS n FROM invocations WHERE tenant = $1 {} \
+             GROUP BY status ORDER BY status",
             if function.is_some() {
-                "WHERE function_name = $1"
+                "AND function_name = $2"
             } else {
                 ""
             }
         );
-        let mut q = sqlx::query(&sql);
+        let mut q = sqlx::query(&sql).bind(tenant);
         if let Some(f) = function {
             q = q.bind(f);
         }
@@ -531,7 +622,13 @@ impl Store {
     /// Writes the outcome of attempt `r.attempts` (status, result, error, logs, next run,
     /// attempt log), if `owner` still holds that attempt's lease. False when it does not (the
     /// attempt was taken over, or the function was deleted meanwhile).
-    pub async fn settle_invocation(&self, owner: &str, r: &InvocationRecord) -> Result<bool> {
+    pub async fn settle_invocation(
+        &self,
+        owner: &str,
+        r: &InvocationRecord,
+        usage: Option<&UsageRecord>,
+    ) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
         let done = sqlx::query(
             "UPDATE invocations SET status = $1, result = $2, error = $3, logs = $4, \
              duration_ms = $5, cold = $6, attempt_log = $7, next_run_ms = $8, \
@@ -550,9 +647,16 @@ impl Store {
         .bind(&r.id)
         .bind(owner)
         .bind(r.attempts)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
-        Ok(done.rows_affected() == 1)
+        if done.rows_affected() != 1 {
+            return Ok(false);
+        }
+        if let Some(u) = usage {
+            insert_usage_tx(&mut tx, u).await?;
+        }
+        tx.commit().await?;
+        Ok(true)
     }
 }
 
@@ -564,6 +668,7 @@ mod tests {
     fn invocation(id: &str, key: Option<&str>) -> InvocationRecord {
         InvocationRecord {
             id: id.into(),
+            tenant: "t".into(),
             function_name: "f".into(),
             version: 1,
             is_async: true,
@@ -601,12 +706,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         for s in stores(dir.path()).await {
             assert!(s
-                .add_version("f", &version(b"a"), false)
+                .add_version("t", "f", &version(b"a"), false)
                 .await
                 .unwrap()
                 .is_none());
             assert_eq!(
-                s.add_version("f", &version(b"a"), true)
+                s.add_version("t", "f", &version(b"a"), true)
                     .await
                     .unwrap()
                     .unwrap()
@@ -614,26 +719,29 @@ mod tests {
                 1
             );
             assert_eq!(
-                s.add_version("f", &version(b"b"), false)
+                s.add_version("t", "f", &version(b"b"), false)
                     .await
                     .unwrap()
                     .unwrap()
                     .version,
                 2
             );
-            let f = s.get_function("f").await.unwrap().unwrap();
+            let f = s.get_function("t", "f").await.unwrap().unwrap();
             assert_eq!(f.latest.version, 2);
-            assert_eq!(s.get_version("f", 1).await.unwrap().unwrap().code, b"a");
-            assert_eq!(s.list_versions("f").await.unwrap().len(), 2);
-            assert_eq!(s.list_functions().await.unwrap().len(), 1);
+            assert_eq!(
+                s.get_version("t", "f", 1).await.unwrap().unwrap().code,
+                b"a"
+            );
+            assert_eq!(s.list_versions("t", "f").await.unwrap().len(), 2);
+            assert_eq!(s.list_functions("t").await.unwrap().len(), 1);
             s.insert_invocation(&invocation("i1", None)).await.unwrap();
             let err = serde_json::json!({"type": "function_deleted"});
-            assert_eq!(s.delete_function("f", &err).await.unwrap(), Some(1));
-            assert_eq!(s.delete_function("f", &err).await.unwrap(), None);
-            let i = s.get_invocation("i1").await.unwrap().unwrap();
+            assert_eq!(s.delete_function("t", "f", &err).await.unwrap(), Some(1));
+            assert_eq!(s.delete_function("t", "f", &err).await.unwrap(), None);
+            let i = s.get_invocation("t", "i1").await.unwrap().unwrap();
             assert_eq!(i.status, "error");
             assert_eq!(i.error.unwrap()["type"], "function_deleted");
-            assert!(s.get_version("f", 1).await.unwrap().is_none());
+            assert!(s.get_version("t", "f", 1).await.unwrap().is_none());
         }
     }
 
@@ -653,9 +761,9 @@ mod tests {
             // No key: never merged.
             s.insert_invocation(&invocation("c", None)).await.unwrap();
             s.insert_invocation(&invocation("d", None)).await.unwrap();
-            assert!(s.get_invocation("b").await.unwrap().is_none());
+            assert!(s.get_invocation("t", "b").await.unwrap().is_none());
             assert_eq!(
-                s.count_invocations(Some("f")).await.unwrap(),
+                s.count_invocations("t", Some("f")).await.unwrap(),
                 vec![("queued".into(), 3)]
             );
             // A batch of finished sync invocations with a key already taken: the rest is kept.
@@ -664,10 +772,16 @@ mod tests {
             dup.status = "succeeded".into();
             let mut fresh = invocation("f", Some("k2"));
             fresh.status = "succeeded".into();
-            s.insert_invocations(&[dup, fresh]).await.unwrap();
-            assert!(s.get_invocation("e").await.unwrap().is_none());
+            s.insert_invocations(&[(dup, None), (fresh, None)])
+                .await
+                .unwrap();
+            assert!(s.get_invocation("t", "e").await.unwrap().is_none());
             assert_eq!(
-                s.invocation_by_key("f", "k2").await.unwrap().unwrap().id,
+                s.invocation_by_key("t", "f", "k2")
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .id,
                 "f"
             );
         }
@@ -705,12 +819,12 @@ mod tests {
             let taken = again.iter().find(|r| r.id == lost.id).unwrap();
             assert_eq!(taken.attempts, 2);
             lost.status = "succeeded".into();
-            assert!(!s.settle_invocation("w1", &lost).await.unwrap());
+            assert!(!s.settle_invocation("w1", &lost, None).await.unwrap());
             let mut done = taken.clone();
             done.status = "succeeded".into();
             done.result = Some(serde_json::json!({"ok": true}));
-            assert!(s.settle_invocation("w3", &done).await.unwrap());
-            let got = s.get_invocation(&lost.id).await.unwrap().unwrap();
+            assert!(s.settle_invocation("w3", &done, None).await.unwrap());
+            let got = s.get_invocation("t", &lost.id).await.unwrap().unwrap();
             assert_eq!((got.status.as_str(), got.attempts), ("succeeded", 2));
             assert_eq!(got.result.unwrap()["ok"], true);
 
@@ -718,12 +832,13 @@ mod tests {
             let mut later = b[0].clone();
             later.status = "queued".into();
             later.next_run_ms = now_ms() + 60_000;
-            assert!(s.settle_invocation("w2", &later).await.unwrap());
+            assert!(s.settle_invocation("w2", &later, None).await.unwrap());
             s.expire_leases().await.unwrap();
             let rest = s.claim_invocations("w4", 100, far).await.unwrap();
             assert!(rest.iter().all(|r| r.id != later.id));
             let list = s
                 .list_invocations(&InvocationFilter {
+                    tenant: "t".into(),
                     function: Some("f".into()),
                     status: Some("queued".into()),
                     limit: 0,
@@ -731,6 +846,50 @@ mod tests {
                 .await
                 .unwrap();
             assert_eq!(list.len(), 1);
+        }
+    }
+
+    #[tokio::test]
+    async fn one_name_in_two_tenants_is_two_functions() {
+        let dir = tempfile::tempdir().unwrap();
+        for s in stores(dir.path()).await {
+            s.add_version("a", "f", &version(b"a's"), true)
+                .await
+                .unwrap()
+                .unwrap();
+            let b = s
+                .add_version("b", "f", &version(b"b's"), true)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(b.version, 1, "B's first version, not A's second");
+            assert_eq!(
+                s.get_version("a", "f", 1).await.unwrap().unwrap().code,
+                b"a's"
+            );
+            assert_eq!(
+                s.get_version("b", "f", 1).await.unwrap().unwrap().code,
+                b"b's"
+            );
+            assert!(s.get_function("c", "f").await.unwrap().is_none());
+            assert_eq!(s.list_functions("a").await.unwrap().len(), 1);
+            let mut inv = invocation("ia", Some("k"));
+            inv.tenant = "a".into();
+            s.insert_invocation(&inv).await.unwrap();
+            // The same idempotency key in B is B's own invocation.
+            let mut other = invocation("ib", Some("k"));
+            other.tenant = "b".into();
+            assert_eq!(s.insert_invocation(&other).await.unwrap().id, "ib");
+            assert!(s.get_invocation("b", "ia").await.unwrap().is_none());
+            assert_eq!(s.count_pending_invocations("a").await.unwrap(), 1);
+            assert_eq!(s.count_functions("b").await.unwrap(), 1);
+            let err = serde_json::json!({"type": "function_deleted"});
+            assert_eq!(s.delete_function("b", "f", &err).await.unwrap(), Some(1));
+            assert!(s.get_function("a", "f").await.unwrap().is_some());
+            assert_eq!(
+                s.get_invocation("a", "ia").await.unwrap().unwrap().status,
+                "queued"
+            );
         }
     }
 }

@@ -393,15 +393,26 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         for s in stores(dir.path()).await {
             let day = 86_400_000;
-            s.insert_usage(&usage("a", "execution", None, day)).await.unwrap();
+            s.insert_usage(&usage("a", "execution", None, day))
+                .await
+                .unwrap();
             // The same row again (a retry, a restart): counted once.
-            s.insert_usage(&usage("a", "execution", None, day)).await.unwrap();
-            s.insert_usage(&usage("b", "invocation", Some("f"), day + 5)).await.unwrap();
-            s.insert_usage(&usage("c", "instance", Some("i"), 2 * day)).await.unwrap();
+            s.insert_usage(&usage("a", "execution", None, day))
+                .await
+                .unwrap();
+            s.insert_usage(&usage("b", "invocation", Some("f"), day + 5))
+                .await
+                .unwrap();
+            s.insert_usage(&usage("c", "instance", Some("i"), 2 * day))
+                .await
+                .unwrap();
             let mut other = usage("d", "execution", None, day);
             other.tenant = "u".into();
             s.insert_usage(&other).await.unwrap();
-            let days = s.usage_sums("t", 0, 3 * day, UsageGroup::Day).await.unwrap();
+            let days = s
+                .usage_sums("t", 0, 3 * day, UsageGroup::Day)
+                .await
+                .unwrap();
             assert_eq!(days.len(), 2, "{days:?}");
             assert_eq!(days[0].key, day.to_string());
             assert_eq!((days[0].executions, days[0].invocations), (1, 1));
@@ -409,7 +420,10 @@ mod tests {
             assert_eq!(days[1].instance_ms, 100.0);
             assert_eq!(days[1].wall_ms, 0.0);
             assert_eq!(days[0].peak_memory_bytes, 1 << 20);
-            let f = s.usage_sums("t", 0, 3 * day, UsageGroup::Function).await.unwrap();
+            let f = s
+                .usage_sums("t", 0, 3 * day, UsageGroup::Function)
+                .await
+                .unwrap();
             assert_eq!(f.len(), 1);
             assert_eq!(f[0].key, "f");
             let none = s.usage_sums("t", 0, day, UsageGroup::Day).await.unwrap();

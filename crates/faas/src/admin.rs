@@ -31,6 +31,7 @@ pub enum KeysCmd {
         #[arg(long, value_name = "SECS")]
         expires_in: Option<u64>,
     },
+    /// The keys (never their secrets).
     List {
         /// Only this tenant's keys.
         #[arg(long)]
@@ -54,17 +55,20 @@ pub enum TenantsCmd {
     Create {
         /// Lowercase letters, digits, `-` and `_` [default: generated].
         id: Option<String>,
+        /// A name to show.
         #[arg(long)]
         name: Option<String>,
         #[command(flatten)]
         quotas: QuotaArgs,
     },
+    /// The tenants and the limits in force.
     List,
     /// A tenant's quotas: its own settings and the limits in force.
     Get { id: String },
     /// Replace a tenant's quotas with these: one not given goes back to the server's default.
     Set {
         id: String,
+        /// A name to show.
         #[arg(long)]
         name: Option<String>,
         #[command(flatten)]
@@ -74,6 +78,7 @@ pub enum TenantsCmd {
 
 /// A tenant's quota settings; 0 is no limit.
 #[derive(Args, Debug)]
+#[command(next_help_heading = "Quotas (0: no limit)")]
 pub struct QuotaArgs {
     /// Sandboxes alive at once (executions, running instances, function sandboxes).
     #[arg(long, value_name = "N")]
@@ -87,6 +92,7 @@ pub struct QuotaArgs {
     /// Bytes of snapshots kept.
     #[arg(long, value_name = "N")]
     pub snapshot_bytes: Option<u64>,
+    /// Functions deployed.
     #[arg(long, value_name = "N")]
     pub functions: Option<u64>,
     /// Async invocations queued or running.

@@ -34,6 +34,12 @@ pub enum BenchCase {
         #[arg(default_value_t = 1000)]
         n: usize,
     },
+    /// N cached executes with an API key and N without (`--auth none` on the same platform),
+    /// interleaved: what authentication and the quota checks cost (see `authbench.rs`).
+    Auth {
+        #[arg(default_value_t = 1000)]
+        n: usize,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -92,6 +98,8 @@ pub struct BenchArgs {
 
 struct Local {
     url: String,
+    /// The same platform without authentication (`--auth none`), for the auth case.
+    open_url: String,
     /// Sends this server's admin key.
     http: reqwest::Client,
     data_dir: std::path::PathBuf,
@@ -105,6 +113,13 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
         let measured = crate::densitybench::run(&crun.http, &crun.url, &a.image, n.max(1)).await;
         let stopped = stop(crun).await;
         return measured.and(stopped);
+    }
+    if let Some(BenchCase::Auth { n }) = a.case {
+        let measured =
+            crate::authbench::run(&crun.http, &crun.url, &crun.open_url, &a.image, n.max(1)).await;
+        let stopped = stop(crun).await;
+        print_table(&measured?);
+        return stopped;
     }
     let runc = match start_local(&a, NativeRuntime::Runc).await {
         Ok(r) => r,
@@ -751,20 +766,32 @@ async fn start_local(a: &BenchArgs, runtime: NativeRuntime) -> anyhow::Result<Lo
     };
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let url = format!("http://{}", listener.local_addr()?);
+    let open_listener = tokio::net::TcpListener::bind(args.listen).await?;
+    let open_url = format!("http://{}", open_listener.local_addr()?);
     let http = Api::connect(&url, key, None)?.http;
     let (stop, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         let state = faas_gateway::AppState::new(platform.clone());
+        let mut open_state = faas_gateway::AppState::new(platform.clone());
+        open_state.auth = faas_gateway::auth::AuthMode::None;
+        let (stopped_tx, stopped_rx) = tokio::sync::watch::channel(false);
+        let mut open_stop = stopped_rx.clone();
+        let open = tokio::spawn(faas_gateway::serve(open_listener, open_state, async move {
+            let _ = open_stop.wait_for(|s| *s).await;
+        }));
         faas_gateway::serve(listener, state, async {
             let _ = rx.await;
         })
         .await?;
+        let _ = stopped_tx.send(true);
+        open.await??;
         platform.shutdown().await;
         let _ = std::fs::remove_dir_all(&data_dir);
         Ok(())
     });
     Ok(Local {
         url,
+        open_url,
         http,
         data_dir: data_dir_kept,
         stop,

@@ -7,7 +7,7 @@ use clap::Args;
 use faas_common::{CommandSpec, ExecuteRequest, ExecuteResponse, Mode, Runtime};
 use reqwest::header::RETRY_AFTER;
 
-use crate::http::{answer_error, Api, ConnectArgs};
+use crate::http::{answer_error, unreached, Api, ConnectArgs};
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
@@ -77,7 +77,7 @@ pub async fn run(a: RunArgs) -> anyhow::Result<u8> {
         .json(&req)
         .send()
         .await
-        .with_context(|| format!("POST {url}"))?;
+        .map_err(|e| unreached(e, &format!("POST {url}")))?;
     let status = resp.status();
     let retry_after = resp.headers().get(RETRY_AFTER).cloned();
     let body = resp.bytes().await.context("read the response")?;

@@ -117,6 +117,43 @@ pub(crate) fn answer_error(status: u16, retry_after: Option<&HeaderValue>, body:
     text
 }
 
+/// The error of a request that did not reach the server, with a hint when the server's
+/// certificate is not trusted.
+pub(crate) fn unreached<E>(e: E, what: &str) -> anyhow::Error
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    if untrusted_certificate(&e) {
+        return anyhow::Error::new(e).context(format!(
+            "{what} (for a server whose certificate comes from your own CA, pass it with \
+             --ca-cert or FAAS_CA_CERT)"
+        ));
+    }
+    anyhow::Error::new(e).context(what.to_string())
+}
+
+/// Whether `e` comes from a certificate rustls did not accept.
+fn untrusted_certificate(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(s) = next {
+        if matches!(
+            s.downcast_ref::<rustls::Error>(),
+            Some(rustls::Error::InvalidCertificate(_))
+        ) {
+            return true;
+        }
+        // An `io::Error` names the error it wraps in `get_ref`; its `source` skips that one.
+        next = match s
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => s.source(),
+        };
+    }
+    false
+}
+
 /// The WebSocket of a terminal (`ws://`, or `wss://` through rustls).
 pub(crate) type WebSocket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -175,7 +212,10 @@ impl Api {
         &self,
         req: reqwest::RequestBuilder,
     ) -> anyhow::Result<reqwest::Response> {
-        let resp = req.send().await.context("reach the server")?;
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| unreached(e, "reach the server"))?;
         let status = resp.status().as_u16();
         if status >= 400 {
             let retry_after = resp.headers().get(RETRY_AFTER).cloned();
@@ -230,7 +270,7 @@ impl Api {
                 let body = resp.body().as_deref().unwrap_or_default();
                 bail!("{}", answer_error(status, retry_after, body))
             }
-            Err(e) => Err(e).context("open the WebSocket"),
+            Err(e) => Err(unreached(e, "open the WebSocket")),
         }
     }
 }

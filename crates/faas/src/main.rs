@@ -8,6 +8,7 @@
 //! - `faas bench`: latency benchmark against `docker run` (see [`bench`]).
 
 mod admin;
+mod authbench;
 mod bench;
 mod benchkit;
 mod client;

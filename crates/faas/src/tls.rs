@@ -46,7 +46,7 @@ fn read_certs(path: &Path, what: &str) -> anyhow::Result<Vec<CertificateDer<'sta
         .with_context(|| format!("read the {what} {}", path.display()))?;
     if certs.is_empty() {
         bail!(
-            "no certificate in the {what} {} (expected PEM: -----BEGIN CERTIFICATE-----)",
+            "the {what} {} holds no certificate (expected PEM: -----BEGIN CERTIFICATE-----)",
             path.display()
         );
     }
@@ -60,7 +60,7 @@ pub fn server_config(cert: &Path, key: &Path) -> anyhow::Result<Arc<ServerConfig
     let key_der = match PrivateKeyDer::from_pem_file(key) {
         Ok(k) => k,
         Err(rustls_pki_types::pem::Error::NoItemsFound) => bail!(
-            "no private key in the TLS key {} (expected PEM: -----BEGIN PRIVATE KEY-----, \
+            "the TLS key {} holds no private key (expected PEM: -----BEGIN PRIVATE KEY-----, \
              RSA PRIVATE KEY or EC PRIVATE KEY)",
             key.display()
         ),
@@ -206,14 +206,48 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("missing.pem");
         let e = format!("{:#}", server_config(&missing, &missing).unwrap_err());
-        assert!(e.contains("TLS certificate") && e.contains("missing.pem"), "{e}");
+        assert!(
+            e.contains("TLS certificate") && e.contains("missing.pem"),
+            "{e}"
+        );
 
         let junk = dir.path().join("junk.pem");
         std::fs::write(&junk, "not a certificate\n").unwrap();
         let e = format!("{:#}", server_config(&junk, &junk).unwrap_err());
-        assert!(e.contains("no certificate") && e.contains("junk.pem"), "{e}");
+        assert!(
+            e.contains("holds no certificate") && e.contains("junk.pem"),
+            "{e}"
+        );
 
         let e = format!("{:#}", client_config(Some(&junk)).unwrap_err());
-        assert!(e.contains("CA certificate") && e.contains("junk.pem"), "{e}");
+        assert!(
+            e.contains("CA certificate") && e.contains("junk.pem"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_key_must_be_the_certificates() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: String| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            p
+        };
+        let one = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let other = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let cert = write("cert.pem", one.cert.pem());
+        let key = write("key.pem", one.signing_key.serialize_pem());
+        let other_key = write("other.pem", other.signing_key.serialize_pem());
+        server_config(&cert, &key).unwrap();
+        client_config(Some(&cert)).unwrap();
+
+        let e = format!("{:#}", server_config(&cert, &cert).unwrap_err());
+        assert!(
+            e.contains("holds no private key") && e.contains("cert.pem"),
+            "{e}"
+        );
+        let e = format!("{:#}", server_config(&cert, &other_key).unwrap_err());
+        assert!(e.contains("other.pem") && e.contains("cert.pem"), "{e}");
     }
 }

@@ -381,7 +381,8 @@ class FaaSClient:
         output, ``resize`` it, ``wait`` for its ``TerminalExit``; closing it hangs the shell up.
         Needs the ``websockets`` package."""
         url = terminal_url(self.base_url, instance_id, cols, rows)
-        return Terminal.open(url, _ws_headers(self._http, self._headers), self._timeout, self._terminal_ssl)
+        headers = _ws_headers(self._http, self._headers)
+        return Terminal.open(url, headers, self._timeout, self._terminal_ssl)
 
     def wait_invocation(
         self, invocation_id: str, timeout_s: float = 60.0, poll_s: float = 0.1
@@ -501,7 +502,8 @@ class AsyncFaaSClient:
     async def terminal(self, instance_id: str, cols: int = 80, rows: int = 24) -> AsyncTerminal:
         """Like ``FaaSClient.terminal``; the terminal's methods are awaited."""
         url = terminal_url(self.base_url, instance_id, cols, rows)
-        return await AsyncTerminal.open(url, _ws_headers(self._http, self._headers), self._timeout, self._terminal_ssl)
+        headers = _ws_headers(self._http, self._headers)
+        return await AsyncTerminal.open(url, headers, self._timeout, self._terminal_ssl)
 
     async def wait_invocation(
         self, invocation_id: str, timeout_s: float = 60.0, poll_s: float = 0.1

@@ -66,7 +66,9 @@ class _RedactingLogger(logging.LoggerAdapter):
         super().log(level, msg, *args, **kwargs)
 
 
-def _connect_args(url: str, headers: Dict[str, str], open_timeout: float, tls: Any) -> Dict[str, Any]:
+def _connect_args(
+    url: str, headers: Dict[str, str], open_timeout: float, tls: Any
+) -> Dict[str, Any]:
     args: Dict[str, Any] = {
         "additional_headers": headers,
         "open_timeout": open_timeout,

@@ -7,6 +7,9 @@ import email.utils
 import json
 import logging
 import os
+import shutil
+import ssl
+import subprocess
 import threading
 import time
 import uuid
@@ -30,15 +33,18 @@ class FakeServer:
     """An HTTP server on 127.0.0.1:0 that records each request's method, path and headers and
     answers from ``routes``: ``(method, path) -> (status, headers, body)``, else 200 ``{}``."""
 
-    def __init__(self, routes=None):
+    def __init__(self, routes=None, tls=None):
         self.routes = routes or {}
         self.requests = []
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # a WebSocket client wants an HTTP/1.1 answer
+
             def handle_one(self):
                 path = self.path.split("?")[0]
-                fake.requests.append((self.command, path, {k.lower(): v for k, v in self.headers.items()}))
+                seen = {k.lower(): v for k, v in self.headers.items()}
+                fake.requests.append((self.command, path, seen))
                 length = int(self.headers.get("content-length") or 0)
                 if length:
                     self.rfile.read(length)
@@ -58,7 +64,17 @@ class FakeServer:
                 pass
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._server.handle_error = lambda *a: None  # a client refusing the certificate, say
+        scheme = "http"
+        if tls is not None:  # (certificate, key) files: https
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(*tls)
+            # The handshake happens in the handler's thread, not in the accepting one.
+            self._server.socket = ctx.wrap_socket(
+                self._server.socket, server_side=True, do_handshake_on_connect=False
+            )
+            scheme = "https"
+        self.url = f"{scheme}://127.0.0.1:{self._server.server_address[1]}"
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
 
     def auth_of(self, path):
@@ -86,7 +102,11 @@ def fake():
             ("GET", "/api/v1/instances/i1/terminal"): UNAUTHENTICATED,
             ("GET", "/api/v1/auth/whoami"): UNAUTHENTICATED,
             ("GET", "/api/v1/tenants"): (403, {}, error_body("forbidden", "admin only")),
-            ("GET", "/api/v1/keys"): (429, {"retry-after": "2"}, error_body("rate_limited", "slow down")),
+            ("GET", "/api/v1/keys"): (
+                429,
+                {"retry-after": "2"},
+                error_body("rate_limited", "slow down"),
+            ),
             ("POST", "/api/v1/instances"): (
                 429,
                 {"retry-after": "5"},
@@ -196,6 +216,56 @@ def test_the_key_is_never_shown(fake, caplog, monkeypatch):
     assert not [s for s in shown if SECRET in s]
 
 
+def self_signed(dir):
+    """A certificate of 127.0.0.1 that is its own CA, and its key (files in ``dir``)."""
+    if not shutil.which("openssl"):
+        pytest.skip("skipped: no openssl to make a certificate with")
+    cert, key = str(dir / "cert.pem"), str(dir / "key.pem")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1", "-keyout", key, "-out", cert,
+         "-addext", "subjectAltName=IP:127.0.0.1", "-addext", "basicConstraints=critical,CA:TRUE"],
+        check=True, capture_output=True,
+    )
+    return cert, key
+
+
+def test_https_with_a_ca_bundle(tmp_path, monkeypatch):
+    cert, key = self_signed(tmp_path)
+    server = FakeServer(
+        {
+            ("GET", "/api/v1/instances"): (200, {}, b'{"instances": []}'),
+            ("GET", "/api/v1/instances/i1/terminal"): UNAUTHENTICATED,
+        },
+        tls=(cert, key),
+    )
+    try:
+        monkeypatch.delenv("FAAS_CA_CERT", raising=False)
+        with FaaSClient(server.url, api_key=SECRET, verify=cert) as c:
+            assert c.list_instances() == []
+            with pytest.raises(faas_sdk.AuthenticationError):
+                c.terminal("i1")  # wss with the same CA; the fake refuses the upgrade
+        assert server.auth_of("/api/v1/instances/i1/terminal") == [f"Bearer {SECRET}"]
+        with FaaSClient(server.url, api_key=SECRET, max_retries=0) as c:
+            with pytest.raises(faas_sdk.ConnectionError):
+                c.list_instances()  # not a CA the system trusts
+        with FaaSClient(server.url, verify=False) as c:
+            assert c.list_instances() == []
+        monkeypatch.setenv("FAAS_CA_CERT", cert)
+        with FaaSClient(server.url) as c:
+            assert c.list_instances() == [], "FAAS_CA_CERT is the default CA bundle"
+
+        async def main():
+            async with AsyncFaaSClient(server.url) as c:
+                assert await c.list_instances() == []
+
+        asyncio.run(main())
+    finally:
+        server.close()
+    with pytest.raises(ValueError, match="no-such-ca.pem"):
+        FaaSClient("https://127.0.0.1:1", verify=str(tmp_path / "no-such-ca.pem"))
+
+
 # ---- against the live server, with its admin key ----
 
 
@@ -214,7 +284,8 @@ def member(admin):
     keys = []
 
     def make(label, quotas=None):
-        tenant = admin.create_tenant(f"sdk-py-{label}-{rnd()}", name=f"sdk py {label}", quotas=quotas)
+        tid = f"sdk-py-{label}-{rnd()}"
+        tenant = admin.create_tenant(tid, name=f"sdk py {label}", quotas=quotas)
         key = admin.create_key(f"sdk-py-{label}", tenant=tenant.id)
         keys.append(key.id)
         return tenant, key
@@ -227,7 +298,7 @@ def member(admin):
             pass  # the test revoked it
 
 
-def test_no_key_is_unauthenticated(url):
+def test_no_key_is_unauthenticated(admin, url):
     with FaaSClient(url, api_key="", max_retries=0) as c:
         assert c.health_check().healthy, "/health needs no key"
         for call in (
@@ -391,8 +462,9 @@ def test_usage_of_a_tenant(admin, url, member):
 
         by_instance = m.get_usage(from_ms=start, to_ms=now_ms() + 60_000, group_by="instance")
         assert inst.id in [r.key for r in by_instance.rows], by_instance.raw
-    seen = admin.get_usage(from_ms=start, group_by="function", tenant=t.id)
+    seen = admin.get_usage(from_ms=start, group_by="day", tenant=t.id)  # an admin names it
     assert seen.tenant == t.id and seen.total.executions == u.total.executions
+    assert admin.get_usage(from_ms=start, group_by="function", tenant=t.id).rows == []
 
 
 def test_audit_lists_key_creation_without_the_secret(admin, member):

@@ -1,18 +1,22 @@
 /**
  * One error class per error-code family of the API. The server answers errors as
  * `{"error": {"code", "message"}}` with an HTTP status; the SDK throws the class of the code,
- * carrying `code`, `message` and `status`.
+ * carrying `code`, `message`, `status` and, when the answer had a `Retry-After` header (429s),
+ * `retryAfter` in seconds.
  */
 
 export class FaaSError extends Error {
   readonly code: string;
   readonly status: number;
+  /** Seconds to wait before trying again (the answer's `Retry-After`), or null. */
+  readonly retryAfter: number | null;
 
-  constructor(message: string, code = "internal", status = 0) {
+  constructor(message: string, code = "internal", status = 0, retryAfter: number | null = null) {
     super(message);
     this.name = new.target.name;
     this.code = code;
     this.status = status;
+    this.retryAfter = retryAfter;
   }
 }
 
@@ -24,8 +28,15 @@ export class NotFoundError extends FaaSError {}
 export class ConflictError extends FaaSError {}
 /** 413: the body or payload is over the limit. */
 export class PayloadTooLargeError extends FaaSError {}
-/** 429: a limit was reached; try again later. */
+/** 401 `unauthenticated`: no API key, or one that is unknown, expired or revoked. */
+export class AuthenticationError extends FaaSError {}
+/** 403 `forbidden`: the key may not do this (a member key asking for an admin operation). */
+export class ForbiddenError extends FaaSError {}
+/** 429: a limit was reached (the tenant's request rate, a function's concurrency); try again
+ * after `retryAfter` seconds. */
 export class RateLimitedError extends FaaSError {}
+/** 429 `quota_exceeded`: one of the tenant's quotas is used up (the message names it). */
+export class QuotaExceededError extends RateLimitedError {}
 /** 501: the server or backend does not have this feature. */
 export class UnsupportedError extends FaaSError {}
 /** 503: the backend cannot serve now. */
@@ -45,7 +56,10 @@ const BY_CODE: Record<string, typeof FaaSError> = {
   image_not_found: NotFoundError,
   conflict: ConflictError,
   payload_too_large: PayloadTooLargeError,
+  unauthenticated: AuthenticationError,
+  forbidden: ForbiddenError,
   rate_limited: RateLimitedError,
+  quota_exceeded: QuotaExceededError,
   unsupported: UnsupportedError,
   backend_unavailable: BackendUnavailableError,
   timeout: TimeoutError,
@@ -54,6 +68,8 @@ const BY_CODE: Record<string, typeof FaaSError> = {
 
 const BY_STATUS: Record<number, typeof FaaSError> = {
   400: InvalidRequestError,
+  401: AuthenticationError,
+  403: ForbiddenError,
   404: NotFoundError,
   409: ConflictError,
   413: PayloadTooLargeError,
@@ -63,8 +79,25 @@ const BY_STATUS: Record<number, typeof FaaSError> = {
   504: TimeoutError,
 };
 
-/** The error for an error answer (its parsed JSON body, or its text). */
-export function errorFromResponse(status: number, body: unknown): FaaSError {
+/** The seconds of a `Retry-After` header: a number of seconds or an HTTP date. */
+export function retryAfterSeconds(value: string | null | undefined): number | null {
+  if (!value) return null;
+  const seconds = Number(value);
+  if (value.trim() !== "" && Number.isFinite(seconds)) return Math.max(0, seconds);
+  const at = Date.parse(value);
+  return Number.isNaN(at) ? null : Math.max(0, (at - Date.now()) / 1000);
+}
+
+/**
+ * The error for an error answer (its parsed JSON body, or its text); `sentKey`: whether the
+ * request carried an API key (a 401 without one says how to give one).
+ */
+export function errorFromResponse(
+  status: number,
+  body: unknown,
+  retryAfter: number | null = null,
+  sentKey = true,
+): FaaSError {
   let code: string | undefined;
   let message: string | undefined;
   if (body && typeof body === "object" && "error" in body) {
@@ -74,5 +107,9 @@ export function errorFromResponse(status: number, body: unknown): FaaSError {
   }
   const Cls =
     (code && BY_CODE[code]) || BY_STATUS[status] || (status >= 500 ? InternalError : FaaSError);
-  return new Cls(message ?? (typeof body === "string" ? body : `HTTP ${status}`), code ?? "unknown", status);
+  let text = message ?? (typeof body === "string" ? body : `HTTP ${status}`);
+  if (Cls === AuthenticationError && !sentKey) {
+    text += " (the client has no API key: pass the apiKey option or set FAAS_API_KEY)";
+  }
+  return new Cls(text, code ?? "unknown", status, retryAfter);
 }

@@ -11,6 +11,14 @@
  * Requests and results are camelCase; user data (function payloads and results, env var
  * names, instance metadata) is passed through untouched. Only calls that are safe to repeat
  * are retried.
+ *
+ * API keys: the option `apiKey` (by default the `FAAS_API_KEY` environment variable, on Node)
+ * goes as `Authorization: Bearer <key>` with every request, its streams and the terminal's
+ * WebSocket handshake; it is kept out of the client's printed form and of error messages.
+ * https: give an `https://` base URL. On Node, a server whose certificate is signed by a CA of
+ * your own is trusted with `NODE_EXTRA_CA_CERTS=/path/to/ca.pem` in node's environment (read
+ * once, when node starts; fetch and WebSockets both use it), or with the option `fetch` set to
+ * a fetch with a dispatcher of yours (undici's `Agent({ connect: { ca } })`).
  */
 
 import {
@@ -21,6 +29,7 @@ import {
   TimeoutError,
   UnsupportedError,
   errorFromResponse,
+  retryAfterSeconds,
 } from "./errors.js";
 
 export * from "./errors.js";
@@ -339,9 +348,108 @@ export interface LogEvent {
   data: Record<string, unknown>;
 }
 
+/** Who the client's API key is. */
+export interface Whoami {
+  tenant: string;
+  role: "admin" | "member";
+  keyId: string | null;
+}
+
+/** A tenant's limits. In its settings (`Tenant.quotas`) a missing field is the server's
+ * default; in `Tenant.effective` every field is set, and 0 means no limit. */
+export interface Quotas {
+  /** Sandboxes alive at once: executions, running instances, function sandboxes. */
+  concurrentSandboxes?: number;
+  /** Instances, running or stopped. */
+  instances?: number;
+  /** Total memory limit (MiB) of the live sandboxes. */
+  memoryMb?: number;
+  /** Bytes of snapshots kept. */
+  snapshotBytes?: number;
+  functions?: number;
+  /** Async invocations queued or running. */
+  queuedInvocations?: number;
+  /** The refill rate of the tenant's token bucket. */
+  requestsPerSecond?: number;
+  /** The bucket's size. */
+  burst?: number;
+}
+
+export interface Tenant {
+  id: string;
+  name: string | null;
+  createdAtMs: number;
+  /** Its own settings. */
+  quotas: Quotas;
+  /** Every limit as enforced (its settings over the server's defaults; 0: no limit). */
+  effective: Required<Quotas>;
+}
+
+export interface ApiKey {
+  id: string;
+  name: string;
+  tenant: string;
+  role: "admin" | "member";
+  /** The secret's first characters, to tell keys apart. */
+  prefix: string;
+  createdAtMs: number;
+  expiresAtMs: number | null;
+  revokedAtMs: number | null;
+  lastUsedAtMs?: number | null;
+  /** The key itself (`faas_...`): only in the answer of `createKey`; keep it then. */
+  secret?: string;
+}
+
+/** What a tenant used, for one day, function or instance (`key`), or in all (`"total"`). */
+export interface UsageRow {
+  key: string;
+  executions: number;
+  instanceExecs: number;
+  invocations: number;
+  instanceSeconds: number;
+  wallMs: number;
+  cpuMs: number;
+  memoryMibS: number;
+  peakMemoryMb: number;
+}
+
+export interface Usage {
+  tenant: string;
+  fromMs: number;
+  toMs: number;
+  groupBy: string;
+  rows: UsageRow[];
+  total: UsageRow;
+}
+
+export interface UsageOptions {
+  /** The period, in ms since the epoch. */
+  fromMs?: number;
+  toMs?: number;
+  groupBy?: "day" | "function" | "instance";
+  /** An admin's choice of tenant (default: its own); a member always sees its own. */
+  tenant?: string;
+}
+
+/** One administrative act: `action` (`key.create`, `key.revoke`, `tenant.create`,
+ * `tenant.update`) by `actorKeyId` of `actorTenant` on `target`; `detail` as the server sent
+ * it. */
+export interface AuditEvent {
+  id: number;
+  atMs: number;
+  actorTenant: string;
+  actorKeyId: string | null;
+  action: string;
+  target: string;
+  detail: unknown;
+}
+
 export interface ClientOptions {
   /** An http(s) URL (default http://127.0.0.1:8080). */
   baseUrl?: string;
+  /** The API key (`faas_...`), sent as `Authorization: Bearer` with every request; by default
+   * the environment variable `FAAS_API_KEY` (on Node). `""` or `null`: none. */
+  apiKey?: string | null;
   /** Per HTTP call, in ms (default 120 000). */
   timeoutMs?: number;
   /** Retries of calls that are safe to repeat (default 2). */
@@ -353,7 +461,23 @@ export interface ClientOptions {
   WebSocket?: WebSocketConstructor;
 }
 
-const OPTION_KEYS = new Set(["baseUrl", "timeoutMs", "maxRetries", "headers", "fetch", "WebSocket"]);
+const OPTION_KEYS = new Set(["baseUrl", "apiKey", "timeoutMs", "maxRetries", "headers", "fetch", "WebSocket"]);
+const KEY_HEADERS = new Set(["authorization", "x-api-key"]);
+
+/** The `Authorization` header of an API key (`undefined`: `FAAS_API_KEY`; `""`, `null`: none). */
+function authHeaders(apiKey: string | null | undefined): Record<string, string> {
+  if (apiKey !== undefined && apiKey !== null && typeof apiKey !== "string") {
+    throw new TypeError(`apiKey must be a string, got ${describe(apiKey)}`);
+  }
+  const env = (globalThis as { process?: { env?: Record<string, string | undefined> } }).process?.env;
+  const key = (apiKey === undefined ? env?.FAAS_API_KEY ?? "" : apiKey ?? "").trim();
+  if (!key) return {};
+  // Said without the key: an error message must never carry it.
+  if (!/^[\x21-\x7e]+$/.test(key)) throw new TypeError("the API key has characters an HTTP header cannot carry");
+  return { authorization: `Bearer ${key}` };
+}
+
+const sendsKey = (headers: Record<string, string>) => Object.keys(headers).some((k) => KEY_HEADERS.has(k.toLowerCase()));
 const DEFAULT_URL = "http://127.0.0.1:8080";
 
 /** The base URL of a client's argument, or a TypeError saying why it cannot be used. */
@@ -380,7 +504,7 @@ function describe(v: unknown): string {
 }
 
 /** Keys whose values are user data, passed through as they are. */
-const OPAQUE = new Set(["result", "payload", "env_vars", "envVars", "metadata", "raw"]);
+const OPAQUE = new Set(["result", "payload", "env_vars", "envVars", "metadata", "raw", "detail"]);
 
 const toCamel = (s: string) => s.replace(/_([a-z0-9])/g, (_, c: string) => c.toUpperCase());
 const toSnake = (s: string) => s.replace(/[A-Z]/g, (c) => "_" + c.toLowerCase());
@@ -472,14 +596,16 @@ export class FaaSClient {
   private readonly timeoutMs: number;
   private readonly maxRetries: number;
   private readonly headers: Record<string, string>;
+  /** The API key's header, in a private field: not shown when the client is printed. */
+  readonly #auth: Record<string, string>;
   private readonly fetchImpl: typeof fetch;
 
   private readonly webSocketImpl?: WebSocketConstructor;
 
   /**
-   * `new FaaSClient("http://host:port")`, `new FaaSClient("http://host:port", { maxRetries })`
-   * or `new FaaSClient({ baseUrl, timeoutMs, maxRetries, headers, fetch, WebSocket })`. An
-   * argument it cannot use (not an http(s) URL, an unknown option) is a `TypeError`.
+   * `new FaaSClient("http://host:port")`, `new FaaSClient("http://host:port", { apiKey })`
+   * or `new FaaSClient({ baseUrl, apiKey, timeoutMs, maxRetries, headers, fetch, WebSocket })`.
+   * An argument it cannot use (not an http(s) URL, an unknown option) is a `TypeError`.
    */
   constructor(baseUrlOrOptions: string | ClientOptions = {}, options: Omit<ClientOptions, "baseUrl"> = {}) {
     let opts: ClientOptions;
@@ -493,6 +619,7 @@ export class FaaSClient {
     this.timeoutMs = opts.timeoutMs ?? 120_000;
     this.maxRetries = opts.maxRetries ?? 2;
     this.headers = opts.headers ?? {};
+    this.#auth = authHeaders(opts.apiKey);
     this.fetchImpl = opts.fetch ?? globalThis.fetch.bind(globalThis);
     this.webSocketImpl = opts.WebSocket;
   }
@@ -510,7 +637,7 @@ export class FaaSClient {
     const attempts = 1 + (call.idempotent ? this.maxRetries : 0);
     for (let attempt = 0; ; attempt++) {
       const last = attempt === attempts - 1;
-      const headers: Record<string, string> = { ...this.headers, ...(call.headers ?? {}) };
+      const headers: Record<string, string> = { ...this.#auth, ...this.headers, ...(call.headers ?? {}) };
       let body = call.body;
       if (call.json !== undefined) {
         headers["content-type"] = "application/json";
@@ -526,7 +653,7 @@ export class FaaSClient {
           signal: ctrl.signal,
         });
         if (!RETRY_STATUSES.has(resp.status) || last) {
-          if (resp.status >= 400) throw await errorOf(resp);
+          if (resp.status >= 400) throw await errorOf(resp, sendsKey(headers));
           return resp;
         }
       } catch (e) {
@@ -746,8 +873,10 @@ export class FaaSClient {
     u.protocol = u.protocol === "https:" ? "wss:" : "ws:";
     u.searchParams.set("cols", String(opts.cols ?? 80));
     u.searchParams.set("rows", String(opts.rows ?? 24));
-    // Headers (an API key) only where the WebSocket takes them (Node's and ws do, browsers not).
-    const ws = Object.keys(this.headers).length ? new WS(u.toString(), { headers: this.headers }) : new WS(u.toString());
+    // Headers (the API key) only where the WebSocket takes them (Node's and ws do, browsers
+    // not: there the terminal cannot authenticate).
+    const headers = { ...this.#auth, ...this.headers };
+    const ws = Object.keys(headers).length ? new WS(u.toString(), { headers }) : new WS(u.toString());
     ws.binaryType = "arraybuffer";
     try {
       await new Promise<void>((resolve, reject) => {
@@ -905,6 +1034,64 @@ export class FaaSClient {
     return (await this.json<{ invocations: Invocation[] }>({ method: "GET", path: "/api/v1/invocations", query: opts, idempotent: true })).invocations;
   }
 
+  // ---- tenants, API keys, usage and the audit trail ----
+
+  /** The tenant and role of the client's API key. */
+  whoami(): Promise<Whoami> {
+    return this.json({ method: "GET", path: "/api/v1/auth/whoami", idempotent: true });
+  }
+
+  /** Makes a tenant (`id`: lowercase letters, digits, `-` and `_`; generated when not given)
+   * with its own `quotas` (the ones not given are the server's defaults). Admin only. */
+  createTenant(opts: { id?: string; name?: string; quotas?: Quotas } = {}): Promise<Tenant> {
+    return this.json({ method: "POST", path: "/api/v1/tenants", json: snake(opts) });
+  }
+
+  /** Admin only. */
+  async listTenants(): Promise<Tenant[]> {
+    return (await this.json<{ tenants: Tenant[] }>({ method: "GET", path: "/api/v1/tenants", idempotent: true })).tenants;
+  }
+
+  /** Admin only. */
+  getTenant(id: string): Promise<Tenant> {
+    return this.json({ method: "GET", path: `/api/v1/tenants/${encodeURIComponent(id)}`, idempotent: true });
+  }
+
+  /** Replaces the tenant's quota settings with `quotas`: a field not given goes back to the
+   * server's default. Admin only. */
+  setTenantQuotas(id: string, quotas: Quotas): Promise<Tenant> {
+    return this.json({ method: "PUT", path: `/api/v1/tenants/${encodeURIComponent(id)}`, json: snake({ quotas }), idempotent: true });
+  }
+
+  /** Makes an API key of `tenant` (default: the caller's), `role` `member` (default) or
+   * `admin`, that stops working after `expiresInS` if given. The answer is the only one with
+   * its `secret`. Admin only. */
+  createKey(name: string, opts: { tenant?: string; role?: "admin" | "member"; expiresInS?: number } = {}): Promise<ApiKey> {
+    return this.json({ method: "POST", path: "/api/v1/keys", json: snake({ name, ...opts }) });
+  }
+
+  /** API keys, without their secrets; with `tenant`, only that tenant's. Admin only. */
+  async listKeys(opts: { tenant?: string } = {}): Promise<ApiKey[]> {
+    return (await this.json<{ keys: ApiKey[] }>({ method: "GET", path: "/api/v1/keys", query: { tenant: opts.tenant }, idempotent: true })).keys;
+  }
+
+  /** Revokes an API key: the next request made with it is refused. Admin only. */
+  async revokeKey(id: string): Promise<void> {
+    await this.send({ method: "DELETE", path: `/api/v1/keys/${encodeURIComponent(id)}`, idempotent: true });
+  }
+
+  /** What a tenant used over a period, one row per `groupBy` key, and the total. */
+  getUsage(opts: UsageOptions = {}): Promise<Usage> {
+    const query = { from: opts.fromMs, to: opts.toMs, group_by: opts.groupBy, tenant: opts.tenant };
+    return this.json({ method: "GET", path: "/api/v1/usage", query, idempotent: true });
+  }
+
+  /** The audit trail (at most `limit` events): key and tenant changes and who made them.
+   * Admin only. */
+  async listAuditEvents(opts: { limit?: number } = {}): Promise<AuditEvent[]> {
+    return (await this.json<{ events: AuditEvent[] }>({ method: "GET", path: "/api/v1/audit", query: { limit: opts.limit }, idempotent: true })).events;
+  }
+
   /** Polls an async invocation until it is no longer queued or running. */
   async waitInvocation(id: string, timeoutMs = 60_000, pollMs = 100): Promise<Invocation> {
     const deadline = Date.now() + timeoutMs;
@@ -1037,7 +1224,7 @@ class WebSocketTerminal implements Terminal {
   }
 }
 
-async function errorOf(resp: Response): Promise<FaaSError> {
+async function errorOf(resp: Response, sentKey: boolean): Promise<FaaSError> {
   const text = await resp.text();
   let body: unknown = text;
   try {
@@ -1045,5 +1232,5 @@ async function errorOf(resp: Response): Promise<FaaSError> {
   } catch {
     // not JSON: the text is the message
   }
-  return errorFromResponse(resp.status, body);
+  return errorFromResponse(resp.status, body, retryAfterSeconds(resp.headers.get("retry-after")), sentKey);
 }

@@ -1,4 +1,5 @@
-// The TypeScript SDK against a live server (FAAS_URL): every endpoint of its OpenAPI document.
+// The TypeScript SDK against a live server (FAAS_URL; its key from FAAS_API_KEY, the client's
+// default): every endpoint of its OpenAPI document (tenants and keys in auth.test.mjs).
 // The client's argument checks and the stream / terminal plumbing (against fakes) need none.
 import { test } from "node:test";
 import assert from "node:assert/strict";
@@ -71,6 +72,17 @@ const COVERED = {
   "post /api/v1/functions/{name}/invoke": "invokeFunction",
   "get /api/v1/invocations": "listInvocations",
   "get /api/v1/invocations/{id}": "getInvocation",
+  // tenants, API keys, usage and the audit trail: tested in auth.test.mjs
+  "get /api/v1/auth/whoami": "whoami",
+  "post /api/v1/tenants": "createTenant",
+  "get /api/v1/tenants": "listTenants",
+  "get /api/v1/tenants/{id}": "getTenant",
+  "put /api/v1/tenants/{id}": "setTenantQuotas",
+  "post /api/v1/keys": "createKey",
+  "get /api/v1/keys": "listKeys",
+  "delete /api/v1/keys/{id}": "revokeKey",
+  "get /api/v1/usage": "getUsage",
+  "get /api/v1/audit": "listAuditEvents",
 };
 
 test("every OpenAPI operation has an SDK method", { skip }, async () => {

@@ -297,6 +297,24 @@ impl Executor {
             req.isolation,
         )?;
         let backend = self.sandboxes.resolve(req.runtime.unwrap_or_default())?;
+        // A warm pool is the tenant's sandboxes waiting: no more than its quotas allow.
+        let q = self.tenants.effective(&caller.tenant).await?;
+        let (boxes, mem) = (
+            q.concurrent_sandboxes.unwrap_or(0),
+            q.memory_mb.unwrap_or(0),
+        );
+        if boxes > 0 && req.count as u64 > boxes {
+            return Err(Error::QuotaExceeded(format!(
+                "a pool of {} is over the quota concurrent_sandboxes of {boxes}",
+                req.count
+            )));
+        }
+        if mem > 0 && req.count as u64 * spec.limits.memory_mb > mem {
+            return Err(Error::QuotaExceeded(format!(
+                "a pool of {} boxes of {} MiB is over the quota memory_mb of {mem}",
+                req.count, spec.limits.memory_mb
+            )));
+        }
         backend.check_image(&spec.image).await?;
         self.sandboxes
             .pools

@@ -580,6 +580,11 @@ impl Tenants {
         Ok(lease)
     }
 
+    /// The tenant's limits as enforced (0: none).
+    pub async fn effective(&self, tenant: &str) -> Result<Quotas> {
+        Ok(self.state(tenant).await?.effective)
+    }
+
     /// Counts a live sandbox whatever the quotas say (one found running after a restart).
     pub async fn lease_sandbox_unchecked(
         &self,

@@ -55,6 +55,10 @@ async fn restart_after_kill_removes_leftovers() {
 async fn client_disconnect_still_cleans_up() {
     require_docker!();
     let server = Server::start();
+    // The key is checked (and cached) first: the request below must reach its run before the
+    // client gives up, however loaded the machine is.
+    let (s, _) = server.client().get("/api/v1/auth/whoami").await;
+    assert_eq!(s, 200);
     let http = reqwest::Client::builder()
         .default_headers(crate::support::auth_headers(&server.admin_key))
         .timeout(Duration::from_millis(700))

@@ -12,3 +12,4 @@ mod native;
 mod processes;
 mod support;
 mod tenants;
+mod tls;

@@ -178,7 +178,7 @@ async fn revoked_and_expired_keys_stop_at_once_and_members_are_not_admins() {
             json!({"name": "x", "tenant": "no-such-tenant"}),
             "not_found",
         ),
-        (json!({"name": "x", "role": "root"}), "invalid_json"),
+        (json!({"name": "x", "role": "root"}), "invalid_request"),
         (json!({"name": "x", "expires_in_s": 0}), "invalid_request"),
     ] {
         let (s, v) = admin.post("/api/v1/keys", body.clone()).await;
@@ -196,7 +196,7 @@ async fn revoked_and_expired_keys_stop_at_once_and_members_are_not_admins() {
             json!({"quotas": {"no_such": 1}}),
         )
         .await;
-    assert_error(s, &v, 400, "invalid_json");
+    assert_error(s, &v, 400, "invalid_request");
 }
 
 #[tokio::test]
@@ -729,4 +729,64 @@ async fn auth_none_is_refused_off_loopback() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--auth none"), "{err}");
+}
+
+fn py_function(name: &str, answer: &str) -> Value {
+    use base64::Engine;
+    let code = format!("def handler(event, context):\n    return {{'who': '{answer}', 'event': event}}\n");
+    json!({
+        "name": name,
+        "runtime": "python",
+        "handler": "main.handler",
+        "code_b64": base64::engine::general_purpose::STANDARD.encode(code),
+    })
+}
+
+#[tokio::test]
+async fn functions_and_invocations_are_per_tenant() {
+    require_docker!();
+    let server = shared();
+    let admin = server.client();
+    let a = tenant(&admin, &unique("fa"), json!({"functions": 1})).await;
+    let b = tenant(&admin, &unique("fb"), json!({})).await;
+    // One name, two tenants: two functions, each answering with its own code.
+    for (c, who) in [(&a, "a"), (&b, "b")] {
+        let (s, v) = c.post("/api/v1/functions", py_function("hello", who)).await;
+        assert_eq!((s, v["version"].as_i64()), (201, Some(1)), "{v}");
+    }
+    let (s, ia) = a.post("/api/v1/functions/hello/invoke", json!({"n": 1})).await;
+    assert_eq!((s, ia["result"]["who"].as_str()), (200, Some("a")), "{ia}");
+    let (s, ib) = b.post("/api/v1/functions/hello/invoke", json!({"n": 2})).await;
+    assert_eq!((s, ib["result"]["who"].as_str()), (200, Some("b")), "{ib}");
+    let inv = ia["invocation_id"].as_str().unwrap();
+    let (s, v) = b.get(&format!("/api/v1/invocations/{inv}")).await;
+    assert_error(s, &v, 404, "not_found");
+    let (s, v) = a.get(&format!("/api/v1/invocations/{inv}")).await;
+    assert_eq!(s, 200, "{v}");
+    let (_, v) = b.get("/api/v1/invocations?function=hello").await;
+    assert!(v["invocations"].as_array().unwrap().iter().all(|i| i["invocation_id"] != inv), "{v}");
+    // A's quota of one function: a second name is refused, nothing is made.
+    let (s, v) = a.post("/api/v1/functions", py_function("other", "a")).await;
+    assert_error(s, &v, 429, "quota_exceeded");
+    let (s, v) = a.get("/api/v1/functions/other").await;
+    assert_error(s, &v, 404, "not_found");
+    // The invocation's use is A's, with the CPU its sandbox used.
+    let mut row = Value::Null;
+    for _ in 0..100 {
+        let (_, u) = a.get("/api/v1/usage?group_by=function").await;
+        if let Some(r) = u["rows"].as_array().unwrap().iter().find(|r| r["key"] == "hello") {
+            row = r.clone();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(row["invocations"], 1, "{row}");
+    assert!(row["cpu_ms"].as_f64().unwrap() > 0.0, "{row}");
+    // B deletes its own; A's stays.
+    assert_eq!(b.delete("/api/v1/functions/hello").await, 200);
+    let (s, v) = a.post("/api/v1/functions/hello/invoke", json!({})).await;
+    assert_eq!((s, v["result"]["who"].as_str()), (200, Some("a")), "{v}");
+    let (s, v) = b.delete_json("/api/v1/functions/hello").await;
+    assert_error(s, &v, 404, "not_found");
+    assert_eq!(a.delete("/api/v1/functions/hello").await, 200);
 }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use base64::Engine;
-use faas_common::{DeployRequest, FunctionInfo, FunctionRuntime};
+use faas_common::{Caller, DeployRequest, FunctionInfo, FunctionRuntime};
 use faas_store::{NewVersion, VersionRecord};
 
 use super::code;
@@ -13,6 +13,7 @@ use super::runner::FnConfig;
 use super::Functions;
 use crate::error::{Error, Result};
 use crate::services::run;
+use crate::services::tenants::Counted;
 
 /// Function names: lowercase letters, digits, `-` and `_`, starting with a letter or digit.
 fn check_name(name: &str) -> Result<()> {
@@ -98,6 +99,7 @@ impl Functions {
     /// A plain deploy of an existing name is also a new version.
     pub async fn function_deploy(
         self: &Arc<Self>,
+        caller: &Caller,
         path_name: Option<&str>,
         req: DeployRequest,
     ) -> Result<(bool, FunctionInfo)> {
@@ -114,15 +116,22 @@ impl Functions {
         };
         check_name(&name)?;
         let update = path_name.is_some();
-        let prev = store.get_function(&name).await?;
+        let tenant = caller.tenant.as_str();
+        let prev = store.get_function(tenant, &name).await?;
         if update && prev.is_none() {
             return Err(Error::NotFound(format!("function {name} not found")));
+        }
+        if prev.is_none() {
+            let have = store.count_functions(tenant).await?;
+            self.tenants
+                .check_count(tenant, Counted::Functions, have.max(0) as u64, 1)
+                .await?;
         }
         // An update inherits; a deploy starts from nothing.
         let base: Option<(FnConfig, VersionRecord)> = match (&prev, update) {
             (Some(p), true) => {
                 let v = store
-                    .get_version(&name, p.latest.version)
+                    .get_version(tenant, &name, p.latest.version)
                     .await?
                     .ok_or_else(|| Error::NotFound(format!("function {name} not found")))?;
                 let cfg = serde_json::from_value(v.config.clone())
@@ -139,7 +148,7 @@ impl Functions {
             code,
         };
         let rec = store
-            .add_version(&name, &new, true)
+            .add_version(tenant, &name, &new, true)
             .await
             .map_err(|e| match e {
                 faas_store::StoreError::Conflict(m) => Error::Conflict(m),

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use faas_common::{
-    FunctionDeleted, FunctionInfo, FunctionRuntime, InvocationAccepted, InvocationError,
+    Caller, FunctionDeleted, FunctionInfo, FunctionRuntime, InvocationAccepted, InvocationError,
     InvocationInfo, InvocationsQuery, InvokeQuery,
 };
 use faas_store::{InvocationFilter, InvocationRecord, Store, VersionRecord};
@@ -27,9 +27,9 @@ use crate::error::{Error, Result};
 use crate::sandbox::sandboxes::Sandboxes;
 use crate::sandbox::ReadOnlyMount;
 use crate::services::run;
-use crate::services::tenants::Tenants;
+use crate::services::tenants::{usage_record, Counted, Tenants};
 use code::CodeForm;
-use runner::{FnConfig, Outcome, Runners, Version, VersionKey};
+use runner::{scoped, FnConfig, Outcome, Runners, Version, VersionKey};
 
 /// Invocations may ask for this many attempts at most.
 pub const MAX_ATTEMPTS: i64 = 10;
@@ -49,8 +49,8 @@ pub struct Functions {
     pub(crate) cancel: CancellationToken,
     /// This server's name in queue leases.
     pub(crate) owner: String,
-    records: tokio::sync::mpsc::UnboundedSender<InvocationRecord>,
-    records_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<InvocationRecord>>>,
+    records: tokio::sync::mpsc::UnboundedSender<Finished>,
+    records_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Finished>>>,
 }
 
 impl Functions {
@@ -62,8 +62,8 @@ impl Functions {
     ) -> Arc<Self> {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         Arc::new(Functions {
+            runners: Runners::new(sandboxes.metrics.clone(), tenants.clone()),
             tenants,
-            runners: Runners::new(sandboxes.metrics.clone()),
             cfg,
             sandboxes,
             store,
@@ -79,6 +79,28 @@ impl Functions {
     fn loaded(&self) -> std::sync::MutexGuard<'_, HashMap<VersionKey, Arc<Version>>> {
         self.loaded.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// A finished sync invocation and what it used, to be recorded together.
+type Finished = (InvocationRecord, Option<faas_store::UsageRecord>);
+
+/// What an invocation attempt used, as a usage row (`None` when nothing ran).
+pub(crate) fn attempt_usage(
+    rec: &InvocationRecord,
+    o: &Outcome,
+    memory_mb: u64,
+) -> Option<faas_store::UsageRecord> {
+    o.usage.map(|u| {
+        usage_record(
+            format!("inv:{}:{}", rec.id, rec.attempts),
+            &rec.tenant,
+            "invocation",
+            Some(&rec.function_name),
+            Duration::from_secs_f64(o.duration_ms.max(0.0) / 1000.0),
+            Some(u),
+            memory_mb,
+        )
+    })
 }
 
 /// What an invoke answered.
@@ -155,7 +177,7 @@ impl Functions {
             code_sha256: v.code_sha256.clone(),
             code_size: cfg.code_size,
             versions: Vec::new(),
-            warm: self.runners.warm(&(name.to_string(), v.version)),
+            warm: self.runners.warm(&(scoped(&v.tenant, name), v.version)),
             created_ms,
             updated_ms,
         })
@@ -175,16 +197,21 @@ impl Functions {
     }
 
     /// A version's record (without its code): the latest, or the one asked for.
-    async fn version_meta(&self, name: &str, version: Option<i64>) -> Result<VersionRecord> {
+    async fn version_meta(
+        &self,
+        tenant: &str,
+        name: &str,
+        version: Option<i64>,
+    ) -> Result<VersionRecord> {
         let store = self.fn_store()?;
         match version {
             None => Ok(store
-                .get_function(name)
+                .get_function(tenant, name)
                 .await?
                 .ok_or_else(|| Error::NotFound(format!("function {name} not found")))?
                 .latest),
             Some(n) => store
-                .version_meta(name, n)
+                .version_meta(tenant, name, n)
                 .await?
                 .ok_or_else(|| Error::NotFound(format!("function {name} has no version {n}"))),
         }
@@ -194,15 +221,15 @@ impl Functions {
     /// and re-made function reuses numbers, so the cache is checked against `meta`'s time.
     async fn load_version(&self, meta: &VersionRecord) -> Result<Arc<Version>> {
         let store = self.fn_store()?;
-        let (name, version) = (meta.name.as_str(), meta.version);
-        let key = (name.to_string(), version);
+        let (tenant, name, version) = (meta.tenant.as_str(), meta.name.as_str(), meta.version);
+        let key = (scoped(tenant, name), version);
         if let Some(l) = self.loaded().get(&key) {
             if l.created_ms == meta.created_ms {
                 return Ok(l.clone());
             }
         }
         let v = store
-            .get_version(name, version)
+            .get_version(tenant, name, version)
             .await?
             .ok_or_else(|| Error::NotFound(format!("function {name} has no version {version}")))?;
         let cfg: FnConfig = serde_json::from_value(v.config.clone())
@@ -223,6 +250,8 @@ impl Functions {
         let backend = self.sandboxes.resolve(cfg.backend)?;
         let l = Arc::new(Version {
             key: key.clone(),
+            tenant: tenant.to_string(),
+            name: name.to_string(),
             created_ms: v.created_ms,
             cfg,
             spec,
@@ -232,19 +261,25 @@ impl Functions {
         Ok(l)
     }
 
-    pub async fn function_get(&self, name: &str, version: Option<i64>) -> Result<FunctionInfo> {
+    pub async fn function_get(
+        &self,
+        caller: &Caller,
+        name: &str,
+        version: Option<i64>,
+    ) -> Result<FunctionInfo> {
         let store = self.fn_store()?;
+        let tenant = caller.tenant.as_str();
         let f = store
-            .get_function(name)
+            .get_function(tenant, name)
             .await?
             .ok_or_else(|| Error::NotFound(format!("function {name} not found")))?;
         let v = match version {
             None => f.latest.clone(),
-            Some(_) => self.version_meta(name, version).await?,
+            Some(_) => self.version_meta(tenant, name, version).await?,
         };
         let mut info = self.function_info(name, &v, f.created_ms, f.updated_ms)?;
         info.versions = store
-            .list_versions(name)
+            .list_versions(tenant, name)
             .await?
             .iter()
             .map(|v| v.version)
@@ -252,10 +287,10 @@ impl Functions {
         Ok(info)
     }
 
-    pub async fn function_list(&self) -> Result<Vec<FunctionInfo>> {
+    pub async fn function_list(&self, caller: &Caller) -> Result<Vec<FunctionInfo>> {
         let store = self.fn_store()?;
         store
-            .list_functions()
+            .list_functions(&caller.tenant)
             .await?
             .iter()
             .map(|f| self.function_info(&f.name, &f.latest, f.created_ms, f.updated_ms))
@@ -264,7 +299,7 @@ impl Functions {
 
     /// Deletes a function with all its versions, destroys its sandboxes, and fails its queued
     /// invocations with `function_deleted`.
-    pub async fn function_delete(&self, name: &str) -> Result<FunctionDeleted> {
+    pub async fn function_delete(&self, caller: &Caller, name: &str) -> Result<FunctionDeleted> {
         let store = self.fn_store()?;
         let err = error_value(&InvocationError {
             kind: "function_deleted".into(),
@@ -272,11 +307,12 @@ impl Functions {
             traceback: None,
         });
         let failed = store
-            .delete_function(name, &err)
+            .delete_function(&caller.tenant, name, &err)
             .await?
             .ok_or_else(|| Error::NotFound(format!("function {name} not found")))?;
-        self.loaded().retain(|k, _| k.0 != name);
-        self.runners.remove(name, |_| true).await;
+        let key = scoped(&caller.tenant, name);
+        self.loaded().retain(|k, _| k.0 != key);
+        self.runners.remove(&key, |_| true).await;
         Ok(FunctionDeleted {
             name: name.to_string(),
             failed_invocations: failed,
@@ -286,6 +322,7 @@ impl Functions {
     /// Invokes a function with `payload` (JSON bytes; empty means `null`).
     pub async fn function_invoke(
         self: &Arc<Self>,
+        caller: &Caller,
         name: &str,
         q: InvokeQuery,
         payload: &[u8],
@@ -306,7 +343,8 @@ impl Functions {
                 .map_err(|e| Error::InvalidRequest(format!("the payload is not JSON: {e}")))?
         };
         let payload = serde_json::to_vec(&value).unwrap_or_default();
-        let meta = self.version_meta(name, q.version).await?;
+        let tenant = caller.tenant.as_str();
+        let meta = self.version_meta(tenant, name, q.version).await?;
         let version = meta.version;
         if let Some(k) = &idempotency_key {
             if k.is_empty() || k.len() > 256 {
@@ -319,6 +357,7 @@ impl Functions {
         let id = uuid::Uuid::new_v4().to_string();
         let mut rec = InvocationRecord {
             id: id.clone(),
+            tenant: tenant.to_string(),
             function_name: name.to_string(),
             version,
             is_async: q.is_async,
@@ -358,6 +397,10 @@ impl Functions {
             }
             rec.max_attempts = attempts;
             rec.callback_url = q.callback_url;
+            let pending = store.count_pending_invocations(tenant).await?;
+            self.tenants
+                .check_count(tenant, Counted::QueuedInvocations, pending.max(0) as u64, 1)
+                .await?;
             let stored = store.insert_invocation(&rec).await?;
             self.enqueued.notify_one();
             return Ok(Invoked::Queued(InvocationAccepted {
@@ -368,7 +411,7 @@ impl Functions {
         if let Some(k) = &rec.idempotency_key {
             // A sync call with a key already used answers with the earlier result (once it is
             // recorded: sync records are written just after the answer).
-            if let Some(r) = store.invocation_by_key(name, k).await? {
+            if let Some(r) = store.invocation_by_key(tenant, name, k).await? {
                 return Ok(Invoked::Done(Box::new(info_of(&r))));
             }
         }
@@ -377,7 +420,15 @@ impl Functions {
         let me = self.clone();
         let wait = Duration::from_millis(loaded.cfg.timeout_ms);
         let run = self.sandboxes.tasks.spawn(async move {
-            let lease = me.runners.lease(&loaded, Some(wait)).await?;
+            let mut lease = me.runners.lease(&loaded, Some(wait)).await?;
+            // A cold start needs room in the tenant's quotas: refused before anything starts.
+            if lease.needs_start() {
+                lease.quota = Some(
+                    me.tenants
+                        .lease_sandbox(&rec.tenant, loaded.spec.limits.memory_mb)
+                        .await?,
+                );
+            }
             rec.started_ms = Some(ms_now());
             let outcome = me
                 .runners
@@ -385,7 +436,8 @@ impl Functions {
                 .await;
             finish(&mut rec, &outcome);
             rec.attempts = 1;
-            let _ = me.records.send(rec.clone());
+            let usage = attempt_usage(&rec, &outcome, loaded.cfg.memory_mb);
+            let _ = me.records.send((rec.clone(), usage));
             Ok::<_, Error>(info_of(&rec))
         });
         let info = run
@@ -394,15 +446,15 @@ impl Functions {
         Ok(Invoked::Done(Box::new(info)))
     }
 
-    pub async fn invocation_get(&self, id: &str) -> Result<InvocationInfo> {
+    pub async fn invocation_get(&self, caller: &Caller, id: &str) -> Result<InvocationInfo> {
         let store = self.fn_store()?;
-        match store.get_invocation(id).await? {
+        match store.get_invocation(&caller.tenant, id).await? {
             Some(r) => Ok(info_of(&r)),
             None => {
                 // A sync invocation is written shortly after it answers.
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 store
-                    .get_invocation(id)
+                    .get_invocation(&caller.tenant, id)
                     .await?
                     .map(|r| info_of(&r))
                     .ok_or_else(|| Error::NotFound(format!("invocation {id} not found")))
@@ -410,7 +462,11 @@ impl Functions {
         }
     }
 
-    pub async fn invocation_list(&self, q: InvocationsQuery) -> Result<Vec<InvocationInfo>> {
+    pub async fn invocation_list(
+        &self,
+        caller: &Caller,
+        q: InvocationsQuery,
+    ) -> Result<Vec<InvocationInfo>> {
         let store = self.fn_store()?;
         if let Some(s) = &q.status {
             const ALL: [&str; 6] = [
@@ -436,6 +492,7 @@ impl Functions {
         }
         Ok(store
             .list_invocations(&InvocationFilter {
+                tenant: caller.tenant.clone(),
                 function: q.function,
                 status: q.status,
                 limit,
@@ -486,12 +543,12 @@ impl Functions {
                 _ = tokio::time::sleep(Duration::from_secs(2)) => {}
             }
             let latest: HashMap<String, (VersionRecord, u32)> = match me.fn_store() {
-                Ok(s) => match s.list_functions().await {
+                Ok(s) => match s.list_all_functions().await {
                     Ok(fs) => fs
                         .into_iter()
                         .map(|f| {
                             let w = f.latest.config["min_warm"].as_u64().unwrap_or(0) as u32;
-                            (f.name, (f.latest, w))
+                            (scoped(&f.tenant, &f.name), (f.latest, w))
                         })
                         .collect(),
                     Err(_) => continue,
@@ -540,7 +597,7 @@ fn finish(rec: &mut InvocationRecord, o: &Outcome) {
 /// Writes finished sync invocations in batches (one transaction per batch).
 async fn write_records(
     store: Store,
-    mut rx: tokio::sync::mpsc::UnboundedReceiver<InvocationRecord>,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<Finished>,
     cancel: CancellationToken,
 ) {
     loop {
@@ -548,7 +605,7 @@ async fn write_records(
             r = rx.recv() => r,
             _ = cancel.cancelled() => None,
         };
-        let mut batch: Vec<InvocationRecord> = first.into_iter().collect();
+        let mut batch: Vec<Finished> = first.into_iter().collect();
         while batch.len() < 512 {
             match rx.try_recv() {
                 Ok(r) => batch.push(r),

@@ -111,10 +111,13 @@ async fn run_one(f: &Arc<Functions>, mut job: InvocationRecord) {
     if job.attempts > job.max_attempts {
         job.status = "dead_letter".into();
         job.finished_ms = Some(now_ms());
-        settle(f, &owner, &job).await;
+        settle(f, &owner, &job, None).await;
         return;
     }
-    let loaded = match f.version_meta(&job.function_name, Some(job.version)).await {
+    let loaded = match f
+        .version_meta(&job.tenant, &job.function_name, Some(job.version))
+        .await
+    {
         Ok(meta) => f.load_version(&meta).await,
         Err(e) => Err(e),
     };
@@ -132,7 +135,7 @@ async fn run_one(f: &Arc<Functions>, mut job: InvocationRecord) {
             job.status = "error".into();
             job.error = Some(super::error_value(&e));
             job.finished_ms = Some(now_ms());
-            settle(f, &owner, &job).await;
+            settle(f, &owner, &job, None).await;
             return;
         }
         Err(e) => {
@@ -142,7 +145,7 @@ async fn run_one(f: &Arc<Functions>, mut job: InvocationRecord) {
                 message: e.to_string(),
                 traceback: None,
             };
-            retry_or_dead_letter(f, &owner, job, ie).await;
+            retry_or_dead_letter(f, &owner, job, ie, None).await;
             return;
         }
     };
@@ -159,17 +162,20 @@ async fn run_one(f: &Arc<Functions>, mut job: InvocationRecord) {
             job.status = "error".into();
             job.error = Some(super::error_value(&ie));
             job.finished_ms = Some(now_ms());
-            settle(f, &owner, &job).await;
+            settle(f, &owner, &job, None).await;
             return;
         }
     };
+    // A new sandbox needs room in the tenant's quotas; without it the attempt fails with
+    // `quota_exceeded` and is retried later like any failed attempt.
     let outcome = f
         .runners
         .invoke(lease, &loaded, &job.id, &value, &job.payload)
         .await;
+    let usage = super::attempt_usage(&job, &outcome, loaded.cfg.memory_mb);
     if outcome.status == "succeeded" {
         finish(&mut job, &outcome);
-        settle(f, &owner, &job).await;
+        settle(f, &owner, &job, usage.as_ref()).await;
         return;
     }
     let error = outcome.error.clone().unwrap_or(InvocationError {
@@ -178,7 +184,7 @@ async fn run_one(f: &Arc<Functions>, mut job: InvocationRecord) {
         traceback: None,
     });
     finish(&mut job, &outcome);
-    retry_or_dead_letter(f, &owner, job, error).await;
+    retry_or_dead_letter(f, &owner, job, error, usage.as_ref()).await;
 }
 
 async fn retry_or_dead_letter(
@@ -186,6 +192,7 @@ async fn retry_or_dead_letter(
     owner: &str,
     mut job: InvocationRecord,
     error: InvocationError,
+    usage: Option<&faas_store::UsageRecord>,
 ) {
     job.attempt_log.push(log_entry(job.attempts, &error));
     job.error = Some(super::error_value(&error));
@@ -199,15 +206,20 @@ async fn retry_or_dead_letter(
         job.status = "dead_letter".into();
         job.finished_ms = Some(now_ms());
     }
-    settle(f, owner, &job).await;
+    settle(f, owner, &job, usage).await;
 }
 
 /// Records the attempt's outcome (fenced) and, when it is final, calls the callback.
-async fn settle(f: &Arc<Functions>, owner: &str, job: &InvocationRecord) {
+async fn settle(
+    f: &Arc<Functions>,
+    owner: &str,
+    job: &InvocationRecord,
+    usage: Option<&faas_store::UsageRecord>,
+) {
     let Some(store) = f.store.clone() else {
         return;
     };
-    match store.settle_invocation(owner, job).await {
+    match store.settle_invocation(owner, job, usage).await {
         Ok(true) => {}
         Ok(false) => {
             tracing::warn!(invocation = %job.id, attempt = job.attempts, "outcome dropped: the attempt was taken over or the function deleted");

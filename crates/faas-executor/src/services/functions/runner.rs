@@ -5,8 +5,10 @@
 //! round trip through the agent. Shell, binary and image functions run their program once per
 //! invocation in the kept sandbox (the payload on stdin, the result on stdout).
 //!
-//! A sandbox serves one invocation at a time and only ever the version it was made for. One
-//! that timed out, or whose shim died, is destroyed, never reused.
+//! A sandbox serves one invocation at a time and only ever the version (of one tenant's
+//! function: keys are scoped by tenant) it was made for, and counts against that tenant's
+//! sandbox quotas while it lives. One that timed out, or whose shim died, is destroyed, never
+//! reused.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -21,7 +23,8 @@ use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::sandbox::agent::{AgentProcess, ProcessEvent};
 use crate::sandbox::exec::{run_agent, AGENT_GRACE};
-use crate::sandbox::{create_counted, destroy_counted, Backend, Sandbox, SandboxSpec};
+use crate::sandbox::{create_counted, destroy_counted, Backend, BoxUsage, Sandbox, SandboxSpec};
+use crate::services::tenants::{SandboxLease, Tenants};
 
 const PY_SHIM: &str = include_str!("shim.py");
 const NODE_SHIM: &str = include_str!("shim.js");
@@ -53,7 +56,10 @@ pub struct FnConfig {
 /// A version ready to run: which one, its settings, the spec of its sandboxes and their
 /// backend.
 pub struct Version {
+    /// `(tenant/name, version)`.
     pub key: VersionKey,
+    pub tenant: String,
+    pub name: String,
     /// When the version was made (a deleted and re-made function reuses version numbers).
     pub created_ms: i64,
     pub cfg: FnConfig,
@@ -71,6 +77,10 @@ pub struct Outcome {
     pub logs: String,
     pub duration_ms: f64,
     pub cold: bool,
+    /// What the sandbox used over the invocation (CPU: its cgroup's counter after minus
+    /// before, so with concurrent invocations in one sandbox it is theirs together; peak
+    /// memory: since the sandbox started). `None` when nothing ran or it cannot be measured.
+    pub usage: Option<BoxUsage>,
 }
 
 impl Outcome {
@@ -86,6 +96,7 @@ impl Outcome {
             logs,
             duration_ms: 0.0,
             cold,
+            usage: None,
         }
     }
 }
@@ -93,13 +104,20 @@ impl Outcome {
 /// One started sandbox of a version.
 struct Worker {
     sandbox: Box<dyn Sandbox>,
+    /// Counts it against its tenant's quotas while it lives.
+    _quota: SandboxLease,
     /// The shim (python, node).
     shim: Option<AgentProcess>,
     last_used: Instant,
 }
 
-/// Identifies a version's sandboxes.
+/// Identifies a version's sandboxes: `(tenant/name, version)`.
 pub type VersionKey = (String, i64);
+
+/// The key of `tenant`'s function `name` (tenant ids have no `/`).
+pub fn scoped(tenant: &str, name: &str) -> String {
+    format!("{tenant}/{name}")
+}
 
 struct VersionPool {
     idle: Vec<Worker>,
@@ -127,6 +145,7 @@ impl VersionPool {
 pub struct Runners {
     pools: Mutex<HashMap<VersionKey, VersionPool>>,
     metrics: Arc<Metrics>,
+    tenants: Arc<Tenants>,
 }
 
 /// A sandbox lent to one invocation; given back with [`Runners::give_back`] or destroyed.
@@ -134,6 +153,16 @@ pub struct Lease {
     key: VersionKey,
     worker: Option<Worker>,
     _permit: tokio::sync::OwnedSemaphorePermit,
+    /// Taken before a cold start (see [`Lease::needs_start`]), so a sync invoke over its
+    /// tenant's quota is refused before anything starts.
+    pub quota: Option<SandboxLease>,
+}
+
+impl Lease {
+    /// Whether serving it starts a new sandbox.
+    pub fn needs_start(&self) -> bool {
+        self.worker.is_none()
+    }
 }
 
 fn shim_line(payload: &serde_json::Value, id: &str, timeout_ms: u64) -> Vec<u8> {
@@ -189,10 +218,11 @@ async fn read_answer(
 }
 
 impl Runners {
-    pub fn new(metrics: Arc<Metrics>) -> Self {
+    pub fn new(metrics: Arc<Metrics>, tenants: Arc<Tenants>) -> Self {
         Runners {
             pools: Mutex::new(HashMap::new()),
             metrics,
+            tenants,
         }
     }
 
@@ -238,17 +268,30 @@ impl Runners {
             key: key.clone(),
             worker,
             _permit: permit,
+            quota: None,
         })
     }
 
     /// Starts a sandbox for `cfg` (and its shim), counted in the version's pool. On a
     /// runtime that failed to load the handler, the outcome to report is returned instead.
-    async fn start(&self, v: &Version) -> Result<std::result::Result<Worker, Outcome>> {
+    async fn start(
+        &self,
+        v: &Version,
+        quota: Option<SandboxLease>,
+    ) -> Result<std::result::Result<Worker, Outcome>> {
+        let quota = match quota {
+            Some(q) => q,
+            None => {
+                self.tenants
+                    .lease_sandbox(&v.tenant, v.spec.limits.memory_mb)
+                    .await?
+            }
+        };
         if let Some(p) = self.lock().get_mut(&v.key) {
             p.total += 1;
             p.starting += 1;
         }
-        let started = self.start_inner(v).await;
+        let started = self.start_inner(v, quota).await;
         if let Some(p) = self.lock().get_mut(&v.key) {
             p.starting = p.starting.saturating_sub(1);
             if started.is_err() {
@@ -258,7 +301,11 @@ impl Runners {
         started
     }
 
-    async fn start_inner(&self, v: &Version) -> Result<std::result::Result<Worker, Outcome>> {
+    async fn start_inner(
+        &self,
+        v: &Version,
+        quota: SandboxLease,
+    ) -> Result<std::result::Result<Worker, Outcome>> {
         let (key, cfg) = (&v.key, &v.cfg);
         let sandbox = create_counted(&self.metrics, v.backend.as_ref(), &v.spec).await?;
         let argv: Vec<String> = match cfg.runtime {
@@ -273,6 +320,7 @@ impl Runners {
             _ => {
                 return Ok(Ok(Worker {
                     sandbox,
+                    _quota: quota,
                     shim: None,
                     last_used: Instant::now(),
                 }))
@@ -283,7 +331,7 @@ impl Runners {
                 "FAAS_HANDLER".to_string(),
                 cfg.handler.clone().unwrap_or_default(),
             ),
-            ("FAAS_FUNCTION_NAME".into(), key.0.clone()),
+            ("FAAS_FUNCTION_NAME".into(), v.name.clone()),
             ("FAAS_FUNCTION_VERSION".into(), key.1.to_string()),
             ("PYTHONUNBUFFERED".into(), "1".into()),
         ];
@@ -305,6 +353,7 @@ impl Runners {
             Ok(Ok((shim, Ok(a), _))) if a.ready == Some(true) => {
                 return Ok(Ok(Worker {
                     sandbox,
+                    _quota: quota,
                     shim: Some(shim),
                     last_used: Instant::now(),
                 }))
@@ -329,6 +378,7 @@ impl Runners {
             key,
             Worker {
                 sandbox,
+                _quota: quota,
                 shim: None,
                 last_used: Instant::now(),
             },
@@ -352,20 +402,24 @@ impl Runners {
         let cold = lease.worker.is_none();
         let mut worker = match lease.worker.take() {
             Some(w) => w,
-            None => match self.start(v).await {
+            None => match self.start(v, lease.quota.take()).await {
                 Ok(Ok(w)) => w,
                 Ok(Err(mut outcome)) => {
                     outcome.duration_ms = ms(begin.elapsed());
                     return outcome;
                 }
                 Err(e) => {
-                    let mut o =
-                        Outcome::failed("sandbox_failed", e.to_string(), String::new(), true);
+                    let kind = match e {
+                        Error::QuotaExceeded(_) => "quota_exceeded",
+                        _ => "sandbox_failed",
+                    };
+                    let mut o = Outcome::failed(kind, e.to_string(), String::new(), true);
                     o.duration_ms = ms(begin.elapsed());
                     return o;
                 }
             },
         };
+        let before = worker.sandbox.usage().await.ok();
         let timeout = Duration::from_millis(cfg.timeout_ms);
         let run_start = Instant::now();
         let (mut outcome, reusable) = match worker.shim.as_mut() {
@@ -388,6 +442,7 @@ impl Runners {
                                 logs: all,
                                 duration_ms: 0.0,
                                 cold,
+                                usage: None,
                             }
                         } else {
                             Outcome {
@@ -403,6 +458,7 @@ impl Runners {
                                 logs: all,
                                 duration_ms: 0.0,
                                 cold,
+                                usage: None,
                             }
                         };
                         (o, true)
@@ -459,6 +515,7 @@ impl Runners {
                                 logs,
                                 duration_ms: 0.0,
                                 cold,
+                                usage: None,
                             };
                             (o, true)
                         }
@@ -469,6 +526,14 @@ impl Runners {
                     ),
                 }
             }
+        };
+        let after = worker.sandbox.usage().await.ok();
+        outcome.usage = match (before, after) {
+            (Some(b), Some(a)) => Some(BoxUsage {
+                cpu_ns: a.cpu_ns.saturating_sub(b.cpu_ns),
+                memory_peak_bytes: a.memory_peak_bytes,
+            }),
+            _ => None,
         };
         // A warm call reports the handler's time; a cold one, the start as well.
         outcome.duration_ms = ms(if cold {
@@ -523,7 +588,7 @@ impl Runners {
             if !need {
                 return;
             }
-            match self.start(v).await {
+            match self.start(v, None).await {
                 Ok(Ok(w)) => self.give_back(&v.key, w).await,
                 Ok(Err(o)) => {
                     tracing::warn!(function = %v.key.0, version = v.key.1, error = ?o.error, "min_warm: the runtime did not start");
@@ -610,6 +675,7 @@ fn timed_out(timeout_ms: u64, logs: String, cold: bool) -> Outcome {
         logs,
         duration_ms: 0.0,
         cold,
+        usage: None,
     }
 }
 
