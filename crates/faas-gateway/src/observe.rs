@@ -64,6 +64,9 @@ struct TenantCounts {
     rejected_rate: u64,
 }
 
+/// A per-tenant counter: its name, its help and how to read it.
+type Counter = (&'static str, &'static str, fn(&TenantCounts) -> f64);
+
 #[derive(Debug, Default)]
 struct Inner {
     requests: BTreeMap<(String, String, u16), Histogram>,
@@ -109,7 +112,7 @@ impl Observe {
                 let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
                 h.write(out, name, "");
             }
-            let counters: [(&str, &str, fn(&TenantCounts) -> f64); 6] = [
+            let counters: [Counter; 6] = [
                 ("faas_tenant_requests_total", "Authenticated requests, by tenant.", |t| t.requests as f64),
                 ("faas_tenant_executions_total", "Executions that succeeded, by tenant.", |t| t.executions as f64),
                 ("faas_tenant_invocations_total", "Function invokes that succeeded, by tenant.", |t| t.invocations as f64),
@@ -154,7 +157,7 @@ pub async fn measure(State(s): State<AppState>, req: Request, next: Next) -> Res
     let tenant = resp.extensions().get::<Caller>().map(|c| c.tenant.clone());
     s.observe.with(|i| {
         let ok = (200..300).contains(&status);
-        if ok && route == "/api/v1/execute" || ok && route == "/api/v1/execute/advanced" {
+        if ok && (route == "/api/v1/execute" || route == "/api/v1/execute/advanced") {
             i.executions.observe(secs);
         }
         let invoke = route.ends_with("/invoke");

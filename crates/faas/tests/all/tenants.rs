@@ -566,10 +566,15 @@ async fn usage_counts_cpu_time_and_survives_restarts() {
         .await;
     assert_eq!(v.0, 200, "{:?}", v);
     let cpu = v.1["cpu_ms"].as_f64().expect("cpu_ms measured");
-    assert!(
-        (800.0..=1200.0).contains(&cpu),
-        "the answer says {cpu} ms of CPU"
-    );
+    // The box's cgroup is charged what the box cost the host: under gVisor that includes the
+    // user-space kernel's own work (about a quarter more here), which the shell's own count
+    // inside does not see.
+    let (lo, hi) = if gvisor() {
+        (800.0, 1500.0)
+    } else {
+        (800.0, 1200.0)
+    };
+    assert!((lo..=hi).contains(&cpu), "the answer says {cpu} ms of CPU");
     // Recorded (in the background, with the execution).
     let mut recorded = 0.0;
     for _ in 0..100 {
@@ -580,8 +585,8 @@ async fn usage_counts_cpu_time_and_survives_restarts() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(
-        (800.0..=1200.0).contains(&recorded),
-        "usage says {recorded} ms of CPU"
+        (cpu - recorded).abs() < 1.0,
+        "usage says {recorded} ms, the answer {cpu}"
     );
     let (_, u) = t.get("/api/v1/usage?group_by=day").await;
     assert_eq!(u["total"]["executions"], 1, "{u}");
@@ -607,7 +612,7 @@ async fn usage_counts_cpu_time_and_survives_restarts() {
     assert_eq!(s, 200, "{e}");
     let cpu = e["cpu_ms"].as_f64().unwrap();
     assert!(
-        (800.0..=1300.0).contains(&cpu),
+        (lo..=hi + 100.0).contains(&cpu),
         "the exec says {cpu} ms of CPU"
     );
     let (s, _) = t
@@ -733,7 +738,8 @@ async fn auth_none_is_refused_off_loopback() {
 
 fn py_function(name: &str, answer: &str) -> Value {
     use base64::Engine;
-    let code = format!("def handler(event, context):\n    return {{'who': '{answer}', 'event': event}}\n");
+    let code =
+        format!("def handler(event, context):\n    return {{'who': '{answer}', 'event': event}}\n");
     json!({
         "name": name,
         "runtime": "python",
@@ -754,9 +760,13 @@ async fn functions_and_invocations_are_per_tenant() {
         let (s, v) = c.post("/api/v1/functions", py_function("hello", who)).await;
         assert_eq!((s, v["version"].as_i64()), (201, Some(1)), "{v}");
     }
-    let (s, ia) = a.post("/api/v1/functions/hello/invoke", json!({"n": 1})).await;
+    let (s, ia) = a
+        .post("/api/v1/functions/hello/invoke", json!({"n": 1}))
+        .await;
     assert_eq!((s, ia["result"]["who"].as_str()), (200, Some("a")), "{ia}");
-    let (s, ib) = b.post("/api/v1/functions/hello/invoke", json!({"n": 2})).await;
+    let (s, ib) = b
+        .post("/api/v1/functions/hello/invoke", json!({"n": 2}))
+        .await;
     assert_eq!((s, ib["result"]["who"].as_str()), (200, Some("b")), "{ib}");
     let inv = ia["invocation_id"].as_str().unwrap();
     let (s, v) = b.get(&format!("/api/v1/invocations/{inv}")).await;
@@ -764,7 +774,14 @@ async fn functions_and_invocations_are_per_tenant() {
     let (s, v) = a.get(&format!("/api/v1/invocations/{inv}")).await;
     assert_eq!(s, 200, "{v}");
     let (_, v) = b.get("/api/v1/invocations?function=hello").await;
-    assert!(v["invocations"].as_array().unwrap().iter().all(|i| i["invocation_id"] != inv), "{v}");
+    assert!(
+        v["invocations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["invocation_id"] != inv),
+        "{v}"
+    );
     // A's quota of one function: a second name is refused, nothing is made.
     let (s, v) = a.post("/api/v1/functions", py_function("other", "a")).await;
     assert_error(s, &v, 429, "quota_exceeded");
@@ -774,7 +791,12 @@ async fn functions_and_invocations_are_per_tenant() {
     let mut row = Value::Null;
     for _ in 0..100 {
         let (_, u) = a.get("/api/v1/usage?group_by=function").await;
-        if let Some(r) = u["rows"].as_array().unwrap().iter().find(|r| r["key"] == "hello") {
+        if let Some(r) = u["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["key"] == "hello")
+        {
             row = r.clone();
             break;
         }
