@@ -82,10 +82,10 @@ fn spec() -> SandboxSpec {
     SandboxSpec {
         image: IMAGE.to_string(),
         env: Vec::new(),
+        // One core; the default pids limit (gVisor's own threads count against it).
         limits: Limits {
-            memory_mb: 256,
             cpu_cores: 1.0,
-            pids: 64,
+            ..Limits::default()
         },
         network: Network::None,
         isolation: Isolation::Container,
@@ -101,7 +101,10 @@ async fn run(sb: &dyn Sandbox, script: &str, timeout_ms: u64) -> ExecOutcome {
         "timeout_ms": timeout_ms,
     }))
     .unwrap();
-    sb.agent().exec(req, None, |_, _| {}).await.unwrap()
+    match sb.agent().exec(req, None, |_, _| {}).await {
+        Ok(out) => out,
+        Err(e) => panic!("{script}: {e}; the box: {:?}", sb.death_cause().await),
+    }
 }
 
 /// Spins until the process has had one second of CPU, when the kernel ends it (`ulimit -t 1`
