@@ -540,6 +540,12 @@ async fn a_rate_limit_serves_the_burst_and_the_rate_and_no_more() {
         )),
         "{refused} refusals not in the metrics"
     );
+    // Latency by route and status, counted for every request.
+    assert!(
+        m.contains("faas_http_request_duration_seconds_bucket{route=\"/api/v1/instances\",method=\"GET\",status=\"200\",le=\"+Inf\"}"),
+        "no request histogram"
+    );
+    assert!(m.contains("faas_execution_duration_seconds_count"));
 }
 
 /// Burns one second of its own CPU time (user + system, as the kernel counts it for the shell),
