@@ -36,7 +36,7 @@ drop_test_databases() {
 
 # The full-stack suite against one backend: suite BACKEND [NATIVE_RUNTIME]
 suite() {
-  FAAS_TEST_BACKEND=$1 FAAS_TEST_NATIVE_RUNTIME=${2:-crun} cargo test --quiet -p faas --test all
+  FAAS_TEST_BACKEND=$1 FAAS_TEST_NATIVE_RUNTIME=${2:-crun} cargo test --quiet -p faas --test all --test box_usage
 }
 
 # The SDKs' toolchains: a Python venv in the cache with the SDK and pytest, node and npm with the

@@ -1,7 +1,6 @@
 //! Full-stack tests: the real `faas serve` binary on a free port, over HTTP, against the real
 //! Docker daemon. One binary with a module per area.
 
-mod box_usage;
 mod cli;
 mod cli_procs;
 mod errors;
