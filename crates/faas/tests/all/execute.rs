@@ -130,7 +130,9 @@ async fn timeout_kills_the_process_group_and_removes_the_container() {
         .exec(json!({"command": "sleep 30 & sleep 30; echo never", "timeout_ms": 500}))
         .await;
     let took = t.elapsed();
-    assert!(took < Duration::from_secs(2), "took {took:?}");
+    // Killed at its timeout, not after its 30 s; the margin is for a loaded machine (the box's
+    // removal is waited for), not a speed goal.
+    assert!(took < Duration::from_secs(5), "took {took:?}");
     assert_eq!(v["timed_out"], true, "{v}");
     assert_eq!(v["stdout"], "");
     assert_eq!(v["signal"], 9);
