@@ -5,6 +5,8 @@
 //! - `faas run`: run a command through the HTTP API; exits with the command's code.
 //! - `faas fn`, `faas invocations`: deploy and invoke functions, read invocations.
 //! - `faas instances|snapshots|pools|health|metrics|logs|openapi`: the rest of the API.
+//! - `faas keys|tenants|usage|audit|whoami`: API keys, tenants and their quotas, usage, the
+//!   audit trail (admin).
 //! - `faas bench`: latency benchmark against `docker run` (see [`bench`]).
 
 mod admin;
