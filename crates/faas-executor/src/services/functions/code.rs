@@ -1,5 +1,6 @@
-//! A function's code on the host: checked at deploy, unpacked once per content into
-//! `<functions dir>/code/<key>/`, and bound read-only at `/var/task` in its sandboxes.
+//! A function's code on the host: checked at deploy, unpacked once per tenant and content into
+//! `<functions dir>/code/<tenant>/<key>/`, and bound read-only at `/var/task` in its sandboxes
+//! (two tenants never share a directory, even for the same bytes).
 //!
 //! Archives are hostile input: tar(.gz) goes through the one unpacking routine
 //! (`images::unpack`, untrusted policy); a zip is re-read entry by entry into a tar stream and
@@ -48,6 +49,24 @@ pub fn key(form: &CodeForm, code: &[u8]) -> String {
 
 pub fn sha256(code: &[u8]) -> String {
     hex::encode(Sha256::digest(code))
+}
+
+/// Where `tenant`'s code is unpacked under the code store `root`. Tenant ids are checked when
+/// made; this refuses anything that is not one plain path component all the same.
+pub fn tenant_root(root: &Path, tenant: &str) -> Result<PathBuf> {
+    let ok = !tenant.is_empty()
+        && tenant.len() <= 64
+        && !tenant.starts_with('.')
+        && tenant
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'));
+    if ok {
+        Ok(root.join(tenant))
+    } else {
+        Err(Error::Internal(format!(
+            "tenant id {tenant:?} is not a plain name"
+        )))
+    }
 }
 
 /// The unpacked code of `code` under `root`, made now if it is not there yet (atomically: a
@@ -254,6 +273,22 @@ mod tests {
         gz.write_all(&t.into_inner().unwrap()).unwrap();
         let dir = materialize(root.path(), &CodeForm::Archive, &gz.finish().unwrap()).unwrap();
         assert!(dir.join("index.js").is_file());
+    }
+
+    #[test]
+    fn each_tenant_has_its_own_code_dirs() {
+        let root = tempfile::tempdir().unwrap();
+        let form = CodeForm::File {
+            name: "main.py".into(),
+        };
+        let code = b"def handler(e, c): return 1\n";
+        let a = materialize(&tenant_root(root.path(), "a").unwrap(), &form, code).unwrap();
+        let b = materialize(&tenant_root(root.path(), "b").unwrap(), &form, code).unwrap();
+        assert_ne!(a, b);
+        assert!(a.starts_with(root.path().join("a")) && b.starts_with(root.path().join("b")));
+        for bad in ["", "..", ".x", "a/b", "a\0"] {
+            assert!(tenant_root(root.path(), bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

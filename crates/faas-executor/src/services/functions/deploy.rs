@@ -140,7 +140,7 @@ impl Functions {
             }
             _ => None,
         };
-        let (cfg, code) = self.version_config(&name, req, base).await?;
+        let (cfg, code) = self.version_config(tenant, &name, req, base).await?;
         let new = NewVersion {
             config: serde_json::to_value(&cfg)
                 .map_err(|e| Error::Internal(format!("config: {e}")))?,
@@ -175,6 +175,7 @@ impl Functions {
     /// bad archive or a missing handler file is refused at deploy.
     async fn version_config(
         &self,
+        tenant: &str,
         name: &str,
         req: DeployRequest,
         base: Option<(FnConfig, VersionRecord)>,
@@ -367,7 +368,7 @@ impl Functions {
             code_size: code.len() as u64,
         };
         // Unpack now: refuses a bad archive, and the handler's file must be there.
-        let dir = self.code_dir(&cfg, code.clone()).await?;
+        let dir = self.code_dir(tenant, &cfg, code.clone()).await?;
         if !expected.is_empty() && !expected.iter().any(|f| dir.join(f).is_file()) {
             return Err(Error::InvalidRequest(format!(
                 "function {name}: the code has no {} for handler {:?}",

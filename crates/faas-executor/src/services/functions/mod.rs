@@ -183,14 +183,20 @@ impl Functions {
         })
     }
 
-    async fn code_dir(&self, cfg: &FnConfig, code: Vec<u8>) -> Result<std::path::PathBuf> {
+    /// `tenant`'s unpacked copy of `code`.
+    async fn code_dir(
+        &self,
+        tenant: &str,
+        cfg: &FnConfig,
+        code: Vec<u8>,
+    ) -> Result<std::path::PathBuf> {
         let form = match cfg.code_form.as_str() {
             "archive" => CodeForm::Archive,
             _ => CodeForm::File {
                 name: cfg.file_name.clone().unwrap_or_default(),
             },
         };
-        let root = self.cfg.functions_dir.join("code");
+        let root = code::tenant_root(&self.cfg.functions_dir.join("code"), tenant)?;
         tokio::task::spawn_blocking(move || code::materialize(&root, &form, &code))
             .await
             .map_err(|e| Error::Internal(format!("unpacking code: {e}")))?
@@ -234,7 +240,7 @@ impl Functions {
             .ok_or_else(|| Error::NotFound(format!("function {name} has no version {version}")))?;
         let cfg: FnConfig = serde_json::from_value(v.config.clone())
             .map_err(|e| Error::Internal(format!("stored config of {name} v{version}: {e}")))?;
-        let dir = self.code_dir(&cfg, v.code).await?;
+        let dir = self.code_dir(tenant, &cfg, v.code).await?;
         let mut spec = run::spec(
             &self.cfg,
             Some(&cfg.image),
@@ -397,6 +403,15 @@ impl Functions {
             }
             rec.max_attempts = attempts;
             rec.callback_url = q.callback_url;
+            // A repeat of a recorded key is answered with the first one, even at the quota.
+            if let Some(k) = &rec.idempotency_key {
+                if let Some(r) = store.invocation_by_key(tenant, name, k).await? {
+                    return Ok(Invoked::Queued(InvocationAccepted {
+                        invocation_id: r.id,
+                        status: r.status,
+                    }));
+                }
+            }
             let pending = store.count_pending_invocations(tenant).await?;
             self.tenants
                 .check_count(tenant, Counted::QueuedInvocations, pending.max(0) as u64, 1)

@@ -77,9 +77,11 @@ pub struct Outcome {
     pub logs: String,
     pub duration_ms: f64,
     pub cold: bool,
-    /// What the sandbox used over the invocation (CPU: its cgroup's counter after minus
-    /// before, so with concurrent invocations in one sandbox it is theirs together; peak
-    /// memory: since the sandbox started). `None` when nothing ran or it cannot be measured.
+    /// What the sandbox used for the invocation. CPU: its cgroup's counter after the
+    /// invocation minus before it (a sandbox serves one invocation at a time, so the figure is
+    /// this invocation's alone; a cold start counts from the sandbox's creation, so its start
+    /// is included, as it is in `duration_ms`). Peak memory: the sandbox's since it started.
+    /// `None` when no sandbox ran it or the backend cannot measure.
     pub usage: Option<BoxUsage>,
 }
 
@@ -419,7 +421,12 @@ impl Runners {
                 }
             },
         };
-        let before = worker.sandbox.usage().await.ok();
+        // A sandbox made for this invocation: all it used so far (its start) is this one's.
+        let before = if cold {
+            Some(BoxUsage::default())
+        } else {
+            worker.sandbox.usage().await.ok()
+        };
         let timeout = Duration::from_millis(cfg.timeout_ms);
         let run_start = Instant::now();
         let (mut outcome, reusable) = match worker.shim.as_mut() {
