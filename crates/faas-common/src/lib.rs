@@ -12,6 +12,7 @@ pub mod error;
 pub mod functions;
 pub mod processes;
 pub mod tenants;
+pub mod time;
 
 pub use api::*;
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};

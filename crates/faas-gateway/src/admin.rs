@@ -152,14 +152,7 @@ fn time_of(what: &str, v: &str) -> ApiResult<i64> {
     if !(1..=12).contains(&m) || !(1..=31).contains(&d) || !(1970..=9999).contains(&y) {
         return Err(bad());
     }
-    // Days from 1970-01-01 to the civil date (Howard Hinnant's algorithm).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    Ok((era * 146_097 + doe - 719_468) * 86_400_000)
+    Ok(faas_common::time::days_from_civil(y, m, d) * 86_400_000)
 }
 
 #[utoipa::path(get, path = "/api/v1/usage", tag = "tenants", summary = "What a tenant used (the caller's; an admin may name any): executions, instance execs and runs, invocations, wall and CPU time, memory; per day, function or instance", params(("from" = Option<String>, Query, description = "ms since the epoch or YYYY-MM-DD (default: 30 days before `to`)"), ("to" = Option<String>, Query, description = "ms or YYYY-MM-DD, exclusive (default: now)"), ("group_by" = Option<String>, Query, description = "day (default), function or instance"), ("tenant" = Option<String>, Query, description = "admin: another tenant")), responses((status = 200, body = faas_common::UsageResponse), (status = "default", description = "an error: `{\"error\": {\"code\", \"message\"}}`", body = faas_common::ErrorBody)))]
