@@ -210,10 +210,60 @@ pub struct ExecuteRequest {
     pub request_id: Option<String>,
     #[serde(default)]
     pub cache_key: Option<String>,
+    /// `"none"` (the default), `"internet"`, or egress rules.
     #[serde(default)]
-    pub network: Option<String>,
+    pub network: Option<NetworkRequest>,
     #[serde(default)]
     pub isolation: Option<IsolationLevel>,
+}
+
+/// What a sandbox may reach: `"none"` (loopback only, the default), `"internet"` (everything
+/// but the always-denied: the host, other sandboxes, link-local and metadata addresses and,
+/// unless the tenant may, the private ranges), or rules.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum NetworkRequest {
+    /// `none` or `internet`.
+    Named(String),
+    Rules(EgressRules),
+}
+
+impl Default for NetworkRequest {
+    fn default() -> Self {
+        NetworkRequest::Named("none".into())
+    }
+}
+
+impl NetworkRequest {
+    pub fn internet() -> Self {
+        NetworkRequest::Named("internet".into())
+    }
+
+    /// `none`, given or meant.
+    pub fn is_none(&self) -> bool {
+        matches!(self, NetworkRequest::Named(n) if n == "none")
+    }
+}
+
+/// `{"egress": "allow", "deny": [...]}`: everything but what `deny` lists; `{"egress": "deny",
+/// "allow": [...]}`: nothing but what `allow` lists (`deny` still wins). Entries are IPv4
+/// addresses, CIDRs, or domain names (`example.com`, or `*.example.com` for the names under
+/// it); a domain rule holds for the addresses the platform's DNS answers the sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EgressRules {
+    pub egress: EgressDefault,
+    #[serde(default)]
+    pub allow: Vec<String>,
+    #[serde(default)]
+    pub deny: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EgressDefault {
+    Allow,
+    Deny,
 }
 
 impl ExecuteRequest {
@@ -322,8 +372,9 @@ pub struct InstanceCreateRequest {
     /// Stop the instance after this many seconds without an exec (0 or absent: never).
     #[serde(default)]
     pub idle_timeout_s: Option<u64>,
+    /// `"none"` (the default), `"internet"`, or egress rules.
     #[serde(default)]
-    pub network: Option<String>,
+    pub network: Option<NetworkRequest>,
     /// The caller's labels: string keys and values, at most 4 KiB in all; list filters on
     /// them with `?metadata.KEY=VALUE`.
     #[serde(default)]
@@ -352,6 +403,9 @@ pub struct InstanceInfo {
     pub memory_mb: u64,
     pub cpu_cores: f64,
     pub idle_timeout_s: Option<u64>,
+    /// What it may reach (`"none"`, `"internet"` or its rules).
+    #[serde(default)]
+    pub network: NetworkRequest,
     /// The snapshot it was restored or branched from.
     pub source_snapshot: Option<String>,
     /// Milliseconds since the Unix epoch.

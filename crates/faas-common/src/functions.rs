@@ -75,6 +75,9 @@ pub struct DeployRequest {
     pub backend: Option<Runtime>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub isolation: Option<IsolationLevel>,
+    /// What its sandboxes may reach: `"none"` (the default), `"internet"`, or egress rules.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<crate::NetworkRequest>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -93,6 +96,9 @@ pub struct FunctionInfo {
     pub min_warm: u32,
     pub max_concurrency: u32,
     pub backend: String,
+    /// What its sandboxes may reach.
+    #[serde(default)]
+    pub network: crate::NetworkRequest,
     pub code_sha256: String,
     pub code_size: u64,
     /// Every version number, oldest first (in `GET /functions/{name}`).

@@ -93,6 +93,10 @@ pub struct Quotas {
     /// The bucket's size (0: the rate).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub burst: Option<u64>,
+    /// Its sandboxes with a network may reach the private ranges (10/8, 172.16/12,
+    /// 192.168/16, 100.64/10), denied to others. Set by an admin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_egress: Option<bool>,
 }
 
 impl Quotas {
@@ -108,6 +112,11 @@ impl Quotas {
             queued_invocations: pick(self.queued_invocations, defaults.queued_invocations),
             requests_per_second: pick(self.requests_per_second, defaults.requests_per_second),
             burst: pick(self.burst, defaults.burst),
+            private_egress: Some(
+                self.private_egress
+                    .or(defaults.private_egress)
+                    .unwrap_or(false),
+            ),
         }
     }
 }

@@ -114,5 +114,10 @@ impl Platform {
         for b in self.sandboxes.available() {
             b.shutdown().await;
         }
+        // Instances' boxes run on; their veths go with the rules (a new server gives them
+        // new ones), so none is left open without its rules.
+        if let Some(n) = self.sandboxes.net() {
+            n.shutdown().await;
+        }
     }
 }

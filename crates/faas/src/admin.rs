@@ -104,6 +104,10 @@ pub struct QuotaArgs {
     /// Requests at once (the bucket's size) [server default: the rate].
     #[arg(long, value_name = "N")]
     pub burst: Option<u64>,
+    /// Its networked sandboxes may reach the private ranges (10/8, 172.16/12, 192.168/16,
+    /// 100.64/10).
+    #[arg(long, value_name = "BOOL")]
+    pub private_egress: Option<bool>,
 }
 
 impl QuotaArgs {
@@ -117,6 +121,7 @@ impl QuotaArgs {
             queued_invocations: self.queued_invocations,
             requests_per_second: self.requests_per_second,
             burst: self.burst,
+            private_egress: self.private_egress,
         }
     }
 }
@@ -539,6 +544,7 @@ mod tests {
             queued_invocations: None,
             requests_per_second: Some(0),
             burst: None,
+            private_egress: None,
         }
         .quotas();
         assert_eq!(

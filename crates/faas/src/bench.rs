@@ -749,6 +749,15 @@ async fn start_local(a: &BenchArgs, runtime: NativeRuntime) -> anyhow::Result<Lo
             quota_requests_per_second: 0,
             quota_burst: 0,
         },
+        // A subnet of its own, beside a `faas serve` on the default one.
+        net: crate::NetArgs {
+            no_network: false,
+            egress_interface: None,
+            sandbox_subnet: format!("10.212.{}.0/22", 4 * (runtime as u8)),
+            dns_upstream: None,
+            egress_max_connections: 256,
+            egress_rate_kib: 12_800,
+        },
         host,
     };
     let platform = crate::server::build_platform(&args).await?;

@@ -133,6 +133,7 @@ impl QuotaDefaults {
             queued_invocations: set(self.quota_queued_invocations),
             requests_per_second: set(self.quota_requests_per_second),
             burst: set(self.quota_burst),
+            private_egress: None,
         }
     }
 }
@@ -161,6 +162,30 @@ impl NativeRuntime {
             NativeRuntime::Runsc => RuntimeKind::Runsc,
         }
     }
+}
+
+/// Sandboxes' egress (`network: "internet"` or rules).
+#[derive(Args, Clone, Debug)]
+pub struct NetArgs {
+    /// Offer no network to sandboxes (only `network: "none"`).
+    #[arg(long, env = "FAAS_NO_NETWORK")]
+    pub no_network: bool,
+    /// Where sandboxes' traffic leaves the host [default: the default route's interface].
+    #[arg(long, env = "FAAS_EGRESS_INTERFACE")]
+    pub egress_interface: Option<String>,
+    /// Sandboxes' addresses come from this IPv4 network, a /30 each.
+    #[arg(long, env = "FAAS_SANDBOX_SUBNET", default_value = "10.211.0.0/16")]
+    pub sandbox_subnet: String,
+    /// The resolver the platform's DNS proxy asks, `IP` or `IP:PORT` [default: the first
+    /// nameserver of /etc/resolv.conf].
+    #[arg(long, env = "FAAS_DNS_UPSTREAM")]
+    pub dns_upstream: Option<String>,
+    /// New connections a sandbox may have open at once (0: no limit).
+    #[arg(long, env = "FAAS_EGRESS_MAX_CONNECTIONS", default_value_t = 256)]
+    pub egress_max_connections: u32,
+    /// A sandbox's egress rate in KiB/s (0: no limit) [default: 100 Mbit/s].
+    #[arg(long, env = "FAAS_EGRESS_RATE_KIB", default_value_t = 12_800)]
+    pub egress_rate_kib: u32,
 }
 
 /// Settings that decide what the executor can use on this host.
@@ -238,6 +263,8 @@ pub struct ServeArgs {
     pub tls_key: Option<PathBuf>,
     #[command(flatten)]
     pub quotas: QuotaDefaults,
+    #[command(flatten)]
+    pub net: NetArgs,
     /// Shut down gracefully when standard input closes (for supervisors and tests that own
     /// the server's stdin).
     #[arg(long, hide = true)]

@@ -9,12 +9,13 @@ use faas_executor::sandbox::agent::check_static_agent;
 use faas_executor::sandbox::backends::docker::{DockerBackend, DockerConfig};
 use faas_executor::sandbox::backends::native::{NativeBackend, NativeConfig};
 use faas_executor::sandbox::images::ImageStore;
+use faas_executor::sandbox::net::{Cidr, Net, NetConfig};
 use faas_executor::sandbox::sandboxes::BackendEntry;
 use faas_executor::{Platform, PlatformConfig};
 use faas_gateway::AppState;
 use tokio::net::TcpListener;
 
-use crate::{AuthMode, BackendChoice, HostArgs, ServeArgs};
+use crate::{AuthMode, BackendChoice, HostArgs, NetArgs, ServeArgs};
 
 /// Finds the static agent: the configured path, else next to this binary, else the workspace's
 /// static build output.
@@ -55,6 +56,7 @@ pub async fn backends(
     data_dir: &Path,
     host: &HostArgs,
     preferred: BackendChoice,
+    net: Option<Arc<Net>>,
 ) -> (Vec<BackendEntry>, Option<Arc<ImageStore>>) {
     let unavailable = |name, detail: String| BackendEntry {
         name,
@@ -71,6 +73,7 @@ pub async fn backends(
                 owner: data_dir.display().to_string(),
                 persist_root: data_dir.join("docker"),
                 ready_timeout: Duration::from_secs(10),
+                net: net.clone(),
             };
             match DockerBackend::connect(cfg).await {
                 Ok(b) => {
@@ -103,6 +106,7 @@ pub async fn backends(
                     owner: data_dir.display().to_string(),
                     persist_root: data_dir.to_path_buf(),
                     ready_timeout: Duration::from_secs(10),
+                    net: net.clone(),
                 };
                 match NativeBackend::new(cfg, s, client).await {
                     Ok(b) => BackendEntry {
@@ -122,11 +126,59 @@ pub async fn backends(
     (entries, store)
 }
 
+/// The sandboxes' egress, unless turned off. A host where it cannot be set up (no `nft`, no
+/// default route) still serves, without it: networked requests answer `unsupported`.
+async fn start_net(data_dir: &Path, a: &NetArgs) -> anyhow::Result<Option<Arc<Net>>> {
+    if a.no_network {
+        return Ok(None);
+    }
+    let subnet =
+        Cidr::parse(&a.sandbox_subnet).map_err(|e| anyhow::anyhow!("--sandbox-subnet: {e}"))?;
+    let dns_upstream = match &a.dns_upstream {
+        None => None,
+        Some(u) => Some(match u.parse::<std::net::SocketAddr>() {
+            Ok(s) => s,
+            Err(_) => std::net::SocketAddr::new(
+                u.parse()
+                    .with_context(|| format!("--dns-upstream {u:?} is not IP or IP:PORT"))?,
+                53,
+            ),
+        }),
+    };
+    let tag = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(
+            data_dir.display().to_string().as_bytes(),
+        ))[..6]
+            .to_string()
+    };
+    let cfg = NetConfig {
+        tag,
+        subnet,
+        egress_interface: a.egress_interface.clone(),
+        dns_upstream,
+        max_connections: a.egress_max_connections,
+        rate_kib: a.egress_rate_kib,
+        dir: data_dir.join("net"),
+    };
+    match Net::start(cfg).await {
+        Ok(n) => Ok(Some(n)),
+        Err(e) if a.egress_interface.is_some() || a.dns_upstream.is_some() => {
+            Err(anyhow::anyhow!("sandbox networking: {}", e.chain()))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e.chain(), "sandbox networking is not available: only network \"none\" is offered");
+            Ok(None)
+        }
+    }
+}
+
 pub async fn build_platform(a: &ServeArgs) -> anyhow::Result<Arc<Platform>> {
     std::fs::create_dir_all(&a.data_dir)
         .with_context(|| format!("create data dir {}", a.data_dir.display()))?;
     let data_dir = a.data_dir.canonicalize()?;
-    let (entries, store) = backends(&data_dir, &a.host, a.backend).await;
+    let net = start_net(&data_dir, &a.net).await?;
+    let (entries, store) = backends(&data_dir, &a.host, a.backend, net.clone()).await;
     let why = || {
         entries
             .iter()
@@ -174,6 +226,9 @@ pub async fn build_platform(a: &ServeArgs) -> anyhow::Result<Arc<Platform>> {
         }
     };
     let platform = Platform::new(cfg, entries, store, Some(records));
+    if let Some(n) = net {
+        platform.sandboxes.set_net(n);
+    }
     let removed = platform
         .recover()
         .await
@@ -288,7 +343,7 @@ async fn shutdown_signal(on_stdin_eof: bool) {
 
 pub async fn doctor(host: HostArgs) -> anyhow::Result<u8> {
     let tmp = std::env::temp_dir().join(format!("faas-doctor-{}", std::process::id()));
-    let (entries, _) = backends(&tmp, &host, BackendChoice::Auto).await;
+    let (entries, _) = backends(&tmp, &host, BackendChoice::Auto, None).await;
     // What the backends set up to be probed (the native scratch tmpfs and its network
     // namespaces) goes before the directory does.
     for b in entries.iter().filter_map(|b| b.backend.as_ref()) {

@@ -48,6 +48,7 @@ async fn backend_under_test() -> Result<Arc<dyn Backend>, String> {
         owner: data.display().to_string(),
         persist_root: data.join("docker"),
         ready_timeout: Duration::from_secs(10),
+        net: None,
     })
     .await
     .map_err(|e| e.to_string())?;
@@ -65,6 +66,7 @@ async fn backend_under_test() -> Result<Arc<dyn Backend>, String> {
         owner: data.display().to_string(),
         persist_root: data.clone(),
         ready_timeout: Duration::from_secs(10),
+        net: None,
     };
     let native = NativeBackend::new(cfg, store, Some(docker.client()))
         .await

@@ -15,6 +15,7 @@ pub mod agent;
 pub mod backends;
 pub mod exec;
 pub mod images;
+pub mod net;
 pub mod pool;
 pub mod reaper;
 pub mod sandboxes;
@@ -50,7 +51,6 @@ pub struct SandboxSpec {
     /// Environment of the box (every exec inherits it).
     pub env: Vec<(String, String)>,
     pub limits: Limits,
-    /// Only `none` exists today: a network namespace with loopback alone.
     pub network: Network,
     pub isolation: Isolation,
     /// Host directories made visible in the box, read-only (a function's code).
@@ -68,10 +68,22 @@ pub struct ReadOnlyMount {
 /// How strongly the box is isolated from the host kernel (the API's type).
 pub use faas_common::IsolationLevel as Isolation;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub enum Network {
+    /// A network namespace with loopback alone.
     #[default]
     None,
+    /// A veth, an address and egress under these rules (see [`net`]).
+    Egress(std::sync::Arc<net::EgressPolicy>),
+}
+
+impl Network {
+    pub fn policy(&self) -> Option<&std::sync::Arc<net::EgressPolicy>> {
+        match self {
+            Network::None => None,
+            Network::Egress(p) => Some(p),
+        }
+    }
 }
 
 #[async_trait]
@@ -118,9 +130,13 @@ pub trait Backend: Send + Sync {
     }
 
     /// The running box of an instance, found again after a server restart; `None` when it is
-    /// gone.
-    async fn instance_attach(&self, id: &str) -> Result<Option<Box<dyn Sandbox>>> {
-        let _ = id;
+    /// gone. `spec` is what it was made with (a networked one gets its network again).
+    async fn instance_attach(
+        &self,
+        id: &str,
+        spec: &SandboxSpec,
+    ) -> Result<Option<Box<dyn Sandbox>>> {
+        let _ = (id, spec);
         Ok(None)
     }
 

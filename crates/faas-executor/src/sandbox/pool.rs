@@ -33,6 +33,7 @@ pub struct PoolKey {
     pub cpu_millis: u64,
     pub pids: u64,
     pub isolation: crate::sandbox::Isolation,
+    pub network: crate::sandbox::Network,
 }
 
 impl PoolKey {
@@ -45,6 +46,7 @@ impl PoolKey {
             cpu_millis: (spec.limits.cpu_cores * 1000.0).round() as u64,
             pids: spec.limits.pids,
             isolation: spec.isolation,
+            network: spec.network.clone(),
         }
     }
 }

@@ -30,6 +30,8 @@ pub struct Sandboxes {
     pub(crate) metrics: Arc<Metrics>,
     /// Background work (clean-ups, refills, the services' tasks) that shutdown waits for.
     pub(crate) tasks: TaskTracker,
+    /// The boxes' egress, shared by the backends; taken down after them.
+    net: std::sync::OnceLock<Arc<crate::sandbox::net::Net>>,
 }
 
 impl Sandboxes {
@@ -46,7 +48,17 @@ impl Sandboxes {
             pools: WarmPools::new(metrics.clone()),
             metrics,
             tasks: TaskTracker::new(),
+            net: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The networking the backends were given (once).
+    pub fn set_net(&self, net: Arc<crate::sandbox::net::Net>) {
+        let _ = self.net.set(net);
+    }
+
+    pub fn net(&self) -> Option<&Arc<crate::sandbox::net::Net>> {
+        self.net.get()
     }
 
     pub fn backend_statuses(&self) -> Vec<BackendStatus> {

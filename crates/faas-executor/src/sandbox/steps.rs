@@ -14,6 +14,8 @@ pub enum Step {
     Cgroup,
     /// The bundle: directories, the overlay mount, `config.json` (native).
     Rootfs,
+    /// A networked box's veth, addresses and rules (native: beside the bundle's making).
+    Network,
     /// The runtime's create and start, until it has detached (native), or the container's
     /// create and start (docker).
     Runtime,
@@ -28,9 +30,10 @@ pub enum Step {
 }
 
 impl Step {
-    pub const ALL: [Step; 7] = [
+    pub const ALL: [Step; 8] = [
         Step::Cgroup,
         Step::Rootfs,
+        Step::Network,
         Step::Runtime,
         Step::AgentReady,
         Step::Exec,
@@ -42,6 +45,7 @@ impl Step {
         match self {
             Step::Cgroup => "cgroup",
             Step::Rootfs => "rootfs/overlay",
+            Step::Network => "network (veth, rules)",
             Step::Runtime => "runtime create+start",
             Step::AgentReady => "agent ready",
             Step::Exec => "exec",

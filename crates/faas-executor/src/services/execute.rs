@@ -130,16 +130,17 @@ impl Executor {
         if req.command.is_empty() {
             return Err(Error::InvalidRequest("command is empty".into()));
         }
-        run::check_network(req.network.as_deref())?;
+        let network = run::network(&self.tenants, &caller.tenant, req.network.as_ref()).await?;
         let timeout_ms = run::timeout(&self.cfg, req.timeout_ms)?;
         let mut stdin = req.stdin_bytes().map_err(Error::InvalidRequest)?;
-        let spec = run::spec(
+        let mut spec = run::spec(
             &self.cfg,
             req.image.as_deref(),
             req.memory_mb,
             req.cpu_cores,
             req.isolation,
         )?;
+        spec.network = network;
         let backend = self.sandboxes.resolve(req.runtime.unwrap_or_default())?;
         // The box counts against the tenant's quotas while the request runs.
         let _lease = self

@@ -5,14 +5,16 @@
 use std::time::Instant;
 
 use faas_agent::{ExecRequest, FrameKind};
-use faas_common::{ExecuteResponse, Mode};
+use faas_common::{EgressDefault, ExecuteResponse, Mode, NetworkRequest};
 
 use crate::config::PlatformConfig;
 use crate::error::{Error, Result};
 use crate::metrics::{inc, Metrics};
 use crate::sandbox::agent::ExecOutcome;
+use crate::sandbox::net::EgressPolicy;
 use crate::sandbox::{Isolation, Network, SandboxSpec};
 use crate::services::streams::{OutputEvent, Streams};
+use crate::services::tenants::Tenants;
 
 /// What the response needs to know of how a command was run.
 pub(crate) struct RunInfo {
@@ -74,14 +76,37 @@ pub(crate) fn spec(
     })
 }
 
-/// Only `none` is offered.
-pub(crate) fn check_network(network: Option<&str>) -> Result<()> {
-    match network {
-        Some(net) if net != "none" => Err(Error::Unsupported(format!(
-            "network {net:?} is not offered: sandboxes have no network (`none`)"
-        ))),
-        _ => Ok(()),
-    }
+/// The network a request asks for, checked: its rules, and whether its tenant may reach the
+/// private ranges (asked of the tenant's settings only when a network is asked for).
+pub(crate) async fn network(
+    tenants: &Tenants,
+    tenant: &str,
+    asked: Option<&NetworkRequest>,
+) -> Result<Network> {
+    let policy = match asked {
+        None => return Ok(Network::None),
+        Some(NetworkRequest::Named(n)) => match n.as_str() {
+            "none" => return Ok(Network::None),
+            "internet" => EgressPolicy::internet(),
+            other => {
+                return Err(Error::InvalidRequest(format!(
+                    "network {other:?} is not one: give \"none\", \"internet\" or {{\"egress\": \"allow\"|\"deny\", \"allow\": [...], \"deny\": [...]}}"
+                )))
+            }
+        },
+        Some(NetworkRequest::Rules(r)) => {
+            EgressPolicy::rules(r.egress == EgressDefault::Allow, &r.allow, &r.deny)
+                .map_err(|e| Error::InvalidRequest(format!("network: {e}")))?
+        }
+    };
+    let private = tenants
+        .effective(tenant)
+        .await?
+        .private_egress
+        .unwrap_or(false);
+    Ok(Network::Egress(std::sync::Arc::new(
+        policy.with_private(private),
+    )))
 }
 
 /// The timeout asked for (or the default), within the config's maximum.

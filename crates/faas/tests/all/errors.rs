@@ -91,7 +91,23 @@ async fn modes_and_runtimes_not_offered_say_unsupported() {
             json!({"command": "true", "network": "bridge"}),
         )
         .await;
-    assert_error(s, &v, 501, "unsupported");
+    assert_error(s, &v, 400, "invalid_request");
+    for bad in [
+        json!({"egress": "sometimes"}),
+        json!({"egress": "deny", "allow": ["10.0.0.1/8"]}),
+        json!({"egress": "deny", "allow": ["bad name.com"]}),
+        json!({"egress": "deny", "allow": ["2001:db8::/32"]}),
+        json!({"egress": "deny", "nope": []}),
+        json!(42),
+    ] {
+        let (s, v) = c
+            .post(
+                "/api/v1/execute",
+                json!({"command": "true", "network": bad}),
+            )
+            .await;
+        assert_error(s, &v, 400, "invalid_request");
+    }
 }
 
 #[tokio::test]

@@ -200,6 +200,11 @@ async fn unknown_ids_and_bad_counts_are_clear_errors() {
     let (s, v) = c
         .post("/api/v1/instances", json!({"network": "host"}))
         .await;
+    assert_error(s, &v, 400, "invalid_request");
+    // The shared server runs with --no-network: a network is refused, not faked.
+    let (s, v) = c
+        .post("/api/v1/instances", json!({"network": "internet"}))
+        .await;
     assert_error(s, &v, 501, "unsupported");
     // A memory snapshot where the backend cannot make one: 501, never a pretend success.
     if !gvisor() {

@@ -9,6 +9,7 @@ mod functions;
 mod instances;
 mod lifecycle;
 mod native;
+mod network;
 mod processes;
 mod support;
 mod tenants;

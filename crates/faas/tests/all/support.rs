@@ -129,6 +129,9 @@ impl Server {
             ])
             .arg("--data-dir")
             .arg(&data_dir)
+            // Servers share the host: only the network tests' own, each with a subnet of its
+            // own, set up sandbox networking.
+            .args((!extra.contains(&"--sandbox-subnet")).then_some("--no-network"))
             .args(extra)
             .env(
                 "RUST_LOG",

@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -23,6 +24,7 @@ use faas_agent::{GUEST_AGENT_PATH, GUEST_SOCKET_DIR, SOCKET_NAME};
 use crate::error::{Error, Result};
 use crate::sandbox::agent::AgentClient;
 use crate::sandbox::backends::usage::CgroupUsage;
+use crate::sandbox::net::{BoxNet, Net};
 use crate::sandbox::{Backend, BoxUsage, DeathCause, Isolation, Network, Sandbox, SandboxSpec};
 
 pub const LABEL_MANAGED: &str = "faas.managed";
@@ -58,6 +60,8 @@ pub struct DockerConfig {
     pub persist_root: PathBuf,
     /// How long a new container's agent may take to answer.
     pub ready_timeout: Duration,
+    /// Boxes' egress (`None`: only `network: none` is offered).
+    pub net: Option<Arc<Net>>,
 }
 
 pub struct DockerBackend {
@@ -117,7 +121,39 @@ impl DockerBackend {
                 docker: self.docker.clone(),
             },
             cgroup: std::sync::OnceLock::new(),
+            net: std::sync::OnceLock::new(),
         }
+    }
+
+    /// A started container that asked for a network gets its veth and rules, in the network
+    /// namespace of its first process.
+    async fn plug(&self, sandbox: &DockerSandbox, spec: &SandboxSpec) -> Result<()> {
+        let Some(policy) = spec.network.policy() else {
+            return Ok(());
+        };
+        let net = self.net()?;
+        let pid = self
+            .docker
+            .inspect_container(&sandbox.container, None)
+            .await?
+            .state
+            .and_then(|s| s.pid)
+            .filter(|p| *p > 0)
+            .ok_or_else(|| Error::Internal("a started container has no process".into()))?;
+        let b = net
+            .attach(
+                std::path::Path::new(&format!("/proc/{pid}/ns/net")),
+                policy.clone(),
+            )
+            .await?;
+        let _ = sandbox.net.set(b);
+        Ok(())
+    }
+
+    fn net(&self) -> Result<&Arc<Net>> {
+        self.cfg.net.as_ref().ok_or_else(|| {
+            Error::Unsupported("sandbox networking is not set up on this server".into())
+        })
     }
 
     /// Creates and starts a container of `image` as `spec` says, its agent socket in `dir`.
@@ -155,7 +191,7 @@ impl DockerBackend {
             cmd: Some(vec![]),
             env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
             labels: Some(labels),
-            network_disabled: Some(matches!(spec.network, Network::None)),
+            network_disabled: Some(false),
             host_config: Some(self.host_config(spec, &dir)),
             ..Default::default()
         };
@@ -191,12 +227,17 @@ impl DockerBackend {
                 docker: self.docker.clone(),
             },
             cgroup: std::sync::OnceLock::new(),
+            net: std::sync::OnceLock::new(),
         };
         let started = async {
             self.docker
                 .start_container(&sandbox.container, None::<StartContainerOptions<String>>)
                 .await?;
-            sandbox.agent.wait_ready(self.cfg.ready_timeout).await
+            let (ready, connected) = tokio::join!(
+                sandbox.agent.wait_ready(self.cfg.ready_timeout),
+                self.plug(&sandbox, spec)
+            );
+            ready.and(connected)
         }
         .await;
         if let Err(e) = started {
@@ -218,11 +259,16 @@ impl DockerBackend {
         for m in &spec.mounts {
             binds.push(format!("{}:{}:ro", m.host.display(), m.guest));
         }
+        if let (Network::Egress(_), Some(net)) = (&spec.network, &self.cfg.net) {
+            binds.push(format!(
+                "{}:/etc/resolv.conf:ro",
+                net.resolv_conf().display()
+            ));
+        }
         HostConfig {
             binds: Some(binds),
-            network_mode: Some(match spec.network {
-                Network::None => "none".into(),
-            }),
+            // Also with a network: its veth is put in by the platform, not by Docker.
+            network_mode: Some("none".into()),
             memory: Some(memory),
             memory_swap: Some(memory),
             nano_cpus: Some((spec.limits.cpu_cores * 1e9) as i64),
@@ -290,7 +336,7 @@ impl Backend for DockerBackend {
         Ok(Box::new(sb))
     }
 
-    async fn instance_start(&self, id: &str, _spec: &SandboxSpec) -> Result<Box<dyn Sandbox>> {
+    async fn instance_start(&self, id: &str, spec: &SandboxSpec) -> Result<Box<dyn Sandbox>> {
         let name = instance_container(id);
         match self
             .docker
@@ -312,11 +358,22 @@ impl Backend for DockerBackend {
             Err(e) => return Err(e.into()),
         }
         let sb = self.instance_sandbox(id, name);
-        sb.agent.wait_ready(self.cfg.ready_timeout).await?;
+        let (ready, connected) = tokio::join!(
+            sb.agent.wait_ready(self.cfg.ready_timeout),
+            self.plug(&sb, spec)
+        );
+        if let Err(e) = ready.and(connected) {
+            let _ = sb.destroy().await;
+            return Err(e);
+        }
         Ok(Box::new(sb))
     }
 
-    async fn instance_attach(&self, id: &str) -> Result<Option<Box<dyn Sandbox>>> {
+    async fn instance_attach(
+        &self,
+        id: &str,
+        spec: &SandboxSpec,
+    ) -> Result<Option<Box<dyn Sandbox>>> {
         let name = instance_container(id);
         let running = match self.docker.inspect_container(&name, None).await {
             Ok(c) => c.state.and_then(|s| s.running).unwrap_or(false),
@@ -330,7 +387,13 @@ impl Backend for DockerBackend {
         }
         let sb = self.instance_sandbox(id, name);
         match sb.agent.wait_ready(Duration::from_secs(2)).await {
-            Ok(()) => Ok(Some(Box::new(sb))),
+            Ok(()) => {
+                // Its veth went with the last server's rules: a new one, a new address.
+                if let Err(e) = self.plug(&sb, spec).await {
+                    tracing::warn!(instance = id, error = %e.chain(), "could not give a found instance its network again");
+                }
+                Ok(Some(Box::new(sb)))
+            }
             Err(_) => {
                 let _ = sb.destroy().await;
                 Ok(None)
@@ -464,6 +527,8 @@ pub struct DockerSandbox {
     /// Its cgroup's usage files, once looked for; `None` when they are not reachable from
     /// here (the stats API answers instead).
     cgroup: std::sync::OnceLock<Option<CgroupUsage>>,
+    /// Its veth and rules, when it has a network.
+    net: std::sync::OnceLock<BoxNet>,
 }
 
 impl DockerSandbox {
@@ -581,6 +646,16 @@ impl Sandbox for DockerSandbox {
     }
 
     async fn destroy(&self) -> Result<()> {
+        let result = self.stop_or_remove().await;
+        if let Some(n) = self.net.get() {
+            n.release().await;
+        }
+        result
+    }
+}
+
+impl DockerSandbox {
+    async fn stop_or_remove(&self) -> Result<()> {
         if self.persistent {
             let opts = bollard::container::StopContainerOptions { t: 0 };
             return match self

@@ -348,6 +348,12 @@ impl Functions {
             .backend
             .or(base_cfg.as_ref().map(|c| c.backend))
             .unwrap_or_default();
+        let network = match &req.network {
+            Some(n) => Some(n.clone()),
+            None => base_cfg.as_ref().and_then(|c| c.network.clone()),
+        }
+        .filter(|n| !n.is_none());
+        run::network(&self.tenants, tenant, network.as_ref()).await?;
         let b = self.sandboxes.resolve(backend)?;
         b.check_image(&spec.image).await?;
         let cfg = FnConfig {
@@ -363,6 +369,7 @@ impl Functions {
             max_concurrency,
             backend,
             isolation: spec.isolation,
+            network,
             code_form: if archive { "archive" } else { "file" }.into(),
             file_name,
             code_size: code.len() as u64,

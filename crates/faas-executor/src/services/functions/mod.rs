@@ -174,6 +174,7 @@ impl Functions {
             min_warm: cfg.min_warm,
             max_concurrency: cfg.max_concurrency,
             backend: cfg.backend.as_str().to_string(),
+            network: cfg.network.clone().unwrap_or_default(),
             code_sha256: v.code_sha256.clone(),
             code_size: cfg.code_size,
             versions: Vec::new(),
@@ -249,6 +250,7 @@ impl Functions {
             Some(cfg.isolation),
         )?;
         spec.env = cfg.env.clone();
+        spec.network = run::network(&self.tenants, tenant, cfg.network.as_ref()).await?;
         spec.mounts = vec![ReadOnlyMount {
             host: dir,
             guest: code::GUEST_CODE_DIR.into(),

@@ -47,6 +47,9 @@ pub struct FnConfig {
     pub backend: faas_common::Runtime,
     #[serde(default)]
     pub isolation: faas_common::IsolationLevel,
+    /// What its sandboxes may reach (`None`: nothing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<faas_common::NetworkRequest>,
     /// `file` (one file, named `file_name`) or `archive`.
     pub code_form: String,
     pub file_name: Option<String>,

@@ -24,6 +24,7 @@ use crate::config::PlatformConfig;
 use crate::error::{Error, Result};
 use crate::sandbox::agent::ExecOutcome;
 use crate::sandbox::exec::{run_agent, AGENT_GRACE};
+use crate::sandbox::net::EgressPolicy;
 use crate::sandbox::sandboxes::Sandboxes;
 use crate::sandbox::{Limits, Network, Sandbox, SandboxSpec};
 use crate::services::run::{self, RunInfo};
@@ -41,6 +42,12 @@ pub struct InstanceSpec {
     pub isolation: IsolationLevel,
     pub env: Vec<(String, String)>,
     pub idle_timeout_s: Option<u64>,
+    /// What it may reach, as asked, and whether its tenant could reach the private ranges
+    /// when it was made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<faas_common::NetworkRequest>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub private_egress: bool,
     /// The caller's labels (not inherited by restores, branches and forks).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, String>,
@@ -62,10 +69,29 @@ impl InstanceSpec {
                 cpu_cores: self.cpu_cores,
                 pids: self.pids,
             },
-            network: Network::None,
+            network: self.network_policy(),
             isolation: self.isolation,
             mounts: Vec::new(),
         }
+    }
+
+    /// Its rules, checked when it was made (none, should a kept spec not parse).
+    fn network_policy(&self) -> Network {
+        use faas_common::{EgressDefault, NetworkRequest};
+        let policy = match &self.network {
+            Some(NetworkRequest::Named(n)) if n == "internet" => EgressPolicy::internet(),
+            Some(NetworkRequest::Rules(r)) => {
+                match EgressPolicy::rules(r.egress == EgressDefault::Allow, &r.allow, &r.deny) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::error!(error = %e, "an instance's kept network rules do not parse; it gets no network");
+                        return Network::None;
+                    }
+                }
+            }
+            _ => return Network::None,
+        };
+        Network::Egress(Arc::new(policy.with_private(self.private_egress)))
     }
 }
 
@@ -280,7 +306,7 @@ impl Instances {
     ) -> Result<InstanceInfo> {
         let store = self.store()?;
         check_metadata(&req.metadata)?;
-        run::check_network(req.network.as_deref())?;
+        let network = run::network(&self.tenants, &caller.tenant, req.network.as_ref()).await?;
         let base = run::spec(
             &self.cfg,
             req.image.as_deref(),
@@ -296,6 +322,8 @@ impl Instances {
             isolation: base.isolation,
             env: req.env_vars.0.clone(),
             idle_timeout_s: req.idle_timeout_s.filter(|s| *s > 0),
+            network: req.network.clone().filter(|n| !n.is_none()),
+            private_egress: network.policy().is_some_and(|p| p.private),
             metadata: req.metadata.clone(),
         };
         let lease = self.admit(caller, 1, spec.memory_mb).await?;
@@ -730,7 +758,7 @@ impl Instances {
                 self.sandboxes.backend_named(&rec.backend),
             ) {
                 (Ok(spec), Ok(b)) => b
-                    .instance_attach(&rec.id)
+                    .instance_attach(&rec.id, &spec.sandbox(&rec.image))
                     .await
                     .map(|found| found.map(|sandbox| (sandbox, spec))),
                 (Err(e), _) | (_, Err(e)) => Err(e),
@@ -855,6 +883,7 @@ fn info(r: &InstanceRecord) -> Result<InstanceInfo> {
         memory_mb: spec.memory_mb,
         cpu_cores: spec.cpu_cores,
         idle_timeout_s: spec.idle_timeout_s,
+        network: spec.network.clone().unwrap_or_default(),
         source_snapshot: r.source_snapshot.clone(),
         created_at_ms: r.created_ms,
         last_used_at_ms: r.last_used_ms,

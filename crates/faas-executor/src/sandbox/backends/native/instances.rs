@@ -5,6 +5,7 @@
 //! (plus, for a gVisor memory snapshot, its checkpoint).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::runtime::{OciRuntime, RuntimeKind, Start};
@@ -104,6 +105,7 @@ impl NativeBackend {
         let dir = self.instance_dir(id);
         let meta = InstanceMeta::read(&dir)?;
         let runtime = self.instance_runtime(spec.isolation)?.clone();
+        let (runtime, netns) = self.box_network(spec, runtime, true)?;
         if !fresh {
             // A box of an earlier start that was not removed (a crash between the two).
             runtime.delete_force(id).await?;
@@ -116,7 +118,7 @@ impl NativeBackend {
             layers: meta.layers,
             runtime,
             cgroup: self.cgroup_of(id),
-            netns: None,
+            netns,
             persistent: true,
             restore_from,
         };
@@ -285,7 +287,11 @@ impl NativeBackend {
         ))
     }
 
-    pub(super) async fn attach_instance(&self, id: &str) -> Result<Option<Box<dyn Sandbox>>> {
+    pub(super) async fn attach_instance(
+        &self,
+        id: &str,
+        spec: &SandboxSpec,
+    ) -> Result<Option<Box<dyn Sandbox>>> {
         let Some(rt) = self.running_inst_runtime(id).await? else {
             return Ok(None);
         };
@@ -303,11 +309,41 @@ impl NativeBackend {
             let _ = sandbox.init.set(p);
         }
         match sandbox.agent.wait_ready(Duration::from_secs(2)).await {
-            Ok(()) => Ok(Some(Box::new(sandbox))),
+            Ok(()) => {
+                self.reconnect(&sandbox, spec).await;
+                Ok(Some(Box::new(sandbox)))
+            }
             Err(e) => {
                 tracing::warn!(instance = id, error = %e.chain(), "its box runs but its agent does not answer; stopping it");
                 let _ = sandbox.destroy().await;
                 Ok(None)
+            }
+        }
+    }
+
+    /// A networked instance's box found again after a restart: its veth went with the last
+    /// server's rules (every link of the deployment is removed at start), so it gets a new one
+    /// in its namespace, with a new address. gVisor reads its interfaces only when it starts:
+    /// such an instance has no network until it is stopped and started.
+    async fn reconnect(&self, sandbox: &NativeSandbox, spec: &SandboxSpec) {
+        let (Some(policy), Some(net), Some(init)) = (
+            spec.network.policy(),
+            &self.shared.cfg.net,
+            sandbox.init.get(),
+        ) else {
+            return;
+        };
+        if sandbox.runtime.kind == RuntimeKind::Runsc {
+            tracing::warn!(instance = %sandbox.id, "a gVisor instance gets its network again only when it is stopped and started");
+            return;
+        }
+        let ns = PathBuf::from(format!("/proc/{}/ns/net", init.pid));
+        match net.attach(&ns, policy.clone()).await {
+            Ok(b) => {
+                let _ = sandbox.net.set(Arc::new(b));
+            }
+            Err(e) => {
+                tracing::warn!(instance = %sandbox.id, error = %e.chain(), "could not give a found instance its network again");
             }
         }
     }

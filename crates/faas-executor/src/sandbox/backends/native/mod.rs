@@ -38,6 +38,7 @@ use crate::error::{Error, Result};
 use crate::sandbox::agent::AgentClient;
 use crate::sandbox::backends::usage::CgroupUsage;
 use crate::sandbox::images::{ImageRecord, ImageStore};
+use crate::sandbox::net::{BoxNet, Net};
 use crate::sandbox::steps::{self, Step};
 use crate::sandbox::{Backend, BoxUsage, DeathCause, Isolation, Sandbox, SandboxSpec};
 
@@ -58,6 +59,8 @@ pub struct NativeConfig {
     /// state of the runtimes that run instances (`instances/.state/<runtime>`).
     pub persist_root: PathBuf,
     pub ready_timeout: Duration,
+    /// Boxes' egress (`None`: only `network: none` is offered).
+    pub net: Option<Arc<Net>>,
 }
 
 struct Shared {
@@ -257,7 +260,34 @@ impl NativeBackend {
             self.shared.clone(),
         );
         let t0 = std::time::Instant::now();
+        let mut with_net;
+        let spec = match (spec.network.policy(), &self.shared.cfg.net) {
+            (Some(_), Some(net)) => {
+                with_net = spec.clone();
+                with_net.mounts.push(crate::sandbox::ReadOnlyMount {
+                    host: net.resolv_conf().to_path_buf(),
+                    guest: "/etc/resolv.conf".into(),
+                });
+                &with_net
+            }
+            _ => spec,
+        };
         let made = async {
+            // The box's veth and rules, made while its bundle is.
+            let plumbed = async {
+                match (spec.network.policy(), &self.shared.cfg.net, &sandbox.netns) {
+                    (Some(p), Some(net), Some(ns)) => {
+                        let b = net.attach(ns, p.clone()).await?;
+                        let _ = sandbox.net.set(Arc::new(b));
+                        steps::record(Step::Network, t0.elapsed());
+                        Ok(())
+                    }
+                    (Some(_), _, _) => Err(Error::Unsupported(
+                        "sandbox networking is not set up on this server".into(),
+                    )),
+                    _ => Ok(()),
+                }
+            };
             let mut oci = spec::build(
                 spec,
                 &image.env,
@@ -282,7 +312,7 @@ impl NativeBackend {
             let _ = sandbox.lower.set(lower.clone());
             let bundle = dir.clone();
             // Directories, the overlay mount and config.json: blocking calls, off the workers.
-            tokio::task::spawn_blocking(move || {
+            let prepared = tokio::task::spawn_blocking(move || {
                 for d in [
                     bundle.join("rootfs"),
                     bundle.join("sock"),
@@ -296,8 +326,10 @@ impl NativeBackend {
                 oci.save(bundle.join("config.json"))
                     .map_err(|e| Error::Internal(format!("write config.json: {e}")))
             })
-            .await
-            .map_err(|e| Error::Internal(format!("bundle preparation: {e}")))??;
+            ;
+            let (prepared, plumbed) = tokio::join!(prepared, plumbed);
+            prepared.map_err(|e| Error::Internal(format!("bundle preparation: {e}")))??;
+            plumbed?;
             steps::record(Step::Rootfs, t0.elapsed());
             let t = std::time::Instant::now();
             let how = match restore_from.as_deref() {
@@ -360,6 +392,37 @@ impl NativeBackend {
             return Err(e);
         }
         Ok(sandbox)
+    }
+
+    /// The runtime and network namespace file for a box of `spec`: a networked box needs a
+    /// namespace to plumb before it starts; others take one made ahead when there is one
+    /// (crun and runc; `instance`s make their own).
+    fn box_network(
+        &self,
+        spec: &SandboxSpec,
+        runtime: OciRuntime,
+        instance: bool,
+    ) -> Result<(OciRuntime, Option<PathBuf>)> {
+        if spec.network.policy().is_none() {
+            let netns = match (&self.shared.netns, runtime.kind, instance) {
+                (Some(pool), RuntimeKind::Crun | RuntimeKind::Runc, false) => pool.take(),
+                _ => None,
+            };
+            return Ok((runtime, netns));
+        }
+        let (Some(_), Some(pool)) = (&self.shared.cfg.net, &self.shared.netns) else {
+            return Err(Error::Unsupported(
+                "sandbox networking is not set up on this server".into(),
+            ));
+        };
+        let ns = pool
+            .take_or_make()
+            .map_err(|e| Error::io("make a network namespace", e))?;
+        let runtime = match runtime.kind {
+            RuntimeKind::Runsc => runtime.networked(),
+            _ => runtime,
+        };
+        Ok((runtime, Some(ns)))
     }
 
     /// The cgroup path (under each v1 controller) of box or instance `id`.
@@ -552,11 +615,9 @@ impl Backend for NativeBackend {
         let runtime = self.runtime_for(spec.isolation)?.clone();
         let id = uuid::Uuid::new_v4().simple().to_string()[..16].to_string();
         let dir = self.shared.cfg.root.join("sandboxes").join(&id);
-        // gVisor gives its sandbox a network stack of its own.
-        let netns = match (&self.shared.netns, runtime.kind) {
-            (Some(pool), RuntimeKind::Crun | RuntimeKind::Runc) => pool.take(),
-            _ => None,
-        };
+        // gVisor gives its sandbox a network stack of its own (a networked one takes the
+        // interfaces of the namespace it is given).
+        let (runtime, netns) = self.box_network(spec, runtime, false)?;
         let plan = BoxPlan {
             cgroup: self.cgroup_of(&id),
             id,
@@ -588,8 +649,12 @@ impl Backend for NativeBackend {
         self.start_instance(id, spec).await
     }
 
-    async fn instance_attach(&self, id: &str) -> Result<Option<Box<dyn Sandbox>>> {
-        self.attach_instance(id).await
+    async fn instance_attach(
+        &self,
+        id: &str,
+        spec: &SandboxSpec,
+    ) -> Result<Option<Box<dyn Sandbox>>> {
+        self.attach_instance(id, spec).await
     }
 
     async fn instance_remove(&self, id: &str) -> Result<()> {
@@ -669,6 +734,8 @@ pub struct NativeSandbox {
     slot: Mutex<Option<Slot>>,
     /// The network namespace made ahead that it joined, if any.
     netns: Option<PathBuf>,
+    /// Its veth and rules, when it has a network.
+    net: std::sync::OnceLock<Arc<BoxNet>>,
     /// An instance's box: its upper dir stays, and it is torn down before `destroy` returns.
     persistent: bool,
     /// The overlay's lower dirs, `:`-separated, top first (for a reset's new root).
@@ -700,6 +767,7 @@ impl NativeSandbox {
             init: std::sync::OnceLock::new(),
             slot: Mutex::new(None),
             netns,
+            net: std::sync::OnceLock::new(),
             persistent,
             lower: std::sync::OnceLock::new(),
             resets: Mutex::new(0),
@@ -825,6 +893,12 @@ impl Sandbox for NativeSandbox {
     }
 
     async fn reset(&self) -> Result<()> {
+        // What its DNS answers allowed and its connections' state are the last request's.
+        if self.net.get().is_some() {
+            return Err(Error::Unsupported(
+                "a box with a network is not reused".into(),
+            ));
+        }
         self.reset_box().await
     }
 
@@ -895,7 +969,11 @@ impl Sandbox for NativeSandbox {
         let slot = self.slot.lock().unwrap_or_else(|e| e.into_inner()).take();
         let netns = self.netns.clone();
         let persistent = self.persistent;
+        let net = self.net.get().cloned();
         let teardown = async move {
+            if let Some(n) = net {
+                n.release().await;
+            }
             let t = std::time::Instant::now();
             let deleted = if init_killed {
                 runtime.delete_dead(&id).await

@@ -54,6 +54,28 @@ impl NetnsPool {
         taken
     }
 
+    /// A fresh namespace's file: a ready one, or one made now (on a thread of its own, as
+    /// making it moves the making thread into it).
+    pub fn take_or_make(&self) -> std::io::Result<PathBuf> {
+        if let Some(p) = self.take() {
+            return Ok(p);
+        }
+        let path = self
+            .dir
+            .join(format!("n{}", self.next.fetch_add(1, Ordering::SeqCst)));
+        let p = path.clone();
+        let made = std::thread::spawn(move || make(&p))
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("the namespace maker panicked")));
+        match made {
+            Ok(()) => Ok(path),
+            Err(e) => {
+                release(&path);
+                Err(e)
+            }
+        }
+    }
+
     /// Unmounts and removes a namespace file handed out by [`NetnsPool::take`].
     pub fn release(&self, path: &Path) {
         release(path);

@@ -50,6 +50,9 @@ pub struct OciRuntime {
     /// Cgroups are the caller's (crun `--cgroup-manager=disabled`, runsc `--ignore-cgroups`;
     /// see `cgroups.rs`).
     caller_cgroups: bool,
+    /// runsc: give the sandbox the interfaces of its network namespace (`--network=sandbox`)
+    /// instead of loopback alone.
+    networked: bool,
 }
 
 /// How [`OciRuntime::start_detached`] starts a box.
@@ -84,6 +87,7 @@ impl OciRuntime {
             state_root,
             hide_unified,
             caller_cgroups: false,
+            networked: false,
         }
     }
 
@@ -100,6 +104,12 @@ impl OciRuntime {
     /// join). crun and runsc can run without managing cgroups; runc cannot.
     pub fn with_caller_cgroups(mut self) -> Self {
         self.caller_cgroups = matches!(self.kind, RuntimeKind::Crun | RuntimeKind::Runsc);
+        self
+    }
+
+    /// The same runtime for a box with a network (runsc reads it from the box's namespace).
+    pub fn networked(mut self) -> Self {
+        self.networked = true;
         self
     }
 
@@ -141,8 +151,12 @@ impl OciRuntime {
         }
         if self.kind == RuntimeKind::Runsc {
             // Let the agent's unix socket in the bind-mounted directory be reachable from the
-            // host, and give the sandbox no network but loopback.
-            v.extend(["--host-uds=all".into(), "--network=none".into()]);
+            // host, and give the sandbox no network but loopback, or its namespace's veth.
+            v.push("--host-uds=all".into());
+            v.push(match self.networked {
+                true => "--network=sandbox".into(),
+                false => "--network=none".into(),
+            });
         }
         v
     }
