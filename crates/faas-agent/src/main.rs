@@ -133,6 +133,12 @@ fn zygote_run(req: &[u8]) -> io::Result<std::process::ExitStatus> {
             cmd.pre_exec(|| hide_unified().map_err(io::Error::from));
         }
     }
+    if flags == b"hide-sysnet" {
+        // SAFETY: as above.
+        unsafe {
+            cmd.pre_exec(|| hide_sysnet().map_err(io::Error::from));
+        }
+    }
     cmd.status()
 }
 
@@ -175,6 +181,23 @@ fn hide_unified() -> nix::Result<()> {
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)?;
     rootswap::make_private()?;
     umount2("/sys/fs/cgroup/unified", MntFlags::MNT_DETACH)
+}
+
+/// A private mount namespace with an empty `/proc/sys/net`: runsc (20221219) takes any
+/// network namespace where `/proc/sys/net/core/rmem_default` exists for the host's own, and
+/// refuses to give a box its interfaces; on kernels where every namespace has the file, that
+/// is every namespace (see the executor's `runtime.rs`).
+fn hide_sysnet() -> nix::Result<()> {
+    use nix::mount::{mount, MsFlags};
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)?;
+    rootswap::make_private()?;
+    mount(
+        Some("none"),
+        "/proc/sys/net",
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("size=4k"),
+    )
 }
 
 fn usage(msg: &str) -> ! {

@@ -113,6 +113,14 @@ impl OciRuntime {
         self
     }
 
+    /// A networked runsc runs with an empty `/proc/sys/net`: runsc 20221219 takes any network
+    /// namespace that has `/proc/sys/net/core/rmem_default` for the host's own and refuses to
+    /// copy its interfaces, and on this kernel every namespace has it. runsc reads nothing else
+    /// there (gVisor's network stack is its own).
+    fn hide_sysnet(&self) -> bool {
+        self.kind == RuntimeKind::Runsc && self.networked
+    }
+
     pub fn caller_cgroups(&self) -> bool {
         self.caller_cgroups
     }
@@ -170,8 +178,8 @@ impl OciRuntime {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        if self.hide_unified || !join.is_empty() {
-            prepare_child(&mut cmd, self.hide_unified, join);
+        if self.hide_unified || self.hide_sysnet() || !join.is_empty() {
+            prepare_child(&mut cmd, self.hide_unified, self.hide_sysnet(), join);
         }
         cmd
     }
@@ -271,6 +279,8 @@ impl OciRuntime {
             .collect();
         let flags = if self.hide_unified {
             "hide-unified"
+        } else if self.hide_sysnet() {
+            "hide-sysnet"
         } else {
             ""
         };
@@ -509,7 +519,7 @@ pub fn spawn_zygote(agent: &Path, join: Vec<CString>) -> Result<Zygote> {
         .stderr(Stdio::null())
         .kill_on_drop(true);
     // Only the cgroups here: the zygote makes each command's mount namespace itself.
-    prepare_child(&mut cmd, false, join);
+    prepare_child(&mut cmd, false, false, join);
     let (mut child, guard) = crate::sandbox::reaper::spawn(&mut cmd)
         .map_err(|e| Error::io(format!("start {}", agent.display()), e))?;
     let (Some(stdin), Some(stdout), Some(pid)) =
@@ -608,7 +618,12 @@ impl Zygote {
 /// to each `cgroup.procs`), then, when `hide_unified`, move to a private mount namespace where
 /// `/sys/fs/cgroup/unified` is unmounted.
 #[allow(unsafe_code)]
-fn prepare_child(cmd: &mut tokio::process::Command, hide_unified: bool, join: Vec<CString>) {
+fn prepare_child(
+    cmd: &mut tokio::process::Command,
+    hide_unified: bool,
+    hide_sysnet: bool,
+    join: Vec<CString>,
+) {
     use nix::fcntl::{open, OFlag};
     use nix::mount::{mount, umount2, MntFlags, MsFlags};
     use nix::sched::{unshare, CloneFlags};
@@ -617,6 +632,8 @@ fn prepare_child(cmd: &mut tokio::process::Command, hide_unified: bool, join: Ve
     // Made before the fork: nothing below allocates.
     let root = CString::new("/").expect("no NUL");
     let unified = CString::new("/sys/fs/cgroup/unified").expect("no NUL");
+    let sysnet = CString::new("/proc/sys/net").expect("no NUL");
+    let tmpfs = CString::new("tmpfs").expect("no NUL");
     // SAFETY: the closure runs in the forked child before exec. It only makes system calls
     // (open, write, close, unshare, mount, umount2) through nix on C strings built before the
     // fork: no allocation, no locks, nothing that is not async-signal-safe. `from_raw_fd` takes
@@ -642,6 +659,23 @@ fn prepare_child(cmd: &mut tokio::process::Command, hide_unified: bool, join: Ve
                     None::<&CStr>,
                 )?;
                 umount2(unified.as_c_str(), MntFlags::MNT_DETACH)?;
+            }
+            if hide_sysnet {
+                unshare(CloneFlags::CLONE_NEWNS)?;
+                mount(
+                    None::<&CStr>,
+                    root.as_c_str(),
+                    None::<&CStr>,
+                    MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+                    None::<&CStr>,
+                )?;
+                mount(
+                    Some(tmpfs.as_c_str()),
+                    sysnet.as_c_str(),
+                    Some(tmpfs.as_c_str()),
+                    MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                    None::<&CStr>,
+                )?;
             }
             Ok(())
         });
