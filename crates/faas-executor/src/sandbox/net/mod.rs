@@ -163,7 +163,7 @@ impl EgressPolicy {
     }
 
     /// Plain internet: served by the shared rules, with no chain of its own.
-    fn is_plain(&self) -> bool {
+    pub fn is_plain(&self) -> bool {
         *self == EgressPolicy::internet()
     }
 

@@ -105,7 +105,7 @@ impl NativeBackend {
         let dir = self.instance_dir(id);
         let meta = InstanceMeta::read(&dir)?;
         let runtime = self.instance_runtime(spec.isolation)?.clone();
-        let (runtime, netns) = self.box_network(spec, runtime, true)?;
+        let (runtime, netns, plumbed) = self.box_network(spec, runtime, true)?;
         if !fresh {
             // A box of an earlier start that was not removed (a crash between the two).
             runtime.delete_force(id).await?;
@@ -119,6 +119,7 @@ impl NativeBackend {
             runtime,
             cgroup: self.cgroup_of(id),
             netns,
+            plumbed,
             persistent: true,
             restore_from,
         };

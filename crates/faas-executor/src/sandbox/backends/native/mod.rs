@@ -72,6 +72,72 @@ struct Shared {
     store: Arc<ImageStore>,
     /// Network namespaces made ahead for crun and runc boxes (see `netns.rs`).
     netns: Option<Arc<netns::NetnsPool>>,
+    /// Namespaces made ahead with their veth, address and plain-internet rules, for boxes
+    /// asking for `network: "internet"` (made once the first such box is asked for).
+    plumbed: Mutex<Vec<(PathBuf, Arc<BoxNet>)>>,
+    refilling: std::sync::atomic::AtomicBool,
+}
+
+/// Plumbed namespaces kept ready.
+const PLUMBED_READY: usize = 2;
+
+impl Shared {
+    fn take_plumbed(self: &Arc<Self>) -> Option<(PathBuf, Arc<BoxNet>)> {
+        let taken = self.plumbed.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        self.refill_plumbed();
+        taken
+    }
+
+    /// Makes plumbed namespaces in the background until [`PLUMBED_READY`] are ready.
+    fn refill_plumbed(self: &Arc<Self>) {
+        use std::sync::atomic::Ordering;
+        let (Some(net), Some(pool)) = (self.cfg.net.clone(), self.netns.clone()) else {
+            return;
+        };
+        if self.refilling.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let shared = self.clone();
+        self.cleanups.spawn(async move {
+            while !shared.cleanups.is_closed()
+                && shared.plumbed.lock().unwrap_or_else(|e| e.into_inner()).len() < PLUMBED_READY
+            {
+                let p = pool.clone();
+                let ns = match tokio::task::spawn_blocking(move || p.take_or_make()).await {
+                    Ok(Ok(ns)) => ns,
+                    _ => break,
+                };
+                match net
+                    .attach(&ns, Arc::new(crate::sandbox::net::EgressPolicy::internet()))
+                    .await
+                {
+                    Ok(b) => shared
+                        .plumbed
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push((ns, Arc::new(b))),
+                    Err(e) => {
+                        tracing::warn!(error = %e.chain(), "could not make a networked namespace ahead");
+                        pool.release(&ns);
+                        break;
+                    }
+                }
+            }
+            shared.refilling.store(false, Ordering::SeqCst);
+        });
+    }
+
+    /// Releases the plumbed namespaces not handed out.
+    async fn drop_plumbed(&self) {
+        let ready: Vec<_> =
+            std::mem::take(&mut *self.plumbed.lock().unwrap_or_else(|e| e.into_inner()));
+        for (ns, b) in ready {
+            b.release().await;
+            if let Some(pool) = &self.netns {
+                pool.release(&ns);
+            }
+        }
+    }
 }
 
 /// What differs between an ephemeral box and an instance's box.
@@ -88,6 +154,8 @@ struct BoxPlan {
     runtime: OciRuntime,
     cgroup: String,
     netns: Option<PathBuf>,
+    /// The namespace's veth and rules, when they were made ahead.
+    plumbed: Option<Arc<BoxNet>>,
     /// Keep `rw` when the box goes (an instance's).
     persistent: bool,
     /// Restore the box from this gVisor checkpoint instead of starting it fresh.
@@ -202,6 +270,8 @@ impl NativeBackend {
                 store,
                 cleanups: tokio_util::task::TaskTracker::new(),
                 netns,
+                plumbed: Mutex::new(Vec::new()),
+                refilling: std::sync::atomic::AtomicBool::new(false),
             }),
             runtime,
             gvisor,
@@ -247,6 +317,7 @@ impl NativeBackend {
             runtime,
             cgroup,
             netns,
+            plumbed,
             persistent,
             restore_from,
         } = plan;
@@ -274,8 +345,12 @@ impl NativeBackend {
         };
         let made = async {
             // The box's veth and rules, made while its bundle is.
+            if let Some(b) = plumbed {
+                let _ = sandbox.net.set(b);
+            }
             let plumbed = async {
                 match (spec.network.policy(), &self.shared.cfg.net, &sandbox.netns) {
+                    _ if sandbox.net.get().is_some() => Ok(()),
                     (Some(p), Some(net), Some(ns)) => {
                         let b = net.attach(ns, p.clone()).await?;
                         let _ = sandbox.net.set(Arc::new(b));
@@ -402,27 +477,33 @@ impl NativeBackend {
         spec: &SandboxSpec,
         runtime: OciRuntime,
         instance: bool,
-    ) -> Result<(OciRuntime, Option<PathBuf>)> {
-        if spec.network.policy().is_none() {
+    ) -> Result<(OciRuntime, Option<PathBuf>, Option<Arc<BoxNet>>)> {
+        let Some(policy) = spec.network.policy() else {
             let netns = match (&self.shared.netns, runtime.kind, instance) {
                 (Some(pool), RuntimeKind::Crun | RuntimeKind::Runc, false) => pool.take(),
                 _ => None,
             };
-            return Ok((runtime, netns));
-        }
+            return Ok((runtime, netns, None));
+        };
         let (Some(_), Some(pool)) = (&self.shared.cfg.net, &self.shared.netns) else {
             return Err(Error::Unsupported(
                 "sandbox networking is not set up on this server".into(),
             ));
         };
-        let ns = pool
-            .take_or_make()
-            .map_err(|e| Error::io("make a network namespace", e))?;
         let runtime = match runtime.kind {
             RuntimeKind::Runsc => runtime.networked(),
             _ => runtime,
         };
-        Ok((runtime, Some(ns)))
+        // Plain internet: a namespace plumbed ahead, when one is ready.
+        if policy.is_plain() {
+            if let Some((ns, b)) = self.shared.take_plumbed() {
+                return Ok((runtime, Some(ns), Some(b)));
+            }
+        }
+        let ns = pool
+            .take_or_make()
+            .map_err(|e| Error::io("make a network namespace", e))?;
+        Ok((runtime, Some(ns), None))
     }
 
     /// The cgroup path (under each v1 controller) of box or instance `id`.
@@ -617,7 +698,7 @@ impl Backend for NativeBackend {
         let dir = self.shared.cfg.root.join("sandboxes").join(&id);
         // gVisor gives its sandbox a network stack of its own (a networked one takes the
         // interfaces of the namespace it is given).
-        let (runtime, netns) = self.box_network(spec, runtime, false)?;
+        let (runtime, netns, plumbed) = self.box_network(spec, runtime, false)?;
         let plan = BoxPlan {
             cgroup: self.cgroup_of(&id),
             id,
@@ -626,6 +707,7 @@ impl Backend for NativeBackend {
             layers: Vec::new(),
             runtime,
             netns,
+            plumbed,
             persistent: false,
             restore_from: None,
         };
@@ -701,6 +783,7 @@ impl Backend for NativeBackend {
     async fn shutdown(&self) {
         self.shared.cleanups.close();
         self.shared.cleanups.wait().await;
+        self.shared.drop_plumbed().await;
         if let Some(slots) = &self.shared.slots {
             slots.close();
         }
