@@ -674,16 +674,18 @@ async fn a_thousand_background_processes_leave_nothing_behind() {
         assert_eq!(exit["exit_code"], 0);
     }
     // The last subscriber's writer may still be closing its connection: give it a moment.
+    // (The first count may itself have seen a warm-up connection still closing, so fewer
+    // descriptors after is fine; a leak would be hundreds more.)
     let mut after = agent_counts(&c, &id).await;
     for _ in 0..20 {
-        if after.0 == before.0 {
+        if after.0 <= before.0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
         after = agent_counts(&c, &id).await;
     }
-    assert_eq!(
-        after.0, before.0,
+    assert!(
+        after.0 <= before.0,
         "descriptors before {before:?}, after {after:?}"
     );
     // Idle threads are kept for reuse: the pool may grow by the few one process uses at once

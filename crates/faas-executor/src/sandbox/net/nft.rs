@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 
-use super::{Cidr, EgressPolicy, PRIVATE};
+use super::policy::{Cidr, EgressPolicy, PRIVATE};
 use crate::error::{Error, Result};
 
 /// Always denied: "this network", loopback, link-local and metadata, multicast and reserved
