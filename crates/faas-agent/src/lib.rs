@@ -32,6 +32,11 @@
 //! and [`Request::Remove`] work on the box's own view of its files (the agent is inside it);
 //! [`Request::Watch`] streams [`Event::Fs`] events until the host closes the connection.
 //! Paths must be absolute; failures are [`Event::Error`] with an [`ErrorKind`].
+//!
+//! **Ports.** [`Request::Tunnel`] connects to a TCP port of the box's loopback and, once
+//! answered with [`Event::Tunneled`], turns the connection into a raw byte pipe to it (no more
+//! frames); [`Request::Ports`] lists the box's listening TCP sockets. No network namespace is
+//! entered on the host: the bytes go through the agent's socket.
 
 use std::io::{self, Read, Write};
 
@@ -50,8 +55,9 @@ pub const SOCKET_NAME: &str = "agent.sock";
 /// Where the agent binary is mounted (read-only) inside the sandbox.
 pub const GUEST_AGENT_PATH: &str = "/.faas/agent";
 
-/// The protocol version the agent speaks; reported by [`Event::Pong`].
-pub const PROTOCOL_VERSION: u32 = 2;
+/// The protocol version the agent speaks; reported by [`Event::Pong`]. 3 added
+/// [`Request::Tunnel`] and [`Request::Ports`].
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Output kept per process for clients that connect late (at least this much of the newest).
 pub const REPLAY_BYTES: usize = 1024 * 1024;
@@ -164,6 +170,14 @@ pub enum Request {
     /// CPU affinity, OOM score, mounts and open files, with no other process or connection.
     /// Answered with [`Event::Done`], or [`Event::Error`] `other` naming what differs.
     CheckClean,
+    /// Connect to `127.0.0.1:port` (then `[::1]:port`) inside the box. Answered with
+    /// [`Event::Tunneled`], after which the connection carries raw bytes both ways until
+    /// either side closes it (a shut-down write half is passed on as one); or with
+    /// [`Event::Error`] `refused` when nothing listens there, `invalid` for port 0.
+    Tunnel { port: u16 },
+    /// The box's listening TCP sockets (`/proc/net/tcp` and `tcp6`), answered with
+    /// [`Event::Ports`].
+    Ports,
 }
 
 /// Made by the host next to the agent's socket when a quiesced agent may listen again.
@@ -242,8 +256,18 @@ pub enum ErrorKind {
     /// The box refused it: permissions, or its state (a read-only or full file system, a
     /// busy file, a device that cannot be copied).
     Denied,
+    /// Nothing listens on the port asked for ([`Request::Tunnel`]).
+    Refused,
     #[default]
     Other,
+}
+
+/// A TCP socket listening in the box.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ListeningPort {
+    pub port: u16,
+    /// The address it is bound to: `0.0.0.0`, `::`, `127.0.0.1`...
+    pub address: String,
 }
 
 /// What a file is.
@@ -343,6 +367,13 @@ pub enum Event {
     Fs {
         op: FsOp,
         path: String,
+    },
+    /// The answer to [`Request::Tunnel`]: from the next byte on, the connection is the TCP
+    /// connection's bytes.
+    Tunneled,
+    /// The answer to [`Request::Ports`], sorted by port and address.
+    Ports {
+        ports: Vec<ListeningPort>,
     },
 }
 

@@ -11,6 +11,7 @@ mod files;
 mod procs;
 mod reset;
 mod rootswap;
+mod tunnel;
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -425,6 +426,8 @@ fn handle(mut conn: UnixStream, reaper: &Reaper) -> io::Result<()> {
         Request::Watch { path, recursive } => files::watch(conn, &path, recursive),
         Request::Reset => write_json(&mut conn, &reset::reset()),
         Request::CheckClean => write_json(&mut conn, &reset::check()),
+        Request::Tunnel { port } => tunnel::tunnel(conn, port),
+        Request::Ports => write_json(&mut conn, &tunnel::ports()),
     }
 }
 

@@ -29,6 +29,10 @@ pub enum ErrorCode {
     Unsupported,
     /// The backend the request needs is not available on this host right now.
     BackendUnavailable,
+    /// Nothing listens on the instance's port a request was for.
+    PortClosed,
+    /// The instance's server on that port did not answer with HTTP that can be passed on.
+    BadGateway,
     /// The platform could not finish the request in time (not a command's own timeout).
     Timeout,
     Internal,
@@ -50,6 +54,8 @@ impl ErrorCode {
             ErrorCode::QuotaExceeded => "quota_exceeded",
             ErrorCode::Unsupported => "unsupported",
             ErrorCode::BackendUnavailable => "backend_unavailable",
+            ErrorCode::PortClosed => "port_closed",
+            ErrorCode::BadGateway => "bad_gateway",
             ErrorCode::Timeout => "timeout",
             ErrorCode::Internal => "internal",
         }
@@ -67,6 +73,7 @@ impl ErrorCode {
             ErrorCode::RateLimited | ErrorCode::QuotaExceeded => 429,
             ErrorCode::Internal => 500,
             ErrorCode::Unsupported => 501,
+            ErrorCode::PortClosed | ErrorCode::BadGateway => 502,
             ErrorCode::BackendUnavailable => 503,
             ErrorCode::Timeout => 504,
         }

@@ -30,6 +30,9 @@ pub enum Error {
     Forbidden(String),
     #[error("store")]
     Store(#[from] faas_store::StoreError),
+    /// Nothing listens on the port of the box a request was for.
+    #[error("{0}")]
+    PortClosed(String),
     /// The feature or backend is not offered; the message says why.
     #[error("{0}")]
     Unsupported(String),

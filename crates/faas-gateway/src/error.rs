@@ -43,6 +43,7 @@ impl From<Error> for ApiError {
             Error::Forbidden(_) => ErrorCode::Forbidden,
             Error::Unsupported(_) => ErrorCode::Unsupported,
             Error::BackendUnavailable(_) => ErrorCode::BackendUnavailable,
+            Error::PortClosed(_) => ErrorCode::PortClosed,
             Error::Docker(_)
             | Error::Agent { .. }
             | Error::AgentUnreachable { .. }

@@ -2,6 +2,7 @@
 
 mod files;
 mod procs;
+mod tunnel;
 
 use std::io::Write;
 use std::os::unix::net::UnixStream;

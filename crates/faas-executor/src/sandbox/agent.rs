@@ -302,6 +302,7 @@ impl AgentClient {
                 Error::Conflict(message)
             }
             ErrorKind::Invalid => Error::InvalidRequest(message),
+            ErrorKind::Refused => Error::PortClosed(message),
             ErrorKind::Other => self.err(message),
         }
     }
@@ -424,6 +425,24 @@ impl AgentClient {
     /// Whether the agent is as it was when the box started, alone in it.
     pub async fn check_clean(&self) -> Result<()> {
         self.done("check clean", &Request::CheckClean).await
+    }
+
+    /// A connection to TCP port `port` of the box's loopback, made by the agent inside it:
+    /// the stream carries the connection's bytes (a shut-down write half is passed on).
+    /// Nothing listening there: [`Error::PortClosed`].
+    pub async fn tunnel(&self, port: u16) -> Result<UnixStream> {
+        match self.request(&Request::Tunnel { port }).await? {
+            (conn, Event::Tunneled) => Ok(conn),
+            (_, ev) => Err(self.unexpected("tunnel", ev)),
+        }
+    }
+
+    /// The box's listening TCP sockets.
+    pub async fn listening_ports(&self) -> Result<Vec<faas_agent::ListeningPort>> {
+        match self.call(&Request::Ports).await? {
+            Event::Ports { ports } => Ok(ports),
+            ev => Err(self.unexpected("ports", ev)),
+        }
     }
 
     async fn done(&self, what: &str, req: &Request) -> Result<()> {
