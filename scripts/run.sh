@@ -6,7 +6,7 @@
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
-ensure_packages crun runc runsc
+ensure_packages crun runc runsc nftables iproute2 util-linux
 ensure_dockerd
 build_agent
 "$FAAS_ROOT/scripts/build-images.sh" all

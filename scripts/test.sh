@@ -21,7 +21,7 @@ step() { # step NAME COMMAND...
 }
 
 setup() {
-  ensure_packages docker.io busybox-static debootstrap crun runc runsc
+  ensure_packages docker.io busybox-static debootstrap crun runc runsc nftables iproute2 util-linux
   ensure_dockerd && build_agent && ./scripts/build-images.sh all && ensure_postgres
 }
 

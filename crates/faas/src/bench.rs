@@ -40,6 +40,12 @@ pub enum BenchCase {
         #[arg(default_value_t = 1000)]
         n: usize,
     },
+    /// N ephemeral executes with `network: "internet"` and N with `"none"`, interleaved, on
+    /// native-crun and gVisor: what a network costs a cold start (see `netbench.rs`).
+    Network {
+        #[arg(default_value_t = 200)]
+        n: usize,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -113,6 +119,12 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
         let measured = crate::densitybench::run(&crun.http, &crun.url, &a.image, n.max(1)).await;
         let stopped = stop(crun).await;
         return measured.and(stopped);
+    }
+    if let Some(BenchCase::Network { n }) = a.case {
+        let measured = crate::netbench::run(&crun.http, &crun.url, &a.image, n.max(1)).await;
+        let stopped = stop(crun).await;
+        print_table(&measured?);
+        return stopped;
     }
     if let Some(BenchCase::Auth { n }) = a.case {
         let measured =

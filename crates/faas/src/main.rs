@@ -21,6 +21,7 @@ mod http;
 mod images;
 mod loadbench;
 mod manage;
+mod netbench;
 mod procbench;
 mod procs;
 mod server;
