@@ -379,6 +379,10 @@ pub struct InstanceCreateRequest {
     /// them with `?metadata.KEY=VALUE`.
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
+    /// Its ports answer without an API key to whoever has its `ports_token` (in the
+    /// `faas_token` query parameter or the `X-Faas-Ports-Token` header).
+    #[serde(default)]
+    pub public_ports: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -413,11 +417,36 @@ pub struct InstanceInfo {
     pub last_used_at_ms: i64,
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
+    /// Its ports answer without a key to requests with `ports_token`.
+    #[serde(default)]
+    pub public_ports: bool,
+    /// The unguessable token (256 bits, hex) of an instance with `public_ports`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ports_token: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct InstancesResponse {
     pub instances: Vec<InstanceInfo>,
+}
+
+/// A TCP port something listens on inside an instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PortInfo {
+    pub port: u16,
+    /// The address it is bound to (`0.0.0.0`, `::`, `127.0.0.1`...).
+    pub address: String,
+    /// Where the port proxy serves it: `/api/v1/instances/{id}/ports/{port}/`.
+    pub path: String,
+    /// Its host name with `--sandbox-domain`: `{port}-{id}.{domain}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+}
+
+/// `GET /api/v1/instances/{id}/ports`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PortsResponse {
+    pub ports: Vec<PortInfo>,
 }
 
 /// `POST /api/v1/instances/{id}/exec`

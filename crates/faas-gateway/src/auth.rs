@@ -57,7 +57,9 @@ pub async fn authenticate(State(s): State<AppState>, mut req: Request, next: Nex
         },
     };
     let Some(caller) = caller else {
-        if open_route(&s, req.uri().path()) {
+        if open_route(&s, req.uri().path())
+            || crate::ports::token_only(req.uri().path(), req.headers(), req.uri().query())
+        {
             return next.run(req).await;
         }
         return ApiError::new(
@@ -67,29 +69,57 @@ pub async fn authenticate(State(s): State<AppState>, mut req: Request, next: Nex
         .into_response();
     };
     tracing::Span::current().record("tenant", caller.tenant.as_str());
-    if s.auth == AuthMode::Key {
-        match s.platform.tenants.check_rate(&caller.tenant).await {
-            Ok(Ok(())) => {}
-            Ok(Err(wait)) => {
-                observe::rejected(&s, &caller.tenant, "rate");
-                return ApiError::new(
-                    ErrorCode::RateLimited,
-                    format!(
-                        "tenant {} is over its requests_per_second quota; retry in {} ms",
-                        caller.tenant,
-                        wait.as_millis()
-                    ),
-                )
-                .retry_after(wait.as_secs_f64().ceil() as u64)
-                .into_response();
-            }
-            Err(e) => return ApiError::from(e).into_response(),
-        }
+    if let Err(resp) = check_rate(&s, &caller).await {
+        return resp;
     }
     req.extensions_mut().insert(caller.clone());
     let mut resp = next.run(req).await;
     resp.extensions_mut().insert(caller);
     resp
+}
+
+/// Refuses a request over its tenant's rate (with keys only).
+async fn check_rate(s: &AppState, caller: &Caller) -> Result<(), Response> {
+    if s.auth != AuthMode::Key {
+        return Ok(());
+    }
+    match s.platform.tenants.check_rate(&caller.tenant).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(wait)) => {
+            observe::rejected(s, &caller.tenant, "rate");
+            Err(ApiError::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "tenant {} is over its requests_per_second quota; retry in {} ms",
+                    caller.tenant,
+                    wait.as_millis()
+                ),
+            )
+            .retry_after(wait.as_secs_f64().ceil() as u64)
+            .into_response())
+        }
+        Err(e) => Err(ApiError::from(e).into_response()),
+    }
+}
+
+/// The caller of a request's key (`None`: it has none), its rate checked: for what answers
+/// ahead of the routes' own authentication (the sandbox host names).
+pub async fn key_caller(s: &AppState, headers: &HeaderMap) -> Result<Option<Caller>, Response> {
+    let caller = match s.auth {
+        AuthMode::None => Caller::unauthenticated_admin(),
+        AuthMode::Key => match key_of(headers) {
+            Some(key) => s
+                .platform
+                .tenants
+                .authenticate(key)
+                .await
+                .map_err(|e| ApiError::from(e).into_response())?,
+            None => return Ok(None),
+        },
+    };
+    tracing::Span::current().record("tenant", caller.tenant.as_str());
+    check_rate(s, &caller).await?;
+    Ok(Some(caller))
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ pub mod extract;
 mod files;
 mod functions;
 pub mod observe;
+pub mod ports;
 mod processes;
 
 use std::future::Future;
@@ -55,6 +56,10 @@ pub struct AppState {
     /// `/metrics` without a key.
     pub metrics_public: bool,
     pub observe: Arc<observe::Observe>,
+    /// `--sandbox-domain D`: `{port}-{id}.D` is the port proxy.
+    pub sandbox_domain: Option<String>,
+    /// Served over TLS (what the port proxy tells the box's servers in `X-Forwarded-Proto`).
+    pub tls: bool,
 }
 
 impl AppState {
@@ -67,6 +72,8 @@ impl AppState {
             auth: auth::AuthMode::Key,
             metrics_public: false,
             observe: Default::default(),
+            sandbox_domain: None,
+            tls: false,
         }
     }
 }
@@ -117,6 +124,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(snapshot_branch))
         .merge(functions::routes())
         .merge(processes::routes())
+        .merge(ports::routes())
         .merge(files::routes())
         .merge(admin::routes())
         .routes(routes!(metrics_json))
@@ -151,6 +159,10 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            ports::sandbox_host,
         ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -746,6 +758,7 @@ mod tests {
             include_str!("admin.rs"),
             include_str!("processes.rs"),
             include_str!("files.rs"),
+            include_str!("ports.rs"),
         ] {
             assert!(
                 !src.contains(&[".route", "(\""].concat()),

@@ -46,6 +46,12 @@ pub enum BenchCase {
         #[arg(default_value_t = 200)]
         n: usize,
     },
+    /// N GETs through the port proxy to a server in an instance, and the same N sent from
+    /// inside the box (see `netbench.rs`).
+    Ports {
+        #[arg(default_value_t = 500)]
+        n: usize,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -122,6 +128,13 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     }
     if let Some(BenchCase::Network { n }) = a.case {
         let measured = crate::netbench::run(&crun.http, &crun.url, &a.image, n.max(1)).await;
+        let stopped = stop(crun).await;
+        print_table(&measured?);
+        return stopped;
+    }
+    if let Some(BenchCase::Ports { n }) = a.case {
+        let measured =
+            crate::netbench::ports(&crun.http, &crun.url, &a.function_image, n.max(1)).await;
         let stopped = stop(crun).await;
         print_table(&measured?);
         return stopped;
@@ -749,6 +762,7 @@ async fn start_local(a: &BenchArgs, runtime: NativeRuntime) -> anyhow::Result<Lo
         shutdown_on_stdin_eof: false,
         auth: crate::AuthMode::Key,
         metrics_public: false,
+        sandbox_domain: None,
         tls_cert: None,
         tls_key: None,
         quotas: crate::QuotaDefaults {

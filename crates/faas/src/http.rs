@@ -159,6 +159,7 @@ pub(crate) type WebSocket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// A small JSON client: an error answer becomes `faas: STATUS (code): message`.
+#[derive(Clone)]
 pub(crate) struct Api {
     pub base: String,
     /// Sends the key with every request; trusts the system's roots and `--ca-cert`.

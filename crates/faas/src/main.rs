@@ -22,6 +22,7 @@ mod images;
 mod loadbench;
 mod manage;
 mod netbench;
+mod portfwd;
 mod procbench;
 mod procs;
 mod server;
@@ -256,6 +257,10 @@ pub struct ServeArgs {
     /// Serve `/metrics` without a key (for a Prometheus scraper on a trusted network).
     #[arg(long, env = "FAAS_METRICS_PUBLIC")]
     pub metrics_public: bool,
+    /// Requests for the host `{port}-{instance id}.D` go to that port of the instance (the
+    /// port proxy; point a wildcard DNS record `*.D` at this server).
+    #[arg(long, env = "FAAS_SANDBOX_DOMAIN", value_parser = parse_domain)]
+    pub sandbox_domain: Option<String>,
     /// Serve HTTPS with this certificate chain (PEM); needs `--tls-key`.
     #[arg(long, env = "FAAS_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -329,5 +334,24 @@ fn init_tracing() {
         builder.json().init();
     } else {
         builder.init();
+    }
+}
+
+/// A domain name for `--sandbox-domain`: labels of letters, digits and hyphens.
+fn parse_domain(s: &str) -> Result<String, String> {
+    let d = s.trim().trim_end_matches('.').to_ascii_lowercase();
+    let ok = !d.is_empty()
+        && d.len() <= 253
+        && d.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        });
+    if ok {
+        Ok(d)
+    } else {
+        Err(format!("{s:?} is not a domain name"))
     }
 }

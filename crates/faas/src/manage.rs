@@ -9,7 +9,7 @@ use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
 use crate::http::{print_json, Api, ApiArgs};
-use crate::procs;
+use crate::{portfwd, procs};
 
 #[derive(Args, Debug)]
 pub struct InstancesArgs {
@@ -37,6 +37,14 @@ pub enum InstancesCmd {
         /// A label, KEY=VALUE (repeatable).
         #[arg(long, value_name = "KEY=VALUE", value_parser = procs::parse_kv)]
         metadata: Vec<(String, String)>,
+        /// What it may reach: `none` (the default), `internet`, or rules as JSON
+        /// (`{"egress":"deny","allow":["example.com"]}`).
+        #[arg(long, value_parser = portfwd::parse_network)]
+        network: Option<Value>,
+        /// Its ports answer without a key to whoever has its `ports_token` (printed with
+        /// `--json`).
+        #[arg(long)]
+        public_ports: bool,
     },
     List {
         /// Only instances with this label, KEY=VALUE (repeatable: all of them).
@@ -126,6 +134,20 @@ pub enum InstancesCmd {
         /// Rows [default: the local terminal's, else 24].
         #[arg(long)]
         rows: Option<u16>,
+    },
+    /// The TCP ports something listens on in an instance.
+    Ports {
+        id: String,
+    },
+    /// Forward a local TCP port to a port of an instance (like `kubectl port-forward`):
+    /// `[LOCAL:]REMOTE`, LOCAL 0 for any free one; runs until interrupted.
+    PortForward {
+        id: String,
+        #[arg(value_parser = portfwd::parse_ports)]
+        ports: (u16, u16),
+        /// The local address to listen on.
+        #[arg(long, default_value = "127.0.0.1")]
+        address: std::net::IpAddr,
     },
     /// Files of an instance: ls, stat, mkdir, mv, rm, watch.
     Fs {
@@ -285,9 +307,12 @@ pub async fn instances(a: InstancesArgs) -> anyhow::Result<u8> {
             idle_timeout_s,
             isolation,
             metadata,
+            network,
+            public_ports,
         } => {
             let body = json!({"image": image, "name": name, "memory_mb": memory_mb,
-                              "idle_timeout_s": idle_timeout_s, "isolation": isolation});
+                              "idle_timeout_s": idle_timeout_s, "isolation": isolation,
+                              "network": network, "public_ports": public_ports.then_some(true)});
             let mut body: serde_json::Map<String, Value> = body
                 .as_object()
                 .into_iter()
@@ -418,6 +443,10 @@ pub async fn instances(a: InstancesArgs) -> anyhow::Result<u8> {
         InstancesCmd::Kill { id, pid, signal } => procs::kill(&api, &id, pid, &signal).await,
         InstancesCmd::Shell { id, cols, rows } => procs::shell(&api, &id, cols, rows).await,
         InstancesCmd::Fs { id, cmd } => procs::fs(&api, j, &id, cmd).await,
+        InstancesCmd::Ports { id } => portfwd::ports(&api, j, &id).await,
+        InstancesCmd::PortForward { id, ports, address } => {
+            portfwd::forward(&api, &id, ports, address).await
+        }
     }
 }
 

@@ -302,6 +302,8 @@ pub async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         AuthMode::None => faas_gateway::auth::AuthMode::None,
     };
     state.metrics_public = a.metrics_public;
+    state.sandbox_domain = a.sandbox_domain.clone();
+    state.tls = tls.is_some();
     let shutdown = shutdown_signal(a.shutdown_on_stdin_eof);
     match tls {
         Some(tls) => {

@@ -354,6 +354,7 @@ impl Executor {
             idle_timeout_s: None,
             network: req.network.clone(),
             metadata: Default::default(),
+            public_ports: false,
         };
         let mut resp = match mode {
             Mode::Persistent => {

@@ -10,6 +10,7 @@ mod instances;
 mod lifecycle;
 mod native;
 mod network;
+mod ports;
 mod processes;
 mod support;
 mod tenants;

@@ -11,6 +11,8 @@ use serde_json::{json, Value};
 
 pub const IMAGE: &str = "faas/busybox:latest";
 pub const DEBIAN_IMAGE: &str = "faas/bookworm-python3.11-node18:latest";
+/// The shared server's `--sandbox-domain`: `{port}-{id}.sandbox.test` is an instance's port.
+pub const SANDBOX_DOMAIN: &str = "sandbox.test";
 
 /// Why the tests cannot run here, if they cannot. With `FAAS_REQUIRE_DOCKER=1` (the test
 /// command sets it) a missing prerequisite is a failure, not a skip.
@@ -175,7 +177,7 @@ impl Server {
     }
 
     pub fn start() -> Server {
-        Server::start_with(new_data_dir(), &[])
+        Server::start_with(new_data_dir(), &["--sandbox-domain", SANDBOX_DOMAIN])
     }
 
     /// Graceful stop (stdin closes, as when a supervisor goes away); waits for the exit.

@@ -9,7 +9,7 @@ use crate::require_docker;
 use crate::support::{assert_error, gvisor, new_data_dir, shared, Client, Server, IMAGE};
 
 /// Makes tenant `id` (with `quotas`) through the admin API and a member key for it.
-async fn tenant(admin: &Client, id: &str, quotas: Value) -> Client {
+pub(crate) async fn tenant(admin: &Client, id: &str, quotas: Value) -> Client {
     let (s, v) = admin
         .post("/api/v1/tenants", json!({"id": id, "quotas": quotas}))
         .await;
@@ -26,7 +26,7 @@ async fn tenant(admin: &Client, id: &str, quotas: Value) -> Client {
 }
 
 /// A tenant id no other test (or earlier run on a shared server) uses.
-fn unique(name: &str) -> String {
+pub(crate) fn unique(name: &str) -> String {
     use std::sync::atomic::{AtomicUsize, Ordering};
     static N: AtomicUsize = AtomicUsize::new(0);
     format!(

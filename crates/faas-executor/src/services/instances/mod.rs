@@ -31,6 +31,7 @@ use crate::services::run::{self, RunInfo};
 use crate::services::streams::{OutputEvent, Streams};
 use crate::services::tenants::{usage_record, Counted, SandboxLease, Tenants};
 
+pub mod ports;
 pub mod processes;
 
 /// What an instance was made with (kept in the store as JSON).
@@ -51,6 +52,10 @@ pub struct InstanceSpec {
     /// The caller's labels (not inherited by restores, branches and forks).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, String>,
+    /// With `public_ports`: the token that opens its ports without a key (a restore, branch
+    /// or fork gets its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ports_token: Option<String>,
 }
 
 impl InstanceSpec {
@@ -117,6 +122,8 @@ pub struct LiveBox {
     busy: std::sync::atomic::AtomicUsize,
     /// When an exec last started or ended (ms since the epoch), or the box started.
     last_used_ms: std::sync::atomic::AtomicI64,
+    /// What opens its ports without a key (`public_ports`).
+    ports_token: Option<String>,
 }
 
 impl LiveBox {
@@ -135,6 +142,7 @@ impl LiveBox {
             memory_mb: spec.memory_mb,
             busy: Default::default(),
             last_used_ms: now_ms().into(),
+            ports_token: spec.ports_token.clone(),
         })
     }
 
@@ -325,6 +333,7 @@ impl Instances {
             network: req.network.clone().filter(|n| !n.is_none()),
             private_egress: network.policy().is_some_and(|p| p.private),
             metadata: req.metadata.clone(),
+            ports_token: req.public_ports.then(ports::new_token).transpose()?,
         };
         let lease = self.admit(caller, 1, spec.memory_mb).await?;
         let id = new_id();
@@ -888,6 +897,8 @@ fn info(r: &InstanceRecord) -> Result<InstanceInfo> {
         created_at_ms: r.created_ms,
         last_used_at_ms: r.last_used_ms,
         metadata: spec.metadata,
+        public_ports: spec.ports_token.is_some(),
+        ports_token: spec.ports_token,
     })
 }
 

@@ -82,7 +82,7 @@ pub fn fs_op_name(op: FsOp) -> &'static str {
 impl Instances {
     /// The running box of instance `id`: 404 for an unknown instance, 409 for one that is not
     /// running.
-    async fn running_box(&self, caller: &Caller, id: &str) -> Result<Arc<LiveBox>> {
+    pub(super) async fn running_box(&self, caller: &Caller, id: &str) -> Result<Arc<LiveBox>> {
         if let Some(live) = self.live_of(caller, id) {
             return Ok(live);
         }
@@ -103,7 +103,7 @@ impl Instances {
     }
 
     /// A box whose agent cannot be reached is gone: the instance is not running.
-    fn box_gone(id: &str, e: Error) -> Error {
+    pub(super) fn box_gone(id: &str, e: Error) -> Error {
         match e {
             Error::AgentUnreachable { message, .. } => {
                 Error::Conflict(format!("instance {id} is not running ({message})"))

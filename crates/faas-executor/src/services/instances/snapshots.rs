@@ -152,7 +152,10 @@ impl Instances {
         snap: &SnapshotRecord,
     ) -> Result<InstanceInfo> {
         let backend = self.sandboxes.backend_named(&snap.backend)?;
-        let spec = InstanceSpec::parse(&snap.spec, &format!("snapshot {}", snap.id))?;
+        let mut spec = InstanceSpec::parse(&snap.spec, &format!("snapshot {}", snap.id))?;
+        if spec.ports_token.is_some() {
+            spec.ports_token = Some(super::ports::new_token()?);
+        }
         let lease = self.admit(caller, 1, spec.memory_mb).await?;
         let id = new_id();
         let now = now_ms();
@@ -165,7 +168,7 @@ impl Instances {
             image: snap.image.clone(),
             status: "stopped".into(),
             status_reason: Some("being restored".into()),
-            spec: snap.spec.clone(),
+            spec: serde_json::to_value(&spec).expect("serializable"),
             source_snapshot: Some(snap.id.clone()),
             created_ms: now,
             updated_ms: now,

@@ -1,0 +1,110 @@
+//! The ports of a running instance: what listens in it, and connections to a port, made by
+//! its agent inside the box (`127.0.0.1:port`) and carried over the agent's socket, so they
+//! work with `network: "none"` and no network namespace is entered on the host.
+//!
+//! Who may connect: the owner tenant's callers, or, for an instance made with
+//! `public_ports`, whoever shows its `ports_token` (compared in constant time).
+
+use std::sync::Arc;
+
+use faas_common::Caller;
+use subtle::ConstantTimeEq;
+use tokio::net::UnixStream;
+
+use super::{Busy, Instances, LiveBox};
+use crate::error::{Error, Result};
+
+/// A new instance's ports token: 32 random bytes in hex.
+pub fn new_token() -> Result<String> {
+    let mut bytes = [0u8; 32];
+    getrandom::getrandom(&mut bytes)
+        .map_err(|e| Error::Internal(format!("no randomness for a ports token: {e}")))?;
+    Ok(hex::encode(bytes))
+}
+
+/// Keeps its instance in use (not stopped as idle) while a connection to one of its ports
+/// lives; clones share it.
+#[derive(Clone)]
+pub struct PortLease(#[allow(dead_code)] Arc<Busy>);
+
+/// A connection to a port of an instance: its bytes both ways, and its lease.
+pub struct PortConn {
+    pub stream: UnixStream,
+    pub lease: PortLease,
+}
+
+/// Who asks for a port.
+#[derive(Clone, Copy)]
+pub enum PortAccess<'a> {
+    /// A caller with a key: the instance must be its tenant's, unless `token` opens it.
+    Caller(&'a Caller, Option<&'a str>),
+    /// No key: only the token of an instance with public ports.
+    Token(&'a str),
+}
+
+impl Instances {
+    /// The box a port request may reach: the caller's own running instance, or one whose
+    /// ports the token opens. Another tenant's instance, or a wrong token, is `not_found`.
+    fn port_box(&self, access: PortAccess<'_>, id: &str) -> Option<Arc<LiveBox>> {
+        let (caller, token) = match access {
+            PortAccess::Caller(c, t) => (Some(c), t),
+            PortAccess::Token(t) => (None, Some(t)),
+        };
+        if let Some(live) = caller.and_then(|c| self.live_of(c, id)) {
+            return Some(live);
+        }
+        let live = self.live(id)?;
+        let want = live.ports_token.as_deref()?;
+        bool::from(want.as_bytes().ct_eq(token?.as_bytes())).then_some(live)
+    }
+
+    async fn port_box_or_why(&self, access: PortAccess<'_>, id: &str) -> Result<Arc<LiveBox>> {
+        if let Some(live) = self.port_box(access, id) {
+            return Ok(live);
+        }
+        match access {
+            // Not running, or not the caller's: what any other instance call would say.
+            PortAccess::Caller(c, _) => self.running_box(c, id).await,
+            PortAccess::Token(_) => Err(Error::NotFound(format!("no instance {id}"))),
+        }
+    }
+
+    /// The TCP ports something listens on in the caller's running instance `id`.
+    pub async fn ports_list(
+        &self,
+        caller: &Caller,
+        id: &str,
+    ) -> Result<Vec<faas_agent::ListeningPort>> {
+        let live = self.running_box(caller, id).await?;
+        live.sandbox
+            .agent()
+            .listening_ports()
+            .await
+            .map_err(|e| Self::box_gone(id, e))
+    }
+
+    /// A connection to `port` of instance `id`, made inside its box. Nothing listening there:
+    /// `port_closed`.
+    pub async fn port_connect(
+        &self,
+        access: PortAccess<'_>,
+        id: &str,
+        port: u16,
+    ) -> Result<PortConn> {
+        if port == 0 {
+            return Err(Error::InvalidRequest("port 0 is not a port".into()));
+        }
+        let live = self.port_box_or_why(access, id).await?;
+        let busy = Busy::new(&live);
+        let stream = live
+            .sandbox
+            .agent()
+            .tunnel(port)
+            .await
+            .map_err(|e| Self::box_gone(id, e))?;
+        Ok(PortConn {
+            stream,
+            lease: PortLease(Arc::new(busy)),
+        })
+    }
+}
