@@ -7,6 +7,7 @@ names, arguments and documentation.
 
 import base64
 import json
+import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -20,7 +21,10 @@ from .models import (
     Health,
     Instance,
     Invocation,
+    Network,
     PoolInfo,
+    PortInfo,
+    PortResponse,
     ProcessInfo,
     ProcessStarted,
     Quotas,
@@ -49,6 +53,9 @@ class Call:
     # Whether sending it twice is harmless (then transport failures are retried).
     idempotent: bool = False
     raw: bool = False  # the answer is bytes, not JSON
+    # The answer is a port's server's, whatever its status: parse gets a PortResponse, and
+    # only the API's own errors (the port proxy's) raise.
+    passthrough: bool = False
 
 
 def _drop_none(d: Dict[str, Any]) -> Dict[str, Any]:
@@ -83,10 +90,14 @@ def execute(
     instance_id: Optional[str] = None,
     request_id: Optional[str] = None,
     isolation: Optional[str] = None,
+    network: Optional[Network] = None,
 ) -> ExecutionResult:
     """Runs ``command`` (a string run by ``sh -c``, or an argv list) in a sandbox and returns
     its exact result. ``mode`` is one of ephemeral (default), cached, checkpointed, branched,
-    persistent. A command that exits non-zero or times out is a result, not an exception.
+    persistent. ``network``: what the sandbox may reach, ``"none"`` (the default),
+    ``"internet"`` or egress rules (``{"egress": "deny", "allow": ["example.com"]}``); a
+    server without sandbox networking answers ``UnsupportedError`` to anything but none.
+    A command that exits non-zero or times out is a result, not an exception.
     Never retried: running a command twice is not harmless."""
     body = _drop_none(
         {
@@ -104,6 +115,7 @@ def execute(
             "instance_id": instance_id,
             "request_id": request_id,
             "isolation": isolation,
+            "network": network,
         }
     )
     if isinstance(stdin, bytes):
@@ -196,10 +208,15 @@ def create_instance(
     runtime: Optional[str] = None,
     isolation: Optional[str] = None,
     metadata: Optional[Dict[str, str]] = None,
+    network: Optional[Network] = None,
+    public_ports: Optional[bool] = None,
 ) -> Instance:
     """Starts a long-lived sandbox that keeps its files between execs. ``metadata``: string
     keys and values of the caller's (at most 4 KiB in all), kept with it and usable as a
-    filter of ``list_instances``."""
+    filter of ``list_instances``. ``network``: what it may reach (as ``execute``'s).
+    ``public_ports=True``: its ports (``port_url``) also answer, without an API key, to
+    requests carrying its ``ports_token`` (the answer's; a ``faas_token`` query parameter or
+    an ``X-Faas-Ports-Token`` header)."""
     body = _drop_none(
         {
             "image": image,
@@ -211,6 +228,8 @@ def create_instance(
             "runtime": runtime,
             "isolation": isolation,
             "metadata": _env(metadata),
+            "network": network,
+            "public_ports": public_ports,
         }
     )
     return Call("POST", "/api/v1/instances", json=body, parse=Instance.from_dict)
@@ -298,6 +317,69 @@ def fork_instance(self, instance_id: str, count: int = 1) -> Branch:
     """``count`` new instances with the instance's files, each independent."""
     return Call(
         "POST", f"/api/v1/instances/{instance_id}/fork", json={"count": count}, parse=Branch.from_dict
+    )
+
+
+# ---- ports of an instance ----
+
+
+def _port_path(
+    instance_id: str, port: int, path: str = "/", params: Optional[Dict[str, Any]] = None
+) -> str:
+    """Where the port proxy serves ``path`` of ``port``: ``path`` may carry a query (kept as
+    it is), ``params`` are added to it."""
+    out = f"/api/v1/instances/{instance_id}/ports/{int(port)}/{path.lstrip('/')}"
+    if params:
+        out += ("&" if "?" in out else "?") + urllib.parse.urlencode(params)
+    return out
+
+
+def port_url(
+    self, instance_id: str, port: int, path: str = "/", token: Optional[str] = None
+) -> str:
+    """The absolute URL of ``path`` on ``port`` of an instance, through the server's port proxy
+    (what ``list_ports`` gives as ``path``, under the client's base URL). It takes the owner's
+    API key; with ``token`` (the ``ports_token`` of an instance made with
+    ``public_ports=True``) it carries it as ``faas_token``, and then opens without a key (in
+    a browser, say). Makes no request."""
+    params = None if token is None else {"faas_token": token}
+    return self.base_url + _port_path(instance_id, port, path, params)
+
+
+def list_ports(self, instance_id: str) -> List[PortInfo]:
+    """The TCP ports something listens on in a running instance (one entry per port), each
+    with where the port proxy serves it."""
+    return Call(
+        "GET",
+        f"/api/v1/instances/{instance_id}/ports",
+        parse=lambda b: [PortInfo.from_dict(p) for p in b["ports"]],
+        idempotent=True,
+    )
+
+
+def port_request(
+    self,
+    instance_id: str,
+    port: int,
+    path: str = "/",
+    method: str = "GET",
+    body: Optional[Union[bytes, str]] = None,
+    headers: Optional[Dict[str, str]] = None,
+    params: Optional[Dict[str, Any]] = None,
+) -> PortResponse:
+    """Sends an HTTP request to ``path`` (it may carry a query; ``params`` are added to it) of
+    the server listening on ``port`` in an instance, through the port proxy with the client's
+    key, and returns what that server answered, whatever its status (a 404 of its own is a
+    ``PortResponse``, not an exception; redirects are not followed). The proxy's own refusals
+    raise: ``PortClosedError`` (nothing listens there), ``BadGatewayError`` (no HTTP answer),
+    ``NotFoundError`` (no such instance)... Never retried."""
+    content = body.encode() if isinstance(body, str) else body
+    return Call(
+        method.upper(),
+        _port_path(instance_id, port, path, params),
+        content=content,
+        headers=dict(headers or {}),
+        passthrough=True,
     )
 
 
@@ -543,9 +625,11 @@ def deploy_function(
     min_warm: Optional[int] = None,
     max_concurrency: Optional[int] = None,
     backend: Optional[str] = None,
+    network: Optional[Network] = None,
 ) -> Function:
     """Deploys a function (``python``, ``node``, ``shell``, ``binary`` or ``image``) from one
-    source file (``code``) or a zip / tar.gz ``archive``; a new version when ``name`` exists."""
+    source file (``code``) or a zip / tar.gz ``archive``; a new version when ``name`` exists.
+    ``network``: what its sandboxes may reach (as ``execute``'s)."""
     extra = {
         "name": name,
         "image": image,
@@ -556,6 +640,7 @@ def deploy_function(
         "min_warm": min_warm,
         "max_concurrency": max_concurrency,
         "backend": backend,
+        "network": network,
     }
     body = _deploy_body(runtime, handler, code, archive, extra)
     return Call("POST", "/api/v1/functions", json=body, parse=Function.from_dict)
@@ -790,6 +875,8 @@ CALLS = [
     download_file,
     upload_file,
     fork_instance,
+    list_ports,
+    port_request,
     start_process,
     list_processes,
     send_stdin,
@@ -826,3 +913,6 @@ CALLS = [
     get_usage,
     list_audit_events,
 ]
+
+# Methods that make no request: the same function on both clients.
+HELPERS = [port_url]

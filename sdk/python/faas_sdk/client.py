@@ -4,7 +4,8 @@ Both have every method of ``_calls`` (made from it below) plus the streams ``str
 ``process_events`` and ``watch_dir`` (Server-Sent Events, read as they come), and
 ``wait_invocation``. Retries: only calls that are safe to repeat (reads, deletes, stop/start,
 uploads, prewarm, and invokes with an idempotency key) are retried, on transport failures and
-on 502/503/504 answers; an execute or a process start is never sent twice. ``terminal``
+on 502/503/504 answers; an execute, a process start or a ``port_request`` is never sent
+twice. ``port_url`` makes no request: it is the URL of a port of an instance. ``terminal``
 (a PTY shell over a WebSocket) uses the ``websockets`` package (``faas-sdk[terminal]``), as
 httpx has no WebSocket.
 """
@@ -26,9 +27,10 @@ from .errors import (
     InternalError,
     TimeoutError,
     error_from_response,
+    is_api_error,
     retry_after_seconds,
 )
-from .models import FsEvent, Invocation, LogEvent, ProcessEvent
+from .models import FsEvent, Invocation, LogEvent, PortResponse, ProcessEvent
 from .terminal import AsyncTerminal, Terminal, terminal_ssl, terminal_url
 
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -71,15 +73,33 @@ def _ssl_verify(verify: Optional[Verify]) -> Union[bool, ssl.SSLContext]:
         raise ValueError(f"cannot load the CA certificates of {verify}: {e}") from e
 
 
+def _error(resp: httpx.Response, body: Any) -> FaaSError:
+    retry_after = retry_after_seconds(resp.headers.get("retry-after"))
+    sent_key = any(h in resp.request.headers for h in KEY_HEADERS)
+    return error_from_response(resp.status_code, body, retry_after, sent_key)
+
+
+def _port_answer(call: _calls.Call, resp: httpx.Response) -> Any:
+    """A port's server's answer as it came, unless it is the port proxy's own error."""
+    if resp.status_code >= 400 and "json" in resp.headers.get("content-type", ""):
+        try:
+            body: Any = resp.json()
+        except ValueError:
+            body = None
+        if is_api_error(body):
+            raise _error(resp, body)
+    return call.parse(PortResponse(resp.status_code, dict(resp.headers), resp.content))
+
+
 def _result(call: _calls.Call, resp: httpx.Response) -> Any:
+    if call.passthrough:
+        return _port_answer(call, resp)
     if resp.status_code >= 400:
         try:
             body: Any = resp.json()
         except ValueError:
             body = resp.text
-        retry_after = retry_after_seconds(resp.headers.get("retry-after"))
-        sent_key = any(h in resp.request.headers for h in KEY_HEADERS)
-        raise error_from_response(resp.status_code, body, retry_after, sent_key)
+        raise _error(resp, body)
     if call.raw:
         return call.parse(resp.content)
     if resp.status_code == 204 or not resp.content:
@@ -88,7 +108,9 @@ def _result(call: _calls.Call, resp: httpx.Response) -> Any:
 
 
 def _request_args(call: _calls.Call) -> Dict[str, Any]:
-    args: Dict[str, Any] = {"params": call.params, "headers": call.headers}
+    args: Dict[str, Any] = {"headers": call.headers}
+    if call.params:  # (httpx replaces a query of the path with params, even empty ones)
+        args["params"] = call.params
     if call.json is not None:
         args["json"] = call.json
     if call.content is not None:
@@ -542,3 +564,6 @@ def _async_method(fn: Any) -> Any:
 for _fn in _calls.CALLS:
     setattr(FaaSClient, _fn.__name__, _sync_method(_fn))
     setattr(AsyncFaaSClient, _fn.__name__, _async_method(_fn))
+for _fn in _calls.HELPERS:
+    setattr(FaaSClient, _fn.__name__, _fn)
+    setattr(AsyncFaaSClient, _fn.__name__, _fn)

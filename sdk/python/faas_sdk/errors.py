@@ -74,6 +74,16 @@ class UnsupportedError(FaaSError):
     """501: the server or backend does not have this feature."""
 
 
+class BadGatewayError(FaaSError):
+    """502: the server on an instance's port (reached through the port proxy) gave no HTTP
+    answer that can be passed on (``bad_gateway``)."""
+
+
+class PortClosedError(BadGatewayError):
+    """502 ``port_closed``: nothing listens on the instance's port the request was for (not
+    yet, or no more)."""
+
+
 class BackendUnavailableError(FaaSError):
     """503: the backend the request needs cannot serve now."""
 
@@ -105,6 +115,8 @@ _BY_CODE = {
     "quota_exceeded": QuotaExceededError,
     "unsupported": UnsupportedError,
     "backend_unavailable": BackendUnavailableError,
+    "port_closed": PortClosedError,
+    "bad_gateway": BadGatewayError,
     "timeout": TimeoutError,
     "internal": InternalError,
 }
@@ -118,6 +130,7 @@ _BY_STATUS = {
     413: PayloadTooLargeError,
     429: RateLimitedError,
     501: UnsupportedError,
+    502: BadGatewayError,
     503: BackendUnavailableError,
     504: TimeoutError,
 }
@@ -138,6 +151,22 @@ def retry_after_seconds(value: Optional[str]) -> Optional[float]:
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - time.time())
+
+
+def is_api_error(body: object) -> bool:
+    """Whether ``body`` (an answer's parsed JSON) is an error of the API itself: exactly
+    ``{"error": {"code", "message"}}`` with a code of the table. What a port's server answers
+    (through the port proxy) is passed on as it is; this tells the proxy's own refusals from
+    it."""
+    if not isinstance(body, dict) or set(body) != {"error"}:
+        return False
+    err = body["error"]
+    return (
+        isinstance(err, dict)
+        and set(err) == {"code", "message"}
+        and err["code"] in _BY_CODE
+        and isinstance(err["message"], str)
+    )
 
 
 def error_from_response(

@@ -3,10 +3,16 @@ ignores fields this version of the SDK does not know (newer servers add fields);
 answer is kept in ``raw``."""
 
 import base64
+import json
 from dataclasses import dataclass, field, fields
-from typing import Any, Dict, List, Optional, Type, TypeVar
+from typing import Any, Dict, List, Optional, Type, TypeVar, Union
 
 T = TypeVar("T")
+
+Network = Union[str, Dict[str, Any]]
+"""What a sandbox may reach: ``"none"`` (loopback only, the default), ``"internet"``, or egress
+rules ``{"egress": "allow" | "deny", "allow": [...], "deny": [...]}`` whose entries are IPv4
+addresses, CIDRs or domain names (``example.com``, ``*.example.com``)."""
 
 
 def _build(cls: Type[T], data: Dict[str, Any]) -> T:
@@ -70,7 +76,46 @@ class Instance(_Model):
     created_at_ms: int = 0
     last_used_at_ms: int = 0
     metadata: Dict[str, str] = field(default_factory=dict)
+    network: Network = "none"
+    public_ports: bool = False
+    # Set when public_ports: whoever has it reaches the instance's ports without a key (kept
+    # out of the repr, as it opens them).
+    ports_token: Optional[str] = field(default=None, repr=False)
     raw: Dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+@dataclass
+class PortInfo(_Model):
+    """A TCP port something listens on in a running instance (``list_ports``): the address it
+    is bound to, where the port proxy serves it (``path``, under the server's URL) and, on a
+    server with a sandbox domain, its own host name (``{port}-{id}.{domain}``)."""
+
+    port: int
+    address: str = ""
+    path: str = ""
+    host: Optional[str] = None
+    raw: Dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+@dataclass
+class PortResponse:
+    """What the server on an instance's port answered (``port_request``), whatever its
+    status: ``status``, ``headers`` (names in lowercase) and the ``body`` bytes."""
+
+    status: int
+    headers: Dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+    @property
+    def text(self) -> str:
+        return self.body.decode(errors="replace")
+
+    def json(self) -> Any:
+        return json.loads(self.body)
 
 
 @dataclass
@@ -150,6 +195,7 @@ class Function(_Model):
     min_warm: int = 0
     max_concurrency: int = 0
     backend: str = "auto"
+    network: Network = "none"
     code_sha256: str = ""
     code_size: int = 0
     versions: List[int] = field(default_factory=list)

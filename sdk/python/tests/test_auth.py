@@ -411,6 +411,10 @@ def test_a_member_key_works_in_its_own_tenant_only(admin, url, member):
                 b.exec_instance(inst.id, "true")
             with pytest.raises(faas_sdk.NotFoundError):
                 b.delete_instance(inst.id)
+            with pytest.raises(faas_sdk.NotFoundError):
+                b.list_ports(inst.id)
+            with pytest.raises(faas_sdk.NotFoundError):
+                b.port_request(inst.id, 8000)  # its ports neither
             assert a.get_instance(inst.id).status == "running"
         finally:
             a.delete_instance(inst.id)

@@ -2,9 +2,13 @@
 for tenants and API keys, in test_auth.py). The client takes its key from FAAS_API_KEY."""
 
 import asyncio
+import os
 import queue
+import re
 import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
 
 import pytest
@@ -66,6 +70,16 @@ COVERED = {
     ("get", "/api/v1/invocations"): "list_invocations",
     ("get", "/api/v1/invocations/{id}"): "get_invocation",
     ("get", "/api/v1/instances/{id}/terminal"): "terminal",
+    ("get", "/api/v1/instances/{id}/ports"): "list_ports",
+    **{
+        (method, path): "port_request"
+        for method in ("get", "post", "put", "patch", "delete", "head", "options")
+        for path in (
+            "/api/v1/instances/{id}/ports/{port}",  # a 308 to .../{port}/
+            "/api/v1/instances/{id}/ports/{port}/",
+            "/api/v1/instances/{id}/ports/{port}/{*path}",
+        )
+    },
     # tenants, API keys, usage and the audit trail: tested in test_auth.py
     ("get", "/api/v1/auth/whoami"): "whoami",
     ("post", "/api/v1/tenants"): "create_tenant",
@@ -80,7 +94,10 @@ COVERED = {
 }
 
 # Operations this SDK leaves out on purpose, and why.
-NOT_IN_SDK: dict = {}
+NOT_IN_SDK: dict = {
+    ("get", "/api/v1/instances/{id}/tunnel/{port}"): "a raw TCP connection over a WebSocket, "
+    "for `faas instances port-forward`; HTTP to a port is port_request",
+}
 
 
 def test_openapi_is_covered(client):
@@ -581,6 +598,167 @@ def test_async_processes_and_watch(url):
                 assert (await c.stat(inst.id, f"{d}/sub/x")).size == 2
                 with pytest.raises(faas_sdk.NotFoundError):
                     await c.watch_dir(inst.id, f"{d}/none")
+            finally:
+                await c.delete_instance(inst.id)
+
+    asyncio.run(main())
+
+
+# ---- ports of instances: the port proxy ----
+
+INDEX = "hello from busybox httpd\n"
+HTTPD = ["busybox", "httpd", "-f", "-p", "8000", "-h", "/www"]  # serves /www on port 8000
+# A CGI script of busybox httpd: what the request was, as the server in the box saw it.
+CGI_ECHO = """#!/bin/sh
+echo "Content-Type: text/plain"
+echo "X-Seen: $HTTP_X_APP"
+echo
+echo "$REQUEST_METHOD $QUERY_STRING"
+head -c "$CONTENT_LENGTH"
+"""
+
+
+def wait_port(client, instance_id, port, timeout_s=10.0):
+    """The ``PortInfo`` of ``port`` once something listens on it in the instance."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        ports = {p.port: p for p in client.list_ports(instance_id)}
+        if port in ports:
+            return ports[port]
+        assert time.monotonic() < deadline, f"port {port} not listed in {timeout_s}s: {sorted(ports)}"
+        time.sleep(0.1)
+
+
+def serve_www(client, instance_id):
+    """Starts busybox httpd on port 8000 of the instance, serving /www; its ``PortInfo``."""
+    client.upload_file(instance_id, "/www/index.html", INDEX)
+    client.upload_file(instance_id, "/www/cgi-bin/echo", CGI_ECHO)
+    assert client.exec_instance(instance_id, "chmod +x /www/cgi-bin/echo").exit_code == 0
+    client.start_process(instance_id, HTTPD, tag="httpd")
+    return wait_port(client, instance_id, 8000)
+
+
+def test_ports_are_listed_and_proxied(client, url):
+    inst = client.create_instance(image=IMAGE)
+    try:
+        assert inst.network == "none" and inst.public_ports is False and inst.ports_token is None
+        assert 8000 not in [p.port for p in client.list_ports(inst.id)]
+        p = serve_www(client, inst.id)
+        assert p.path == f"/api/v1/instances/{inst.id}/ports/8000/" and p.address
+
+        r = client.port_request(inst.id, 8000)
+        assert (r.status, r.text, r.ok) == (200, INDEX, True)
+        assert r.headers["content-type"].startswith("text/html")
+        r = client.port_request(
+            inst.id, 8000, "/cgi-bin/echo?a=1", method="POST", body="payload",
+            headers={"X-App": "y"}, params={"b": "2"},
+        )
+        assert r.status == 200 and r.text == "POST a=1&b=2\npayload", r
+        assert r.headers["x-seen"] == "y", "the request's headers reach the box's server"
+        r = client.port_request(inst.id, 8000, "/no-such-page.html")
+        assert r.status == 404 and not r.ok, "the box's server's own 404 is an answer, not an error"
+
+        with pytest.raises(faas_sdk.PortClosedError) as e:
+            client.port_request(inst.id, 8001)
+        assert (e.value.code, e.value.status) == ("port_closed", 502)
+        assert isinstance(e.value, faas_sdk.BadGatewayError)
+        client.start_process(inst.id, "echo not-http | nc -l -p 9000")
+        wait_port(client, inst.id, 9000)
+        with pytest.raises(faas_sdk.BadGatewayError) as e:
+            client.port_request(inst.id, 9000)
+        assert (e.value.code, e.value.status) == ("bad_gateway", 502)
+        with pytest.raises(faas_sdk.NotFoundError):
+            client.port_request("no-such-instance", 8000)
+        with pytest.raises(faas_sdk.NotFoundError):
+            client.list_ports("no-such-instance")
+
+        u = client.port_url(inst.id, 8000)
+        assert u == f"{url}/api/v1/instances/{inst.id}/ports/8000/"
+        key = os.environ.get("FAAS_API_KEY")
+        if key:  # a server with keys: the URL takes the owner's, and is closed without
+            req = urllib.request.Request(u, headers={"Authorization": f"Bearer {key}"})
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                assert resp.read().decode() == INDEX
+            with pytest.raises(urllib.error.HTTPError) as e:
+                urllib.request.urlopen(u, timeout=30)
+            assert e.value.code == 401
+
+        client.stop_instance(inst.id)
+        with pytest.raises(faas_sdk.ConflictError):
+            client.port_request(inst.id, 8000)  # not running
+        with pytest.raises(faas_sdk.ConflictError):
+            client.list_ports(inst.id)
+    finally:
+        client.delete_instance(inst.id)
+
+
+def test_public_ports_open_to_their_token(client):
+    inst = client.create_instance(image=IMAGE, public_ports=True)
+    try:
+        token = inst.ports_token
+        assert inst.public_ports is True and re.fullmatch(r"[0-9a-f]{64}", token or ""), inst.raw
+        assert token not in repr(inst), "the token is kept out of the repr"
+        assert client.get_instance(inst.id).ports_token == token
+        assert {i.id: i for i in client.list_instances()}[inst.id].ports_token == token
+        serve_www(client, inst.id)
+
+        u = client.port_url(inst.id, 8000, token=token)
+        assert u == client.port_url(inst.id, 8000) + f"?faas_token={token}"
+        with urllib.request.urlopen(u, timeout=30) as resp:  # no API key: the token opens it
+            assert resp.status == 200 and resp.read().decode() == INDEX
+        by_header = {"X-Faas-Ports-Token": token}
+        req = urllib.request.Request(client.port_url(inst.id, 8000), headers=by_header)
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            assert resp.read().decode() == INDEX
+        if os.environ.get("FAAS_API_KEY"):
+            with pytest.raises(urllib.error.HTTPError) as e:
+                urllib.request.urlopen(client.port_url(inst.id, 8000, token="0" * 64), timeout=30)
+            assert e.value.code == 404, "a wrong token finds no instance"
+    finally:
+        client.delete_instance(inst.id)
+
+
+def test_network_settings(client):
+    """``network`` goes with instances, executions and functions; without sandbox networking
+    (``--no-network``) the server refuses anything but none with 501 unsupported."""
+    r = client.execute("echo offline", image=IMAGE, network="none")
+    assert r.stdout == "offline\n"
+    rules = {"egress": "deny", "allow": ["example.com", "10.1.2.0/24"], "deny": []}
+    for network in ("internet", rules):
+        try:
+            inst = client.create_instance(image=IMAGE, network=network)
+        except faas_sdk.UnsupportedError as e:
+            assert (e.code, e.status) == ("unsupported", 501)
+        else:
+            try:
+                assert inst.network == network
+            finally:
+                client.delete_instance(inst.id)
+    name = f"sdk-net-{uuid.uuid4().hex[:10]}"
+    f = client.deploy_function(name, "shell", code="echo hi\n", network=rules)
+    try:
+        assert f.network == rules and client.get_function(name).network == rules
+    finally:
+        client.delete_function(name)
+
+
+def test_async_ports(url):
+    async def main():
+        async with AsyncFaaSClient(url) as c:
+            inst = await c.create_instance(image=IMAGE, public_ports=True)
+            try:
+                assert len(inst.ports_token) == 64
+                await c.upload_file(inst.id, "/www/index.html", INDEX)
+                await c.start_process(inst.id, HTTPD)
+                deadline = time.monotonic() + 10
+                while 8000 not in [p.port for p in await c.list_ports(inst.id)]:
+                    assert time.monotonic() < deadline, "port 8000 not listed after 10s"
+                    await asyncio.sleep(0.1)
+                r = await c.port_request(inst.id, 8000, "/index.html")
+                assert (r.status, r.text) == (200, INDEX)
+                with pytest.raises(faas_sdk.PortClosedError):
+                    await c.port_request(inst.id, 8001)
+                assert c.port_url(inst.id, 8000).startswith(url)
             finally:
                 await c.delete_instance(inst.id)
 

@@ -39,6 +39,12 @@ export class RateLimitedError extends FaaSError {}
 export class QuotaExceededError extends RateLimitedError {}
 /** 501: the server or backend does not have this feature. */
 export class UnsupportedError extends FaaSError {}
+/** 502: the server on an instance's port (reached through the port proxy) gave no HTTP answer
+ * that can be passed on (`bad_gateway`). */
+export class BadGatewayError extends FaaSError {}
+/** 502 `port_closed`: nothing listens on the instance's port the request was for (not yet, or
+ * no more). */
+export class PortClosedError extends BadGatewayError {}
 /** 503: the backend cannot serve now. */
 export class BackendUnavailableError extends FaaSError {}
 /** 504, or the HTTP call itself timed out (a command's own timeout is a result with `timedOut`). */
@@ -62,6 +68,8 @@ const BY_CODE: Record<string, typeof FaaSError> = {
   quota_exceeded: QuotaExceededError,
   unsupported: UnsupportedError,
   backend_unavailable: BackendUnavailableError,
+  port_closed: PortClosedError,
+  bad_gateway: BadGatewayError,
   timeout: TimeoutError,
   internal: InternalError,
 };
@@ -75,6 +83,7 @@ const BY_STATUS: Record<number, typeof FaaSError> = {
   413: PayloadTooLargeError,
   429: RateLimitedError,
   501: UnsupportedError,
+  502: BadGatewayError,
   503: BackendUnavailableError,
   504: TimeoutError,
 };
@@ -86,6 +95,21 @@ export function retryAfterSeconds(value: string | null | undefined): number | nu
   if (value.trim() !== "" && Number.isFinite(seconds)) return Math.max(0, seconds);
   const at = Date.parse(value);
   return Number.isNaN(at) ? null : Math.max(0, (at - Date.now()) / 1000);
+}
+
+/**
+ * Whether `body` (an answer's parsed JSON) is an error of the API itself: exactly
+ * `{"error": {"code", "message"}}` with a code of the table. What a port's server answers
+ * (through the port proxy) is passed on as it is; this tells the proxy's own refusals from it.
+ */
+export function isApiError(body: unknown): boolean {
+  if (!body || typeof body !== "object" || Array.isArray(body)) return false;
+  const keys = Object.keys(body);
+  if (keys.length !== 1 || keys[0] !== "error") return false;
+  const e = (body as { error: unknown }).error;
+  if (!e || typeof e !== "object") return false;
+  const { code, message, ...rest } = e as { code?: unknown; message?: unknown };
+  return typeof code === "string" && Object.prototype.hasOwnProperty.call(BY_CODE, code) && typeof message === "string" && Object.keys(rest).length === 0;
 }
 
 /**

@@ -29,6 +29,7 @@ import {
   TimeoutError,
   UnsupportedError,
   errorFromResponse,
+  isApiError,
   retryAfterSeconds,
 } from "./errors.js";
 
@@ -36,6 +37,21 @@ export * from "./errors.js";
 
 export type Command = string | string[];
 export type Mode = "ephemeral" | "cached" | "checkpointed" | "branched" | "persistent";
+
+/**
+ * Egress rules: `{ egress: "allow", deny: [...] }` is everything but what `deny` lists;
+ * `{ egress: "deny", allow: [...] }` nothing but what `allow` lists (`deny` still wins). Entries
+ * are IPv4 addresses, CIDRs, or domain names (`example.com`, `*.example.com`).
+ */
+export interface EgressRules {
+  egress: "allow" | "deny";
+  allow?: string[];
+  deny?: string[];
+}
+
+/** What a sandbox may reach: `"none"` (loopback only, the default), `"internet"`, or rules. A
+ * server without sandbox networking refuses anything but none (`UnsupportedError`). */
+export type Network = "none" | "internet" | EgressRules;
 
 export interface ExecuteOptions {
   command: Command;
@@ -53,6 +69,7 @@ export interface ExecuteOptions {
   instanceId?: string;
   requestId?: string;
   isolation?: "container" | "gvisor";
+  network?: Network;
 }
 
 export interface ExecutionResult {
@@ -93,6 +110,24 @@ export interface Instance {
   lastUsedAtMs: number;
   /** The caller's keys and values given at creation (`{}` when none). */
   metadata: Record<string, string>;
+  /** What it may reach (`"none"` by default). */
+  network: Network;
+  /** Its ports also answer, without a key, to requests carrying `portsToken`. */
+  publicPorts: boolean;
+  /** With `publicPorts`: the token (64 hex digits) that opens its ports, as the `faas_token`
+   * query parameter (`portUrl(id, port, { token })`) or the `X-Faas-Ports-Token` header. */
+  portsToken?: string;
+}
+
+/** A TCP port something listens on in a running instance (`listPorts`). */
+export interface PortInfo {
+  port: number;
+  /** The address it is bound to (`0.0.0.0`, `::`, `127.0.0.1`...). */
+  address: string;
+  /** Where the port proxy serves it, under the server's URL: `/api/v1/instances/{id}/ports/{port}/`. */
+  path: string;
+  /** Its own host name, `{port}-{id}.{domain}`, on a server with a sandbox domain. */
+  host?: string;
 }
 
 export interface CreateInstanceOptions {
@@ -106,6 +141,10 @@ export interface CreateInstanceOptions {
   isolation?: string;
   /** String keys and values of yours (at most 4 KiB in all), a filter of `listInstances`. */
   metadata?: Record<string, string>;
+  /** What it may reach (`"none"` by default). */
+  network?: Network;
+  /** Its ports (`portUrl`) also answer, without a key, to requests carrying its `portsToken`. */
+  publicPorts?: boolean;
 }
 
 export interface PtySize {
@@ -286,6 +325,8 @@ export interface DeployOptions {
   minWarm?: number;
   maxConcurrency?: number;
   backend?: "auto" | "docker" | "native";
+  /** What its sandboxes may reach (`"none"` by default). */
+  network?: Network;
 }
 
 export interface FunctionInfo {
@@ -302,6 +343,7 @@ export interface FunctionInfo {
   minWarm: number;
   maxConcurrency: number;
   backend: string;
+  network: Network;
   codeSha256: string;
   codeSize: number;
   versions?: number[];
@@ -504,7 +546,7 @@ function describe(v: unknown): string {
 }
 
 /** Keys whose values are user data, passed through as they are. */
-const OPAQUE = new Set(["result", "payload", "env_vars", "envVars", "metadata", "raw", "detail"]);
+const OPAQUE = new Set(["result", "payload", "env_vars", "envVars", "metadata", "raw", "detail", "network"]);
 
 const toCamel = (s: string) => s.replace(/_([a-z0-9])/g, (_, c: string) => c.toUpperCase());
 const toSnake = (s: string) => s.replace(/[A-Z]/g, (c) => "_" + c.toLowerCase());
@@ -521,6 +563,9 @@ function convertKeys(v: unknown, conv: (k: string) => string): unknown {
   }
   return v;
 }
+
+/** Where the port proxy serves `path` (and its query) of `port`. */
+const portPath = (id: string, port: number, path: string) => `/api/v1/instances/${id}/ports/${port}/${path.replace(/^\/+/, "")}`;
 
 const camel = <T>(v: unknown) => convertKeys(v, toCamel) as T;
 const snake = (v: unknown) => convertKeys(v, toSnake) as Record<string, unknown>;
@@ -794,6 +839,65 @@ export class FaaSClient {
 
   forkInstance(id: string, count = 1): Promise<Branch> {
     return this.json({ method: "POST", path: `/api/v1/instances/${id}/fork`, json: { count } });
+  }
+
+  // ---- ports of an instance ----
+
+  /** The TCP ports something listens on in a running instance (one entry per port), each with
+   * where the port proxy serves it. */
+  async listPorts(id: string): Promise<PortInfo[]> {
+    return (await this.json<{ ports: PortInfo[] }>({ method: "GET", path: `/api/v1/instances/${id}/ports`, idempotent: true })).ports;
+  }
+
+  /**
+   * The absolute URL of `path` (it may carry a query) on `port` of an instance, through the
+   * server's port proxy. It takes the owner's API key; with `token` (the `portsToken` of an
+   * instance made with `publicPorts: true`) it carries it as `faas_token`, and then opens
+   * without a key (in a browser, an `<iframe>`, a plain `fetch`). Makes no request.
+   */
+  portUrl(id: string, port: number, opts: { path?: string; token?: string } = {}): string {
+    let url = `${this.baseUrl}${portPath(id, port, opts.path ?? "/")}`;
+    if (opts.token !== undefined) url += `${url.includes("?") ? "&" : "?"}faas_token=${encodeURIComponent(opts.token)}`;
+    return url;
+  }
+
+  /**
+   * `fetch` of `path` (it may carry a query) on the server listening on `port` in an instance,
+   * through the port proxy with the client's key and headers (`init`'s win): resolves to that
+   * server's `Response`, whatever its status (a 404 of its own is a response, not an error).
+   * The proxy's own refusals reject: `PortClosedError` (nothing listens there),
+   * `BadGatewayError` (no HTTP answer), `NotFoundError` (no such instance)... Without
+   * `init.signal`, the client's timeout holds until the answer's headers. Never retried.
+   */
+  async portFetch(id: string, port: number, path = "/", init: RequestInit = {}): Promise<Response> {
+    const headers = new Headers({ ...this.#auth, ...this.headers });
+    new Headers(init.headers).forEach((v, k) => headers.set(k, v));
+    const ctrl = init.signal ? undefined : new AbortController();
+    const timer = ctrl && this.timeoutMs > 0 ? setTimeout(() => ctrl.abort(), this.timeoutMs) : undefined;
+    let resp: Response;
+    try {
+      resp = await this.fetchImpl(this.baseUrl + portPath(id, port, path), { ...init, headers, signal: init.signal ?? ctrl?.signal });
+    } catch (e) {
+      if (init.signal?.aborted) throw e; // the caller's own abort
+      if (ctrl?.signal.aborted) throw new TimeoutError(`the HTTP call timed out after ${this.timeoutMs} ms`, "timeout", 0);
+      throw new ConnectionError(`cannot reach the server: ${(e as Error).message}`, "connection", 0);
+    } finally {
+      if (timer) clearTimeout(timer);
+    }
+    if (resp.status >= 400 && (resp.headers.get("content-type") ?? "").includes("json")) {
+      let body: unknown;
+      try {
+        body = JSON.parse(await resp.clone().text());
+      } catch {
+        body = undefined; // not JSON: the box's server's
+      }
+      if (isApiError(body)) {
+        let sentKey = false;
+        headers.forEach((_, k) => (sentKey ||= KEY_HEADERS.has(k.toLowerCase())));
+        throw errorFromResponse(resp.status, body, retryAfterSeconds(resp.headers.get("retry-after")), sentKey);
+      }
+    }
+    return resp;
   }
 
   // ---- processes of an instance ----

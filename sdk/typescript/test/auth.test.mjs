@@ -325,6 +325,8 @@ test("a member key works in its own tenant only; revoked, it is refused", { skip
         assert.ok(!(await b.listInstances()).some((i) => i.id === inst.id), "b does not list a's instance");
         await assert.rejects(b.execInstance(inst.id, "true"), NotFoundError);
         await assert.rejects(b.deleteInstance(inst.id), NotFoundError);
+        await assert.rejects(b.listPorts(inst.id), NotFoundError);
+        await assert.rejects(b.portFetch(inst.id, 8000), NotFoundError, "nor its ports");
         assert.equal((await a.getInstance(inst.id)).status, "running");
       } finally {
         await a.deleteInstance(inst.id);

@@ -5,11 +5,13 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import {
   FaaSClient,
+  BadGatewayError,
   ConflictError,
   ConnectionError,
   InvalidRequestError,
   NotFoundError,
   PayloadTooLargeError,
+  PortClosedError,
   UnsupportedError,
 } from "../dist/index.js";
 
@@ -52,6 +54,13 @@ const COVERED = {
   "post /api/v1/instances/{id}/processes/{pid}/signal": "signalProcess",
   "post /api/v1/instances/{id}/processes/{pid}/resize": "resizePty",
   "get /api/v1/instances/{id}/terminal": "terminal",
+  "get /api/v1/instances/{id}/ports": "listPorts",
+  // The port proxy, any method (`.../{port}` answers a 308 to `.../{port}/`).
+  ...Object.fromEntries(
+    ["get", "post", "put", "patch", "delete", "head", "options"].flatMap((m) =>
+      ["/api/v1/instances/{id}/ports/{port}", "/api/v1/instances/{id}/ports/{port}/", "/api/v1/instances/{id}/ports/{port}/{*path}"].map((p) => [`${m} ${p}`, "portFetch"]),
+    ),
+  ),
   "get /api/v1/instances/{id}/fs/stat": "stat",
   "get /api/v1/instances/{id}/fs/list": "listDir",
   "post /api/v1/instances/{id}/fs/mkdir": "makeDir",
@@ -85,10 +94,15 @@ const COVERED = {
   "get /api/v1/audit": "listAuditEvents",
 };
 
+// Operations this SDK leaves out on purpose, and why.
+const NOT_IN_SDK = {
+  "get /api/v1/instances/{id}/tunnel/{port}": "a raw TCP connection over a WebSocket, for `faas instances port-forward`; HTTP to a port is portFetch",
+};
+
 test("every OpenAPI operation has an SDK method", { skip }, async () => {
   const doc = await c.getOpenApi();
   const ops = Object.entries(doc.paths).flatMap(([p, item]) => Object.keys(item).map((m) => `${m} ${p}`));
-  const missing = ops.filter((o) => !(o in COVERED));
+  const missing = ops.filter((o) => !(o in COVERED) && !(o in NOT_IN_SDK));
   assert.deepEqual(missing, [], `endpoints without SDK coverage: ${missing}`);
   for (const m of Object.values(COVERED)) assert.equal(typeof c[m], "function", m);
 });
@@ -627,4 +641,154 @@ test("instance metadata: kept as given, filters the list", { skip }, async () =>
     await c.stopInstance(a.id);
     await assert.rejects(c.startProcess(a.id, "true"), ConflictError, "the instance is not running");
   });
+});
+
+// ---- ports of instances: the port proxy ----
+
+const INDEX = "hello from busybox httpd\n";
+// A CGI script of busybox httpd: what the request was, as the server in the box saw it.
+const CGI_ECHO = '#!/bin/sh\necho "Content-Type: text/plain"\necho "X-Seen: $HTTP_X_APP"\necho\necho "$REQUEST_METHOD $QUERY_STRING"\nhead -c "$CONTENT_LENGTH"\n';
+
+/** The `PortInfo` of `port` once something listens on it in the instance (10 s at most). */
+async function waitPort(id, port, ms = 10_000) {
+  const until = Date.now() + ms;
+  for (;;) {
+    const ports = await c.listPorts(id);
+    const p = ports.find((x) => x.port === port);
+    if (p) return p;
+    assert.ok(Date.now() < until, `port ${port} not listed after ${ms} ms: ${ports.map((x) => x.port)}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+/** Starts busybox httpd on port 8000 of the instance, serving /www; its `PortInfo`. */
+async function serveWww(id) {
+  await c.uploadFile(id, "/www/index.html", INDEX);
+  await c.uploadFile(id, "/www/cgi-bin/echo", CGI_ECHO);
+  assert.equal((await c.execInstance(id, "chmod +x /www/cgi-bin/echo")).exitCode, 0);
+  await c.startProcess(id, ["busybox", "httpd", "-f", "-p", "8000", "-h", "/www"], { tag: "httpd" });
+  return waitPort(id, 8000);
+}
+
+test("ports: listed, proxied with the key, port_closed and bad_gateway", { skip }, async () => {
+  await withInstance({ image: IMAGE }, async (inst) => {
+    const id = inst.id;
+    assert.equal(inst.network, "none");
+    assert.equal(inst.publicPorts, false);
+    assert.equal(inst.portsToken, undefined);
+    assert.ok(!(await c.listPorts(id)).some((p) => p.port === 8000));
+    const p = await serveWww(id);
+    assert.equal(p.path, `/api/v1/instances/${id}/ports/8000/`);
+    assert.ok(p.address);
+
+    const r = await c.portFetch(id, 8000);
+    assert.equal(r.status, 200);
+    assert.match(r.headers.get("content-type"), /^text\/html/);
+    assert.equal(await r.text(), INDEX);
+    const echo = await c.portFetch(id, 8000, "/cgi-bin/echo?a=1", { method: "POST", body: "payload", headers: { "X-App": "y" } });
+    assert.equal(echo.status, 200);
+    assert.equal(await echo.text(), "POST a=1\npayload");
+    assert.equal(echo.headers.get("x-seen"), "y", "the request's headers reach the box's server");
+    const missing = await c.portFetch(id, 8000, "no-such-page.html");
+    assert.equal(missing.status, 404, "the box's server's own 404 is a response, not an error");
+    await missing.arrayBuffer();
+
+    await assert.rejects(c.portFetch(id, 8001), (e) => e instanceof PortClosedError && e instanceof BadGatewayError && e.code === "port_closed" && e.status === 502);
+    await c.startProcess(id, "echo not-http | nc -l -p 9000");
+    await waitPort(id, 9000);
+    await assert.rejects(c.portFetch(id, 9000), (e) => e instanceof BadGatewayError && !(e instanceof PortClosedError) && e.code === "bad_gateway");
+    await assert.rejects(c.portFetch("no-such-instance", 8000), NotFoundError);
+    await assert.rejects(c.listPorts("no-such-instance"), NotFoundError);
+
+    const u = c.portUrl(id, 8000);
+    assert.equal(u, `${url}/api/v1/instances/${id}/ports/8000/`);
+    const key = process.env.FAAS_API_KEY;
+    if (key) {
+      // a server with keys: the URL takes the owner's, and is closed without
+      const withKey = await fetch(u, { headers: { authorization: `Bearer ${key}` } });
+      assert.equal(await withKey.text(), INDEX);
+      const without = await fetch(u);
+      assert.equal(without.status, 401);
+      await without.arrayBuffer();
+    }
+    await c.stopInstance(id);
+    await assert.rejects(c.portFetch(id, 8000), ConflictError, "not running");
+    await assert.rejects(c.listPorts(id), ConflictError);
+  });
+});
+
+test("public ports: the token opens them without a key", { skip }, async () => {
+  await withInstance({ image: IMAGE, publicPorts: true }, async (inst) => {
+    const id = inst.id;
+    const token = inst.portsToken;
+    assert.equal(inst.publicPorts, true);
+    assert.match(token ?? "", /^[0-9a-f]{64}$/);
+    assert.equal((await c.getInstance(id)).portsToken, token);
+    assert.equal((await c.listInstances()).find((i) => i.id === id).portsToken, token);
+    await serveWww(id);
+
+    const u = c.portUrl(id, 8000, { token });
+    assert.equal(u, `${c.portUrl(id, 8000)}?faas_token=${token}`);
+    const r = await fetch(u); // a plain fetch: no API key
+    assert.equal(r.status, 200);
+    assert.equal(await r.text(), INDEX);
+    const byHeader = await fetch(c.portUrl(id, 8000), { headers: { "X-Faas-Ports-Token": token } });
+    assert.equal(await byHeader.text(), INDEX);
+    if (process.env.FAAS_API_KEY) {
+      const wrong = await fetch(c.portUrl(id, 8000, { token: "0".repeat(64) }));
+      assert.equal(wrong.status, 404, "a wrong token finds no instance");
+      await wrong.arrayBuffer();
+    }
+  });
+});
+
+test("network: instances, executions and functions take it", { skip }, async () => {
+  // Without sandbox networking (--no-network) the server refuses anything but none (501).
+  assert.equal((await c.execute({ command: "echo offline", image: IMAGE, network: "none" })).stdout, "offline\n");
+  const rules = { egress: "deny", allow: ["example.com", "10.1.2.0/24"], deny: [] };
+  for (const network of ["internet", rules]) {
+    let inst;
+    try {
+      inst = await c.createInstance({ image: IMAGE, network });
+    } catch (e) {
+      assert.ok(e instanceof UnsupportedError && e.code === "unsupported" && e.status === 501, String(e));
+      continue;
+    }
+    try {
+      assert.deepEqual(inst.network, network);
+    } finally {
+      await c.deleteInstance(inst.id);
+    }
+  }
+  const name = `ts-net-${rnd()}`;
+  const f = await c.deployFunction(name, { runtime: "shell", code: "echo hi\n", network: rules });
+  try {
+    assert.deepEqual(f.network, rules);
+    assert.deepEqual((await c.getFunction(name)).network, rules);
+  } finally {
+    await c.deleteFunction(name);
+  }
+});
+
+test("portFetch passes the box's answers through, rejects the proxy's own errors (fake server)", async () => {
+  const seen = [];
+  const answers = [
+    new Response('{"error": "the app\'s own"}', { status: 500, headers: { "content-type": "application/json" } }),
+    new Response("moved", { status: 302, headers: { location: "/elsewhere" } }),
+    jsonResponse({ error: { code: "port_closed", message: "connect to port 81: refused" } }, 502),
+  ];
+  const fetch = async (u, init) => {
+    seen.push({ url: String(u), method: init.method, auth: new Headers(init.headers).get("authorization"), x: new Headers(init.headers).get("x-app") });
+    return answers.shift();
+  };
+  const fc = new FaaSClient("http://h.example/", { fetch, apiKey: "faas_k", headers: { "x-app": "client" } });
+  const r = await fc.portFetch("i1", 8080, "/api?x=1", { method: "POST", body: "b", headers: { "X-App": "mine" } });
+  assert.equal(r.status, 500);
+  assert.deepEqual(await r.json(), { error: "the app's own" });
+  assert.deepEqual(seen[0], { url: "http://h.example/api/v1/instances/i1/ports/8080/api?x=1", method: "POST", auth: "Bearer faas_k", x: "mine" });
+  assert.equal((await fc.portFetch("i1", 8080, "old")).status, 302);
+  assert.equal(seen[1].url, "http://h.example/api/v1/instances/i1/ports/8080/old");
+  await assert.rejects(fc.portFetch("i1", 81), (e) => e instanceof PortClosedError && e.status === 502 && /refused/.test(e.message));
+  assert.equal(fc.portUrl("i1", 80, { path: "/a?b=1", token: "t&" }), "http://h.example/api/v1/instances/i1/ports/80/a?b=1&faas_token=t%26");
+  assert.equal(fc.portUrl("i1", 80), "http://h.example/api/v1/instances/i1/ports/80/");
 });
