@@ -365,6 +365,7 @@ QUOTA_FIELDS = (
     "queued_invocations",
     "requests_per_second",
     "burst",
+    "private_egress",
 )
 
 
@@ -381,6 +382,9 @@ class Quotas(_Model):
     queued_invocations: Optional[int] = None
     requests_per_second: Optional[int] = None
     burst: Optional[int] = None
+    #: Its networked sandboxes may reach the private ranges (10/8, 172.16/12, 192.168/16,
+    #: 100.64/10).
+    private_egress: Optional[bool] = None
     raw: Dict[str, Any] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> Dict[str, int]:

@@ -415,6 +415,9 @@ export interface Quotas {
   requestsPerSecond?: number;
   /** The bucket's size. */
   burst?: number;
+  /** Its networked sandboxes may reach the private ranges (10/8, 172.16/12, 192.168/16,
+   * 100.64/10). */
+  privateEgress?: boolean;
 }
 
 export interface Tenant {
