@@ -333,7 +333,7 @@ impl Instances {
             network: req.network.clone().filter(|n| !n.is_none()),
             private_egress: network.policy().is_some_and(|p| p.private),
             metadata: req.metadata.clone(),
-            ports_token: req.public_ports.then(ports::new_token).transpose()?,
+            ports_token: req.public_ports.then(new_token).transpose()?,
         };
         let lease = self.admit(caller, 1, spec.memory_mb).await?;
         let id = new_id();
@@ -868,6 +868,14 @@ fn check_path(what: &str, path: &str) -> Result<()> {
         return Err(Error::InvalidRequest(format!("{what} contains a NUL byte")));
     }
     Ok(())
+}
+
+/// A new instance's token (its ports token, its access token): 32 random bytes in hex.
+pub(crate) fn new_token() -> Result<String> {
+    let mut bytes = [0u8; 32];
+    getrandom::getrandom(&mut bytes)
+        .map_err(|e| Error::Internal(format!("no randomness for a token: {e}")))?;
+    Ok(hex::encode(bytes))
 }
 
 fn new_id() -> String {

@@ -154,7 +154,7 @@ impl Instances {
         let backend = self.sandboxes.backend_named(&snap.backend)?;
         let mut spec = InstanceSpec::parse(&snap.spec, &format!("snapshot {}", snap.id))?;
         if spec.ports_token.is_some() {
-            spec.ports_token = Some(super::ports::new_token()?);
+            spec.ports_token = Some(super::new_token()?);
         }
         let lease = self.admit(caller, 1, spec.memory_mb).await?;
         let id = new_id();
