@@ -9,6 +9,7 @@
 
 mod admin;
 pub mod auth;
+pub mod e2b;
 pub mod error;
 pub mod extract;
 mod files;
@@ -163,6 +164,10 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             ports::sandbox_host,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            e2b::E2b::new(state.clone()),
+            e2b::route,
         ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -261,7 +261,7 @@ pub async fn sandbox_host(State(s): State<AppState>, req: Request, next: Next) -
 
 /// Passes `req` to `port` of instance `id` as a request for `path` (plus its query), and the
 /// answer back. `prefix` is where the proxy serves the port (empty on its own host name).
-async fn forward(
+pub(crate) async fn forward(
     s: &AppState,
     id: &str,
     port: u16,

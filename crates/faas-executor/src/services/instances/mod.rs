@@ -56,6 +56,10 @@ pub struct InstanceSpec {
     /// or fork gets its own).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ports_token: Option<String>,
+    /// The envd access token of an instance made through the E2B surface: what opens its
+    /// processes and files there without an API key (kept across stop and start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_token: Option<String>,
 }
 
 impl InstanceSpec {
@@ -124,6 +128,8 @@ pub struct LiveBox {
     last_used_ms: std::sync::atomic::AtomicI64,
     /// What opens its ports without a key (`public_ports`).
     ports_token: Option<String>,
+    /// What opens it on the E2B surface (`InstanceSpec::access_token`).
+    access_token: Option<String>,
 }
 
 impl LiveBox {
@@ -143,6 +149,7 @@ impl LiveBox {
             busy: Default::default(),
             last_used_ms: now_ms().into(),
             ports_token: spec.ports_token.clone(),
+            access_token: spec.access_token.clone(),
         })
     }
 
@@ -182,6 +189,13 @@ impl Drop for Busy {
         self.0.last_used_ms.store(now_ms(), SeqCst);
         self.0.busy.fetch_sub(1, SeqCst);
     }
+}
+
+/// What [`Instances::instance_create_with`] adds to a request.
+#[derive(Debug, Clone, Default)]
+pub struct CreateOptions {
+    /// Give it an envd access token (an E2B sandbox).
+    pub access_token: bool,
 }
 
 /// The instances service: instances, their files and their snapshots.
@@ -312,6 +326,17 @@ impl Instances {
         caller: &Caller,
         req: InstanceCreateRequest,
     ) -> Result<InstanceInfo> {
+        self.instance_create_with(caller, req, CreateOptions::default())
+            .await
+    }
+
+    /// [`Instances::instance_create`] with what only the platform's own surfaces ask for.
+    pub async fn instance_create_with(
+        &self,
+        caller: &Caller,
+        req: InstanceCreateRequest,
+        opts: CreateOptions,
+    ) -> Result<InstanceInfo> {
         let store = self.store()?;
         check_metadata(&req.metadata)?;
         let network = run::network(&self.tenants, &caller.tenant, req.network.as_ref()).await?;
@@ -334,6 +359,7 @@ impl Instances {
             private_egress: network.policy().is_some_and(|p| p.private),
             metadata: req.metadata.clone(),
             ports_token: req.public_ports.then(ports::new_token).transpose()?,
+            access_token: opts.access_token.then(ports::new_token).transpose()?,
         };
         let lease = self.admit(caller, 1, spec.memory_mb).await?;
         let id = new_id();

@@ -69,6 +69,24 @@ impl Instances {
         }
     }
 
+    /// The caller an envd request for running instance `id` acts as: its tenant's, when
+    /// `token` is the instance's access token. An instance that is not running, has no token
+    /// (not made through the E2B surface) or another one: `not_found`.
+    pub fn envd_caller(&self, id: &str, token: Option<&str>) -> Result<Caller> {
+        let gone = || Error::NotFound(format!("The sandbox {id} was not found"));
+        let live = self.live(id).ok_or_else(gone)?;
+        let want = live.access_token.as_deref().ok_or_else(gone)?;
+        let token = token.ok_or_else(|| {
+            Error::Unauthenticated("this sandbox needs its access token (X-Access-Token)".into())
+        })?;
+        if !bool::from(want.as_bytes().ct_eq(token.as_bytes())) {
+            return Err(Error::Unauthenticated(
+                "the sandbox's access token does not match".into(),
+            ));
+        }
+        Ok(Caller::platform_for(&live.tenant))
+    }
+
     /// The TCP ports something listens on in the caller's running instance `id`.
     pub async fn ports_list(
         &self,

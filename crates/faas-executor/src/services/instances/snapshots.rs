@@ -156,6 +156,9 @@ impl Instances {
         if spec.ports_token.is_some() {
             spec.ports_token = Some(super::ports::new_token()?);
         }
+        if spec.access_token.is_some() {
+            spec.access_token = Some(super::ports::new_token()?);
+        }
         let lease = self.admit(caller, 1, spec.memory_mb).await?;
         let id = new_id();
         let now = now_ms();
