@@ -61,6 +61,9 @@ pub struct AppState {
     pub sandbox_domain: Option<String>,
     /// Served over TLS (what the port proxy tells the box's servers in `X-Forwarded-Proto`).
     pub tls: bool,
+    /// The E2B surface's templates (`--template NAME=IMAGE`): name → image. `base`, unless
+    /// named here, is the function image.
+    pub templates: Arc<std::collections::BTreeMap<String, String>>,
 }
 
 impl AppState {
@@ -75,6 +78,7 @@ impl AppState {
             observe: Default::default(),
             sandbox_domain: None,
             tls: false,
+            templates: Default::default(),
         }
     }
 }

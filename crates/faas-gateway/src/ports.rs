@@ -179,7 +179,7 @@ async fn list(
     Ok(Json(PortsResponse { ports }))
 }
 
-#[utoipa::path(method(get, post, put, patch, delete, head, options), path = "/api/v1/instances/{id}/ports/{port}", tag = "instances", summary = "Redirects (308) to the port's root, `.../ports/{port}/`", params(("id" = String, Path, description = "instance id"), ("port" = u16, Path, description = "TCP port in the instance")), responses((status = 308, description = "to the same path with a slash"), (status = "default", description = "an error: `{\"error\": {\"code\", \"message\"}}`", body = faas_common::ErrorBody)))]
+#[utoipa::path(method(get, post, put, patch, delete, options), path = "/api/v1/instances/{id}/ports/{port}", tag = "instances", summary = "Redirects (308) to the port's root, `.../ports/{port}/`", params(("id" = String, Path, description = "instance id"), ("port" = u16, Path, description = "TCP port in the instance")), responses((status = 308, description = "to the same path with a slash"), (status = "default", description = "an error: `{\"error\": {\"code\", \"message\"}}`", body = faas_common::ErrorBody)))]
 async fn proxy_bare(Path((id, port)): Path<(String, String)>, uri: Uri) -> ApiResult<Response> {
     let port = port_of(&port)?;
     let q = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
@@ -192,7 +192,7 @@ async fn proxy_bare(Path((id, port)): Path<(String, String)>, uri: Uri) -> ApiRe
         .into_response())
 }
 
-#[utoipa::path(method(get, post, put, patch, delete, head, options), path = "/api/v1/instances/{id}/ports/{port}/", tag = "instances", summary = "HTTP to `/` of a port an instance listens on (any method, streamed bodies, WebSocket upgrades); the owner's key or, with `public_ports`, its `faas_token`", params(("id" = String, Path, description = "instance id"), ("port" = u16, Path, description = "TCP port in the instance"), ("faas_token" = Option<String>, Query, description = "the instance's ports token (public ports)")), responses((status = 200, description = "whatever the instance's server answers"), (status = 502, description = "`port_closed`: nothing listens there; `bad_gateway`: no HTTP answer", body = faas_common::ErrorBody), (status = "default", description = "an error: `{\"error\": {\"code\", \"message\"}}`", body = faas_common::ErrorBody)))]
+#[utoipa::path(method(get, post, put, patch, delete, options), path = "/api/v1/instances/{id}/ports/{port}/", tag = "instances", summary = "HTTP to `/` of a port an instance listens on (any method, streamed bodies, WebSocket upgrades); the owner's key or, with `public_ports`, its `faas_token`", params(("id" = String, Path, description = "instance id"), ("port" = u16, Path, description = "TCP port in the instance"), ("faas_token" = Option<String>, Query, description = "the instance's ports token (public ports)")), responses((status = 200, description = "whatever the instance's server answers"), (status = 502, description = "`port_closed`: nothing listens there; `bad_gateway`: no HTTP answer", body = faas_common::ErrorBody), (status = "default", description = "an error: `{\"error\": {\"code\", \"message\"}}`", body = faas_common::ErrorBody)))]
 async fn proxy_root(
     State(s): State<AppState>,
     Path((id, port)): Path<(String, String)>,
@@ -203,7 +203,7 @@ async fn proxy_root(
     forward(&s, &id, port, "/", &prefix, req).await
 }
 
-#[utoipa::path(method(get, post, put, patch, delete, head, options), path = "/api/v1/instances/{id}/ports/{port}/{*path}", tag = "instances", summary = "HTTP to `/{path}` of a port an instance listens on, as `.../ports/{port}/`", params(("id" = String, Path, description = "instance id"), ("port" = u16, Path, description = "TCP port in the instance"), ("path" = String, Path, description = "the path on the instance's server"), ("faas_token" = Option<String>, Query, description = "the instance's ports token (public ports)")), responses((status = 200, description = "whatever the instance's server answers"), (status = 502, description = "`port_closed`: nothing listens there; `bad_gateway`: no HTTP answer", body = faas_common::ErrorBody), (status = "default", description = "an error: `{\"error\": {\"code\", \"message\"}}`", body = faas_common::ErrorBody)))]
+#[utoipa::path(method(get, post, put, patch, delete, options), path = "/api/v1/instances/{id}/ports/{port}/{*path}", tag = "instances", summary = "HTTP to `/{path}` of a port an instance listens on, as `.../ports/{port}/`", params(("id" = String, Path, description = "instance id"), ("port" = u16, Path, description = "TCP port in the instance"), ("path" = String, Path, description = "the path on the instance's server"), ("faas_token" = Option<String>, Query, description = "the instance's ports token (public ports)")), responses((status = 200, description = "whatever the instance's server answers"), (status = 502, description = "`port_closed`: nothing listens there; `bad_gateway`: no HTTP answer", body = faas_common::ErrorBody), (status = "default", description = "an error: `{\"error\": {\"code\", \"message\"}}`", body = faas_common::ErrorBody)))]
 async fn proxy_path(
     State(s): State<AppState>,
     Path((id, port, _path)): Path<(String, String, String)>,

@@ -8,13 +8,13 @@
 
 mod snapshots;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use faas_common::{
-    Caller, EnvVars, ExecuteResponse, InstanceCreateRequest, InstanceExecRequest, InstanceInfo,
-    InstanceStatus, IsolationLevel, Mode,
+    Caller, DeadlineAction, EnvVars, ExecuteResponse, InstanceCreateRequest, InstanceDeadline,
+    InstanceExecRequest, InstanceInfo, InstanceStatus, IsolationLevel, Mode,
 };
 use faas_store::{now_ms, InstanceRecord, Store};
 use serde::{Deserialize, Serialize};
@@ -60,6 +60,13 @@ pub struct InstanceSpec {
     /// processes and files there without an API key (kept across stop and start).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access_token: Option<String>,
+    /// When it ends by itself, and how (an E2B sandbox's timeout); restores, branches and
+    /// forks do not inherit it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<InstanceDeadline>,
+    /// The template it was made from (the E2B surface's name of its image).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
 }
 
 impl InstanceSpec {
@@ -196,6 +203,21 @@ impl Drop for Busy {
 pub struct CreateOptions {
     /// Give it an envd access token (an E2B sandbox).
     pub access_token: bool,
+    /// It ends by itself this long after it is made (its box up), and how.
+    pub timeout: Option<(Duration, DeadlineAction)>,
+    /// The template it was made from, as its surface names it.
+    pub template: Option<String>,
+}
+
+/// What [`Instances::snapshot_restore_with`] changes in the snapshot's spec.
+#[derive(Debug, Clone, Default)]
+pub struct RestoreOptions {
+    /// An access token is made when this asks for one or the snapshot's instance had one.
+    pub create: CreateOptions,
+    /// Its labels, in place of the snapshot's.
+    pub metadata: BTreeMap<String, String>,
+    /// Variables set over the snapshot's.
+    pub env: Vec<(String, String)>,
 }
 
 /// The instances service: instances, their files and their snapshots.
@@ -209,6 +231,8 @@ pub struct Instances {
     /// The running instances' boxes.
     live: Mutex<HashMap<String, Arc<LiveBox>>>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Instances being ended at their deadline now.
+    ending: Mutex<HashSet<String>>,
 }
 
 impl Instances {
@@ -227,6 +251,7 @@ impl Instances {
             tenants,
             live: Default::default(),
             locks: Default::default(),
+            ending: Default::default(),
         })
     }
 
@@ -360,6 +385,8 @@ impl Instances {
             metadata: req.metadata.clone(),
             ports_token: req.public_ports.then(ports::new_token).transpose()?,
             access_token: opts.access_token.then(ports::new_token).transpose()?,
+            deadline: None,
+            template: opts.template.clone(),
         };
         let lease = self.admit(caller, 1, spec.memory_mb).await?;
         let id = new_id();
@@ -367,6 +394,8 @@ impl Instances {
             .instance_create(&id, &spec.sandbox(&base.image), None)
             .await?;
         let now = now_ms();
+        let mut spec = spec;
+        spec.deadline = opts.timeout.map(|t| deadline_after(now, t));
         let rec = InstanceRecord {
             id: id.clone(),
             tenant: caller.tenant.clone(),
@@ -611,13 +640,19 @@ impl Instances {
         let lock = self.lock(id);
         let _held = lock.lock().await;
         self.instance_record(caller, id).await?;
+        self.stop_held(id, why).await?;
+        self.instance_get(caller, id).await
+    }
+
+    /// Stops instance `id`, its lock held.
+    async fn stop_held(&self, id: &str, why: Option<&str>) -> Result<()> {
         if let Some(live) = self.set_live(id, None) {
             self.end_live(id, live).await?;
         }
         self.store()?
             .set_instance_status(id, "stopped", why)
             .await?;
-        self.instance_get(caller, id).await
+        Ok(())
     }
 
     /// Starts a stopped (or lost) instance's box over its kept files.
@@ -629,7 +664,15 @@ impl Instances {
             return info(&rec);
         }
         let backend = self.sandboxes.backend_named(&rec.backend)?;
-        let spec = InstanceSpec::parse(&rec.spec, &format!("instance {id}"))?;
+        let mut spec = InstanceSpec::parse(&rec.spec, &format!("instance {id}"))?;
+        if spec.deadline.is_some_and(|d| d.at_ms <= now_ms()) {
+            // It passed while the instance was stopped: started again, it runs without one
+            // (or with the one its caller sets next), not to be stopped again at once.
+            spec.deadline = None;
+            self.store()?
+                .set_instance_spec(id, &serde_json::to_value(&spec).expect("serializable"))
+                .await?;
+        }
         let lease = self
             .tenants
             .lease_sandbox(&caller.tenant, spec.memory_mb)
@@ -652,6 +695,75 @@ impl Instances {
         let lock = self.lock(id);
         let _held = lock.lock().await;
         let rec = self.instance_record(caller, id).await?;
+        self.delete_held(&rec).await
+    }
+
+    /// Sets (`None`: clears) when the caller's instance `id` ends by itself, and how. It is
+    /// kept with the instance (a restarted server keeps it) and holds while the instance
+    /// runs: a stopped one waits, and a start after it passed clears it.
+    pub async fn set_deadline(
+        &self,
+        caller: &Caller,
+        id: &str,
+        deadline: Option<InstanceDeadline>,
+    ) -> Result<InstanceInfo> {
+        let lock = self.lock(id);
+        let _held = lock.lock().await;
+        let mut rec = self.instance_record(caller, id).await?;
+        let mut spec = InstanceSpec::parse(&rec.spec, &format!("instance {id}"))?;
+        spec.deadline = deadline;
+        rec.spec = serde_json::to_value(&spec).expect("serializable");
+        if !self.store()?.set_instance_spec(id, &rec.spec).await? {
+            return Err(Error::NotFound(format!("no instance {id}")));
+        }
+        info(&rec)
+    }
+
+    /// What the caller's running instance `id` used since its box started (its cgroup's
+    /// figures), and when that was (ms since the epoch).
+    pub async fn instance_usage(
+        &self,
+        caller: &Caller,
+        id: &str,
+    ) -> Result<(crate::sandbox::BoxUsage, i64)> {
+        let live = self.running_box(caller, id).await?;
+        let used = live.sandbox.usage().await?;
+        Ok((used, live.started_ms))
+    }
+
+    /// Ends instance `id` of `tenant` as its deadline says, if it still says so once the
+    /// instance's lock is held (a new deadline may have come meanwhile).
+    async fn end_at_deadline(&self, id: &str, tenant: &str) {
+        let lock = self.lock(id);
+        let _held = lock.lock().await;
+        let caller = Caller::platform_for(tenant);
+        let Ok(rec) = self.instance_record(&caller, id).await else {
+            return;
+        };
+        let Ok(i) = info(&rec) else {
+            return;
+        };
+        let Some(d) = i.deadline.filter(|d| deadline_applies(&i, d, now_ms())) else {
+            return;
+        };
+        let r = match d.then {
+            DeadlineAction::Delete => {
+                tracing::info!(instance = %id, "deleted at its deadline");
+                self.delete_held(&rec).await
+            }
+            DeadlineAction::Stop => {
+                tracing::info!(instance = %id, "stopped at its deadline");
+                self.stop_held(id, Some("stopped at its deadline")).await
+            }
+        };
+        if let Err(e) = r {
+            tracing::warn!(instance = %id, error = %e, "could not end the instance at its deadline");
+        }
+    }
+
+    /// Deletes instance `rec`, its lock held.
+    async fn delete_held(&self, rec: &InstanceRecord) -> Result<()> {
+        let id = rec.id.as_str();
         if let Some(live) = self.set_live(id, None) {
             let _ = self.end_live(id, live).await;
         }
@@ -833,10 +945,14 @@ impl Instances {
         Ok(())
     }
 
-    /// Stops instances idle past their `idle_timeout_s`; runs until the executor shuts down.
+    /// Stops instances idle past their `idle_timeout_s`, and ends those whose deadline
+    /// passed (looking again every second, or sooner when a deadline comes sooner); runs
+    /// until the executor shuts down.
     pub(crate) async fn reap_idle_instances(self: Arc<Self>) {
+        let mut pause = Duration::from_secs(1);
         loop {
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            tokio::time::sleep(pause).await;
+            pause = Duration::from_secs(1);
             if self.sandboxes.tasks.is_closed() {
                 return;
             }
@@ -851,6 +967,16 @@ impl Instances {
                 let Ok(i) = info(&rec) else {
                     continue;
                 };
+                if let Some(d) = i.deadline {
+                    if deadline_applies(&i, &d, now) {
+                        self.clone().spawn_end_at_deadline(&rec);
+                        continue;
+                    }
+                    let left = d.at_ms - now;
+                    if left > 0 && i.status == InstanceStatus::Running {
+                        pause = pause.min(Duration::from_millis(left as u64));
+                    }
+                }
                 let Some(limit) = i.idle_timeout_s else {
                     continue;
                 };
@@ -876,6 +1002,27 @@ impl Instances {
         }
     }
 
+    /// Ends `rec` at its deadline in the background, unless that is under way already.
+    fn spawn_end_at_deadline(self: Arc<Self>, rec: &InstanceRecord) {
+        let (id, tenant) = (rec.id.clone(), rec.tenant.clone());
+        if !self
+            .ending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.clone())
+        {
+            return;
+        }
+        let tasks = self.sandboxes.tasks.clone();
+        tasks.spawn(async move {
+            self.end_at_deadline(&id, &tenant).await;
+            self.ending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
+        });
+    }
+
     /// The running instances' boxes are left running: a restarted server re-attaches them.
     pub(crate) fn forget_live_instances(&self) {
         self.live.lock().unwrap_or_else(|e| e.into_inner()).clear();
@@ -894,6 +1041,25 @@ fn check_path(what: &str, path: &str) -> Result<()> {
         return Err(Error::InvalidRequest(format!("{what} contains a NUL byte")));
     }
     Ok(())
+}
+
+/// The deadline `timeout` after `now` (ms since the epoch).
+fn deadline_after(now: i64, (after, then): (Duration, DeadlineAction)) -> InstanceDeadline {
+    InstanceDeadline {
+        at_ms: now.saturating_add(after.as_millis().min(i64::MAX as u128) as i64),
+        then,
+    }
+}
+
+/// Whether deadline `d` of instance `i` ends it at `now`: it passed, and the instance runs
+/// (or, to be deleted, lost its box: nobody paused it).
+fn deadline_applies(i: &InstanceInfo, d: &InstanceDeadline, now: i64) -> bool {
+    d.at_ms <= now
+        && match i.status {
+            InstanceStatus::Running => true,
+            InstanceStatus::Lost => d.then == DeadlineAction::Delete,
+            InstanceStatus::Stopped => false,
+        }
 }
 
 fn new_id() -> String {
@@ -925,6 +1091,9 @@ fn info(r: &InstanceRecord) -> Result<InstanceInfo> {
         metadata: spec.metadata,
         public_ports: spec.ports_token.is_some(),
         ports_token: spec.ports_token,
+        deadline: spec.deadline,
+        template: spec.template,
+        access_token: spec.access_token,
     })
 }
 

@@ -8,7 +8,7 @@ use faas_common::{
 };
 use faas_store::{now_ms, InstanceRecord, SnapshotRecord};
 
-use super::{new_id, InstanceSpec, Instances, LiveBox};
+use super::{new_id, InstanceSpec, Instances, LiveBox, RestoreOptions};
 use crate::error::{Error, Result};
 use crate::services::tenants::Counted;
 
@@ -145,19 +145,52 @@ impl Instances {
         self.restore_record(caller, &snap).await
     }
 
+    /// [`Instances::snapshot_restore`] with what only the platform's own surfaces ask for.
+    pub async fn snapshot_restore_with(
+        &self,
+        caller: &Caller,
+        id: &str,
+        opts: RestoreOptions,
+    ) -> Result<InstanceInfo> {
+        let snap = self.snapshot_record(caller, id).await?;
+        self.restore_record_with(caller, &snap, Some(opts)).await
+    }
+
     /// A new instance of the caller's from the snapshot `snap` (which the caller's must be).
     pub(crate) async fn restore_record(
         &self,
         caller: &Caller,
         snap: &SnapshotRecord,
     ) -> Result<InstanceInfo> {
+        self.restore_record_with(caller, snap, None).await
+    }
+
+    async fn restore_record_with(
+        &self,
+        caller: &Caller,
+        snap: &SnapshotRecord,
+        opts: Option<RestoreOptions>,
+    ) -> Result<InstanceInfo> {
         let backend = self.sandboxes.backend_named(&snap.backend)?;
         let mut spec = InstanceSpec::parse(&snap.spec, &format!("snapshot {}", snap.id))?;
         if spec.ports_token.is_some() {
             spec.ports_token = Some(super::ports::new_token()?);
         }
-        if spec.access_token.is_some() {
+        let wants_token = opts.as_ref().is_some_and(|o| o.create.access_token);
+        if spec.access_token.is_some() || wants_token {
             spec.access_token = Some(super::ports::new_token()?);
+        }
+        spec.deadline = None;
+        let timeout = opts.as_ref().and_then(|o| o.create.timeout);
+        if let Some(o) = opts {
+            spec.deadline = o.create.timeout.map(|t| super::deadline_after(now_ms(), t));
+            spec.template = o.create.template.or(spec.template);
+            spec.metadata = o.metadata;
+            super::check_metadata(&spec.metadata)?;
+            for (k, v) in o.env {
+                spec.env.retain(|(have, _)| *have != k);
+                spec.env.push((k, v));
+            }
         }
         let lease = self.admit(caller, 1, spec.memory_mb).await?;
         let id = new_id();
@@ -184,6 +217,12 @@ impl Instances {
             .await;
         match made {
             Ok(sandbox) => {
+                if let Some(t) = timeout {
+                    // From when it is up, not from when it was asked for.
+                    spec.deadline = Some(super::deadline_after(now_ms(), t));
+                    let kept = serde_json::to_value(&spec).expect("serializable");
+                    store.set_instance_spec(&id, &kept).await?;
+                }
                 self.set_live(
                     &id,
                     Some(LiveBox::new(
