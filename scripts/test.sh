@@ -62,7 +62,8 @@ sdk_suites() {
   local dir="${TMPDIR:-/tmp}/faas-tests/sdk-$$" out pid url rc=0
   mkdir -p "$dir"
   out="$dir/serve.out"
-  target/debug/faas serve --listen 127.0.0.1:0 --data-dir "$dir/data" >"$out" 2>"$dir/serve.err" &
+  target/debug/faas serve --listen 127.0.0.1:0 --data-dir "$dir/data" --sandbox-domain sandbox.test \
+    >"$out" 2>"$dir/serve.err" &
   pid=$!
   for _ in $(seq 1 240); do
     url=$(sed -n 's/^faas listening on //p' "$out")

@@ -7,6 +7,13 @@ import pytest
 from e2b import CommandExitException, NotFoundException, PtySize, TimeoutException
 
 
+def wait_for(cond, what, timeout=10):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
 def test_run_keeps_stdout_and_stderr_apart(sandbox):
     r = sandbox.commands.run("echo out; echo err >&2")
     assert r.exit_code == 0
@@ -57,6 +64,18 @@ def test_timeout_kills_the_command(sandbox):
         time.sleep(0.2)
 
 
+def test_the_timeout_is_the_process_lifetime_without_a_client(sandbox):
+    h = sandbox.commands.run("sleep 30", background=True, timeout=2)
+    pid = h.pid
+    h.disconnect()
+    assert pid in [p.pid for p in sandbox.commands.list()]
+    wait_for(lambda: pid not in [p.pid for p in sandbox.commands.list()], "the kill", 10)
+
+
+def test_no_timeout(sandbox):
+    assert sandbox.commands.run("sleep 0.2; echo ok", timeout=0).stdout == "ok\n"
+
+
 def test_background_command_and_wait(sandbox):
     h = sandbox.commands.run("sleep 1; echo done", background=True)
     assert h.pid > 0
@@ -102,6 +121,7 @@ def test_kill_and_list(sandbox):
     p = procs[h.pid]
     assert p.cmd == "/bin/bash"
     assert p.args == ["-l", "-c", "sleep 60"]
+    assert p.tag is None
 
     assert sandbox.commands.kill(h.pid) is True
     with pytest.raises(CommandExitException) as e:
@@ -112,6 +132,14 @@ def test_kill_and_list(sandbox):
     # An ended (or unknown) process is not there to kill.
     assert sandbox.commands.kill(h.pid) is False
     assert sandbox.commands.kill(999_999) is False
+
+
+def test_list_shows_envs_and_cwd(sandbox):
+    h = sandbox.commands.run("sleep 60", background=True, envs={"K": "v"}, cwd="/tmp")
+    p = next(p for p in sandbox.commands.list() if p.pid == h.pid)
+    assert p.envs == {"K": "v"}
+    assert p.cwd == "/tmp"
+    h.kill()
 
 
 def test_handle_kill(sandbox):
@@ -126,13 +154,6 @@ def test_unknown_pids_are_not_found(sandbox):
         sandbox.commands.send_stdin(999_999, "x")
     with pytest.raises(NotFoundException):
         sandbox.commands.connect(999_999)
-
-
-def wait_for(cond, what, timeout=10):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def test_pty_create_input_resize_and_exit(sandbox):
@@ -169,3 +190,39 @@ def test_pty_kill(sandbox):
         pty.wait()
     assert e.value.exit_code == -1
     assert sandbox.pty.kill(pty.pid) is False
+
+
+def test_concurrent_commands(sandbox):
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(lambda i: sandbox.commands.run(f"echo {i}").stdout, range(32)))
+    assert results == [f"{i}\n" for i in range(32)]
+
+
+def test_the_async_sdk():
+    import asyncio
+
+    from e2b import AsyncSandbox
+
+    async def main():
+        sbx = await AsyncSandbox.create(timeout=120)
+        try:
+            r = await sbx.commands.run("echo hi; echo e >&2")
+            assert (r.stdout, r.stderr) == ("hi\n", "e\n")
+            h = await sbx.commands.run("cat", background=True, stdin=True)
+            await sbx.commands.send_stdin(h.pid, "abc")
+            await sbx.commands.close_stdin(h.pid)
+            assert (await h.wait()).stdout == "abc"
+            with pytest.raises(CommandExitException) as e:
+                await sbx.commands.run("exit 4")
+            assert e.value.exit_code == 4
+            h = await sbx.commands.run("sleep 30", background=True)
+            assert await sbx.commands.kill(h.pid) is True
+            with pytest.raises(CommandExitException):
+                await h.wait()
+            assert await sbx.commands.kill(h.pid) is False
+        finally:
+            await sbx.kill()
+
+    asyncio.run(main())

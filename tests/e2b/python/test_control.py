@@ -89,6 +89,7 @@ def test_a_sandbox_past_its_timeout_is_gone():
     info = sbx.get_info()
     assert (info.end_at - info.started_at).total_seconds() < 120
     assert wait_for(lambda: not sbx.is_running(), 10)
+    assert wait_for(lambda: api("GET", f"/sandboxes/{sbx.sandbox_id}").status_code == 404, 10)
     with pytest.raises(NotFoundException):
         Sandbox.connect(sbx.sandbox_id)
     with pytest.raises(NotFoundException):
@@ -242,7 +243,7 @@ def test_errors_are_e2bs_shape():
     assert r.status_code == 400 and r.json()["code"] == 400
 
 
-def test_v1_paths(sandbox):
+def test_v1_paths():
     r = api("POST", "/sandboxes", json={"templateID": "base", "timeout": 60})
     assert r.status_code == 201, r.text
     body = r.json()
@@ -259,8 +260,20 @@ def test_v1_paths(sandbox):
         assert r.status_code == 200 and r.json()["sandboxID"] == sid
     finally:
         assert api("DELETE", f"/sandboxes/{sid}").status_code == 204
-    # Someone else's instance of ours is not a sandbox here: the `sandbox` fixture's is.
-    assert api("GET", f"/sandboxes/{sandbox.sandbox_id}").status_code == 200
+
+
+def test_instances_made_through_our_api_are_not_sandboxes():
+    key = os.environ["E2B_API_KEY"]
+    r = api("POST", "/api/v1/instances", json={}, headers={"Authorization": f"Bearer {key}"})
+    assert r.status_code == 201, r.text
+    iid = r.json()["id"]
+    try:
+        assert api("GET", f"/sandboxes/{iid}").status_code == 404
+        assert api("DELETE", f"/sandboxes/{iid}").status_code == 404
+        assert iid not in [s["sandboxID"] for s in api("GET", "/v2/sandboxes").json()]
+    finally:
+        r = api("DELETE", f"/api/v1/instances/{iid}", headers={"Authorization": f"Bearer {key}"})
+        assert r.status_code == 204
 
 
 def test_templates_are_listed():

@@ -27,6 +27,8 @@ def test_write_and_read_text_and_bytes(sandbox):
     blob = bytes(range(256)) * 64
     sandbox.files.write("/tmp/f/deep/er/b.bin", blob)
     assert sandbox.files.read("/tmp/f/deep/er/b.bin", format="bytes") == blob
+    with sandbox.files.read("/tmp/f/deep/er/b.bin", format="stream") as stream:
+        assert b"".join(stream) == blob
 
     # Overwritten, not appended; an empty file is a file.
     sandbox.files.write("/tmp/f/a.txt", "short")

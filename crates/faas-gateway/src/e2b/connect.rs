@@ -77,9 +77,7 @@ impl From<faas_executor::Error> for ConnectError {
             E::Unauthenticated(_) => "unauthenticated",
             E::Forbidden(_) => "permission_denied",
             E::Unsupported(_) => "unimplemented",
-            E::QuotaExceeded(_) | E::RateLimited(_) | E::PayloadTooLarge(_) => {
-                "resource_exhausted"
-            }
+            E::QuotaExceeded(_) | E::RateLimited(_) | E::PayloadTooLarge(_) => "resource_exhausted",
             E::BackendUnavailable(_) | E::PortClosed(_) => "unavailable",
             _ => "internal",
         };
@@ -317,7 +315,10 @@ mod tests {
 
         // Cut inside an envelope, compressed, oversize, not JSON.
         let cut = envelope(0, br#"{"a":1}"#)[..6].to_vec();
-        assert!(Envelopes::new(Body::from(cut)).next::<Value>().await.is_err());
+        assert!(Envelopes::new(Body::from(cut))
+            .next::<Value>()
+            .await
+            .is_err());
         let compressed = envelope(FLAG_COMPRESSED, b"{}").to_vec();
         assert!(Envelopes::new(Body::from(compressed))
             .next::<Value>()

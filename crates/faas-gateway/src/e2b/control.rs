@@ -321,6 +321,9 @@ struct NetworkConfig {
     allow_out: Option<Vec<String>>,
     #[serde(default)]
     deny_out: Option<Vec<String>>,
+    /// Its ports answer without a token (E2B's default: true).
+    #[serde(default)]
+    allow_public_traffic: Option<bool>,
 }
 
 /// What a sandbox may reach: nothing unless `allow_internet_access` is true or `network`
@@ -384,9 +387,10 @@ fn env_of(vars: Option<BTreeMap<String, String>>) -> Result<Vec<(String, String)
 
 /// The image of template `name`, when it is not a snapshot's id.
 pub fn template_image(s: &AppState, name: &str) -> Option<String> {
-    s.templates.get(name).cloned().or_else(|| {
-        (name == BASE_TEMPLATE).then(|| s.platform.config().function_image.clone())
-    })
+    s.templates
+        .get(name)
+        .cloned()
+        .or_else(|| (name == BASE_TEMPLATE).then(|| s.platform.config().function_image.clone()))
 }
 
 async fn create(
@@ -412,6 +416,11 @@ async fn create(
         access_token: true,
         timeout: Some((std::time::Duration::from_secs(timeout as u64), then)),
         template: Some(template.clone()),
+        open_ports: req
+            .network
+            .as_ref()
+            .and_then(|n| n.allow_public_traffic)
+            .unwrap_or(true),
     };
     let instances = &s.platform.instances;
     let info = match template_image(&s, &template) {
@@ -423,7 +432,9 @@ async fn create(
                 metadata,
                 ..Default::default()
             };
-            instances.instance_create_with(&caller, create, opts).await?
+            instances
+                .instance_create_with(&caller, create, opts)
+                .await?
         }
         None => {
             let restore = RestoreOptions {
@@ -513,11 +524,7 @@ async fn list(
     axum::extract::RawQuery(q): axum::extract::RawQuery,
 ) -> Result<Response, E2bError> {
     let q = parse_list_query(q.as_deref().unwrap_or(""));
-    if let Some(bad) = q
-        .states
-        .iter()
-        .find(|s| *s != "running" && *s != "paused")
-    {
+    if let Some(bad) = q.states.iter().find(|s| *s != "running" && *s != "paused") {
         return Err(bad_request(format!(
             "state must be running or paused, got {bad:?}"
         )));
@@ -767,10 +774,11 @@ async fn fork(
 
 // ---- metrics ----
 
-/// One sample, now, of a running sandbox (a paused one has none): CPU use averaged since its
-/// box started (its cgroup's CPU time over wall time and cores), and its cgroup's peak
-/// memory as `memUsed` (the backends keep no current figure); its memory limit is
-/// `memTotal`. Page cache and disk are not measured: 0.
+/// One sample, now, of a running sandbox (a paused one has none), from its cgroup: CPU use
+/// averaged since its box started (CPU time over wall time and cores); memory now without
+/// its page cache (`memUsed`, as E2B counts it: the peak where the backend has no figure of
+/// the moment) and the page cache (`memCache`); its memory limit is `memTotal`. A box has no
+/// disk of its own size: `diskUsed` and `diskTotal` are 0.
 async fn metrics(
     State(s): State<AppState>,
     Tenant(caller): Tenant,
@@ -798,9 +806,13 @@ async fn metrics(
         "timestampUnix": now / 1000,
         "cpuCount": cpus,
         "cpuUsedPct": (pct * 100.0).round() / 100.0,
-        "memUsed": used.memory_peak_bytes,
+        "memUsed": if used.memory_bytes > 0 {
+            used.memory_bytes.saturating_sub(used.memory_cache_bytes)
+        } else {
+            used.memory_peak_bytes
+        },
         "memTotal": i.memory_mb * 1024 * 1024,
-        "memCache": 0,
+        "memCache": used.memory_cache_bytes,
         "diskUsed": 0,
         "diskTotal": 0,
     }])))
@@ -885,10 +897,14 @@ mod tests {
     fn network_settings_become_rules() {
         assert_eq!(network_of(None, None), None);
         assert_eq!(network_of(Some(false), None), None);
-        assert_eq!(network_of(Some(true), None), Some(NetworkRequest::internet()));
+        assert_eq!(
+            network_of(Some(true), None),
+            Some(NetworkRequest::internet())
+        );
         let only = NetworkConfig {
             allow_out: Some(vec!["1.1.1.1".into()]),
             deny_out: Some(vec!["0.0.0.0/0".into()]),
+            allow_public_traffic: None,
         };
         assert_eq!(
             network_of(None, Some(&only)),
@@ -901,6 +917,7 @@ mod tests {
         let but = NetworkConfig {
             allow_out: None,
             deny_out: Some(vec!["8.8.8.8".into()]),
+            allow_public_traffic: Some(false),
         };
         assert_eq!(
             network_of(Some(true), Some(&but)),
@@ -935,6 +952,76 @@ mod tests {
         assert!(env_of(Some(BTreeMap::from([("A=B".into(), "x".into())]))).is_err());
         assert!(timeout_s(Some(-1)).is_err());
         assert_eq!(timeout_s(None).unwrap(), DEFAULT_TIMEOUT_S);
+    }
+
+    fn state(auth: crate::auth::AuthMode) -> AppState {
+        let platform = faas_executor::Platform::new(
+            faas_executor::PlatformConfig::default(),
+            Vec::new(),
+            None,
+            None,
+        );
+        let mut s = AppState::new(platform);
+        s.auth = auth;
+        s
+    }
+
+    #[test]
+    fn templates_are_the_table_and_base() {
+        let mut s = state(crate::auth::AuthMode::None);
+        let function_image = s.platform.config().function_image.clone();
+        assert_eq!(template_image(&s, "base"), Some(function_image.clone()));
+        assert_eq!(template_image(&s, "0123456789abcdef"), None);
+        s.templates = std::sync::Arc::new(BTreeMap::from([
+            ("py".to_string(), "img/py:1".to_string()),
+            ("base".to_string(), "img/base:2".to_string()),
+        ]));
+        assert_eq!(template_image(&s, "py").as_deref(), Some("img/py:1"));
+        assert_eq!(template_image(&s, "base").as_deref(), Some("img/base:2"));
+        assert_eq!(template_table(&s).len(), 2);
+    }
+
+    async fn call(s: AppState, req: axum::http::Request<axum::body::Body>) -> (u16, Value) {
+        use tower::ServiceExt;
+        let resp = routes().with_state(s).oneshot(req).await.unwrap();
+        let status = resp.status().as_u16();
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, serde_json::from_slice(&body).unwrap())
+    }
+
+    #[tokio::test]
+    async fn every_error_is_e2bs_shape() {
+        use axum::body::Body;
+        use axum::http::Request as R;
+        let keyed = || state(crate::auth::AuthMode::Key);
+        let open = || state(crate::auth::AuthMode::None);
+        let cases = [
+            // No key.
+            (keyed(), R::get("/v2/sandboxes").body(Body::empty()).unwrap(), 401),
+            // Malformed JSON.
+            (
+                open(),
+                R::post("/v2/sandboxes").body(Body::from("{nope")).unwrap(),
+                400,
+            ),
+            // A route that is not E2B's, a method that is not the route's.
+            (open(), R::get("/sandboxes/x/nothing").body(Body::empty()).unwrap(), 404),
+            (open(), R::put("/snapshots").body(Body::empty()).unwrap(), 405),
+            // A bad page size.
+            (open(), R::get("/v2/sandboxes?limit=0").body(Body::empty()).unwrap(), 400),
+            // No store: our own error, in E2B's shape.
+            (open(), R::get("/sandboxes/x").body(Body::empty()).unwrap(), 501),
+        ];
+        for (s, req, want) in cases {
+            let what = format!("{} {}", req.method(), req.uri());
+            let (status, body) = call(s, req).await;
+            assert_eq!(status, want, "{what}: {body}");
+            assert_eq!(body["code"], want, "{what}: {body}");
+            assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()), "{what}: {body}");
+            assert_eq!(body.as_object().unwrap().len(), 2, "{what}: {body}");
+        }
     }
 
     #[test]

@@ -103,7 +103,9 @@ pub fn resolve(path: &str, user: Option<&str>) -> Result<String, String> {
     } else if path == "~" || path.starts_with("~/") {
         format!("{}/{}", home_of(user)?, &path[1..])
     } else if path.starts_with('~') {
-        return Err(format!("{path:?}: another user's home (~name) is not expanded"));
+        return Err(format!(
+            "{path:?}: another user's home (~name) is not expanded"
+        ));
     } else {
         format!("{}/{path}", home_of(user)?)
     };
@@ -548,11 +550,7 @@ async fn create_watcher(
 
 /// Queues a watch's events for its watcher until the watch ends or fails (or the queue is
 /// full: then it fails).
-async fn collect(
-    mut watch: faas_executor::sandbox::agent::Watch,
-    root: String,
-    w: Arc<Watcher>,
-) {
+async fn collect(mut watch: faas_executor::sandbox::agent::Watch, root: String, w: Arc<Watcher>) {
     loop {
         let next = watch.next().await;
         let mut q = w.queue();
@@ -588,6 +586,14 @@ async fn supervise(
     w: Arc<Watcher>,
     reader: tokio::task::JoinHandle<()>,
 ) {
+    // Whether the sandbox still runs (it may be mid-way through going when the watch ends).
+    let alive = || async {
+        s.platform
+            .instances
+            .instance_get(&caller, &w.sandbox)
+            .await
+            .is_ok_and(|i| i.status == InstanceStatus::Running)
+    };
     let mut reader = Some(reader);
     loop {
         let ended = async {
@@ -601,19 +607,16 @@ async fn supervise(
         tokio::select! {
             _ = ended => {
                 reader = None;
-                let alive = s
-                    .platform
-                    .instances
-                    .instance_get(&caller, &w.sandbox)
-                    .await
-                    .is_ok_and(|i| i.status == InstanceStatus::Running);
-                if !alive {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if !alive().await {
                     break;
                 }
             }
             _ = w.stop.notified() => break,
             _ = tokio::time::sleep(WATCHER_SWEEP) => {
-                if w.queue().last_poll.elapsed() >= WATCHER_IDLE {
+                if w.queue().last_poll.elapsed() >= WATCHER_IDLE
+                    || (reader.is_none() && !alive().await)
+                {
                     break;
                 }
             }
@@ -623,6 +626,7 @@ async fn supervise(
         r.abort();
     }
     watchers.forget(&id, &w);
+    tracing::debug!(watcher = %id, sandbox = %w.sandbox, "polled watcher gone");
 }
 
 async fn get_watcher_events(
@@ -745,18 +749,18 @@ mod tests {
 
     #[test]
     fn request_fields_take_either_name_and_protojson_forms() {
-        let m = Msg::parse(br#"{"watcher_id":"w1","depth":"3","recursive":true,"path":null}"#)
-            .unwrap();
+        let m =
+            Msg::parse(br#"{"watcher_id":"w1","depth":"3","recursive":true,"path":null}"#).unwrap();
         assert_eq!(m.string("watcherId", "watcher_id").unwrap(), "w1");
         assert_eq!(m.u32("depth", "depth").unwrap(), 3);
         assert!(m.bool("recursive", "recursive").unwrap());
         assert_eq!(m.string("path", "path").unwrap(), "");
-        assert_eq!(
-            m.path("path", None).unwrap_err().code,
-            "invalid_argument"
-        );
+        assert_eq!(m.path("path", None).unwrap_err().code, "invalid_argument");
         assert_eq!(Msg::parse(b"").unwrap().u32("depth", "depth").unwrap(), 0);
         assert!(Msg::parse(b"[1]").is_err());
-        assert!(Msg::parse(br#"{"depth":-1}"#).unwrap().u32("depth", "depth").is_err());
+        assert!(Msg::parse(br#"{"depth":-1}"#)
+            .unwrap()
+            .u32("depth", "depth")
+            .is_err());
     }
 }

@@ -141,8 +141,7 @@ fn plane(req: &Request, domain: Option<&str>) -> Plane {
     }
     let path = req.uri().path();
     let under = |p: &str| path == p || path.starts_with(&format!("{p}/"));
-    if under("/sandboxes") || under("/v2/sandboxes") || under("/snapshots") || under("/templates")
-    {
+    if under("/sandboxes") || under("/v2/sandboxes") || under("/snapshots") || under("/templates") {
         return Plane::Control;
     }
     Plane::Ours
@@ -167,7 +166,12 @@ async fn envd(e: E2b, id: String, port: u16, mut req: Request) -> Response {
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
         .map(str::to_string);
-    let caller = match e.state.platform.instances.envd_caller(&id, token.as_deref()) {
+    let caller = match e
+        .state
+        .platform
+        .instances
+        .envd_caller(&id, token.as_deref())
+    {
         Ok(c) => c,
         Err(faas_executor::Error::NotFound(_)) => {
             return E2bError::sandbox_not_found(&id).into_response()

@@ -501,7 +501,8 @@ async fn start(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let deadline = connect::timeout_of(&headers).map(|t| (t, Instant::now() + t));
+    let timeout = connect::timeout_of(&headers);
+    let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
     let req = match connect::parse_stream_request::<StartRequest>(body)
         .await
         .and_then(StartRequest::into_ours)
@@ -511,9 +512,9 @@ async fn start(
     };
     // The process's lifetime: the agent's timeout when the platform allows it, else ours.
     let max = s.platform.config().max_timeout_ms;
-    let timeout = deadline.map(|(t, _)| t);
-    let timeout_ms = timeout.map(|t| (t.as_millis() as u64).max(1));
-    let agent_timeout = timeout_ms.filter(|ms| *ms <= max);
+    let agent_timeout = timeout
+        .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX))
+        .filter(|ms| *ms <= max);
     let req = ProcessStartRequest {
         timeout_ms: agent_timeout,
         ..req
@@ -536,7 +537,7 @@ async fn start(
             return stream_of(&headers, pid, futures::stream::once(async move { Err(e) }));
         }
     };
-    let events = process_events(envd.id, sub, deadline.map(|(_, at)| at), true);
+    let events = process_events(envd.id, sub, deadline, true);
     stream_of(&headers, pid, events)
 }
 
@@ -572,7 +573,7 @@ async fn connect_process(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let deadline = connect::timeout_of(&headers).map(|t| Instant::now() + t);
+    let deadline = connect::timeout_of(&headers).and_then(|t| Instant::now().checked_add(t));
     let sel = match connect::parse_stream_request::<ConnectRequest>(body)
         .await
         .and_then(|r| Selector::of(r.process))

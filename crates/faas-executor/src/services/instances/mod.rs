@@ -60,6 +60,9 @@ pub struct InstanceSpec {
     /// processes and files there without an API key (kept across stop and start).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access_token: Option<String>,
+    /// Its ports answer without a key or token ([`CreateOptions::open_ports`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub open_ports: bool,
     /// When it ends by itself, and how (an E2B sandbox's timeout); restores, branches and
     /// forks do not inherit it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -137,6 +140,8 @@ pub struct LiveBox {
     ports_token: Option<String>,
     /// What opens it on the E2B surface (`InstanceSpec::access_token`).
     access_token: Option<String>,
+    /// Its ports answer anyone (`InstanceSpec::open_ports`).
+    open_ports: bool,
 }
 
 impl LiveBox {
@@ -157,6 +162,7 @@ impl LiveBox {
             last_used_ms: now_ms().into(),
             ports_token: spec.ports_token.clone(),
             access_token: spec.access_token.clone(),
+            open_ports: spec.open_ports,
         })
     }
 
@@ -207,6 +213,9 @@ pub struct CreateOptions {
     pub timeout: Option<(Duration, DeadlineAction)>,
     /// The template it was made from, as its surface names it.
     pub template: Option<String>,
+    /// Its ports answer anyone who names them (E2B's default, `allowPublicTraffic`): its id,
+    /// 128 random bits then, is what opens them.
+    pub open_ports: bool,
 }
 
 /// What [`Instances::snapshot_restore_with`] changes in the snapshot's spec.
@@ -385,11 +394,12 @@ impl Instances {
             metadata: req.metadata.clone(),
             ports_token: req.public_ports.then(ports::new_token).transpose()?,
             access_token: opts.access_token.then(ports::new_token).transpose()?,
+            open_ports: opts.open_ports,
             deadline: None,
             template: opts.template.clone(),
         };
         let lease = self.admit(caller, 1, spec.memory_mb).await?;
-        let id = new_id();
+        let id = if opts.open_ports { long_id() } else { new_id() };
         let sandbox = backend
             .instance_create(&id, &spec.sandbox(&base.image), None)
             .await?;
@@ -579,7 +589,7 @@ impl Instances {
         let usage = match (before, after) {
             (Some(b), Some(a)) => Some(crate::sandbox::BoxUsage {
                 cpu_ns: a.cpu_ns.saturating_sub(b.cpu_ns),
-                memory_peak_bytes: a.memory_peak_bytes,
+                ..a
             }),
             _ => None,
         };
@@ -1060,6 +1070,11 @@ fn deadline_applies(i: &InstanceInfo, d: &InstanceDeadline, now: i64) -> bool {
             InstanceStatus::Lost => d.then == DeadlineAction::Delete,
             InstanceStatus::Stopped => false,
         }
+}
+
+/// An id that is also a secret (an instance whose ports are open to whoever names them).
+pub(crate) fn long_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
 }
 
 fn new_id() -> String {

@@ -40,6 +40,8 @@ pub enum PortAccess<'a> {
     Caller(&'a Caller, Option<&'a str>),
     /// No key: only the token of an instance with public ports.
     Token(&'a str),
+    /// Neither: only an instance whose ports are open to whoever names them.
+    Anonymous,
 }
 
 impl Instances {
@@ -49,11 +51,15 @@ impl Instances {
         let (caller, token) = match access {
             PortAccess::Caller(c, t) => (Some(c), t),
             PortAccess::Token(t) => (None, Some(t)),
+            PortAccess::Anonymous => (None, None),
         };
         if let Some(live) = caller.and_then(|c| self.live_of(c, id)) {
             return Some(live);
         }
         let live = self.live(id)?;
+        if live.open_ports {
+            return Some(live);
+        }
         let want = live.ports_token.as_deref()?;
         bool::from(want.as_bytes().ct_eq(token?.as_bytes())).then_some(live)
     }
@@ -66,6 +72,9 @@ impl Instances {
             // Not running, or not the caller's: what any other instance call would say.
             PortAccess::Caller(c, _) => self.running_box(c, id).await,
             PortAccess::Token(_) => Err(Error::NotFound(format!("no instance {id}"))),
+            PortAccess::Anonymous => Err(Error::Unauthenticated(
+                "this port needs an API key, or the instance's ports token (faas_token)".into(),
+            )),
         }
     }
 

@@ -186,6 +186,7 @@ impl Instances {
             spec.deadline = o.create.timeout.map(|t| super::deadline_after(now_ms(), t));
             spec.template = o.create.template.or(spec.template);
             spec.metadata = o.metadata;
+            spec.open_ports |= o.create.open_ports;
             super::check_metadata(&spec.metadata)?;
             for (k, v) in o.env {
                 spec.env.retain(|(have, _)| *have != k);
@@ -193,7 +194,11 @@ impl Instances {
             }
         }
         let lease = self.admit(caller, 1, spec.memory_mb).await?;
-        let id = new_id();
+        let id = if spec.open_ports {
+            super::long_id()
+        } else {
+            new_id()
+        };
         let now = now_ms();
         // Recorded first: the snapshot cannot be deleted while its restore is being made.
         let rec = InstanceRecord {

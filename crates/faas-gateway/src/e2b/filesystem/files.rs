@@ -212,7 +212,12 @@ fn written(path: &str) -> Value {
 }
 
 fn content_length(h: &HeaderMap) -> Option<u64> {
-    h.get(header::CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
+    h.get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 fn multipart_error(e: axum::extract::multipart::MultipartError) -> E2bError {
@@ -325,11 +330,20 @@ mod tests {
             ]
         );
         let r = r.unwrap();
-        assert_eq!(r[1], json!({"path": "/root/two.bin", "name": "two.bin", "type": "file"}));
+        assert_eq!(
+            r[1],
+            json!({"path": "/root/two.bin", "name": "two.bin", "type": "file"})
+        );
 
         // One file with `?path=`: the query names it; a second part to it is refused.
         let body = form(&[("file", "whatever", b"hi")]);
-        let (got, r) = received("/files?path=%2Ftmp%2Fq.txt&username=user", &[FORM], body, 1 << 20).await;
+        let (got, r) = received(
+            "/files?path=%2Ftmp%2Fq.txt&username=user",
+            &[FORM],
+            body,
+            1 << 20,
+        )
+        .await;
         assert_eq!(got, vec![("/tmp/q.txt".to_string(), b"hi".to_vec())]);
         assert_eq!(r.unwrap().len(), 1);
         let body = form(&[("file", "a", b"1"), ("file", "b", b"2")]);
@@ -383,14 +397,32 @@ mod tests {
         // No path, another encoding, another type: 400; too long (told or not): 413.
         let (_, r) = received("/files", &[oct], vec![1], 1 << 20).await;
         assert_eq!(r.unwrap_err().status, StatusCode::BAD_REQUEST);
-        let (_, r) = received("/files?path=/a", &[oct, ("content-encoding", "br")], vec![1], 1 << 20).await;
+        let (_, r) = received(
+            "/files?path=/a",
+            &[oct, ("content-encoding", "br")],
+            vec![1],
+            1 << 20,
+        )
+        .await;
         assert_eq!(r.unwrap_err().status, StatusCode::BAD_REQUEST);
-        let (_, r) = received("/files?path=/a", &[("content-type", "text/plain")], vec![1], 1 << 20).await;
+        let (_, r) = received(
+            "/files?path=/a",
+            &[("content-type", "text/plain")],
+            vec![1],
+            1 << 20,
+        )
+        .await;
         assert_eq!(r.unwrap_err().status, StatusCode::BAD_REQUEST);
         let (got, r) = received("/files?path=/a", &[oct], vec![1; 101], 100).await;
         assert!(got.is_empty());
         assert_eq!(r.unwrap_err().status, StatusCode::PAYLOAD_TOO_LARGE);
-        let (_, r) = received("/files?path=/a", &[oct, ("content-length", "101")], vec![1; 101], 100).await;
+        let (_, r) = received(
+            "/files?path=/a",
+            &[oct, ("content-length", "101")],
+            vec![1; 101],
+            100,
+        )
+        .await;
         assert_eq!(r.unwrap_err().status, StatusCode::PAYLOAD_TOO_LARGE);
     }
 
