@@ -200,11 +200,18 @@ def test_fork():
             assert f.files.read("/home/fork.txt") == "forked"
             info = f.get_info()
             assert abs((info.end_at - info.started_at).total_seconds() - 60) < 5
+        # The forks' snapshot is theirs: not among the snapshots listed.
+        names = [n for s in api("GET", "/snapshots").json() for n in s["names"]]
+        assert f"fork of {sbx.sandbox_id}" not in names
     finally:
         for f in forks:
             if isinstance(f, Sandbox):
                 f.kill()
         sbx.kill()
+    # ...and it went with the last of them.
+    key = os.environ["E2B_API_KEY"]
+    ours = api("GET", "/api/v1/snapshots", headers={"Authorization": f"Bearer {key}"}).json()
+    assert f"fork of {sbx.sandbox_id}" not in [s["name"] for s in ours["snapshots"]]
 
 
 def test_metrics(sandbox):

@@ -30,7 +30,7 @@ use faas_common::{
     InstanceDeadline, InstanceInfo, InstanceStatus, NetworkRequest, SnapshotCreateRequest,
     SnapshotInfo,
 };
-use faas_executor::services::instances::{CreateOptions, RestoreOptions};
+use faas_executor::services::instances::{CreateOptions, RestoreOptions, TRANSIENT_TAG};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -192,14 +192,16 @@ fn alias_of(i: &InstanceInfo) -> Option<String> {
 }
 
 /// The `Sandbox` object: the answer to create and connect.
-fn sandbox_json(i: &InstanceInfo) -> Value {
+fn sandbox_json(s: &AppState, i: &InstanceInfo) -> Value {
     let mut v = json!({
         "templateID": template_of(i),
         "sandboxID": i.id,
         "clientID": CLIENT_ID,
         "envdVersion": ENVD_VERSION,
         "envdAccessToken": i.access_token,
-        "domain": null,
+        // `--sandbox-domain`: what `get_host(port)` builds `{port}-{id}.{domain}` from (null:
+        // the SDK's own E2B_DOMAIN).
+        "domain": s.sandbox_domain,
         "trafficAccessToken": null,
     });
     if let Some(a) = alias_of(i) {
@@ -216,7 +218,7 @@ fn state_of(i: &InstanceInfo) -> &'static str {
 }
 
 /// `SandboxDetail` (get) and `ListedSandbox` (list): the same fields.
-fn detail_json(i: &InstanceInfo) -> Value {
+fn detail_json(s: &AppState, i: &InstanceInfo) -> Value {
     let on_timeout = match i.deadline.map(|d| d.then) {
         Some(DeadlineAction::Stop) => "pause",
         _ => "kill",
@@ -235,7 +237,7 @@ fn detail_json(i: &InstanceInfo) -> Value {
         "diskSizeMB": 0,
         "state": state_of(i),
         "metadata": i.metadata,
-        "domain": null,
+        "domain": s.sandbox_domain,
         "allowInternetAccess": !i.network.is_none(),
         "lifecycle": {"autoResume": false, "onTimeout": on_timeout},
     });
@@ -456,7 +458,7 @@ async fn create(
             }
         }
     };
-    Ok((StatusCode::CREATED, Json(sandbox_json(&info))))
+    Ok((StatusCode::CREATED, Json(sandbox_json(&s, &info))))
 }
 
 // ---- list, get, kill ----
@@ -545,7 +547,10 @@ async fn list(
         q.next_token.as_deref(),
         limit,
     )?;
-    Ok(page(items.iter().map(detail_json).collect(), next))
+    Ok(page(
+        items.iter().map(|i| detail_json(&s, i)).collect(),
+        next,
+    ))
 }
 
 async fn detail(
@@ -553,7 +558,7 @@ async fn detail(
     Tenant(caller): Tenant,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, E2bError> {
-    Ok(Json(detail_json(&sandbox(&s, &caller, &id).await?)))
+    Ok(Json(detail_json(&s, &sandbox(&s, &caller, &id).await?)))
 }
 
 async fn kill(
@@ -635,13 +640,13 @@ async fn connect(
                 i = instances.set_deadline(&caller, &id, Some(want)).await?;
             }
         }
-        return Ok((StatusCode::OK, Json(sandbox_json(&i))));
+        return Ok((StatusCode::OK, Json(sandbox_json(&s, &i))));
     }
     // The deadline first: a start never sees the one that paused it.
     let want = deadline_in(timeout_s(timeout)?, then);
     instances.set_deadline(&caller, &id, Some(want)).await?;
     let i = instances.instance_start(&caller, &id).await?;
-    Ok((StatusCode::CREATED, Json(sandbox_json(&i))))
+    Ok((StatusCode::CREATED, Json(sandbox_json(&s, &i))))
 }
 
 // ---- snapshots and forks ----
@@ -705,6 +710,7 @@ async fn snapshots(
         .snapshot_list(&caller)
         .await?
         .into_iter()
+        .filter(|i| !i.tags.iter().any(|t| t == TRANSIENT_TAG))
         .filter(|i| sandbox_id.is_none() || i.instance_id == sandbox_id)
         .filter(|i| name.is_none() || i.name == name || name.as_ref() == Some(&i.id))
         .collect();
@@ -741,7 +747,8 @@ struct ForkBody {
 }
 
 /// `count` new sandboxes with the sandbox's files (a snapshot of it, then its restores),
-/// each with its own access token and `timeout` (the default when absent).
+/// each with its own access token and `timeout` (the default when absent). The snapshot is
+/// theirs alone: not listed, and deleted with the last of them.
 async fn fork(
     State(s): State<AppState>,
     Tenant(caller): Tenant,
@@ -754,7 +761,7 @@ async fn fork(
     let then = i.deadline.map_or(DeadlineAction::Delete, |d| d.then);
     let instances = &s.platform.instances;
     let forked = instances
-        .instance_fork(&caller, &id, body.count.unwrap_or(1))
+        .instance_fork_with(&caller, &id, body.count.unwrap_or(1), true)
         .await?;
     let mut out = Vec::new();
     for f in forked.instances {
@@ -762,7 +769,7 @@ async fn fork(
             .set_deadline(&caller, &f.id, Some(deadline_in(seconds, then)))
             .await;
         out.push(match set {
-            Ok(f) => json!({"sandbox": sandbox_json(&f)}),
+            Ok(f) => json!({"sandbox": sandbox_json(&s, &f)}),
             Err(e) => {
                 let e = E2bError::from(e);
                 json!({"error": {"code": e.status.as_u16(), "message": e.message}})
@@ -999,7 +1006,11 @@ mod tests {
         let open = || state(crate::auth::AuthMode::None);
         let cases = [
             // No key.
-            (keyed(), R::get("/v2/sandboxes").body(Body::empty()).unwrap(), 401),
+            (
+                keyed(),
+                R::get("/v2/sandboxes").body(Body::empty()).unwrap(),
+                401,
+            ),
             // Malformed JSON.
             (
                 open(),
@@ -1007,19 +1018,38 @@ mod tests {
                 400,
             ),
             // A route that is not E2B's, a method that is not the route's.
-            (open(), R::get("/sandboxes/x/nothing").body(Body::empty()).unwrap(), 404),
-            (open(), R::put("/snapshots").body(Body::empty()).unwrap(), 405),
+            (
+                open(),
+                R::get("/sandboxes/x/nothing").body(Body::empty()).unwrap(),
+                404,
+            ),
+            (
+                open(),
+                R::put("/snapshots").body(Body::empty()).unwrap(),
+                405,
+            ),
             // A bad page size.
-            (open(), R::get("/v2/sandboxes?limit=0").body(Body::empty()).unwrap(), 400),
+            (
+                open(),
+                R::get("/v2/sandboxes?limit=0").body(Body::empty()).unwrap(),
+                400,
+            ),
             // No store: our own error, in E2B's shape.
-            (open(), R::get("/sandboxes/x").body(Body::empty()).unwrap(), 501),
+            (
+                open(),
+                R::get("/sandboxes/x").body(Body::empty()).unwrap(),
+                501,
+            ),
         ];
         for (s, req, want) in cases {
             let what = format!("{} {}", req.method(), req.uri());
             let (status, body) = call(s, req).await;
             assert_eq!(status, want, "{what}: {body}");
             assert_eq!(body["code"], want, "{what}: {body}");
-            assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()), "{what}: {body}");
+            assert!(
+                body["message"].as_str().is_some_and(|m| !m.is_empty()),
+                "{what}: {body}"
+            );
             assert_eq!(body.as_object().unwrap().len(), 2, "{what}: {body}");
         }
     }

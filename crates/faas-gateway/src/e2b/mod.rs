@@ -140,6 +140,14 @@ fn plane(req: &Request, domain: Option<&str>) -> Plane {
         }
     }
     let path = req.uri().path();
+    // A signed file URL (`download_url()`, `upload_url()`): with one URL for all sandboxes it
+    // names none; the signature says which.
+    if path == "/files" && signed_query(req.uri().query()).is_some() {
+        return Plane::Envd {
+            id: String::new(),
+            port: ENVD_PORT,
+        };
+    }
     let under = |p: &str| path == p || path.starts_with(&format!("{p}/"));
     if under("/sandboxes") || under("/v2/sandboxes") || under("/snapshots") || under("/templates") {
         return Plane::Control;
@@ -159,6 +167,81 @@ pub async fn route(State(e): State<E2b>, req: Request, next: Next) -> Response {
     }
 }
 
+/// What a signed file URL carries: `(signature, expiration)`.
+fn signed_query(query: Option<&str>) -> Option<(String, Option<String>)> {
+    let mut sig = None;
+    let mut exp = None;
+    for (k, v) in form_urlencoded::parse(query?.as_bytes()) {
+        match k.as_ref() {
+            "signature" => sig = Some(v.into_owned()),
+            "signature_expiration" => exp = Some(v.into_owned()),
+            _ => {}
+        }
+    }
+    Some((sig?, exp))
+}
+
+/// E2B's file URL signature: `v1_` + base64 (no padding) of the SHA-256 of
+/// `{path}:{read|write}:{user}:{token}` (then `:{expiration}` when it has one).
+pub fn file_signature(
+    path: &str,
+    write: bool,
+    user: &str,
+    token: &str,
+    exp: Option<&str>,
+) -> String {
+    use base64::Engine;
+    use sha2::Digest;
+    let op = if write { "write" } else { "read" };
+    let mut raw = format!("{path}:{op}:{user}:{token}");
+    if let Some(e) = exp {
+        raw.push(':');
+        raw.push_str(e);
+    }
+    let digest = sha2::Sha256::digest(raw.as_bytes());
+    format!(
+        "v1_{}",
+        base64::engine::general_purpose::STANDARD_NO_PAD.encode(digest)
+    )
+}
+
+/// The sandbox and caller of a `/files` request signed instead of carrying the token.
+fn signed_caller(
+    e: &E2b,
+    id: &str,
+    req: &Request,
+) -> Result<(String, Caller), faas_executor::Error> {
+    use subtle::ConstantTimeEq;
+    let bad = |m: &str| faas_executor::Error::Unauthenticated(m.to_string());
+    let (sig, exp) = signed_query(req.uri().query()).ok_or_else(|| bad("no signature"))?;
+    if let Some(e) = &exp {
+        let at: i64 = e
+            .parse()
+            .map_err(|_| bad("signature_expiration is not a time"))?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        if at < now {
+            return Err(bad("the signed URL has expired"));
+        }
+    }
+    let q: Vec<(String, String)> =
+        form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+    let param = |name: &str| q.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+    let path = param("path").unwrap_or("");
+    let user = param("username").unwrap_or("");
+    let write = req.method() == axum::http::Method::POST;
+    e.state
+        .platform
+        .instances
+        .envd_caller_signed((!id.is_empty()).then_some(id), |token| {
+            let want = file_signature(path, write, user, token, exp.as_deref());
+            bool::from(want.as_bytes().ct_eq(sig.as_bytes()))
+        })
+}
+
 async fn envd(e: E2b, id: String, port: u16, mut req: Request) -> Response {
     let token = req
         .headers()
@@ -166,13 +249,20 @@ async fn envd(e: E2b, id: String, port: u16, mut req: Request) -> Response {
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
         .map(str::to_string);
-    let caller = match e
-        .state
-        .platform
-        .instances
-        .envd_caller(&id, token.as_deref())
-    {
-        Ok(c) => c,
+    let signed = token.is_none()
+        && req.uri().path() == "/files"
+        && signed_query(req.uri().query()).is_some();
+    let found = if signed {
+        signed_caller(&e, &id, &req)
+    } else {
+        e.state
+            .platform
+            .instances
+            .envd_caller(&id, token.as_deref())
+            .map(|c| (id.clone(), c))
+    };
+    let (id, caller) = match found {
+        Ok(found) => found,
         Err(faas_executor::Error::NotFound(_)) => {
             return E2bError::sandbox_not_found(&id).into_response()
         }
@@ -194,5 +284,29 @@ async fn envd(e: E2b, id: String, port: u16, mut req: Request) -> Response {
     match e.envd.oneshot(req).await {
         Ok(r) => r,
         Err(never) => match never {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_signatures_are_the_sdks() {
+        // e2b/sandbox/signature.py: get_signature("/tmp/a", "read", None, "tok")
+        let want = {
+            use base64::Engine;
+            use sha2::Digest;
+            let d = sha2::Sha256::digest(b"/tmp/a:read::tok");
+            let b = base64::engine::general_purpose::STANDARD.encode(d);
+            format!("v1_{}", b.trim_end_matches('='))
+        };
+        assert_eq!(file_signature("/tmp/a", false, "", "tok", None), want);
+        assert_ne!(file_signature("/tmp/a", true, "", "tok", None), want);
+        assert_ne!(file_signature("/tmp/a", false, "", "tok", Some("1")), want);
+        assert!(signed_query(Some("path=/a&signature=v1_x")).is_some());
+        let (_, exp) = signed_query(Some("signature=v1_x&signature_expiration=5")).unwrap();
+        assert_eq!(exp.as_deref(), Some("5"));
+        assert!(signed_query(Some("path=/a")).is_none());
     }
 }

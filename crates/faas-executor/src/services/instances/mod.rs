@@ -218,6 +218,10 @@ pub struct CreateOptions {
     pub open_ports: bool,
 }
 
+/// The tag of a snapshot that lives only as long as the instances restored from it: the
+/// last one's deletion deletes it ([`Instances::instance_fork_with`]).
+pub const TRANSIENT_TAG: &str = "transient";
+
 /// What [`Instances::snapshot_restore_with`] changes in the snapshot's spec.
 #[derive(Debug, Clone, Default)]
 pub struct RestoreOptions {
@@ -786,6 +790,9 @@ impl Instances {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(id);
+        if let Some(snap) = &rec.source_snapshot {
+            self.collect_transient(snap).await;
+        }
         Ok(())
     }
 
@@ -1127,4 +1134,66 @@ fn check_metadata(m: &BTreeMap<String, String>) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn instance(status: InstanceStatus) -> InstanceInfo {
+        let spec = serde_json::json!({
+            "memory_mb": 256, "cpu_cores": 1.0, "pids": 64, "isolation": "container",
+            "env": [], "idle_timeout_s": null,
+            "deadline": {"at_ms": 1000, "then": "delete"}
+        });
+        let rec = InstanceRecord {
+            id: "i".into(),
+            tenant: "t".into(),
+            name: None,
+            backend: "native".into(),
+            image: "img".into(),
+            status: match status {
+                InstanceStatus::Running => "running",
+                InstanceStatus::Stopped => "stopped",
+                InstanceStatus::Lost => "lost",
+            }
+            .into(),
+            status_reason: None,
+            spec,
+            source_snapshot: None,
+            created_ms: 0,
+            updated_ms: 0,
+            last_used_ms: 0,
+        };
+        info(&rec).unwrap()
+    }
+
+    #[test]
+    fn deadlines_end_running_instances_once_passed() {
+        let i = instance(InstanceStatus::Running);
+        let d = i.deadline.expect("kept in the spec");
+        assert_eq!(d.then, DeadlineAction::Delete);
+        assert!(!deadline_applies(&i, &d, 999));
+        assert!(deadline_applies(&i, &d, 1000));
+        // A stopped (paused) one waits; a lost one is deleted, but not stopped again.
+        let stopped = instance(InstanceStatus::Stopped);
+        assert!(!deadline_applies(&stopped, &d, 5000));
+        let lost = instance(InstanceStatus::Lost);
+        assert!(deadline_applies(&lost, &d, 5000));
+        let stop = InstanceDeadline {
+            then: DeadlineAction::Stop,
+            ..d
+        };
+        assert!(!deadline_applies(&lost, &stop, 5000));
+    }
+
+    #[test]
+    fn a_deadline_counts_from_when_the_box_is_up() {
+        let d = deadline_after(1_000, (Duration::from_secs(3), DeadlineAction::Stop));
+        assert_eq!(d.at_ms, 4_000);
+        assert_eq!(
+            deadline_after(i64::MAX - 1, (Duration::MAX, DeadlineAction::Delete)).at_ms,
+            i64::MAX
+        );
+    }
 }

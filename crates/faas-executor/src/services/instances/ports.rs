@@ -96,6 +96,37 @@ impl Instances {
         Ok(Caller::platform_for(&live.tenant))
     }
 
+    /// For a request signed with a running instance's access token (E2B's file URLs): the
+    /// instance (`id`, or, when the URL names none, any whose token `signed` accepts) and the
+    /// caller it acts as.
+    pub fn envd_caller_signed(
+        &self,
+        id: Option<&str>,
+        signed: impl Fn(&str) -> bool,
+    ) -> Result<(String, Caller)> {
+        let live: Vec<(String, Arc<LiveBox>)> = match id {
+            Some(id) => self
+                .live(id)
+                .map(|l| (id.to_string(), l))
+                .into_iter()
+                .collect(),
+            None => self
+                .live
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .filter(|(_, l)| l.access_token.is_some())
+                .map(|(k, l)| (k.clone(), l.clone()))
+                .collect(),
+        };
+        live.into_iter()
+            .find(|(_, l)| l.access_token.as_deref().is_some_and(&signed))
+            .map(|(id, l)| (id, Caller::platform_for(&l.tenant)))
+            .ok_or_else(|| {
+                Error::Unauthenticated("the signature matches no running sandbox".into())
+            })
+    }
+
     /// The TCP ports something listens on in the caller's running instance `id`.
     pub async fn ports_list(
         &self,
