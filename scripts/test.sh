@@ -36,7 +36,7 @@ drop_test_databases() {
 
 # The full-stack suite against one backend: suite BACKEND [NATIVE_RUNTIME]
 suite() {
-  FAAS_TEST_BACKEND=$1 FAAS_TEST_NATIVE_RUNTIME=${2:-crun} cargo test --quiet -p faas --test all --test box_usage
+  FAAS_TEST_BACKEND=$1 FAAS_TEST_NATIVE_RUNTIME=${2:-crun} cargo test --quiet --no-fail-fast -p faas --test all --test box_usage
 }
 
 # The SDKs' toolchains: a Python venv in the cache with the SDK and pytest, node and npm with the
@@ -137,7 +137,7 @@ export FAAS_AGENT_PATH="$AGENT_PATH" FAAS_REQUIRE_DOCKER=1 FAAS_TEST_POSTGRES_UR
 BEFORE=$(leftovers)
 step "cargo fmt --check" cargo fmt --all -- --check
 step "cargo clippy" cargo clippy --quiet --all-targets -- -D warnings
-step "rust tests (unit + integration on docker)" cargo test --workspace --quiet
+step "rust tests (unit + integration on docker)" cargo test --workspace --quiet --no-fail-fast
 step "integration on native, crun" suite native crun
 step "integration on native, runc" suite native runc
 step "integration on native, runsc (gVisor)" suite native runsc

@@ -396,8 +396,8 @@ impl Instances {
             network: req.network.clone().filter(|n| !n.is_none()),
             private_egress: network.policy().is_some_and(|p| p.private),
             metadata: req.metadata.clone(),
-            ports_token: req.public_ports.then(ports::new_token).transpose()?,
-            access_token: opts.access_token.then(ports::new_token).transpose()?,
+            ports_token: req.public_ports.then(new_token).transpose()?,
+            access_token: opts.access_token.then(new_token).transpose()?,
             open_ports: opts.open_ports,
             deadline: None,
             template: opts.template.clone(),
@@ -1082,6 +1082,14 @@ fn deadline_applies(i: &InstanceInfo, d: &InstanceDeadline, now: i64) -> bool {
 /// An id that is also a secret (an instance whose ports are open to whoever names them).
 pub(crate) fn long_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// A new instance's token (its ports token, its access token): 32 random bytes in hex.
+pub(crate) fn new_token() -> Result<String> {
+    let mut bytes = [0u8; 32];
+    getrandom::getrandom(&mut bytes)
+        .map_err(|e| Error::Internal(format!("no randomness for a token: {e}")))?;
+    Ok(hex::encode(bytes))
 }
 
 fn new_id() -> String {

@@ -14,14 +14,6 @@ use tokio::net::UnixStream;
 use super::{Busy, Instances, LiveBox};
 use crate::error::{Error, Result};
 
-/// A new instance's ports token: 32 random bytes in hex.
-pub fn new_token() -> Result<String> {
-    let mut bytes = [0u8; 32];
-    getrandom::getrandom(&mut bytes)
-        .map_err(|e| Error::Internal(format!("no randomness for a ports token: {e}")))?;
-    Ok(hex::encode(bytes))
-}
-
 /// Keeps its instance in use (not stopped as idle) while a connection to one of its ports
 /// lives; clones share it.
 #[derive(Clone)]

@@ -206,11 +206,11 @@ impl Instances {
         let backend = self.sandboxes.backend_named(&snap.backend)?;
         let mut spec = InstanceSpec::parse(&snap.spec, &format!("snapshot {}", snap.id))?;
         if spec.ports_token.is_some() {
-            spec.ports_token = Some(super::ports::new_token()?);
+            spec.ports_token = Some(super::new_token()?);
         }
         let wants_token = opts.as_ref().is_some_and(|o| o.create.access_token);
         if spec.access_token.is_some() || wants_token {
-            spec.access_token = Some(super::ports::new_token()?);
+            spec.access_token = Some(super::new_token()?);
         }
         spec.deadline = None;
         let timeout = opts.as_ref().and_then(|o| o.create.timeout);
