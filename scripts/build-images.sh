@@ -15,8 +15,9 @@ CACHE="$FAAS_CACHE/images"
 mkdir -p "$CACHE"
 
 # What an image built by this script is at now; an older one (or one without the label) is
-# imported again from its cached rootfs (2: `python` next to `python3` in the Debian image).
-IMAGE_REVISION=2
+# imported again from its cached rootfs (2: `python` next to `python3` in the Debian image;
+# 3: login shells without forks in the Debian image).
+IMAGE_REVISION=3
 have_image() {
   [ -z "${FAAS_REBUILD_IMAGES:-}" ] &&
     [ "$(docker image inspect -f '{{index .Config.Labels "faas.image-revision"}}' "$1" 2>/dev/null)" = "$IMAGE_REVISION" ]
@@ -68,6 +69,20 @@ build_debian() {
     mkdir -p "$extra/usr/bin" && ln -s python3 "$extra/usr/bin/python"
     tar -C "$extra" --numeric-owner --owner=0 --group=0 -rf "$tar" ./usr/bin/python
     rm -rf "$extra"
+  fi
+  # A login shell (`bash -l -c`, what the e2b SDKs run every command with) without the two
+  # programs Debian's profiles run each time: `id -u` (bash knows $EUID) and `mesg n` (only
+  # meaningful on a terminal). About 3 ms less per command.
+  if ! tar -xOf "$tar" ./root/.profile 2>/dev/null | grep -q '^\[ -t 0 \] && mesg n' ||
+    [ "$(tar -tf "$tar" ./root/.profile | wc -l)" != 1 ]; then
+    local tweak; tweak=$(mktemp -d)
+    tar -C "$tweak" -xf "$tar" ./etc/profile ./root/.profile
+    sed -i 's/"$(id -u)"/"${EUID:-$(id -u)}"/g' "$tweak/etc/profile"
+    sed -i 's/^mesg n .*/[ -t 0 ] \&\& mesg n 2>\/dev\/null || true/' "$tweak/root/.profile"
+    # In place: docker import refuses a path twice.
+    tar --delete -f "$tar" ./etc/profile ./root/.profile
+    tar -C "$tweak" --numeric-owner --owner=0 --group=0 -rf "$tar" ./etc/profile ./root/.profile
+    rm -rf "$tweak"
   fi
   log "importing $DEBIAN_IMAGE"
   docker import -c 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \

@@ -3,7 +3,7 @@
 # Docker (dockerd), the static agent, the local images, a local PostgreSQL server; then lint, the Rust unit and
 # integration tests (real server over HTTP) against Docker and against the native backend with
 # each OCI runtime (crun, runc, runsc) (the store and queue tests on SQLite and PostgreSQL), the
-# Python and TypeScript SDK suites and the examples against a live server, and a check that
+# Python and TypeScript SDK suites, the unmodified e2b SDKs (pinned) and the examples against a live server, and a check that
 # nothing was left behind.
 # Prints a summary; exits non-zero when any step failed.
 set -uo pipefail
@@ -47,16 +47,23 @@ sdk_setup() {
   VENV="$FAAS_CACHE/venv"
   [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV" || return 1
   "$VENV/bin/pip" install -q --upgrade "./sdk/python[test]" || return 1
+  # The unmodified e2b SDKs, pinned, for the E2B-compatible surface.
+  "$VENV/bin/pip" install -q -r tests/e2b/python/requirements.txt || return 1
+  for d in tests/e2b/js examples/e2b; do
+    (cd "$d" && npm ci --no-audit --no-fund --loglevel=error) || return 1
+  done
   (cd sdk/typescript && npm ci --no-audit --no-fund --loglevel=error && npm run --silent build)
 }
 
-# The Python and TypeScript SDK suites and every example, against a live server (the native
-# backend, its own data dir under the tests' root, so the leftover check covers it).
+# The Python and TypeScript SDK suites, the stock e2b SDKs' suites and every example, against a
+# live server (the native backend, its own data dir under the tests' root, so the leftover check
+# covers it).
 sdk_suites() {
   local dir="${TMPDIR:-/tmp}/faas-tests/sdk-$$" out pid url rc=0
   mkdir -p "$dir"
   out="$dir/serve.out"
-  target/debug/faas serve --listen 127.0.0.1:0 --data-dir "$dir/data" >"$out" 2>"$dir/serve.err" &
+  target/debug/faas serve --listen 127.0.0.1:0 --data-dir "$dir/data" --sandbox-domain sandbox.test \
+    >"$out" 2>"$dir/serve.err" &
   pid=$!
   for _ in $(seq 1 240); do
     url=$(sed -n 's/^faas listening on //p' "$out")
@@ -80,6 +87,16 @@ sdk_suites() {
   done
   echo "example examples/typescript/quickstart.mjs"; node examples/typescript/quickstart.mjs || rc=1
   echo "example examples/curl_walkthrough.sh"; examples/curl_walkthrough.sh || rc=1
+  # The stock e2b SDKs, configured as a user would: one URL for both planes, one of our keys.
+  (
+    export E2B_API_URL="$url" E2B_SANDBOX_URL="$url" E2B_API_KEY="$FAAS_API_KEY"
+    echo "e2b SDK (Python) suite"
+    "$VENV/bin/python" -m pytest -q tests/e2b/python || exit 1
+    echo "e2b SDK (JS) suite"
+    (cd tests/e2b/js && npm test --silent 2>&1 | tail -12; exit "${PIPESTATUS[0]}") || exit 1
+    echo "example examples/e2b/quickstart.py"; "$VENV/bin/python" examples/e2b/quickstart.py || exit 1
+    echo "example examples/e2b/quickstart.mjs"; (cd examples/e2b && node quickstart.mjs) || exit 1
+  ) || rc=1
   kill -TERM "$pid"
   wait "$pid" || rc=1
   [ $rc = 0 ] || tail -30 "$dir/serve.err" >&2
@@ -125,7 +142,7 @@ step "integration on native, crun" suite native crun
 step "integration on native, runc" suite native runc
 step "integration on native, runsc (gVisor)" suite native runsc
 step "SDK toolchains (venv, npm)" sdk_setup
-step "Python + TypeScript SDKs and examples (live server)" sdk_suites
+step "SDKs, e2b SDKs and examples (live server)" sdk_suites
 step "no sandboxes left behind" no_leftovers
 drop_test_databases
 stop_postgres

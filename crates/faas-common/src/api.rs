@@ -423,6 +423,34 @@ pub struct InstanceInfo {
     /// The unguessable token (256 bits, hex) of an instance with `public_ports`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ports_token: Option<String>,
+    /// When it ends by itself, and how (an E2B sandbox's timeout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<InstanceDeadline>,
+    /// The template it was made from (the E2B surface's name of its image).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+    /// The envd access token of an E2B sandbox (256 bits, hex): it opens its processes and
+    /// files on the E2B surface.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_token: Option<String>,
+}
+
+/// When an instance ends by itself, and what then happens to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct InstanceDeadline {
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: i64,
+    pub then: DeadlineAction,
+}
+
+/// What an instance's deadline does to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DeadlineAction {
+    /// Deleted, files and all.
+    Delete,
+    /// Stopped, its files kept (an E2B sandbox's `autoPause`).
+    Stop,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]

@@ -9,6 +9,7 @@
 
 mod admin;
 pub mod auth;
+pub mod e2b;
 pub mod error;
 pub mod extract;
 mod files;
@@ -60,6 +61,9 @@ pub struct AppState {
     pub sandbox_domain: Option<String>,
     /// Served over TLS (what the port proxy tells the box's servers in `X-Forwarded-Proto`).
     pub tls: bool,
+    /// The E2B surface's templates (`--template NAME=IMAGE`): name → image. `base`, unless
+    /// named here, is the function image.
+    pub templates: Arc<std::collections::BTreeMap<String, String>>,
 }
 
 impl AppState {
@@ -74,6 +78,7 @@ impl AppState {
             observe: Default::default(),
             sandbox_domain: None,
             tls: false,
+            templates: Default::default(),
         }
     }
 }
@@ -163,6 +168,10 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             ports::sandbox_host,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            e2b::E2b::new(state.clone()),
+            e2b::route,
         ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

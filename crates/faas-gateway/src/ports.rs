@@ -43,6 +43,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
 pub const TOKEN_QUERY: &str = "faas_token";
 pub const TOKEN_HEADER: &str = "x-faas-ports-token";
 pub const TOKEN_COOKIE: &str = "faas_ports_token";
+/// E2B's header for a sandbox's `trafficAccessToken` (our ports token).
+pub const E2B_TOKEN_HEADER: &str = "e2b-traffic-access-token";
 
 /// Headers that belong to one hop (RFC 9110 7.6.1), never passed on as they are.
 const HOP_BY_HOP: &[&str] = &[
@@ -86,8 +88,11 @@ fn token_of(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
     }) {
         return Some(t);
     }
-    if let Some(t) = headers.get(TOKEN_HEADER).and_then(|v| v.to_str().ok()) {
-        return Some(t.trim().to_string());
+    // Ours, or the one the e2b SDKs' users send (`trafficAccessToken`).
+    for name in [TOKEN_HEADER, E2B_TOKEN_HEADER] {
+        if let Some(t) = headers.get(name).and_then(|v| v.to_str().ok()) {
+            return Some(t.trim().to_string());
+        }
     }
     headers
         .get_all(header::COOKIE)
@@ -242,15 +247,8 @@ pub async fn sandbox_host(State(s): State<AppState>, req: Request, next: Next) -
         Ok(Some(caller)) => {
             req.extensions_mut().insert(caller);
         }
-        Ok(None) => {
-            if token_of(req.headers(), req.uri().query()).is_none() {
-                return ApiError::new(
-                    ErrorCode::Unauthenticated,
-                    "this port needs an API key, or the instance's ports token (faas_token)",
-                )
-                .into_response();
-            }
-        }
+        // No key: the instance's token, or an instance open to whoever names it.
+        Ok(None) => {}
         Err(resp) => return resp,
     }
     let path = req.uri().path().to_string();
@@ -261,7 +259,7 @@ pub async fn sandbox_host(State(s): State<AppState>, req: Request, next: Next) -
 
 /// Passes `req` to `port` of instance `id` as a request for `path` (plus its query), and the
 /// answer back. `prefix` is where the proxy serves the port (empty on its own host name).
-async fn forward(
+pub(crate) async fn forward(
     s: &AppState,
     id: &str,
     port: u16,
@@ -274,12 +272,7 @@ async fn forward(
     let access = match (&caller, token.as_deref()) {
         (Some(c), t) => PortAccess::Caller(c, t),
         (None, Some(t)) => PortAccess::Token(t),
-        (None, None) => {
-            return Err(ApiError::new(
-                ErrorCode::Unauthenticated,
-                "this port needs an API key, or the instance's ports token (faas_token)",
-            ))
-        }
+        (None, None) => PortAccess::Anonymous,
     };
     let token_in_query = req
         .uri()
@@ -391,6 +384,7 @@ fn copy_headers(from: &HeaderMap, to: &mut HeaderMap, upgrade: bool) {
             || n == "authorization"
             || n == "x-api-key"
             || n == TOKEN_HEADER
+            || n == E2B_TOKEN_HEADER
         {
             continue;
         }

@@ -278,6 +278,16 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
+    /// Replaces an instance's spec; false when there is no such instance.
+    pub async fn set_instance_spec(&self, id: &str, spec: &serde_json::Value) -> Result<bool> {
+        let done = sqlx::query("UPDATE instances SET spec = $1 WHERE id = $2")
+            .bind(spec.to_string())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     pub async fn touch_instance(&self, id: &str, at_ms: i64) -> Result<()> {
         sqlx::query("UPDATE instances SET last_used_ms = $1 WHERE id = $2")
             .bind(at_ms)

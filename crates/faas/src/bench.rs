@@ -765,6 +765,7 @@ async fn start_local(a: &BenchArgs, runtime: NativeRuntime) -> anyhow::Result<Lo
         sandbox_domain: None,
         tls_cert: None,
         tls_key: None,
+        templates: Vec::new(),
         quotas: crate::QuotaDefaults {
             quota_concurrent_sandboxes: 0,
             quota_instances: 0,

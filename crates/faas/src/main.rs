@@ -4,7 +4,8 @@
 //! - `faas doctor`: which backends work on this host, and what is missing for the others.
 //! - `faas run`: run a command through the HTTP API; exits with the command's code.
 //! - `faas fn`, `faas invocations`: deploy and invoke functions, read invocations.
-//! - `faas instances|snapshots|pools|health|metrics|logs|openapi`: the rest of the API.
+//! - `faas instances|snapshots|pools|health|metrics|logs|openapi|templates`: the rest of the
+//!   API.
 //! - `faas keys|tenants|usage|audit|whoami`: API keys, tenants and their quotas, usage, the
 //!   audit trail (admin).
 //! - `faas bench`: latency benchmark against `docker run` (see [`bench`]).
@@ -75,6 +76,8 @@ enum Cmd {
     Logs(manage::LogsArgs),
     /// Print the server's OpenAPI document.
     Openapi(manage::SimpleArgs),
+    /// The E2B surface's templates (`base` and `faas serve --template`) and their images.
+    Templates(manage::SimpleArgs),
     /// API keys: create, list, revoke (admin).
     Keys(admin::KeysArgs),
     /// Tenants and their quotas: create, list, get, set (admin).
@@ -267,6 +270,10 @@ pub struct ServeArgs {
     /// The private key (PEM) of `--tls-cert`.
     #[arg(long, env = "FAAS_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// A template of the E2B surface, NAME=IMAGE (repeatable): `Sandbox.create("NAME")`
+    /// runs IMAGE. `base`, unless named here, is the function image.
+    #[arg(long = "template", value_name = "NAME=IMAGE", value_parser = procs::parse_kv)]
+    pub templates: Vec<(String, String)>,
     #[command(flatten)]
     pub quotas: QuotaDefaults,
     #[command(flatten)]
@@ -308,6 +315,7 @@ fn main() -> std::process::ExitCode {
             Cmd::Metrics(a) => manage::metrics(a).await,
             Cmd::Logs(a) => manage::logs(a).await,
             Cmd::Openapi(a) => manage::openapi(a).await,
+            Cmd::Templates(a) => manage::templates(a).await,
             Cmd::Keys(a) => admin::keys(a).await,
             Cmd::Tenants(a) => admin::tenants(a).await,
             Cmd::Usage(a) => admin::usage(a).await,

@@ -532,6 +532,22 @@ pub async fn pools(a: PoolsArgs) -> anyhow::Result<u8> {
     }
 }
 
+/// `faas templates`: the E2B surface's templates (`GET /templates`).
+pub async fn templates(a: SimpleArgs) -> anyhow::Result<u8> {
+    let api = Api::new(&a.api.connect)?;
+    let (_, v) = api.send(api.http.get(api.url("/templates"))).await?;
+    show(a.api.json, &v, |v| {
+        println!("{:<24} IMAGE", "TEMPLATE");
+        for t in v.as_array().into_iter().flatten() {
+            println!(
+                "{:<24} {}",
+                t["templateID"].as_str().unwrap_or_default(),
+                t["image"].as_str().unwrap_or_default()
+            );
+        }
+    })
+}
+
 pub async fn health(a: SimpleArgs) -> anyhow::Result<u8> {
     let api = Api::new(&a.api.connect)?;
     let (_, v) = api.send(api.http.get(api.url("/health"))).await?;

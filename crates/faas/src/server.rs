@@ -304,6 +304,7 @@ pub async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     state.metrics_public = a.metrics_public;
     state.sandbox_domain = a.sandbox_domain.clone();
     state.tls = tls.is_some();
+    state.templates = Arc::new(a.templates.iter().cloned().collect());
     let shutdown = shutdown_signal(a.shutdown_on_stdin_eof);
     match tls {
         Some(tls) => {

@@ -214,6 +214,10 @@ pub struct BoxUsage {
     pub cpu_ns: u64,
     /// Peak memory of the box, bytes (0 when the backend cannot tell).
     pub memory_peak_bytes: u64,
+    /// Memory of the box now, bytes, page cache included (0 when the backend cannot tell).
+    pub memory_bytes: u64,
+    /// The page cache part of `memory_bytes` (0 when the backend cannot tell).
+    pub memory_cache_bytes: u64,
 }
 
 /// Why a box died, as recorded by the host kernel.

@@ -587,6 +587,8 @@ impl DockerSandbox {
             cpu_ns: stats.cpu_stats.cpu_usage.total_usage,
             // cgroup v2 hosts report no peak.
             memory_peak_bytes: stats.memory_stats.max_usage.unwrap_or(0),
+            memory_bytes: stats.memory_stats.usage.unwrap_or(0),
+            memory_cache_bytes: 0,
         })
     }
 }

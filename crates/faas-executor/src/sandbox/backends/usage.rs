@@ -1,8 +1,10 @@
 //! What a box has used ([`BoxUsage`]), read from the files of its cgroup: the host kernel's own
 //! accounting, never an estimate. CPU time from cgroup v1's `cpuacct.usage` or v2's `cpu.stat`
-//! (`usage_usec`), peak memory from v1's `memory.max_usage_in_bytes` or v2's `memory.peak`. The
-//! files are found once per box; a read is then two small reads of cgroupfs (microseconds), and
-//! works as long as the cgroup exists, after every process in it has exited too.
+//! (`usage_usec`), peak memory from v1's `memory.max_usage_in_bytes` or v2's `memory.peak`,
+//! memory now from v1's `memory.usage_in_bytes` or v2's `memory.current` and its page cache
+//! from `memory.stat` (`cache`, `file`). The files are found once per box; a read is then a
+//! few small reads of cgroupfs (microseconds), and works as long as the cgroup exists, after
+//! every process in it has exited too.
 //!
 //! [`CgroupUsage::reset`] starts the figures again for a box that is reset and reused. v1
 //! counters are zeroed by writing 0. v2's `usage_usec` cannot be: its value at the reset is
@@ -44,11 +46,21 @@ enum Peak {
     Unknown,
 }
 
+/// Where a cgroup's memory now is counted: its total and its `memory.stat`, whose page cache
+/// line is `cache` (v1) or `file` (v2).
+#[derive(Debug)]
+struct Current {
+    total: PathBuf,
+    stat: PathBuf,
+    cache_key: &'static str,
+}
+
 /// The usage files of one box's cgroup.
 #[derive(Debug)]
 pub(crate) struct CgroupUsage {
     cpu: Cpu,
     peak: Peak,
+    current: Option<Current>,
     /// v2: `usage_usec` at the last reset, in nanoseconds.
     cpu_base: AtomicU64,
     /// v2: the peak was reset where it cannot restart; it is unknown since.
@@ -106,6 +118,16 @@ fn parse_cpu_stat(text: &str) -> Option<u64> {
         let mut it = l.split_whitespace();
         (it.next() == Some("usage_usec"))
             .then(|| it.next()?.parse::<u64>().ok()?.checked_mul(1000))
+            .flatten()
+    })
+}
+
+/// The value of line `key` of a `memory.stat`.
+fn parse_stat(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let mut it = l.split_whitespace();
+        (it.next() == Some(key))
+            .then(|| it.next()?.parse().ok())
             .flatten()
     })
 }
@@ -195,9 +217,26 @@ impl CgroupUsage {
             }
             (None, None) => Peak::Unknown,
         };
+        let current = match (
+            v1("memory", memory, "memory.usage_in_bytes"),
+            v2("memory.current"),
+        ) {
+            (Some(total), _) => Some(Current {
+                stat: total.with_file_name("memory.stat"),
+                total,
+                cache_key: "cache",
+            }),
+            (None, Some(total)) => Some(Current {
+                stat: total.with_file_name("memory.stat"),
+                total,
+                cache_key: "file",
+            }),
+            (None, None) => None,
+        };
         let usage = CgroupUsage {
             cpu,
             peak,
+            current,
             cpu_base: AtomicU64::new(0),
             peak_lost: AtomicBool::new(false),
         };
@@ -233,9 +272,25 @@ impl CgroupUsage {
             }
             Peak::Unknown => 0,
         };
+        // Figures of the moment: one that cannot be read is unknown, not an error.
+        let (memory_bytes, memory_cache_bytes) = match &self.current {
+            Some(c) => (
+                read(&c.total)
+                    .ok()
+                    .and_then(|t| parse_number(&t))
+                    .unwrap_or(0),
+                read(&c.stat)
+                    .ok()
+                    .and_then(|t| parse_stat(&t, c.cache_key))
+                    .unwrap_or(0),
+            ),
+            None => (0, 0),
+        };
         Ok(BoxUsage {
             cpu_ns,
             memory_peak_bytes,
+            memory_bytes,
+            memory_cache_bytes,
         })
     }
 
@@ -332,6 +387,11 @@ mod tests {
             &r.join("memory/faas/s1/memory.max_usage_in_bytes"),
             "4096\n",
         );
+        put(&r.join("memory/faas/s1/memory.usage_in_bytes"), "2048\n");
+        put(
+            &r.join("memory/faas/s1/memory.stat"),
+            "cache 1024\nrss 1024\ntotal_cache 9\n",
+        );
         // A hybrid host's unified tree: v1 wins where it has the file.
         put(&r.join("unified/cgroup.controllers"), "hugetlb\n");
         put(&r.join("unified/faas/s1/cpu.stat"), "usage_usec 7\n");
@@ -340,10 +400,15 @@ mod tests {
         let want = BoxUsage {
             cpu_ns: 1_500_000_000,
             memory_peak_bytes: 4096,
+            memory_bytes: 2048,
+            memory_cache_bytes: 1024,
         };
         assert_eq!(u.read().unwrap(), want);
         u.reset().unwrap();
-        assert_eq!(u.read().unwrap(), BoxUsage::default());
+        let after = u.read().unwrap();
+        assert_eq!((after.cpu_ns, after.memory_peak_bytes), (0, 0));
+        // What it holds now is not reset.
+        assert_eq!(after.memory_bytes, 2048);
     }
 
     #[test]
@@ -372,8 +437,12 @@ mod tests {
         put(&r.join("cgroup.controllers"), "cpu memory\n");
         put(&r.join("b/cpu.stat"), "usage_usec 1\n");
         put(&r.join("b/memory.peak"), "8192\n");
+        put(&r.join("b/memory.current"), "4096\n");
+        put(&r.join("b/memory.stat"), "anon 1024\nfile 3072\n");
         let u = CgroupUsage::at(r, None, None, Some("b")).unwrap();
         assert_eq!(u.read().unwrap().memory_peak_bytes, 8192);
+        assert_eq!(u.read().unwrap().memory_bytes, 4096);
+        assert_eq!(u.read().unwrap().memory_cache_bytes, 3072);
         assert_eq!(u.read().unwrap().memory_peak_bytes, 8192, "read again at 0");
     }
 

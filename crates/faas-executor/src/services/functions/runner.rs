@@ -541,7 +541,7 @@ impl Runners {
         outcome.usage = match (before, after) {
             (Some(b), Some(a)) => Some(BoxUsage {
                 cpu_ns: a.cpu_ns.saturating_sub(b.cpu_ns),
-                memory_peak_bytes: a.memory_peak_bytes,
+                ..a
             }),
             _ => None,
         };

@@ -8,13 +8,13 @@
 
 mod snapshots;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use faas_common::{
-    Caller, EnvVars, ExecuteResponse, InstanceCreateRequest, InstanceExecRequest, InstanceInfo,
-    InstanceStatus, IsolationLevel, Mode,
+    Caller, DeadlineAction, EnvVars, ExecuteResponse, InstanceCreateRequest, InstanceDeadline,
+    InstanceExecRequest, InstanceInfo, InstanceStatus, IsolationLevel, Mode,
 };
 use faas_store::{now_ms, InstanceRecord, Store};
 use serde::{Deserialize, Serialize};
@@ -56,6 +56,20 @@ pub struct InstanceSpec {
     /// or fork gets its own).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ports_token: Option<String>,
+    /// The envd access token of an instance made through the E2B surface: what opens its
+    /// processes and files there without an API key (kept across stop and start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_token: Option<String>,
+    /// Its ports answer without a key or token ([`CreateOptions::open_ports`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub open_ports: bool,
+    /// When it ends by itself, and how (an E2B sandbox's timeout); restores, branches and
+    /// forks do not inherit it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<InstanceDeadline>,
+    /// The template it was made from (the E2B surface's name of its image).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
 }
 
 impl InstanceSpec {
@@ -124,6 +138,10 @@ pub struct LiveBox {
     last_used_ms: std::sync::atomic::AtomicI64,
     /// What opens its ports without a key (`public_ports`).
     ports_token: Option<String>,
+    /// What opens it on the E2B surface (`InstanceSpec::access_token`).
+    access_token: Option<String>,
+    /// Its ports answer anyone (`InstanceSpec::open_ports`).
+    open_ports: bool,
 }
 
 impl LiveBox {
@@ -143,6 +161,8 @@ impl LiveBox {
             busy: Default::default(),
             last_used_ms: now_ms().into(),
             ports_token: spec.ports_token.clone(),
+            access_token: spec.access_token.clone(),
+            open_ports: spec.open_ports,
         })
     }
 
@@ -184,6 +204,35 @@ impl Drop for Busy {
     }
 }
 
+/// What [`Instances::instance_create_with`] adds to a request.
+#[derive(Debug, Clone, Default)]
+pub struct CreateOptions {
+    /// Give it an envd access token (an E2B sandbox).
+    pub access_token: bool,
+    /// It ends by itself this long after it is made (its box up), and how.
+    pub timeout: Option<(Duration, DeadlineAction)>,
+    /// The template it was made from, as its surface names it.
+    pub template: Option<String>,
+    /// Its ports answer anyone who names them (E2B's default, `allowPublicTraffic`): its id,
+    /// 128 random bits then, is what opens them.
+    pub open_ports: bool,
+}
+
+/// The tag of a snapshot that lives only as long as the instances restored from it: the
+/// last one's deletion deletes it ([`Instances::instance_fork_with`]).
+pub const TRANSIENT_TAG: &str = "transient";
+
+/// What [`Instances::snapshot_restore_with`] changes in the snapshot's spec.
+#[derive(Debug, Clone, Default)]
+pub struct RestoreOptions {
+    /// An access token is made when this asks for one or the snapshot's instance had one.
+    pub create: CreateOptions,
+    /// Its labels, in place of the snapshot's.
+    pub metadata: BTreeMap<String, String>,
+    /// Variables set over the snapshot's.
+    pub env: Vec<(String, String)>,
+}
+
 /// The instances service: instances, their files and their snapshots.
 pub struct Instances {
     cfg: PlatformConfig,
@@ -195,6 +244,8 @@ pub struct Instances {
     /// The running instances' boxes.
     live: Mutex<HashMap<String, Arc<LiveBox>>>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Instances being ended at their deadline now.
+    ending: Mutex<HashSet<String>>,
 }
 
 impl Instances {
@@ -213,6 +264,7 @@ impl Instances {
             tenants,
             live: Default::default(),
             locks: Default::default(),
+            ending: Default::default(),
         })
     }
 
@@ -312,6 +364,17 @@ impl Instances {
         caller: &Caller,
         req: InstanceCreateRequest,
     ) -> Result<InstanceInfo> {
+        self.instance_create_with(caller, req, CreateOptions::default())
+            .await
+    }
+
+    /// [`Instances::instance_create`] with what only the platform's own surfaces ask for.
+    pub async fn instance_create_with(
+        &self,
+        caller: &Caller,
+        req: InstanceCreateRequest,
+        opts: CreateOptions,
+    ) -> Result<InstanceInfo> {
         let store = self.store()?;
         check_metadata(&req.metadata)?;
         let network = run::network(&self.tenants, &caller.tenant, req.network.as_ref()).await?;
@@ -334,13 +397,19 @@ impl Instances {
             private_egress: network.policy().is_some_and(|p| p.private),
             metadata: req.metadata.clone(),
             ports_token: req.public_ports.then(new_token).transpose()?,
+            access_token: opts.access_token.then(new_token).transpose()?,
+            open_ports: opts.open_ports,
+            deadline: None,
+            template: opts.template.clone(),
         };
         let lease = self.admit(caller, 1, spec.memory_mb).await?;
-        let id = new_id();
+        let id = if opts.open_ports { long_id() } else { new_id() };
         let sandbox = backend
             .instance_create(&id, &spec.sandbox(&base.image), None)
             .await?;
         let now = now_ms();
+        let mut spec = spec;
+        spec.deadline = opts.timeout.map(|t| deadline_after(now, t));
         let rec = InstanceRecord {
             id: id.clone(),
             tenant: caller.tenant.clone(),
@@ -524,7 +593,7 @@ impl Instances {
         let usage = match (before, after) {
             (Some(b), Some(a)) => Some(crate::sandbox::BoxUsage {
                 cpu_ns: a.cpu_ns.saturating_sub(b.cpu_ns),
-                memory_peak_bytes: a.memory_peak_bytes,
+                ..a
             }),
             _ => None,
         };
@@ -585,13 +654,19 @@ impl Instances {
         let lock = self.lock(id);
         let _held = lock.lock().await;
         self.instance_record(caller, id).await?;
+        self.stop_held(id, why).await?;
+        self.instance_get(caller, id).await
+    }
+
+    /// Stops instance `id`, its lock held.
+    async fn stop_held(&self, id: &str, why: Option<&str>) -> Result<()> {
         if let Some(live) = self.set_live(id, None) {
             self.end_live(id, live).await?;
         }
         self.store()?
             .set_instance_status(id, "stopped", why)
             .await?;
-        self.instance_get(caller, id).await
+        Ok(())
     }
 
     /// Starts a stopped (or lost) instance's box over its kept files.
@@ -603,7 +678,15 @@ impl Instances {
             return info(&rec);
         }
         let backend = self.sandboxes.backend_named(&rec.backend)?;
-        let spec = InstanceSpec::parse(&rec.spec, &format!("instance {id}"))?;
+        let mut spec = InstanceSpec::parse(&rec.spec, &format!("instance {id}"))?;
+        if spec.deadline.is_some_and(|d| d.at_ms <= now_ms()) {
+            // It passed while the instance was stopped: started again, it runs without one
+            // (or with the one its caller sets next), not to be stopped again at once.
+            spec.deadline = None;
+            self.store()?
+                .set_instance_spec(id, &serde_json::to_value(&spec).expect("serializable"))
+                .await?;
+        }
         let lease = self
             .tenants
             .lease_sandbox(&caller.tenant, spec.memory_mb)
@@ -626,6 +709,75 @@ impl Instances {
         let lock = self.lock(id);
         let _held = lock.lock().await;
         let rec = self.instance_record(caller, id).await?;
+        self.delete_held(&rec).await
+    }
+
+    /// Sets (`None`: clears) when the caller's instance `id` ends by itself, and how. It is
+    /// kept with the instance (a restarted server keeps it) and holds while the instance
+    /// runs: a stopped one waits, and a start after it passed clears it.
+    pub async fn set_deadline(
+        &self,
+        caller: &Caller,
+        id: &str,
+        deadline: Option<InstanceDeadline>,
+    ) -> Result<InstanceInfo> {
+        let lock = self.lock(id);
+        let _held = lock.lock().await;
+        let mut rec = self.instance_record(caller, id).await?;
+        let mut spec = InstanceSpec::parse(&rec.spec, &format!("instance {id}"))?;
+        spec.deadline = deadline;
+        rec.spec = serde_json::to_value(&spec).expect("serializable");
+        if !self.store()?.set_instance_spec(id, &rec.spec).await? {
+            return Err(Error::NotFound(format!("no instance {id}")));
+        }
+        info(&rec)
+    }
+
+    /// What the caller's running instance `id` used since its box started (its cgroup's
+    /// figures), and when that was (ms since the epoch).
+    pub async fn instance_usage(
+        &self,
+        caller: &Caller,
+        id: &str,
+    ) -> Result<(crate::sandbox::BoxUsage, i64)> {
+        let live = self.running_box(caller, id).await?;
+        let used = live.sandbox.usage().await?;
+        Ok((used, live.started_ms))
+    }
+
+    /// Ends instance `id` of `tenant` as its deadline says, if it still says so once the
+    /// instance's lock is held (a new deadline may have come meanwhile).
+    async fn end_at_deadline(&self, id: &str, tenant: &str) {
+        let lock = self.lock(id);
+        let _held = lock.lock().await;
+        let caller = Caller::platform_for(tenant);
+        let Ok(rec) = self.instance_record(&caller, id).await else {
+            return;
+        };
+        let Ok(i) = info(&rec) else {
+            return;
+        };
+        let Some(d) = i.deadline.filter(|d| deadline_applies(&i, d, now_ms())) else {
+            return;
+        };
+        let r = match d.then {
+            DeadlineAction::Delete => {
+                tracing::info!(instance = %id, "deleted at its deadline");
+                self.delete_held(&rec).await
+            }
+            DeadlineAction::Stop => {
+                tracing::info!(instance = %id, "stopped at its deadline");
+                self.stop_held(id, Some("stopped at its deadline")).await
+            }
+        };
+        if let Err(e) = r {
+            tracing::warn!(instance = %id, error = %e, "could not end the instance at its deadline");
+        }
+    }
+
+    /// Deletes instance `rec`, its lock held.
+    async fn delete_held(&self, rec: &InstanceRecord) -> Result<()> {
+        let id = rec.id.as_str();
         if let Some(live) = self.set_live(id, None) {
             let _ = self.end_live(id, live).await;
         }
@@ -638,6 +790,9 @@ impl Instances {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(id);
+        if let Some(snap) = &rec.source_snapshot {
+            self.collect_transient(snap).await;
+        }
         Ok(())
     }
 
@@ -807,10 +962,14 @@ impl Instances {
         Ok(())
     }
 
-    /// Stops instances idle past their `idle_timeout_s`; runs until the executor shuts down.
+    /// Stops instances idle past their `idle_timeout_s`, and ends those whose deadline
+    /// passed (looking again every second, or sooner when a deadline comes sooner); runs
+    /// until the executor shuts down.
     pub(crate) async fn reap_idle_instances(self: Arc<Self>) {
+        let mut pause = Duration::from_secs(1);
         loop {
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            tokio::time::sleep(pause).await;
+            pause = Duration::from_secs(1);
             if self.sandboxes.tasks.is_closed() {
                 return;
             }
@@ -825,6 +984,16 @@ impl Instances {
                 let Ok(i) = info(&rec) else {
                     continue;
                 };
+                if let Some(d) = i.deadline {
+                    if deadline_applies(&i, &d, now) {
+                        self.clone().spawn_end_at_deadline(&rec);
+                        continue;
+                    }
+                    let left = d.at_ms - now;
+                    if left > 0 && i.status == InstanceStatus::Running {
+                        pause = pause.min(Duration::from_millis(left as u64));
+                    }
+                }
                 let Some(limit) = i.idle_timeout_s else {
                     continue;
                 };
@@ -850,6 +1019,27 @@ impl Instances {
         }
     }
 
+    /// Ends `rec` at its deadline in the background, unless that is under way already.
+    fn spawn_end_at_deadline(self: Arc<Self>, rec: &InstanceRecord) {
+        let (id, tenant) = (rec.id.clone(), rec.tenant.clone());
+        if !self
+            .ending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.clone())
+        {
+            return;
+        }
+        let tasks = self.sandboxes.tasks.clone();
+        tasks.spawn(async move {
+            self.end_at_deadline(&id, &tenant).await;
+            self.ending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
+        });
+    }
+
     /// The running instances' boxes are left running: a restarted server re-attaches them.
     pub(crate) fn forget_live_instances(&self) {
         self.live.lock().unwrap_or_else(|e| e.into_inner()).clear();
@@ -868,6 +1058,30 @@ fn check_path(what: &str, path: &str) -> Result<()> {
         return Err(Error::InvalidRequest(format!("{what} contains a NUL byte")));
     }
     Ok(())
+}
+
+/// The deadline `timeout` after `now` (ms since the epoch).
+fn deadline_after(now: i64, (after, then): (Duration, DeadlineAction)) -> InstanceDeadline {
+    InstanceDeadline {
+        at_ms: now.saturating_add(after.as_millis().min(i64::MAX as u128) as i64),
+        then,
+    }
+}
+
+/// Whether deadline `d` of instance `i` ends it at `now`: it passed, and the instance runs
+/// (or, to be deleted, lost its box: nobody paused it).
+fn deadline_applies(i: &InstanceInfo, d: &InstanceDeadline, now: i64) -> bool {
+    d.at_ms <= now
+        && match i.status {
+            InstanceStatus::Running => true,
+            InstanceStatus::Lost => d.then == DeadlineAction::Delete,
+            InstanceStatus::Stopped => false,
+        }
+}
+
+/// An id that is also a secret (an instance whose ports are open to whoever names them).
+pub(crate) fn long_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
 }
 
 /// A new instance's token (its ports token, its access token): 32 random bytes in hex.
@@ -907,6 +1121,9 @@ fn info(r: &InstanceRecord) -> Result<InstanceInfo> {
         metadata: spec.metadata,
         public_ports: spec.ports_token.is_some(),
         ports_token: spec.ports_token,
+        deadline: spec.deadline,
+        template: spec.template,
+        access_token: spec.access_token,
     })
 }
 
@@ -925,4 +1142,66 @@ fn check_metadata(m: &BTreeMap<String, String>) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn instance(status: InstanceStatus) -> InstanceInfo {
+        let spec = serde_json::json!({
+            "memory_mb": 256, "cpu_cores": 1.0, "pids": 64, "isolation": "container",
+            "env": [], "idle_timeout_s": null,
+            "deadline": {"at_ms": 1000, "then": "delete"}
+        });
+        let rec = InstanceRecord {
+            id: "i".into(),
+            tenant: "t".into(),
+            name: None,
+            backend: "native".into(),
+            image: "img".into(),
+            status: match status {
+                InstanceStatus::Running => "running",
+                InstanceStatus::Stopped => "stopped",
+                InstanceStatus::Lost => "lost",
+            }
+            .into(),
+            status_reason: None,
+            spec,
+            source_snapshot: None,
+            created_ms: 0,
+            updated_ms: 0,
+            last_used_ms: 0,
+        };
+        info(&rec).unwrap()
+    }
+
+    #[test]
+    fn deadlines_end_running_instances_once_passed() {
+        let i = instance(InstanceStatus::Running);
+        let d = i.deadline.expect("kept in the spec");
+        assert_eq!(d.then, DeadlineAction::Delete);
+        assert!(!deadline_applies(&i, &d, 999));
+        assert!(deadline_applies(&i, &d, 1000));
+        // A stopped (paused) one waits; a lost one is deleted, but not stopped again.
+        let stopped = instance(InstanceStatus::Stopped);
+        assert!(!deadline_applies(&stopped, &d, 5000));
+        let lost = instance(InstanceStatus::Lost);
+        assert!(deadline_applies(&lost, &d, 5000));
+        let stop = InstanceDeadline {
+            then: DeadlineAction::Stop,
+            ..d
+        };
+        assert!(!deadline_applies(&lost, &stop, 5000));
+    }
+
+    #[test]
+    fn a_deadline_counts_from_when_the_box_is_up() {
+        let d = deadline_after(1_000, (Duration::from_secs(3), DeadlineAction::Stop));
+        assert_eq!(d.at_ms, 4_000);
+        assert_eq!(
+            deadline_after(i64::MAX - 1, (Duration::MAX, DeadlineAction::Delete)).at_ms,
+            i64::MAX
+        );
+    }
 }

@@ -32,6 +32,8 @@ pub enum PortAccess<'a> {
     Caller(&'a Caller, Option<&'a str>),
     /// No key: only the token of an instance with public ports.
     Token(&'a str),
+    /// Neither: only an instance whose ports are open to whoever names them.
+    Anonymous,
 }
 
 impl Instances {
@@ -41,11 +43,15 @@ impl Instances {
         let (caller, token) = match access {
             PortAccess::Caller(c, t) => (Some(c), t),
             PortAccess::Token(t) => (None, Some(t)),
+            PortAccess::Anonymous => (None, None),
         };
         if let Some(live) = caller.and_then(|c| self.live_of(c, id)) {
             return Some(live);
         }
         let live = self.live(id)?;
+        if live.open_ports {
+            return Some(live);
+        }
         let want = live.ports_token.as_deref()?;
         bool::from(want.as_bytes().ct_eq(token?.as_bytes())).then_some(live)
     }
@@ -58,7 +64,59 @@ impl Instances {
             // Not running, or not the caller's: what any other instance call would say.
             PortAccess::Caller(c, _) => self.running_box(c, id).await,
             PortAccess::Token(_) => Err(Error::NotFound(format!("no instance {id}"))),
+            PortAccess::Anonymous => Err(Error::Unauthenticated(
+                "this port needs an API key, or the instance's ports token (faas_token)".into(),
+            )),
         }
+    }
+
+    /// The caller an envd request for running instance `id` acts as: its tenant's, when
+    /// `token` is the instance's access token. An instance that is not running, has no token
+    /// (not made through the E2B surface) or another one: `not_found`.
+    pub fn envd_caller(&self, id: &str, token: Option<&str>) -> Result<Caller> {
+        let gone = || Error::NotFound(format!("The sandbox {id} was not found"));
+        let live = self.live(id).ok_or_else(gone)?;
+        let want = live.access_token.as_deref().ok_or_else(gone)?;
+        let token = token.ok_or_else(|| {
+            Error::Unauthenticated("this sandbox needs its access token (X-Access-Token)".into())
+        })?;
+        if !bool::from(want.as_bytes().ct_eq(token.as_bytes())) {
+            return Err(Error::Unauthenticated(
+                "the sandbox's access token does not match".into(),
+            ));
+        }
+        Ok(Caller::platform_for(&live.tenant))
+    }
+
+    /// For a request signed with a running instance's access token (E2B's file URLs): the
+    /// instance (`id`, or, when the URL names none, any whose token `signed` accepts) and the
+    /// caller it acts as.
+    pub fn envd_caller_signed(
+        &self,
+        id: Option<&str>,
+        signed: impl Fn(&str) -> bool,
+    ) -> Result<(String, Caller)> {
+        let live: Vec<(String, Arc<LiveBox>)> = match id {
+            Some(id) => self
+                .live(id)
+                .map(|l| (id.to_string(), l))
+                .into_iter()
+                .collect(),
+            None => self
+                .live
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .filter(|(_, l)| l.access_token.is_some())
+                .map(|(k, l)| (k.clone(), l.clone()))
+                .collect(),
+        };
+        live.into_iter()
+            .find(|(_, l)| l.access_token.as_deref().is_some_and(&signed))
+            .map(|(id, l)| (id, Caller::platform_for(&l.tenant)))
+            .ok_or_else(|| {
+                Error::Unauthenticated("the signature matches no running sandbox".into())
+            })
     }
 
     /// The TCP ports something listens on in the caller's running instance `id`.

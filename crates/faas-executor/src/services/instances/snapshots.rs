@@ -8,7 +8,7 @@ use faas_common::{
 };
 use faas_store::{now_ms, InstanceRecord, SnapshotRecord};
 
-use super::{new_id, InstanceSpec, Instances, LiveBox};
+use super::{new_id, InstanceSpec, Instances, LiveBox, RestoreOptions, TRANSIENT_TAG};
 use crate::error::{Error, Result};
 use crate::services::tenants::Counted;
 
@@ -34,6 +34,35 @@ fn snapshot_info(r: &SnapshotRecord, took_ms: Option<f64>) -> SnapshotInfo {
 }
 
 impl Instances {
+    /// Deletes snapshot `id` if it is [`TRANSIENT_TAG`]ged and nothing depends on it any more.
+    pub(super) async fn collect_transient(&self, id: &str) {
+        let Ok(store) = self.store() else {
+            return;
+        };
+        let Ok(Some(rec)) = store.get_snapshot(None, id).await else {
+            return;
+        };
+        if !rec.tags.iter().any(|t| t == TRANSIENT_TAG) {
+            return;
+        }
+        if !matches!(store.snapshot_dependents(id).await, Ok((0, 0))) {
+            return;
+        }
+        let removed = match self.sandboxes.backend_named(&rec.backend) {
+            Ok(b) => b.snapshot_remove(id, &rec.artifact).await,
+            Err(e) => Err(e),
+        };
+        match removed {
+            Ok(()) => {
+                let _ = store.delete_snapshot(id).await;
+                tracing::debug!(snapshot = id, "deleted with the last instance made from it");
+            }
+            Err(e) => {
+                tracing::warn!(snapshot = id, error = %e, "could not delete a transient snapshot")
+            }
+        }
+    }
+
     /// The caller's snapshot `id`; another tenant's is `not_found`, as a missing one.
     pub(crate) async fn snapshot_record(
         &self,
@@ -136,6 +165,9 @@ impl Instances {
             .snapshot_remove(id, &rec.artifact)
             .await?;
         self.store()?.delete_snapshot(id).await?;
+        if let Some(parent) = &rec.parent_id {
+            self.collect_transient(parent).await;
+        }
         Ok(())
     }
 
@@ -145,19 +177,60 @@ impl Instances {
         self.restore_record(caller, &snap).await
     }
 
+    /// [`Instances::snapshot_restore`] with what only the platform's own surfaces ask for.
+    pub async fn snapshot_restore_with(
+        &self,
+        caller: &Caller,
+        id: &str,
+        opts: RestoreOptions,
+    ) -> Result<InstanceInfo> {
+        let snap = self.snapshot_record(caller, id).await?;
+        self.restore_record_with(caller, &snap, Some(opts)).await
+    }
+
     /// A new instance of the caller's from the snapshot `snap` (which the caller's must be).
     pub(crate) async fn restore_record(
         &self,
         caller: &Caller,
         snap: &SnapshotRecord,
     ) -> Result<InstanceInfo> {
+        self.restore_record_with(caller, snap, None).await
+    }
+
+    async fn restore_record_with(
+        &self,
+        caller: &Caller,
+        snap: &SnapshotRecord,
+        opts: Option<RestoreOptions>,
+    ) -> Result<InstanceInfo> {
         let backend = self.sandboxes.backend_named(&snap.backend)?;
         let mut spec = InstanceSpec::parse(&snap.spec, &format!("snapshot {}", snap.id))?;
         if spec.ports_token.is_some() {
             spec.ports_token = Some(super::new_token()?);
         }
+        let wants_token = opts.as_ref().is_some_and(|o| o.create.access_token);
+        if spec.access_token.is_some() || wants_token {
+            spec.access_token = Some(super::new_token()?);
+        }
+        spec.deadline = None;
+        let timeout = opts.as_ref().and_then(|o| o.create.timeout);
+        if let Some(o) = opts {
+            spec.deadline = o.create.timeout.map(|t| super::deadline_after(now_ms(), t));
+            spec.template = o.create.template.or(spec.template);
+            spec.metadata = o.metadata;
+            spec.open_ports |= o.create.open_ports;
+            super::check_metadata(&spec.metadata)?;
+            for (k, v) in o.env {
+                spec.env.retain(|(have, _)| *have != k);
+                spec.env.push((k, v));
+            }
+        }
         let lease = self.admit(caller, 1, spec.memory_mb).await?;
-        let id = new_id();
+        let id = if spec.open_ports {
+            super::long_id()
+        } else {
+            new_id()
+        };
         let now = now_ms();
         // Recorded first: the snapshot cannot be deleted while its restore is being made.
         let rec = InstanceRecord {
@@ -181,6 +254,12 @@ impl Instances {
             .await;
         match made {
             Ok(sandbox) => {
+                if let Some(t) = timeout {
+                    // From when it is up, not from when it was asked for.
+                    spec.deadline = Some(super::deadline_after(now_ms(), t));
+                    let kept = serde_json::to_value(&spec).expect("serializable");
+                    store.set_instance_spec(&id, &kept).await?;
+                }
                 self.set_live(
                     &id,
                     Some(LiveBox::new(
@@ -272,21 +351,45 @@ impl Instances {
         id: &str,
         count: u32,
     ) -> Result<BranchResponse> {
+        self.instance_fork_with(caller, id, count, false).await
+    }
+
+    /// [`Instances::instance_fork`]; with `transient`, the snapshot is the forks' alone: it is
+    /// tagged [`TRANSIENT_TAG`] and deleted with the last of them.
+    pub async fn instance_fork_with(
+        &self,
+        caller: &Caller,
+        id: &str,
+        count: u32,
+        transient: bool,
+    ) -> Result<BranchResponse> {
         let t0 = Instant::now();
         self.check_branch_count(count)?;
+        let mut tags = vec!["fork".to_string()];
+        if transient {
+            tags.push(TRANSIENT_TAG.into());
+        }
         let snap = self
             .snapshot_create(
                 caller,
                 SnapshotCreateRequest {
                     instance_id: Some(id.to_string()),
                     name: Some(format!("fork of {id}")),
-                    tags: vec!["fork".into()],
+                    tags,
                     memory: false,
                 },
             )
             .await?;
         let rec = self.snapshot_record(caller, &snap.id).await?;
-        let instances = self.branch_record(caller, &rec, count).await?;
+        let instances = match self.branch_record(caller, &rec, count).await {
+            Ok(i) => i,
+            Err(e) => {
+                if transient {
+                    self.collect_transient(&snap.id).await;
+                }
+                return Err(e);
+            }
+        };
         Ok(BranchResponse {
             instances,
             snapshot_id: snap.id,
