@@ -2,7 +2,8 @@
 
 - `Sandbox.create()` then its first `commands.run("echo hi")` (a new sandbox each time), against
   our SDK's `create_instance` then `exec_instance("echo hi")` on the same image;
-- `commands.run("echo hi")` in a running sandbox, against `exec_instance` in a running instance.
+- `commands.run("echo hi")` in a running sandbox, against `exec_instance` in a running instance:
+  in alternating blocks of 20 calls of each, then strictly alternating.
 
 Run by `scripts/bench-e2b.sh [N]`, which starts a server; or set E2B_API_URL, E2B_SANDBOX_URL,
 E2B_API_KEY (and FAAS_URL, FAAS_API_KEY, FAAS_IMAGE for our side) and run it with a Python
@@ -16,6 +17,9 @@ import time
 
 from e2b import Sandbox
 from faas_sdk import FaaSClient
+
+
+BLOCK = 20
 
 
 def pct(samples, p):
@@ -68,17 +72,31 @@ def main():
 
     sbx = Sandbox.create(timeout=300)
     inst = ours.create_instance(image=image)
-    e2b_warm, ours_warm = [], []
+
+    def e2b_run():
+        r = sbx.commands.run("echo hi")
+        assert r.stdout == "hi\n"
+
+    def ours_run():
+        r = ours.exec_instance(inst.id, "echo hi")
+        assert r.stdout == "hi\n"
+
+    # In alternating blocks of BLOCK calls: each call follows one of its own kind, as in a
+    # program's loop of commands, and the blocks alternate so the machine's noise falls on
+    # both alike. Then strictly alternating calls, each after one of the other SDK's (on a
+    # VM a call after another program's call pays for caches that program cooled).
+    e2b_warm, ours_warm, e2b_alt, ours_alt = [], [], [], []
     try:
-        for i in range(runs + 10):
-            ms, r = timed(lambda: sbx.commands.run("echo hi"))
-            assert r.stdout == "hi\n"
-            if i >= 10:
-                e2b_warm.append(ms)
-            ms, r = timed(lambda: ours.exec_instance(inst.id, "echo hi"))
-            assert r.stdout == "hi\n"
-            if i >= 10:
-                ours_warm.append(ms)
+        for _ in range(10):
+            e2b_run()
+            ours_run()
+        for b in range(0, runs, BLOCK):
+            for samples, fn in ((e2b_warm, e2b_run), (ours_warm, ours_run)):
+                for _ in range(min(BLOCK, runs - b)):
+                    samples.append(timed(fn)[0])
+        for _ in range(runs):
+            e2b_alt.append(timed(e2b_run)[0])
+            ours_alt.append(timed(ours_run)[0])
     finally:
         sbx.kill()
         ours.delete_instance(inst.id)
@@ -88,6 +106,8 @@ def main():
     row("faas SDK: create_instance + first exec_instance", ours_cold)
     row("e2b SDK: commands.run in a running sandbox", e2b_warm)
     row("faas SDK: exec_instance in a running instance", ours_warm)
+    row("e2b SDK: commands.run, strictly alternating", e2b_alt)
+    row("faas SDK: exec_instance, strictly alternating", ours_alt)
 
 
 if __name__ == "__main__":

@@ -16,8 +16,8 @@ mkdir -p "$CACHE"
 
 # What an image built by this script is at now; an older one (or one without the label) is
 # imported again from its cached rootfs (2: `python` next to `python3` in the Debian image;
-# 3: login shells without forks in the Debian image).
-IMAGE_REVISION=3
+# 3: login shells without forks in the Debian image; 4: a statically linked bash in it).
+IMAGE_REVISION=4
 have_image() {
   [ -z "${FAAS_REBUILD_IMAGES:-}" ] &&
     [ "$(docker image inspect -f '{{index .Config.Labels "faas.image-revision"}}' "$1" 2>/dev/null)" = "$IMAGE_REVISION" ]
@@ -83,6 +83,20 @@ build_debian() {
     tar --delete -f "$tar" ./etc/profile ./root/.profile
     tar -C "$tweak" --numeric-owner --owner=0 --group=0 -rf "$tar" ./etc/profile ./root/.profile
     rm -rf "$tweak"
+  fi
+  # /bin/bash is Debian's bash-static (the same GNU bash, linked statically; also kept as
+  # /bin/bash-static): no dynamic loading at each start, 0.4 to 0.6 ms less per `bash -c` here,
+  # which is every e2b command. The package comes from the host's apt (bookworm, like the image).
+  if ! tar -tf "$tar" ./usr/bin/bash-static >/dev/null 2>&1; then
+    local deb; deb=$(mktemp -d)
+    (cd "$deb" && apt-get download -q -o APT::Sandbox::User=root bash-static >/dev/null) || die "apt-get download bash-static failed"
+    dpkg-deb -x "$deb"/bash-static_*.deb "$deb/x"
+    mkdir -p "$deb/t/usr/bin"
+    cp "$deb/x/bin/bash-static" "$deb/t/usr/bin/bash-static"
+    cp "$deb/x/bin/bash-static" "$deb/t/usr/bin/bash"
+    tar --delete -f "$tar" ./usr/bin/bash
+    tar -C "$deb/t" --numeric-owner --owner=0 --group=0 -rf "$tar" ./usr/bin/bash ./usr/bin/bash-static
+    rm -rf "$deb"
   fi
   log "importing $DEBIAN_IMAGE"
   docker import -c 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \

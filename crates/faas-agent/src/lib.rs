@@ -207,6 +207,10 @@ pub struct ExecRequest {
     /// output is kept for [`Request::Connect`]. The output cap does not apply.
     #[serde(default)]
     pub detach: bool,
+    /// With `detach`: after [`Event::Started`] the connection stays open as a
+    /// [`Request::Connect`] subscription to the new process (one round trip instead of two).
+    #[serde(default)]
+    pub subscribe: bool,
     /// Run under a new terminal of this size (stdin, stdout and stderr are its slave side;
     /// output comes as [`FrameKind::Pty`] frames).
     #[serde(default)]

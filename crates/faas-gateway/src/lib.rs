@@ -14,6 +14,7 @@ pub mod error;
 pub mod extract;
 mod files;
 mod functions;
+mod listener;
 pub mod observe;
 pub mod ports;
 mod processes;
@@ -207,15 +208,7 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
-    // No Nagle: a stream's headers and its first event are separate small writes, and the
-    // second would wait for the first one's (delayed, 40 ms) acknowledgement.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "TCP_NODELAY");
-        }
-    });
-    axum::serve(listener, router(state))
+    axum::serve(listener::ApiListener(listener), router(state))
         .with_graceful_shutdown(shutdown)
         .await
 }

@@ -212,10 +212,10 @@ async fn terminal(
         }
     };
     // The shell starts before the upgrade, so a bad request gets its JSON error.
-    let started = s
+    let (started, sub) = s
         .platform
         .instances
-        .process_start(
+        .process_start_subscribed(
             &caller,
             &id,
             ProcessStartRequest {
@@ -232,8 +232,8 @@ async fn terminal(
             },
         )
         .await?;
-    // From here on the shell is hung up on whatever happens (a failed subscription, an upgrade
-    // that never completes, a dropped handler), unless it ended by itself.
+    // From here on the shell is hung up on whatever happens (an upgrade that never completes,
+    // a dropped handler), unless it ended by itself.
     let shell = Shell {
         s: s.clone(),
         caller: caller.clone(),
@@ -241,11 +241,6 @@ async fn terminal(
         pid: started.pid,
         ended: false,
     };
-    let sub = s
-        .platform
-        .instances
-        .process_subscribe(&caller, &id, shell.pid)
-        .await?;
     Ok(ws.on_upgrade(move |socket| run_terminal(shell, sub, socket)))
 }
 

@@ -399,6 +399,10 @@ pub(crate) fn exec(mut conn: UnixStream, req: ExecRequest, reaper: &Reaper) -> i
             let message = format!("process {pid} killed: no thread to watch it: {e}");
             return write_json(&mut conn, &Event::error(ErrorKind::Other, message));
         }
+        if req.subscribe {
+            // This thread becomes its subscriber's writer.
+            return super::connect(conn, pid);
+        }
         return write_json(&mut conn, &Event::Started { pid });
     }
     write_json(&mut conn, &Event::Started { pid })?;

@@ -82,7 +82,11 @@ fn connect(socket: &Path, pid: u32) -> UnixStream {
 /// Subscribes to `pid` (after its acknowledgement); what arrives goes to the channel, until
 /// the connection ends.
 fn subscribe(socket: &Path, pid: u32) -> mpsc::Receiver<Got> {
-    let mut conn = connect(socket, pid);
+    forward_frames(connect(socket, pid))
+}
+
+/// What arrives on `conn` from now on goes to the channel, until the connection ends.
+fn forward_frames(mut conn: UnixStream) -> mpsc::Receiver<Got> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         while let Ok(Some((kind, p))) = read_frame(&mut conn) {
@@ -194,6 +198,59 @@ fn detached_processes_outlive_their_connection_and_replay_their_output() {
     // Unknown pid.
     let ev = ask(&a.socket, &Request::Connect { pid: 999_999_999 });
     assert_eq!(kind_of(&ev), ErrorKind::NotFound);
+}
+
+/// A detached start whose connection stays as its subscription: `started {pid}`, then all
+/// its output from the first byte, then its exit; a watcher that leaves does not end it.
+#[test]
+fn a_subscribed_start_watches_from_the_first_byte_and_its_end_kills_nothing() {
+    let a = start();
+    let subscribed = |req: ExecRequest| {
+        let mut conn = UnixStream::connect(&a.socket).unwrap();
+        let req = ExecRequest {
+            detach: true,
+            subscribe: true,
+            ..req
+        };
+        write_json(&mut conn, &Request::Exec(req)).unwrap();
+        let (_, p) = read_frame(&mut conn).unwrap().unwrap();
+        let Event::Started { pid } = serde_json::from_slice(&p).unwrap() else {
+            panic!("not started: {}", String::from_utf8_lossy(&p))
+        };
+        let rx = forward_frames(conn.try_clone().unwrap());
+        (pid, conn, rx)
+    };
+    // Output written at once is not missed (it comes before any later Connect could).
+    let (_, _conn, rx) = subscribed(sh("echo first; echo err >&2; exit 5"));
+    let (out, x) = to_exit(&rx);
+    assert_eq!(out, b"first\nerr\n");
+    assert_eq!(x.exit_code, 5);
+
+    // The watcher leaves mid-way: the process goes on, and a later subscriber gets it all.
+    let (pid, conn, rx) = subscribed(sh("echo a; sleep 1; echo b"));
+    let mut out = Vec::new();
+    read_until(&rx, &mut out, |o| o == b"a\n");
+    conn.shutdown(std::net::Shutdown::Both).unwrap();
+    drop(conn);
+    let (out, x) = to_exit(&subscribe(&a.socket, pid));
+    assert_eq!(out, b"a\nb\n");
+    assert_eq!(x.exit_code, 0);
+
+    // A program that is not there: refused as a plain start is, nothing registered.
+    let mut conn = UnixStream::connect(&a.socket).unwrap();
+    let req = ExecRequest {
+        argv: vec!["/no/such/program".into()],
+        detach: true,
+        subscribe: true,
+        ..Default::default()
+    };
+    write_json(&mut conn, &Request::Exec(req)).unwrap();
+    let (_, p) = read_frame(&mut conn).unwrap().unwrap();
+    let ev: Event = serde_json::from_slice(&p).unwrap();
+    assert!(
+        matches!(ev, Event::SpawnFailed { exit_code: 127, .. }),
+        "{ev:?}"
+    );
 }
 
 #[test]

@@ -327,6 +327,30 @@ impl AgentClient {
         }
     }
 
+    /// [`AgentClient::start`] and [`AgentClient::subscribe`] in one round trip: the new
+    /// process's pid and its output from the first byte.
+    pub async fn start_subscribed(&self, req: ExecRequest) -> Result<(u32, Subscription)> {
+        let req = ExecRequest {
+            detach: true,
+            subscribe: true,
+            ..req
+        };
+        match self.request(&Request::Exec(req)).await? {
+            (conn, Event::Started { pid }) => Ok((
+                pid,
+                Subscription {
+                    client: self.clone(),
+                    conn,
+                    done: false,
+                },
+            )),
+            (_, Event::SpawnFailed { message, .. }) => {
+                Err(Error::InvalidRequest(format!("cannot start: {message}")))
+            }
+            (_, ev) => Err(self.unexpected("start", ev)),
+        }
+    }
+
     /// A process's kept output, then its live output, then its exit.
     pub async fn subscribe(&self, pid: u32) -> Result<Subscription> {
         // The agent says at once whether the process exists (`started{pid}`, or an error),

@@ -520,23 +520,17 @@ async fn start(
         ..req
     };
     let instances = &s.platform.instances;
-    let pid = match instances.process_start(&envd.caller, &envd.id, req).await {
-        Ok(started) => started.pid,
+    // One round trip to the box: the process and its output from the first byte.
+    let (pid, sub) = match instances
+        .process_start_subscribed(&envd.caller, &envd.id, req)
+        .await
+    {
+        Ok((started, sub)) => (started.pid, sub),
         Err(e) => return stream_error(e.into()),
     };
     if let (Some(t), None) = (timeout, agent_timeout) {
         kill_later(s.clone(), envd.clone(), pid, t);
     }
-    let sub = match instances
-        .process_subscribe(&envd.caller, &envd.id, pid)
-        .await
-    {
-        Ok(sub) => sub,
-        Err(e) => {
-            let e = ConnectError::from(e);
-            return stream_of(&headers, pid, futures::stream::once(async move { Err(e) }));
-        }
-    };
     let events = process_events(envd.id, sub, deadline, true);
     stream_of(&headers, pid, events)
 }

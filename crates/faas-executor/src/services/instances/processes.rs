@@ -129,6 +129,30 @@ impl Instances {
         id: &str,
         req: ProcessStartRequest,
     ) -> Result<ProcessStarted> {
+        self.start_process(caller, id, req, false)
+            .await
+            .map(|(started, _)| started)
+    }
+
+    /// [`InstancesService::process_start`] and [`InstancesService::process_subscribe`] in
+    /// one round trip to the box: the process and its output from the first byte.
+    pub async fn process_start_subscribed(
+        &self,
+        caller: &Caller,
+        id: &str,
+        req: ProcessStartRequest,
+    ) -> Result<(ProcessStarted, Subscription)> {
+        let (started, sub) = self.start_process(caller, id, req, true).await?;
+        Ok((started, sub.expect("asked for")))
+    }
+
+    async fn start_process(
+        &self,
+        caller: &Caller,
+        id: &str,
+        req: ProcessStartRequest,
+        subscribe: bool,
+    ) -> Result<(ProcessStarted, Option<Subscription>)> {
         if req.command.is_empty() {
             return Err(Error::InvalidRequest("command is empty".into()));
         }
@@ -172,14 +196,18 @@ impl Instances {
             tag: req.tag.clone(),
             ..Default::default()
         };
-        let pid = live
-            .sandbox
-            .agent()
-            .start(exec)
-            .await
-            .map_err(|e| Self::box_gone(id, e))?;
+        let agent = live.sandbox.agent();
+        let started = if subscribe {
+            agent
+                .start_subscribed(exec)
+                .await
+                .map(|(p, s)| (p, Some(s)))
+        } else {
+            agent.start(exec).await.map(|p| (p, None))
+        };
+        let (pid, sub) = started.map_err(|e| Self::box_gone(id, e))?;
         live.touch();
-        Ok(ProcessStarted { pid, tag: req.tag })
+        Ok((ProcessStarted { pid, tag: req.tag }, sub))
     }
 
     /// The processes of instance `id`: running ones first, then recently ended ones.
